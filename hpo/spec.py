@@ -1,0 +1,478 @@
+"""The study file: TOML in, frozen and validated dataclasses out.
+
+Every check lives here and every message names the file, the key and the value, so a typo in a
+study file is one clear line instead of a silently ignored setting. ``spec_to_dict`` /
+``spec_from_dict`` round-trip a spec through plain data so it can be stored on the study and
+rebuilt by a worker that only knows the study's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo._errors import HpoError
+
+__all__ = [
+    "ACTIVATIONS",
+    "ENGINES",
+    "OPTIMIZERS",
+    "PLACEMENTS",
+    "AlphaRange",
+    "BudgetSpec",
+    "CVSpec",
+    "DataSpec",
+    "EngineSpec",
+    "LayerSearchSpec",
+    "ModelSpec",
+    "SamplerSpec",
+    "SearchSpec",
+    "StudySpec",
+    "load_spec",
+    "spec_from_dict",
+    "spec_to_dict",
+]
+
+PLACEMENTS = ("activity", "kernel", "both")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "linear")
+ENGINES = ("reference", "stacked")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlphaRange:
+    """A penalty's coefficient, searched log-uniformly in ``[low, high]``."""
+
+    low: float = 1e-6
+    high: float = 1e-1
+
+    def __post_init__(self) -> None:
+        low, high = self.low, self.high
+        if not low > 0:
+            raise ValueError(f"`low > 0` must hold for a log range, but got ({low=})")
+        if not low <= high:
+            raise ValueError(f"`low <= high` must hold, but got ({low=}, {high=})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerSearchSpec:
+    """What the search may do on one hidden layer. ``None`` means that penalty is off."""
+
+    l1: AlphaRange | None = AlphaRange()
+    l2: AlphaRange | None = AlphaRange()
+    placements: tuple[str, ...] = PLACEMENTS
+    allow_none: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.placements:
+            raise ValueError("`placements` must name at least one of " + ", ".join(PLACEMENTS))
+        for p in self.placements:
+            if p not in PLACEMENTS:
+                raise ValueError(f"placement {p!r} is not one of {', '.join(PLACEMENTS)}")
+        if len(set(self.placements)) != len(self.placements):
+            raise ValueError(f"`placements` has duplicates: {list(self.placements)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpec:
+    layers: tuple[LayerSearchSpec, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Where the rows come from. ``path`` and ``url`` together: ``path`` caches the download."""
+
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    dataset: str | None = None
+    target: str
+    drop: tuple[str, ...] = ()
+    na_values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dataset is not None and (self.path is not None or self.url is not None):
+            raise ValueError("give either `dataset` or `path`/`url`, not both")
+        if self.dataset is None and self.path is None and self.url is None:
+            raise ValueError("one of `path`, `url` or `dataset` is required")
+        if self.dataset is not None and not self.dataset.startswith("sklearn:"):
+            raise ValueError(
+                f"`dataset` must look like 'sklearn:NAME' (e.g. 'sklearn:wine'), "
+                f"but got {self.dataset!r}"
+            )
+        if self.sha256 is not None and (
+            len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower())
+        ):
+            raise ValueError(f"`sha256` must be 64 hex digits, but got {self.sha256!r}")
+        if not self.target:
+            raise ValueError("`target` must name a column")
+        if self.target in self.drop:
+            raise ValueError(f"`drop` lists the target column {self.target!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CVSpec:
+    folds: int = 5
+    shuffle: bool = True
+    seed: int = 42
+    stratified: bool = False
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"`folds >= 2` must hold, but got (folds={self.folds})")
+        if self.repeats < 1:
+            raise ValueError(f"`repeats >= 1` must hold, but got (repeats={self.repeats})")
+        if not self.shuffle and self.repeats > 1:
+            raise ValueError(
+                "`repeats > 1` needs `shuffle = true` (unshuffled repeats are identical)"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    hidden: tuple[int, ...] = (50, 25)
+    activation: str = "relu"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    epochs: int = 500
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.hidden:
+            raise ValueError("`hidden` must list at least one layer width, e.g. [50, 25]")
+        for units in self.hidden:
+            if units < 1:
+                raise ValueError(f"every `hidden` width must be >= 1, but got {list(self.hidden)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"`activation` must be one of {', '.join(ACTIVATIONS)}, but got {self.activation!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, but got {self.optimizer!r}"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate > 0` must hold, but got {self.learning_rate}")
+        if self.epochs <= 0:
+            raise ValueError(f"`epochs > 0` must hold, but got (epochs={self.epochs})")
+        if self.batch_size <= 0:
+            raise ValueError(f"`batch_size > 0` must hold, but got (batch_size={self.batch_size})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSpec:
+    """How trials are trained. ``trials_per_batch`` only matters to the stacked engine."""
+
+    name: str = "stacked"
+    trials_per_batch: int = 8
+    checkpoint_every: int = 0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ValueError(f"`name` must be one of {', '.join(ENGINES)}, but got {self.name!r}")
+        if self.trials_per_batch < 1:
+            raise ValueError(
+                f"`trials_per_batch >= 1` must hold, but got (trials_per_batch={self.trials_per_batch})"
+            )
+        if self.checkpoint_every < 0:
+            raise ValueError(f"`checkpoint_every >= 0` must hold, but got {self.checkpoint_every}")
+        if self.threads < 0:
+            raise ValueError(
+                f"`threads >= 0` must hold (0 = TensorFlow decides), but got {self.threads}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSpec:
+    seed: int | None = None
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    group: bool = True
+    constant_liar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_startup_trials < 0:
+            raise ValueError(f"`n_startup_trials >= 0` must hold, but got {self.n_startup_trials}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetSpec:
+    n_trials: int | None = 20
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ValueError(f"`n_trials >= 1` must hold, but got (n_trials={self.n_trials})")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"`timeout > 0` must hold, but got (timeout={self.timeout})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    name: str
+    direction: str = "maximize"
+    description: str = ""
+    data: DataSpec
+    cv: CVSpec = CVSpec()
+    model: ModelSpec = ModelSpec()
+    engine: EngineSpec = EngineSpec()
+    search: SearchSpec = field(default_factory=lambda: SearchSpec(layers=(LayerSearchSpec(),) * 2))
+    sampler: SamplerSpec = SamplerSpec()
+    budget: BudgetSpec = BudgetSpec()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() for c in self.name):
+            raise ValueError(
+                f"`name` must be a non-empty word without spaces, but got {self.name!r}"
+            )
+        if self.direction != "maximize":
+            raise ValueError(
+                f"`direction` must be 'maximize' (the objective is accuracy), but got {self.direction!r}"
+            )
+        if len(self.search.layers) != len(self.model.hidden):
+            raise ValueError(
+                f"[search] describes {len(self.search.layers)} layers but [model] hidden has "
+                f"{len(self.model.hidden)}"
+            )
+
+    def replace(self, **sections: Any) -> StudySpec:
+        """A copy with whole sections or fields swapped (``model=..., engine=...``)."""
+        return dataclasses.replace(self, **sections)
+
+    def trial_seed(self, trial_number: int) -> int:
+        """The seed of one trial: a pure function of the study and the trial number."""
+        base = self.sampler.seed if self.sampler.seed is not None else self.cv.seed
+        return (base * 1_000_003 + trial_number * 7_919 + 12_345) % (2**31 - 1)
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataSpec,
+    "cv": CVSpec,
+    "model": ModelSpec,
+    "engine": EngineSpec,
+    "sampler": SamplerSpec,
+    "budget": BudgetSpec,
+}
+_TOP_LEVEL = ("study", "search", *_SECTION_TYPES)
+_STUDY_KEYS = ("name", "direction", "description")
+_LAYER_KEYS = ("l1", "l2", "placements", "allow_none")
+_SEARCH_KEYS = (*_LAYER_KEYS, "layers")
+_TUPLE_FIELDS = {"drop", "na_values", "hidden", "placements"}
+
+
+def _suggest(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    return f"{hint}; allowed: {', '.join(allowed)}"
+
+
+def _check_keys(
+    where: str, table: Mapping[str, Any], allowed: tuple[str, ...], origin: str
+) -> None:
+    if not isinstance(table, Mapping):
+        raise HpoError(f"{origin}: `{where}` must be a table, but got {table!r}")
+    for key in table:
+        if key not in allowed:
+            dotted = f"{where}.{key}" if where else key
+            raise HpoError(f"{origin}: unknown key `{dotted}`{_suggest(key, allowed)}")
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _expected_type(cls: type, name: str) -> str:
+    return str({f.name: f.type for f in dataclasses.fields(cls)}[name])
+
+
+def _coerce(section: str, cls: type, raw: Mapping[str, Any], origin: str) -> Any:
+    _check_keys(section, raw, _field_names(cls), origin)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        expected = _expected_type(cls, key)
+        if key in _TUPLE_FIELDS:
+            if not isinstance(value, list | tuple):
+                raise HpoError(f"{origin}: `{section}.{key}` must be a list, but got {value!r}")
+            value = tuple(value)
+        elif "bool" in expected and not isinstance(value, bool):
+            raise HpoError(f"{origin}: `{section}.{key}` must be true or false, but got {value!r}")
+        elif expected.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+            raise HpoError(f"{origin}: `{section}.{key}` must be an integer, but got {value!r}")
+        elif expected.startswith("float") and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
+            raise HpoError(f"{origin}: `{section}.{key}` must be a number, but got {value!r}")
+        elif expected.startswith("str") and not isinstance(value, str):
+            raise HpoError(f"{origin}: `{section}.{key}` must be a string, but got {value!r}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise HpoError(f"{origin}: [{section}] {exc}") from None
+    except TypeError as exc:  # a required key is missing
+        missing = str(exc).split("argument")[-1].strip(": '")
+        raise HpoError(f"{origin}: [{section}] is missing the required key `{missing}`") from None
+
+
+def _alpha(where: str, value: Any, origin: str) -> AlphaRange | None:
+    if value == "off" or value is False:
+        return None
+    if isinstance(value, list) and len(value) == 2:
+        value = {"low": value[0], "high": value[1]}
+    if not isinstance(value, Mapping):
+        raise HpoError(
+            f'{origin}: `{where}` must be "off", [low, high] or {{ low = ..., high = ... }}, '
+            f"but got {value!r}"
+        )
+    _check_keys(where, value, ("low", "high"), origin)
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise HpoError(f"{origin}: `{where}.{key}` must be a number, but got {number!r}")
+    try:
+        return AlphaRange(**{k: float(v) for k, v in value.items()})
+    except ValueError as exc:
+        raise HpoError(f"{origin}: `{where}`: {exc}") from None
+
+
+def _layer(
+    where: str, raw: Mapping[str, Any], defaults: LayerSearchSpec, origin: str
+) -> LayerSearchSpec:
+    _check_keys(where, raw, _LAYER_KEYS, origin)
+    values: dict[str, Any] = {
+        "l1": defaults.l1,
+        "l2": defaults.l2,
+        "placements": defaults.placements,
+        "allow_none": defaults.allow_none,
+    }
+    for key in ("l1", "l2"):
+        if key in raw:
+            values[key] = _alpha(f"{where}.{key}", raw[key], origin)
+    if "placements" in raw:
+        placements = raw["placements"]
+        if isinstance(placements, str):
+            placements = [placements]
+        if not isinstance(placements, list):
+            raise HpoError(f"{origin}: `{where}.placements` must be a list, but got {placements!r}")
+        values["placements"] = tuple(placements)
+    if "allow_none" in raw:
+        if not isinstance(raw["allow_none"], bool):
+            raise HpoError(f"{origin}: `{where}.allow_none` must be true or false")
+        values["allow_none"] = raw["allow_none"]
+    try:
+        layer = LayerSearchSpec(**values)
+    except ValueError as exc:
+        raise HpoError(f"{origin}: `{where}`: {exc}") from None
+    if layer.l1 is None and layer.l2 is None and not layer.allow_none:
+        raise HpoError(
+            f"{origin}: `{where}` turns both l1 and l2 off; set `allow_none = true` "
+            "to leave that layer unregularized"
+        )
+    return layer
+
+
+def _search(raw: Mapping[str, Any], n_hidden: int, origin: str) -> SearchSpec:
+    _check_keys("search", raw, _SEARCH_KEYS, origin)
+    defaults = _layer(
+        "search", {k: v for k, v in raw.items() if k != "layers"}, LayerSearchSpec(), origin
+    )
+    per_layer = raw.get("layers")
+    if per_layer is None:
+        return SearchSpec(layers=(defaults,) * n_hidden)
+    if not isinstance(per_layer, list) or len(per_layer) != n_hidden:
+        raise HpoError(
+            f"{origin}: `search.layers` must be a list of {n_hidden} tables (one per hidden layer), "
+            f"but got {per_layer!r}"
+        )
+    return SearchSpec(
+        layers=tuple(
+            _layer(f"search.layers[{i}]", table, defaults, origin)
+            for i, table in enumerate(per_layer)
+        )
+    )
+
+
+def spec_from_dict(raw: Mapping[str, Any], *, origin: str = "<study>") -> StudySpec:
+    """Validate plain data (parsed TOML or a stored spec) into a :class:`StudySpec`."""
+    _check_keys("", raw, _TOP_LEVEL, origin)
+    study = raw.get("study")
+    if study is None:
+        raise HpoError(f"{origin}: the [study] table with a `name` is required")
+    _check_keys("study", study, _STUDY_KEYS, origin)
+    if "data" not in raw:
+        raise HpoError(f"{origin}: the [data] table is required (path, url or dataset, and target)")
+    sections = {
+        name: _coerce(name, cls, raw.get(name, {}), origin) for name, cls in _SECTION_TYPES.items()
+    }
+    search = _search(raw.get("search", {}), len(sections["model"].hidden), origin)
+    for key in _STUDY_KEYS:
+        if key in study and not isinstance(study[key], str):
+            raise HpoError(f"{origin}: `study.{key}` must be a string, but got {study[key]!r}")
+    try:
+        return StudySpec(
+            name=study.get("name", ""),
+            direction=study.get("direction", "maximize"),
+            description=study.get("description", ""),
+            search=search,
+            source=origin,
+            **sections,
+        )
+    except ValueError as exc:
+        raise HpoError(f"{origin}: {exc}") from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HpoError(f"{path}: study file not found") from None
+    except OSError as exc:
+        raise HpoError(f"{path}: cannot read study file ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise HpoError(f"{path}: not valid TOML ({exc})") from None
+    return spec_from_dict(raw, origin=str(path))
+
+
+def _alpha_to_plain(alpha: AlphaRange | None) -> Any:
+    return "off" if alpha is None else {"low": alpha.low, "high": alpha.high}
+
+
+def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
+    """Plain, JSON- and TOML-friendly data that :func:`spec_from_dict` turns back into ``spec``."""
+
+    def plain(section: Any) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    layers = [
+        {
+            "l1": _alpha_to_plain(layer.l1),
+            "l2": _alpha_to_plain(layer.l2),
+            "placements": list(layer.placements),
+            "allow_none": layer.allow_none,
+        }
+        for layer in spec.search.layers
+    ]
+    return {
+        "study": {"name": spec.name, "direction": spec.direction, "description": spec.description},
+        **{name: plain(getattr(spec, name)) for name in _SECTION_TYPES},
+        "search": {"layers": layers},
+    }

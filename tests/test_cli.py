@@ -1,0 +1,268 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import SHARED_CSV
+
+from hpo.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hpo(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
+
+
+def test_help_lists_the_commands() -> None:
+    result = hpo("--help")
+    assert result.exit_code == 0
+    for command in ("run", "best", "trials"):
+        assert command in result.output
+
+
+# --- bad input: one line naming the problem, exit code 1, no traceback -------------------------
+
+
+def _one_line_error(result: Result, expected: str) -> None:
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [f"Error: {expected}"]
+    assert result.stderr.endswith(f"Error: {expected}\n")
+    assert "Traceback" not in result.output
+
+
+def test_missing_data_file(write_study: Callable[..., Path], tmp_path: Path) -> None:
+    study = write_study(data=f'[data]\npath = "{tmp_path}/missing.csv"\ntarget = "kind"\n')
+    result = hpo("run", study)
+    _one_line_error(
+        result, f"{tmp_path}/missing.csv: data file not found; fix [data] path or pass --data PATH"
+    )
+
+
+def test_missing_data_file_given_on_command_line(write_study: Callable[..., Path]) -> None:
+    result = hpo("run", write_study(), "--data", "nowhere.csv")
+    _one_line_error(result, "nowhere.csv: data file not found; fix [data] path or pass --data PATH")
+
+
+def test_missing_target_column(write_study: Callable[..., Path], tiny_csv: Path) -> None:
+    study = write_study(data=f'[data]\npath = "{tiny_csv}"\ntarget = "species"\n')
+    result = hpo("run", study)
+    _one_line_error(
+        result,
+        f"{tiny_csv}: target column 'species' not found; columns are row, size, weight, color, kind",
+    )
+
+
+def test_single_class_target(write_study: Callable[..., Path], tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text("a,b\n1,x\n2,x\n3,x\n")
+    study = write_study(data=f'[data]\npath = "{path}"\ntarget = "b"\n')
+    _one_line_error(
+        hpo("run", study),
+        f"{path}: target column 'b' has a single class ('x'); classification needs at least 2",
+    )
+
+
+def test_stratified_class_smaller_than_folds(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = tmp_path / "rare.csv"
+    path.write_text(
+        "a,b\n" + "".join(f"{i},{'x' if i % 2 else 'y'}\n" for i in range(20)) + "99,z\n"
+    )
+    study = write_study(data=f'[data]\npath = "{path}"\ntarget = "b"\n')
+    study.write_text(study.read_text().replace("seed = 1\n", "seed = 1\nstratified = true\n", 1))
+    _one_line_error(
+        hpo("run", study),
+        f"{path}: class 'z' has 1 rows, fewer than folds=3; use fewer folds or set [cv] stratified = false",
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "epochs = 3",
+            "epochs = 3\nepoch = 4",
+            "unknown key `model.epoch` (did you mean `epochs`?); allowed: hidden, activation, optimizer, learning_rate, epochs, batch_size",
+        ),
+        ("epochs = 3", "epochs = 0", "[model] `epochs > 0` must hold, but got (epochs=0)"),
+        ("folds = 3", "folds = 1", "[cv] `folds >= 2` must hold, but got (folds=1)"),
+        (
+            "[sampler]",
+            "[search]\nl1 = { low = 0.0, high = 0.1 }\n[sampler]",
+            "`search.l1`: `low > 0` must hold for a log range, but got (low=0.0)",
+        ),
+        (
+            "[sampler]",
+            "[search]\nl2 = { low = 0.1, high = 0.001 }\n[sampler]",
+            "`search.l2`: `low <= high` must hold, but got (low=0.1, high=0.001)",
+        ),
+    ],
+)
+def test_bad_study_file_values(
+    write_study: Callable[..., Path], old: str, new: str, expected: str
+) -> None:
+    study = write_study()
+    study.write_text(study.read_text().replace(old, new, 1))
+    _one_line_error(hpo("run", study), f"{study}: {expected}")
+
+
+def test_bad_epochs_on_the_command_line(write_study: Callable[..., Path]) -> None:
+    study = write_study()
+    _one_line_error(
+        hpo("run", study, "--epochs", "-1"), f"{study}: `epochs > 0` must hold, but got (epochs=-1)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "not-a-url",
+            "storage URL 'not-a-url' is malformed; expected sqlite:///FILE.db or postgresql://USER@HOST[:PORT]/DATABASE",
+        ),
+        (
+            "mysql://u:secret@h/db",
+            "storage URL 'mysql://u:***@h/db': unsupported scheme 'mysql'; expected sqlite:///FILE.db or postgresql://USER@HOST[:PORT]/DATABASE",
+        ),
+        (
+            "postgresql://u:secret@127.0.0.1",
+            "storage URL 'postgresql://u:***@127.0.0.1' names no database; expected sqlite:///FILE.db or postgresql://USER@HOST[:PORT]/DATABASE",
+        ),
+    ],
+)
+def test_malformed_storage_url(write_study: Callable[..., Path], url: str, expected: str) -> None:
+    _one_line_error(hpo("run", write_study(), "--storage", url), expected)
+    _one_line_error(hpo("best", "tiny", "--storage", url), expected)
+
+
+def test_unreachable_database_hides_the_password(write_study: Callable[..., Path]) -> None:
+    result = hpo("run", write_study(), "--storage", "postgresql://hpo:s3cret@127.0.0.1:9/hpo")
+    assert result.exit_code == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(
+        "Error: cannot reach the database at postgresql://hpo:***@127.0.0.1:9/hpo: "
+    )
+    assert "s3cret" not in result.output
+
+
+def test_unknown_study_name_lists_what_is_there(tmp_path: Path) -> None:
+    _one_line_error(
+        hpo("best", "ghost", "--storage", f"sqlite:///{tmp_path}/empty.db"),
+        f"no study named 'ghost' in sqlite:///{tmp_path}/empty.db (it holds no studies)",
+    )
+
+
+def test_debug_shows_the_traceback(write_study: Callable[..., Path]) -> None:
+    result = hpo("--debug", "run", write_study(), "--data", "nowhere.csv")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, Exception)
+    assert "data file not found" in str(result.exception)
+
+
+# --- end to end on SQLite ------------------------------------------------------------------
+
+
+def test_run_resume_best_and_trials(write_study: Callable[..., Path], tmp_path: Path) -> None:
+    study = write_study(n_trials=3)
+    storage = f"sqlite:///{tmp_path}/e2e.db"
+    first = hpo("run", study, "--storage", storage)
+    assert first.exit_code == 0, first.output
+    assert "ran 3 trials" in first.stdout
+    assert f"stored in {storage} as study 'tiny'" in first.stdout
+    assert "study 'tiny': created; 3 trials budgeted, 3 to run" in first.stderr
+    assert "fold 3/3 accuracy" in first.stderr
+
+    second = hpo("run", study, "--storage", storage, "--n-trials", "5")
+    assert second.exit_code == 0, second.output
+    assert "study 'tiny': resumed; 5 trials budgeted, 2 to run" in second.stderr
+    assert "ran 2 trials" in second.stdout
+
+    listed = json.loads(hpo("trials", "tiny", "--storage", storage, "--format", "json").stdout)
+    assert [t["number"] for t in listed] == [0, 1, 2, 3, 4]
+    assert all(t["state"] == "COMPLETE" for t in listed)
+    for t in listed:
+        attrs = t["user_attrs"]
+        assert len(attrs["fold_accuracies"]) == 3
+        assert attrs["engine"] == "reference" and attrs["epochs"] == 3
+        assert set(attrs["plan"]) == {"l1_activity", "l2_activity", "l1_kernel", "l2_kernel"}
+        assert {"seed", "fold_std", "seconds", "tensorflow", "keras"} <= set(attrs)
+        assert t["value"] == pytest.approx(sum(attrs["fold_accuracies"]) / 3, abs=0.02)
+        assert {"h1_placement", "h1_penalty", "h2_placement", "h2_penalty"} <= set(t["params"])
+
+    best = json.loads(hpo("best", "tiny", "--storage", storage, "--format", "json").stdout)
+    assert best["value"] == max(t["value"] for t in listed)
+
+    rows = list(
+        csv.DictReader(
+            io.StringIO(hpo("trials", "tiny", "--storage", storage, "--format", "csv").stdout)
+        )
+    )
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert float(rows[best["number"]]["value"]) == pytest.approx(best["value"])
+
+    table = hpo("trials", "tiny", "--storage", storage).stdout.splitlines()
+    assert table[0].split()[:3] == ["number", "state", "value"] and len(table) == 6
+
+    text = hpo("best", "tiny", "--storage", storage)
+    assert (
+        text.exit_code == 0
+        and f"best: trial {best['number']}, accuracy {best['value']:.4f}" in text.stdout
+    )
+
+
+def test_default_storage_is_a_sqlite_file_in_the_working_directory(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    result = hpo("run", write_study(n_trials=1))
+    assert result.exit_code == 0, result.output
+    assert (
+        "storage: sqlite:///hpo.db (default; choose with --storage or HPO_STORAGE)" in result.stderr
+    )
+    assert (tmp_path / "hpo.db").exists()
+    env_result = hpo("best", "tiny", env={"HPO_STORAGE": "sqlite:///hpo.db"})
+    assert env_result.exit_code == 0 and "best: trial 0" in env_result.stdout
+
+
+def test_resume_with_a_different_protocol_is_refused(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path}/p.db"
+    assert hpo("run", write_study(n_trials=1), "--storage", storage).exit_code == 0
+    result = hpo("run", write_study(n_trials=2), "--storage", storage, "--epochs", "4")
+    _one_line_error(
+        result,
+        "study 'tiny' was created with model.epochs=3, but this run has 4; use the study's settings or a new name (--name)",
+    )
+
+
+@pytest.mark.skipif(not SHARED_CSV.exists(), reason="needs ../shared/data/jh-simple-dataset.csv")
+def test_course_study_on_the_shared_data_set(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/course.db"
+    result = hpo(
+        "run",
+        ROOT / "studies" / "jh-simple.toml",
+        "--data",
+        SHARED_CSV,
+        "--storage",
+        storage,
+        "--n-trials",
+        "2",
+        "--epochs",
+        "2",
+        "--engine",
+        "reference",
+    )
+    assert result.exit_code == 0, result.output
+    assert "2000 rows, 47 features, 7 classes; 5-fold CV" in result.stderr
+    listed = json.loads(hpo("trials", "jh-simple", "--storage", storage, "--format", "json").stdout)
+    assert len(listed) == 2
+    assert all(len(t["user_attrs"]["fold_accuracies"]) == 5 for t in listed)
+    assert all(0.3 < t["value"] < 0.8 for t in listed)
