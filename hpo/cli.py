@@ -13,6 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hpo._cli_common import (
+    STORAGE_HELP,
+    best_or_none,
+    load_study,
+    print_best,
+    storage_url,
+    trial_record,
+)
 from hpo._errors import HpoError
 from hpo._logging import configure, get_logger
 from hpo.spec import ENGINES
@@ -25,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["cli", "main"]
 
 _log = get_logger("cli")
-_STORAGE_HELP = "Storage URL (sqlite:///FILE.db or postgresql://USER@HOST/DB). Default: $HPO_STORAGE, else sqlite:///hpo.db"
 
 
 class _Cli(click.Group):
@@ -60,20 +67,6 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     )
 
 
-def _storage_url(storage: str | None, *, announce: bool = False) -> str:
-    from hpo.storage import mask_url, normalize_url, resolve_storage_url
-
-    url, why = resolve_storage_url(storage)
-    normalize_url(url)  # fail fast on a malformed URL
-    if announce:
-        note = {
-            "default": " (default; choose with --storage or HPO_STORAGE)",
-            "HPO_STORAGE": " (from HPO_STORAGE)",
-        }
-        click.echo(f"storage: {mask_url(url)}{note.get(why, '')}", err=True)
-    return url
-
-
 def _apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
     """``spec`` with the command line's overrides; the dataclasses re-validate every value."""
     from dataclasses import replace
@@ -99,25 +92,9 @@ def _apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
         raise HpoError(f"{spec.source}: {exc}") from None
 
 
-def _load_study(name: str, storage_url: str) -> optuna.Study:
-    import optuna
-
-    from hpo.storage import mask_url, open_storage
-
-    storage = open_storage(storage_url)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = sorted(
-            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        )
-        where = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
-        raise HpoError(f"no study named {name!r} in {mask_url(storage_url)}{where}") from None
-
-
 @cli.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--storage", help=_STORAGE_HELP)
+@click.option("--storage", help=STORAGE_HELP)
 @click.option("--n-trials", type=int, help="Global trial budget of the study (finished + running).")
 @click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
 @click.option("--epochs", type=int, help="Override [model] epochs (e.g. a quick look).")
@@ -160,10 +137,10 @@ def run(
         timeout=timeout,
         name=name,
     )
-    _storage_url(storage)  # a malformed URL fails before any data is read
+    storage_url(storage)  # a malformed URL fails before any data is read
     dataset = load_dataset(spec.data, path_override=data_path)
     folds = make_fold_set(dataset, spec.cv)
-    url = _storage_url(storage, announce=True)
+    url = storage_url(storage, announce=True)
     rdb = open_storage(url)
     first = folds.repeats[0][0]
     click.echo(
@@ -201,30 +178,12 @@ def run(
         f"ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} failed) "
         f"in {summary.seconds:.1f} s"
     )
-    _print_best(study, mask_url(url))
-
-
-def _best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    from hpo.worker import best_trial
-
-    return best_trial(study)
-
-
-def _print_best(study: optuna.Study, shown_url: str) -> None:
-    best = _best_or_none(study)
-    if best is None:
-        click.echo(f"no complete trial yet in study {study.study_name!r} ({shown_url})")
-        return
-    folds = " ".join(f"{a:.3f}" for a in best.user_attrs.get("fold_accuracies", []))
-    click.echo(f"best: trial {best.number}, accuracy {best.value:.4f} (folds {folds})")
-    for key, value in best.params.items():
-        click.echo(f"  {key} = {value:.3g}" if isinstance(value, float) else f"  {key} = {value}")
-    click.echo(f"stored in {shown_url} as study {study.study_name!r}")
+    print_best(study, mask_url(url))
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--storage", help=_STORAGE_HELP)
+@click.option("--storage", help=STORAGE_HELP)
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -232,29 +191,15 @@ def best(name: str, storage: str | None, fmt: str) -> None:
     """Show the best trial of study NAME."""
     from hpo.storage import mask_url
 
-    url = _storage_url(storage)
-    study = _load_study(name, url)
-    trial = _best_or_none(study)
+    url = storage_url(storage)
+    study = load_study(name, url)
+    trial = best_or_none(study)
     if fmt == "json":
         if trial is None:
             raise HpoError(f"study {name!r} has no complete trial yet")
-        click.echo(json.dumps(_trial_record(trial), indent=2))
+        click.echo(json.dumps(trial_record(trial), indent=2))
     else:
-        _print_best(study, mask_url(url))
-
-
-def _trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "params": trial.params,
-        "user_attrs": trial.user_attrs,
-        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
-        "datetime_complete": trial.datetime_complete.isoformat()
-        if trial.datetime_complete
-        else None,
-    }
+        print_best(study, mask_url(url))
 
 
 _TRIAL_COLUMNS = ("number", "state", "value", "fold_std", "seconds", "engine")
@@ -277,7 +222,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial, param_names: list[str]) -> dict[
 
 @cli.command()
 @click.argument("name")
-@click.option("--storage", help=_STORAGE_HELP)
+@click.option("--storage", help=STORAGE_HELP)
 @click.option(
     "--format",
     "fmt",
@@ -287,10 +232,10 @@ def _trial_row(trial: optuna.trial.FrozenTrial, param_names: list[str]) -> dict[
 )
 def trials(name: str, storage: str | None, fmt: str) -> None:
     """List the trials of study NAME."""
-    study = _load_study(name, _storage_url(storage))
+    study = load_study(name, storage_url(storage))
     all_trials = study.get_trials(deepcopy=False)
     if fmt == "json":
-        click.echo(json.dumps([_trial_record(t) for t in all_trials], indent=2))
+        click.echo(json.dumps([trial_record(t) for t in all_trials], indent=2))
         return
     param_names = sorted({p for t in all_trials for p in t.params})
     rows = [_trial_row(t, param_names) for t in all_trials]
@@ -319,6 +264,19 @@ def _table(columns: list[str], rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _register_command_modules() -> None:
+    # Each module holds one family of commands; registering them here keeps `hpo --help` whole
+    # while no module needs to import another's internals.
+    from hpo._commands_cluster import COMMANDS as cluster_commands
+    from hpo._commands_results import COMMANDS as results_commands
+
+    for command in (*cluster_commands, *results_commands):
+        cli.add_command(command)
+
+
+_register_command_modules()
 
 
 def main() -> None:
