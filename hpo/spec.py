@@ -23,7 +23,9 @@ __all__ = [
     "ENGINES",
     "OPTIMIZERS",
     "PLACEMENTS",
+    "ARTIFACT_MODELS",
     "AlphaRange",
+    "ArtifactsSpec",
     "BudgetSpec",
     "CVSpec",
     "DataSpec",
@@ -214,6 +216,31 @@ class BudgetSpec:
             raise ValueError(f"`timeout > 0` must hold, but got (timeout={self.timeout})")
 
 
+ARTIFACT_MODELS = ("fold", "refit", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactsSpec:
+    """What the best trials leave behind for the dashboard and the report.
+
+    ``model``: "fold" saves the model trained on the first fold, "refit" retrains the plan on all
+    rows, "none" saves no model. ``path``: the artifact store folder (default: next to a SQLite
+    study file, else ``./artifacts``); shared workers need a path they all reach.
+    """
+
+    path: str | None = None
+    top_k: int = 3
+    model: str = "fold"
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ValueError(f"`top_k >= 0` must hold, but got (top_k={self.top_k})")
+        if self.model not in ARTIFACT_MODELS:
+            raise ValueError(
+                f"`model` must be one of {', '.join(ARTIFACT_MODELS)}, but got {self.model!r}"
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudySpec:
     name: str
@@ -226,6 +253,7 @@ class StudySpec:
     search: SearchSpec = field(default_factory=lambda: SearchSpec(layers=(LayerSearchSpec(),) * 2))
     sampler: SamplerSpec = SamplerSpec()
     budget: BudgetSpec = BudgetSpec()
+    artifacts: ArtifactsSpec = ArtifactsSpec()
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -262,6 +290,7 @@ _SECTION_TYPES: dict[str, type] = {
     "engine": EngineSpec,
     "sampler": SamplerSpec,
     "budget": BudgetSpec,
+    "artifacts": ArtifactsSpec,
 }
 _TOP_LEVEL = ("study", "search", *_SECTION_TYPES)
 _STUDY_KEYS = ("name", "direction", "description")

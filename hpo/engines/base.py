@@ -45,6 +45,7 @@ class EvaluationResult:
     diverged: bool = False
     pruned: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    weights: list[np.ndarray] | None = None
 
     @property
     def fold_std(self) -> float:

@@ -9,6 +9,7 @@ Keras >= 3.14).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,6 +122,7 @@ class ReferenceEngine:
         started = time.perf_counter()
         fold_predictions: list[np.ndarray] = []
         diverged_folds: list[int] = []
+        first_fold_weights: list[np.ndarray] | None = None
         epochs_run = 0
         for fold in folds:
             keras.utils.set_random_seed(fold_seed(seed, fold.index))
@@ -143,6 +145,8 @@ class ReferenceEngine:
             else:
                 predicted = probabilities.argmax(axis=1).astype(np.int32)
             fold_predictions.append(predicted)
+            if first_fold_weights is None:
+                first_fold_weights = net.get_weights()
             del net
             keras.backend.clear_session(free_memory=True)
             accuracy = float((predicted == fold.y_valid).mean())
@@ -154,9 +158,10 @@ class ReferenceEngine:
                     return self._result(
                         folds, fold_predictions, epochs_run, started, diverged_folds, pruned=True
                     )
-        return self._result(
+        result = self._result(
             folds, fold_predictions, epochs_run, started, diverged_folds, pruned=False
         )
+        return replace(result, weights=first_fold_weights)
 
     def _result(
         self,
