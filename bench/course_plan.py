@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--study", default=str(ROOT / "studies" / "jh-simple.toml"))
     parser.add_argument("--data", help="CSV to read instead of the study's source")
     parser.add_argument("--engine", choices=["reference", "stacked"], default="reference")
@@ -44,7 +46,9 @@ def main() -> None:
     wall = time.perf_counter() - started
     for seed, result in zip(seeds, results, strict=True):
         folds_text = " ".join(f"{a:.3f}" for a in result.fold_accuracies)
-        print(f"seed {seed}: accuracy {result.accuracy:.4f} (folds {folds_text}), {result.seconds:.1f} s")
+        print(
+            f"seed {seed}: accuracy {result.accuracy:.4f} (folds {folds_text}), {result.seconds:.1f} s"
+        )
     accuracies = [r.accuracy for r in results]
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
     print(

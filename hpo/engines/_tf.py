@@ -20,6 +20,7 @@ def import_keras(threads: int = 0) -> Any:
 
     if not _configured:
         _configured = True
+        tf.get_logger().setLevel("ERROR")  # retracing chatter from one model per fold
         if threads > 0:
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)

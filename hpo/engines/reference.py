@@ -138,7 +138,8 @@ class ReferenceEngine:
             )
             losses = history.history["loss"]
             epochs_run = max(epochs_run, len(losses))
-            probabilities = net.predict(fold.x_valid, batch_size=1024, verbose=0)
+            # A direct call, not predict(): predict() traces a new tf.function per model.
+            probabilities = np.asarray(net(fold.x_valid, training=False))
             if not np.isfinite(losses[-1]) or not np.all(np.isfinite(probabilities)):
                 diverged_folds.append(fold.index)
                 predicted = np.full(len(fold.y_valid), -1, dtype=np.int32)  # counts as wrong
