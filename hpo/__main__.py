@@ -1,3 +1,4 @@
 from hpo.cli import main
 
-main()
+if __name__ == "__main__":  # spawned child processes import this module too
+    main()

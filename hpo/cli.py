@@ -158,17 +158,20 @@ def run(
     )
     engine_impl = make_engine(spec.engine)
     batch = spec.engine.trials_per_batch if spec.engine.name == "stacked" else 1
-    with stop_on_signals():
-        summary = optimize(
-            study,
-            spec,
-            folds,
-            engine_impl,
-            n_trials=spec.budget.n_trials,
-            timeout=spec.budget.timeout,
-            trials_per_batch=batch,
-            versions=tensorflow_versions(),
-        )
+    try:
+        with stop_on_signals():
+            summary = optimize(
+                study,
+                spec,
+                folds,
+                engine_impl,
+                n_trials=spec.budget.n_trials,
+                timeout=spec.budget.timeout,
+                trials_per_batch=batch,
+                versions=tensorflow_versions(),
+            )
+    finally:
+        engine_impl.close()
     if summary.interrupted:
         click.echo(
             f"stopped by {summary.interrupted}: trials in flight marked FAIL; the study is intact",

@@ -55,7 +55,7 @@ def test_unregularized_plan_builds_plain_layers() -> None:
 
 def test_same_plan_and_seed_give_the_same_accuracy(folds: list) -> None:
     plan = RegularizationPlan.uniform(2, l1=1e-3, placement="both")
-    engine = ReferenceEngine()
+    engine = ReferenceEngine(isolate=False)
     first, second = (
         engine.evaluate([plan], folds, model=MODEL, n_classes=3, seeds=[11])[0] for _ in range(2)
     )
@@ -66,7 +66,7 @@ def test_same_plan_and_seed_give_the_same_accuracy(folds: list) -> None:
 
 
 def test_out_of_fold_accuracy_scores_every_row_once(folds: list) -> None:
-    result = ReferenceEngine().evaluate(
+    result = ReferenceEngine(isolate=False).evaluate(
         [RegularizationPlan.uniform(2, l2=1e-4)],
         folds,
         model=MODEL.__class__(hidden=(8, 4), epochs=30, batch_size=16),
@@ -85,7 +85,28 @@ def test_out_of_fold_accuracy_scores_every_row_once(folds: list) -> None:
 
 def test_a_diverging_plan_is_scored_not_crashed(folds: list) -> None:
     huge = RegularizationPlan.uniform(2, l2=1e30, placement="both")
-    result = ReferenceEngine().evaluate([huge], folds, model=MODEL, n_classes=3, seeds=[1])[0]
+    result = ReferenceEngine(isolate=False).evaluate(
+        [huge], folds, model=MODEL, n_classes=3, seeds=[1]
+    )[0]
     assert result.diverged
     assert result.accuracy == 0.0
     assert result.details["diverged_folds"] == [0, 1, 2]
+
+
+def test_isolated_fits_match_in_process_fits(folds: list) -> None:
+    """The child process that keeps memory flat changes nothing about what is trained."""
+    plan = RegularizationPlan.uniform(2, l1=1e-3, l2=1e-4, placement="kernel")
+    isolated = ReferenceEngine(isolate=True, folds_per_process=2)
+    try:
+        apart = isolated.evaluate([plan, plan], folds, model=MODEL, n_classes=3, seeds=[4, 5])
+        assert isolated._pool is not None  # it really ran in a child process
+    finally:
+        isolated.close()
+    here = ReferenceEngine(isolate=False).evaluate(
+        [plan, plan], folds, model=MODEL, n_classes=3, seeds=[4, 5]
+    )
+    for a, b in zip(apart, here, strict=True):
+        assert a.fold_accuracies == b.fold_accuracies
+        np.testing.assert_array_equal(a.predictions, b.predictions)
+        for wa, wb in zip(a.weights or [], b.weights or [], strict=True):
+            np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-7)

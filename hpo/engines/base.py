@@ -84,6 +84,10 @@ class Engine(Protocol):
         monitor: Monitor | None = None,
     ) -> list[EvaluationResult]: ...
 
+    def close(self) -> None:
+        """Release processes and memory the engine holds (it may be used again afterwards)."""
+        ...
+
 
 def fold_seed(seed: int, fold: int) -> int:
     """The seed one fold of one trial trains with (initial weights, shuffling)."""

@@ -8,9 +8,13 @@ Keras >= 3.14).
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import signal
 import time
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +26,7 @@ from hpo.engines.base import EvaluationResult, Monitor, NullMonitor, fold_seed, 
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import ModelSpec
 
-__all__ = ["ReferenceEngine", "build_model", "regularizer"]
+__all__ = ["ReferenceEngine", "build_model", "fit_fold", "regularizer"]
 
 _log = get_logger("engines.reference")
 
@@ -79,18 +83,82 @@ def _optimizer(keras: Any, model: ModelSpec) -> Any:
     return classes[model.optimizer](learning_rate=model.learning_rate)
 
 
+@dataclass(frozen=True)
+class _FittedFold:
+    predicted: np.ndarray | None  # None: the loss or the outputs went non-finite
+    epochs: int
+    weights: list[np.ndarray] | None
+
+
+def fit_fold(
+    plan: RegularizationPlan,
+    model: ModelSpec,
+    fold: Fold,
+    n_classes: int,
+    seed: int,
+    shuffle: bool,
+    keep_weights: bool,
+) -> _FittedFold:
+    """Build, ``fit`` and predict one fold: the course protocol, nothing else."""
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    net = build_model(plan, model, n_features=fold.n_features, n_classes=n_classes)
+    history = net.fit(
+        fold.x_train,
+        fold.y_train,
+        batch_size=model.batch_size,
+        epochs=model.epochs,
+        shuffle=shuffle,
+        verbose=0,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    losses = history.history["loss"]
+    # A direct call, not predict(): predict() traces one more tf.function per model.
+    probabilities = np.asarray(net(fold.x_valid, training=False))
+    finite = bool(np.isfinite(losses[-1]) and np.all(np.isfinite(probabilities)))
+    fitted = _FittedFold(
+        predicted=probabilities.argmax(axis=1).astype(np.int32) if finite else None,
+        epochs=len(losses),
+        weights=net.get_weights() if keep_weights else None,
+    )
+    del net
+    keras.backend.clear_session(free_memory=True)
+    return fitted
+
+
+def _child_init() -> None:
+    # Ctrl-C reaches the whole process group; the parent decides what to do and kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import_keras()
+
+
 class ReferenceEngine:
     """Trials one after another, folds one after another, each a fresh ``model.fit``.
 
     Pruning checkpoints come at fold ends: step ``k`` reports the mean accuracy of the first
     ``k`` folds.
+
+    Keras 3 on TensorFlow keeps about 6 MiB per model built and fitted, even after
+    ``clear_session``: a worker would grow by 30 MiB a trial. With ``isolate`` (the default) the
+    fits run in a child process that is replaced every ``folds_per_process`` folds, so a long
+    study's memory stays flat; ``isolate=False`` fits in this process (tests, one-off runs).
     """
 
     name = "reference"
 
-    def __init__(self, *, checkpoint_every: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        checkpoint_every: int = 0,
+        shuffle: bool = True,
+        isolate: bool = True,
+        folds_per_process: int = 50,
+    ) -> None:
         self.checkpoint_every = checkpoint_every
         self.shuffle = shuffle
+        self.isolate = isolate
+        self.folds_per_process = folds_per_process
+        self._pool: ProcessPoolExecutor | None = None
 
     def evaluate(
         self,
@@ -118,38 +186,22 @@ class ReferenceEngine:
         seed: int,
         monitor: Monitor,
     ) -> EvaluationResult:
-        keras = import_keras()
         started = time.perf_counter()
         fold_predictions: list[np.ndarray] = []
         diverged_folds: list[int] = []
         first_fold_weights: list[np.ndarray] | None = None
         epochs_run = 0
         for fold in folds:
-            keras.utils.set_random_seed(fold_seed(seed, fold.index))
-            net = build_model(plan, model, n_features=fold.n_features, n_classes=n_classes)
-            history = net.fit(
-                fold.x_train,
-                fold.y_train,
-                batch_size=model.batch_size,
-                epochs=model.epochs,
-                shuffle=self.shuffle,
-                verbose=0,
-                callbacks=[keras.callbacks.TerminateOnNaN()],
-            )
-            losses = history.history["loss"]
-            epochs_run = max(epochs_run, len(losses))
-            # A direct call, not predict(): predict() traces a new tf.function per model.
-            probabilities = np.asarray(net(fold.x_valid, training=False))
-            if not np.isfinite(losses[-1]) or not np.all(np.isfinite(probabilities)):
+            fitted = self._fit(plan, model, fold, n_classes, seed, first_fold_weights is None)
+            epochs_run = max(epochs_run, fitted.epochs)
+            if fitted.predicted is None:
                 diverged_folds.append(fold.index)
                 predicted = np.full(len(fold.y_valid), -1, dtype=np.int32)  # counts as wrong
             else:
-                predicted = probabilities.argmax(axis=1).astype(np.int32)
+                predicted = fitted.predicted
             fold_predictions.append(predicted)
             if first_fold_weights is None:
-                first_fold_weights = net.get_weights()
-            del net
-            keras.backend.clear_session(free_memory=True)
+                first_fold_weights = fitted.weights
             accuracy = float((predicted == fold.y_valid).mean())
             monitor.on_fold_end(member, fold.index, accuracy)
             done = len(fold_predictions)
@@ -163,6 +215,52 @@ class ReferenceEngine:
             folds, fold_predictions, epochs_run, started, diverged_folds, pruned=False
         )
         return replace(result, weights=first_fold_weights)
+
+    def _fit(
+        self,
+        plan: RegularizationPlan,
+        model: ModelSpec,
+        fold: Fold,
+        n_classes: int,
+        seed: int,
+        keep_weights: bool,
+    ) -> _FittedFold:
+        args = (
+            plan,
+            model,
+            fold,
+            n_classes,
+            fold_seed(seed, fold.index),
+            self.shuffle,
+            keep_weights,
+        )
+        if not self.isolate:
+            return fit_fold(*args)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_child_init,
+                max_tasks_per_child=self.folds_per_process,
+            )
+        try:
+            return self._pool.submit(fit_fold, *args).result()
+        except BaseException:
+            self.close()  # a signal or a dead child: never leave a training process behind
+            raise
+
+    def close(self) -> None:
+        """Stop the training process, if any (the next fold starts a fresh one)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
 
     def _result(
         self,
