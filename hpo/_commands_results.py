@@ -2,8 +2,237 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
+
+from hpo._cli_common import STORAGE_HELP, load_study, storage_url
+from hpo._errors import HpoError
+from hpo._logging import get_logger
+from hpo.spec import ENGINES
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.engines.base import Engine
+    from hpo.rerun import RerunStats
+    from hpo.spec import StudySpec
 
 __all__ = ["COMMANDS"]
 
-COMMANDS: list[click.Command] = []
+_log = get_logger("cli")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--artifacts",
+    "artifacts_dir",
+    type=click.Path(file_okay=False),
+    help="Artifact folder (default: the studies' [artifacts] path, else beside the SQLite file).",
+)
+def dashboard(storage: str | None, host: str, port: int, artifacts_dir: str | None) -> None:
+    """Serve optuna-dashboard on the studies' storage and artifacts."""
+    from hpo.dashboard import serve
+
+    url = storage_url(storage)
+    if host not in _LOOPBACK:
+        _log.warning(
+            "the dashboard has no login: anyone who reaches %s:%d can read and edit the studies",
+            host,
+            port,
+        )
+    serve(url, host=host, port=port, artifacts=artifacts_dir, announce=click.echo)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for report.html and its PNGs (created if missing).",
+)
+@click.option(
+    "--artifacts",
+    "artifacts_dir",
+    type=click.Path(file_okay=False),
+    help="Artifact folder to take the best trial's confusion matrix from (default: the study's).",
+)
+def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | None) -> None:
+    """Write an HTML report with plots of study NAME to --out DIR."""
+    from hpo.artifacts import artifact_dir_for
+    from hpo.report import write_report
+    from hpo.storage import mask_url
+    from hpo.worker import stored_spec
+
+    url = storage_url(storage)
+    study = load_study(name, url)
+    artifact_dir = (
+        Path(artifacts_dir) if artifacts_dir else artifact_dir_for(url, stored_spec(study))
+    )
+    written = write_report(study, out_dir, shown_storage=mask_url(url), artifact_dir=artifact_dir)
+    for plot, why in written.skipped.items():
+        click.echo(f"not drawn: {plot} ({why})", err=True)
+    click.echo(f"wrote {written.html_path} with {len(written.pngs)} plots; open it in a browser")
+
+
+def _pick_trials(
+    study: optuna.Study, trial_number: int | None, top: int | None
+) -> list[optuna.trial.FrozenTrial]:
+    from optuna.trial import TrialState
+
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "plan" in t.user_attrs
+    ]
+    if trial_number is not None:
+        chosen = [t for t in complete if t.number == trial_number]
+        if not chosen:
+            numbers = ", ".join(str(t.number) for t in complete) or "none"
+            raise HpoError(
+                f"study {study.study_name!r} has no complete trial {trial_number} with a recorded "
+                f"plan; complete trials: {numbers}"
+            )
+        return chosen
+    if not complete:
+        raise HpoError(f"study {study.study_name!r} has no complete trial to rerun yet")
+    ranked = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))
+    return ranked[: top if top is not None else 3]
+
+
+def _rerun_engine(spec: StudySpec, name: str) -> Engine:
+    from dataclasses import replace
+
+    from hpo.engines.base import make_engine
+    from hpo.engines.reference import ReferenceEngine
+
+    try:
+        # No pruning in a rerun: every seed must run to the end to be comparable.
+        return make_engine(replace(spec.engine, name=name, checkpoint_every=0))
+    except ImportError:
+        _log.warning(
+            "the %s engine is not available here; rerunning with the reference engine", name
+        )
+        return ReferenceEngine()
+
+
+def _print_reruns(results: list[RerunStats]) -> None:
+    import math
+
+    from hpo.rerun import verdict
+
+    ordered = sorted(results, key=lambda r: (-r.mean, r.trial))
+    header = f"{'trial':>5}  {'search':>7}  {'rerun mean':>10}  {'std':>7}  {'95% CI':<18}"
+    click.echo(header)
+    for r in ordered:
+        ci = "-" if r.ci95 is None else f"[{r.ci95[0]:.4f}, {r.ci95[1]:.4f}]"
+        std = "-" if math.isnan(r.std) else f"{r.std:.4f}"
+        original = "-" if r.original is None else f"{r.original:.4f}"
+        click.echo(f"{r.trial:>5}  {original:>7}  {r.mean:>10.4f}  {std:>7}  {ci:<18}")
+    for line in verdict(ordered):
+        click.echo(line)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--trial", "trial_number", type=int, help="Rerun this trial number.")
+@click.option("--top", type=int, help="Rerun the K best complete trials (default: 3).")
+@click.option(
+    "--seeds", type=int, required=True, help="Fresh seeds per trial (2 or more for a CI)."
+)
+@click.option(
+    "--repeats",
+    type=int,
+    help="Repeated K-fold: reshuffled splits per seed (default: the study's).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False),
+    help="Read the data from this CSV instead of the study's stored source.",
+)
+@click.option("--engine", type=click.Choice(ENGINES), help="Override the study's engine.")
+def rerun(
+    name: str,
+    storage: str | None,
+    trial_number: int | None,
+    top: int | None,
+    seeds: int,
+    repeats: int | None,
+    data_path: str | None,
+    engine: str | None,
+) -> None:
+    """Rerun trials with fresh seeds: beyond noise?
+
+    Re-evaluates trial N (--trial) or the K best (--top, default 3) of study NAME with S fresh
+    seeds, records mean, std and a 95% confidence interval on the study, and says whether the
+    best differs from the others beyond run-to-run noise (Welch t-test).
+    """
+    from dataclasses import replace
+
+    from hpo.data import load_dataset, make_fold_set
+    from hpo.rerun import record_reruns, rerun_seeds, rerun_trials
+    from hpo.worker import stored_spec
+
+    if trial_number is not None and top is not None:
+        raise HpoError("give either --trial N or --top K, not both")
+    if top is not None and top < 1:
+        raise HpoError(f"--top must be >= 1, but got {top}")
+    if seeds < 1:
+        raise HpoError(f"--seeds must be >= 1, but got {seeds}")
+    if repeats is not None and repeats < 1:
+        raise HpoError(f"--repeats must be >= 1, but got {repeats}")
+    url = storage_url(storage)
+    study = load_study(name, url)
+    spec = stored_spec(study)
+    if spec is None:
+        raise HpoError(
+            f"study {name!r} has no stored spec (user attr hpo_spec); only studies created by "
+            "`hpo run` or `hpo create` can be rerun"
+        )
+    trials = _pick_trials(study, trial_number, top)
+    try:
+        cv = replace(spec.cv, repeats=repeats) if repeats is not None else spec.cv
+    except ValueError as exc:
+        raise HpoError(f"--repeats {repeats}: {exc}") from None
+    dataset = load_dataset(spec.data, path_override=data_path)
+    folds = make_fold_set(dataset, cv)
+    engine_impl = _rerun_engine(spec, engine or spec.engine.name)
+    seed_list = rerun_seeds(spec, seeds)
+    batch = spec.engine.trials_per_batch if engine_impl.name == "stacked" else len(trials)
+    click.echo(
+        f"rerunning trial{'s' if len(trials) > 1 else ''} {', '.join(str(t.number) for t in trials)} "
+        f"with {seeds} fresh seed{'s' if seeds > 1 else ''} x {cv.repeats} repeat"
+        f"{'s' if cv.repeats > 1 else ''} of {cv.folds}-fold CV ({engine_impl.name} engine, "
+        f"{spec.model.epochs} epochs)",
+        err=True,
+    )
+    try:
+        results = rerun_trials(trials, spec, folds, engine_impl, seeds=seed_list, batch=batch)
+    finally:
+        engine_impl.close()
+    record_reruns(study, results)
+    _print_reruns(results)
+    click.echo(
+        "recorded as study user attrs "
+        + ", ".join(f"rerun:{r.trial}" for r in results)
+        + " (and as trial notes in optuna-dashboard)"
+    )
+
+
+COMMANDS: list[click.Command] = [dashboard, report, rerun]

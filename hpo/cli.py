@@ -119,6 +119,7 @@ def run(
     name: str | None,
 ) -> None:
     """Create or resume the study in STUDY_FILE and optimize in this process."""
+    from hpo.artifacts import ArtifactRecorder
     from hpo.data import load_dataset, make_fold_set
     from hpo.engines._tf import tensorflow_versions
     from hpo.engines.base import make_engine
@@ -142,6 +143,8 @@ def run(
     folds = make_fold_set(dataset, spec.cv)
     url = storage_url(storage, announce=True)
     rdb = open_storage(url)
+    # A bad [artifacts] path fails here, before any training.
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     first = folds.repeats[0][0]
     click.echo(
         f"data: {dataset.source}: {dataset.n_rows} rows, {first.n_features} features, "
@@ -169,9 +172,12 @@ def run(
                 timeout=spec.budget.timeout,
                 trials_per_batch=batch,
                 versions=tensorflow_versions(),
+                on_result=recorder,
             )
     finally:
         engine_impl.close()
+    if not summary.interrupted:
+        recorder.finalize(study)
     if summary.interrupted:
         click.echo(
             f"stopped by {summary.interrupted}: trials in flight marked FAIL; the study is intact",

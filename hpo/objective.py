@@ -56,6 +56,7 @@ def evaluate_plans(
                 diverged=any(r.diverged for r in member_results),
                 pruned=any(r.pruned for r in member_results),
                 details={**member_results[0].details, "repeat_accuracies": accuracies},
+                weights=member_results[0].weights,
             )
         )
     return combined

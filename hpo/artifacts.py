@@ -1,0 +1,424 @@
+"""Artifacts of trials for optuna-dashboard and the report: per-fold table, confusion matrix, model.
+
+:class:`ArtifactRecorder` is the worker's ``on_result`` callback. Every trial gets its per-fold
+table (a small CSV). A trial that is among the study's best ``[artifacts] top_k`` when it
+finishes also gets its out-of-fold confusion matrix (PNG) at once, through Optuna's own artifact
+API while the trial is still running, so the dashboard shows it during the run and a worker
+killed later loses nothing.
+
+Model files wait for :meth:`ArtifactRecorder.finalize` at the end of a run and cover the study's
+final top ``top_k``: every Keras model built in a process stays in its memory (about 6 MiB each,
+even after ``clear_session``), so a long-running worker must not build one per good trial.
+``model = "fold"`` keeps the first fold's weights of this process's best ``top_k`` trials in
+memory (a few KiB each) and saves them as ``.keras`` (an engine that returns no weights gets the
+first fold trained again by the reference protocol, same plan and seed); ``model = "refit"``
+retrains each of the study's final best on all rows.
+
+The store is a folder (``optuna.artifacts.FileSystemArtifactStore``): ``[artifacts] path``, else
+beside a SQLite study file (``hpo.db`` -> ``hpo-artifacts/``), else ``./artifacts``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpo._errors import HpoError
+from hpo._logging import get_logger
+from hpo.data import Dataset, FoldSet
+from hpo.engines.base import EvaluationResult
+from hpo.spec import StudySpec
+
+if TYPE_CHECKING:
+    import optuna
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ArtifactRecorder",
+    "TrialArtifact",
+    "artifact_dir_for",
+    "confusion_counts",
+    "confusion_figure",
+    "open_artifact_store",
+    "trial_artifacts",
+]
+
+_log = get_logger("artifacts")
+# optuna-dashboard lists a finished trial's artifacts from this study system attr prefix; Optuna's
+# own upload_artifact refuses finished trials, and a refit happens after the trial finished.
+_FINISHED_TRIAL_PREFIX = "dashboard:artifacts:"
+_TRIAL_PREFIX = "artifacts:"
+
+
+def artifact_dir_for(storage_url: str, spec: StudySpec | None) -> Path:
+    """Where the artifacts of a study live: ``[artifacts] path``, else beside the SQLite file
+    (``hpo.db`` -> ``hpo-artifacts``), else ``./artifacts`` (PostgreSQL: name a shared path)."""
+    from sqlalchemy.engine import make_url
+
+    from hpo.storage import normalize_url
+
+    if spec is not None and spec.artifacts.path:
+        return Path(spec.artifacts.path)
+    parsed = make_url(normalize_url(storage_url))
+    database = parsed.database
+    if parsed.drivername.startswith("sqlite") and database and database != ":memory:":
+        db = Path(database)
+        return db.with_name(f"{db.stem}-artifacts")
+    return Path("artifacts")
+
+
+def open_artifact_store(directory: Path, *, create: bool) -> Any:
+    """A file-system artifact store on ``directory`` (created when ``create``)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    if create:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HpoError(
+                f"{directory}: cannot create the artifact folder ({exc.strerror}); "
+                "set [artifacts] path to a writable folder"
+            ) from None
+    return FileSystemArtifactStore(directory)
+
+
+@dataclass(frozen=True)
+class TrialArtifact:
+    artifact_id: str
+    filename: str
+    mimetype: str
+
+
+def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[TrialArtifact]:
+    """Every artifact attached to ``trial``, wherever optuna-dashboard looks for them."""
+    storage = study._storage
+    metas: list[dict[str, Any]] = []
+    for key, value in storage.get_trial_system_attrs(trial._trial_id).items():
+        if key.startswith(_TRIAL_PREFIX) and value:
+            metas.append(json.loads(value))
+    prefix = f"{_FINISHED_TRIAL_PREFIX}{trial._trial_id}:"
+    for key, value in storage.get_study_system_attrs(study._study_id).items():
+        if key.startswith(prefix) and value:
+            metas.append(json.loads(value))
+    return [
+        TrialArtifact(m["artifact_id"], m["filename"], m["mimetype"])
+        for m in metas
+        if m is not None
+    ]
+
+
+def confusion_counts(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts ``[true, predicted]``; rows never predicted (pruned or diverged folds) are left out."""
+    keep = (predictions >= 0) & (labels >= 0)
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (labels[keep], predictions[keep]), 1)
+    return counts
+
+
+def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> Figure:
+    """A confusion matrix: counts written in the cells, colour = share of the true class's rows."""
+    from matplotlib.figure import Figure
+
+    n = len(classes)
+    size = min(11.0, 3.2 + 0.65 * n)
+    fig = Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if shares[i, j] > 0.55 else "black",
+            )
+    labels = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
+    ax.set_xticks(range(n), labels, rotation=40 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=11)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's rows")
+    return fig
+
+
+class ArtifactRecorder:
+    """The ``on_result`` callback that leaves artifacts on trials (see the module docstring).
+
+    ``dataset`` (the rows the folds were cut from) is needed only for ``model = "refit"``.
+    Artifact failures are logged, never raised: a trial's result matters more than its files.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        storage_url: str,
+        fold_set: FoldSet,
+        *,
+        dataset: Dataset | None = None,
+        artifact_dir: str | Path | None = None,
+    ) -> None:
+        if spec.artifacts.model == "refit" and dataset is None:
+            raise ValueError('[artifacts] model = "refit" needs the rows: pass dataset=')
+        self.spec = spec
+        self.directory = (
+            Path(artifact_dir) if artifact_dir is not None else artifact_dir_for(storage_url, spec)
+        )
+        self.store = open_artifact_store(self.directory, create=True)
+        self._dataset = dataset
+        self._classes = fold_set.classes
+        first = fold_set.repeats[0]
+        self._n_features = first[0].n_features
+        n_rows = sum(len(f.valid_rows) for f in first)
+        self._labels = np.full(n_rows, -1, dtype=np.int64)
+        for fold in first:
+            self._labels[fold.valid_rows] = fold.y_valid
+        self._first_fold = first[0]
+        self._fold_rows = [len(f.valid_rows) for rep in fold_set.repeats for f in rep]
+        self._n_folds = fold_set.n_folds
+        self._noted = False
+        # trial number -> (accuracy, first fold's weights or None) of this process's best trials
+        self._weights: dict[int, tuple[float, list[np.ndarray] | None]] = {}
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    def __call__(self, trial: optuna.Trial, result: EvaluationResult) -> None:
+        try:
+            self._record(trial, result)
+        except Exception as exc:
+            _log.warning(
+                "trial %d: artifacts not saved to %s (%s: %s)",
+                trial.number,
+                self.directory,
+                type(exc).__name__,
+                exc,
+            )
+            _log.debug("artifact failure", exc_info=True)
+
+    def _record(self, trial: optuna.Trial, result: EvaluationResult) -> None:
+        if not self._noted:
+            from hpo.dashboard import ensure_spec_note
+
+            ensure_spec_note(trial.study, self.spec)
+            self._noted = True
+        with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+            folder = Path(tmp)
+            self._upload_live(trial, self._write_folds_csv(folder, trial.number, result))
+            if result.pruned or not math.isfinite(result.accuracy):
+                return
+            if not self._among_best(trial, result.accuracy):
+                return
+            self._upload_live(trial, self._write_confusion(folder, trial.number, result))
+        if self.spec.artifacts.model == "fold":
+            self._weights[trial.number] = (result.accuracy, result.weights)
+            ranked = sorted(self._weights.items(), key=lambda kv: (-kv[1][0], kv[0]))
+            self._weights = dict(ranked[: self.spec.artifacts.top_k])
+
+    def _among_best(self, trial: optuna.Trial, accuracy: float) -> bool:
+        """Whether ``accuracy`` would rank within ``top_k`` of the study's complete trials."""
+        from optuna.trial import TrialState
+
+        top_k = self.spec.artifacts.top_k
+        if top_k == 0:
+            return False
+        better = 0
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.number != trial.number and other.value is not None and other.value > accuracy:
+                better += 1
+                if better >= top_k:
+                    return False
+        return True
+
+    def _upload_live(self, trial: optuna.Trial, path: Path) -> None:
+        from optuna.artifacts import upload_artifact
+
+        upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+
+    def _write_folds_csv(self, folder: Path, number: int, result: EvaluationResult) -> Path:
+        path = folder / f"trial-{number}-folds.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["repeat", "fold", "rows", "accuracy"])
+            for i, accuracy in enumerate(result.fold_accuracies):
+                rows = self._fold_rows[i] if i < len(self._fold_rows) else ""
+                writer.writerow(
+                    [i // self._n_folds + 1, i % self._n_folds + 1, rows, f"{accuracy:.6f}"]
+                )
+        return path
+
+    def _write_confusion(self, folder: Path, number: int, result: EvaluationResult) -> Path:
+        counts = confusion_counts(self._labels, np.asarray(result.predictions), len(self._classes))
+        title = f"trial {number}: out-of-fold predictions (accuracy {result.accuracy:.4f})"
+        path = folder / f"trial-{number}-confusion.png"
+        confusion_figure(counts, self._classes, title).savefig(path)
+        return path
+
+    # --- the end of a run ------------------------------------------------------------------
+
+    def finalize(self, study: optuna.Study) -> int:
+        """End-of-run work: the spec note, and a model file for each of the study's final top
+        ``top_k`` trials that lacks one: the first fold's model (``"fold"``, for trials this
+        process trained) or a refit on all rows (``"refit"``). Returns the files written.
+        Like the hot path it logs failures (a database gone at the end, say) and never raises."""
+        try:
+            return self._finalize(study)
+        except Exception as exc:
+            _log.warning(
+                "model files not written to %s (%s: %s)", self.directory, type(exc).__name__, exc
+            )
+            return 0
+
+    def _finalize(self, study: optuna.Study) -> int:
+        from optuna.trial import TrialState
+
+        from hpo.dashboard import ensure_spec_note
+
+        ensure_spec_note(study, self.spec)
+        self._noted = True
+        model, top_k = self.spec.artifacts.model, self.spec.artifacts.top_k
+        if model == "none" or top_k == 0:
+            return 0
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_k]
+        written = 0
+        for trial in best:
+            if model == "fold" and trial.number not in self._weights:
+                continue  # trained by another process: its own finalize saves it
+            name = f"trial-{trial.number}-{'fold1' if model == 'fold' else 'refit'}.keras"
+            if any(a.filename == name for a in trial_artifacts(study, trial)):
+                continue
+            with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+                path = Path(tmp) / name
+                try:
+                    if model == "fold":
+                        weights = self._weights[trial.number][1] or self._retrain_first_fold(trial)
+                        self._save_fold_model(trial, weights, path)
+                    else:
+                        self._refit(trial, path)
+                    self._upload_finished(study, trial, path)
+                except Exception as exc:
+                    _log.warning(
+                        "trial %d: model file not saved (%s: %s)",
+                        trial.number,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    continue
+            written += 1
+            _log.info("trial %d: saved %s to %s", trial.number, name, self.directory)
+        return written
+
+    def _save_fold_model(
+        self, trial: optuna.trial.FrozenTrial, weights: list[np.ndarray], path: Path
+    ) -> None:
+        from hpo.engines._tf import import_keras
+        from hpo.engines.reference import build_model
+        from hpo.space import RegularizationPlan
+
+        plan = RegularizationPlan.from_dict(trial.user_attrs["plan"])
+        net = build_model(
+            plan, self.spec.model, n_features=self._n_features, n_classes=len(self._classes)
+        )
+        net.set_weights(weights)
+        # An unbuilt optimizer saves 2 of its variables and loading warns about the mismatch.
+        net.optimizer.build(net.trainable_variables)
+        net.save(path)
+        del net
+        import_keras().backend.clear_session(free_memory=True)
+
+    def _retrain_first_fold(self, trial: optuna.trial.FrozenTrial) -> list[np.ndarray]:
+        """The first fold's weights by the reference protocol, for engines that return none."""
+        from hpo.engines.base import fold_seed
+        from hpo.engines.reference import fit_fold
+        from hpo.space import RegularizationPlan
+
+        fold = self._first_fold
+        _log.info(
+            "trial %d: the engine kept no weights; training fold 1 again with the reference "
+            "engine (%d epochs) for its model file",
+            trial.number,
+            self.spec.model.epochs,
+        )
+        seed = int(trial.user_attrs.get("seed", self.spec.trial_seed(trial.number)))
+        fitted = fit_fold(
+            RegularizationPlan.from_dict(trial.user_attrs["plan"]),
+            self.spec.model,
+            fold,
+            len(self._classes),
+            fold_seed(seed, fold.index),
+            True,
+            True,
+        )
+        assert fitted.weights is not None
+        return fitted.weights
+
+    def _refit(self, trial: optuna.trial.FrozenTrial, path: Path) -> None:
+        from hpo.data import Preprocessor
+        from hpo.engines._tf import import_keras
+        from hpo.engines.base import fold_seed
+        from hpo.engines.reference import build_model
+        from hpo.space import RegularizationPlan
+
+        assert self._dataset is not None
+        keras = import_keras()
+        prep = Preprocessor().fit(self._dataset.features)
+        x = prep.transform(self._dataset.features)
+        y = self._dataset.labels
+        plan = RegularizationPlan.from_dict(trial.user_attrs["plan"])
+        seed = int(trial.user_attrs.get("seed", self.spec.trial_seed(trial.number)))
+        keras.utils.set_random_seed(fold_seed(seed, 0))
+        net = build_model(
+            plan, self.spec.model, n_features=x.shape[1], n_classes=len(self._classes)
+        )
+        _log.info(
+            "trial %d: refitting on all %d rows (%d epochs)",
+            trial.number,
+            len(y),
+            self.spec.model.epochs,
+        )
+        net.fit(
+            x,
+            y,
+            batch_size=self.spec.model.batch_size,
+            epochs=self.spec.model.epochs,
+            shuffle=True,
+            verbose=0,
+        )
+        net.save(path)
+        del net
+        keras.backend.clear_session(free_memory=True)
+
+    def _upload_finished(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, path: Path
+    ) -> None:
+        import mimetypes
+
+        artifact_id = str(uuid.uuid4())
+        with path.open("rb") as fh:
+            self.store.write(artifact_id, fh)
+        mimetype, encoding = mimetypes.guess_type(path.name)
+        meta = {
+            "artifact_id": artifact_id,
+            "filename": path.name,
+            "mimetype": mimetype or "application/octet-stream",
+            "encoding": encoding,
+        }
+        study._storage.set_study_system_attr(
+            study._study_id,
+            f"{_FINISHED_TRIAL_PREFIX}{trial._trial_id}:{artifact_id}",
+            json.dumps(meta),
+        )
