@@ -1,9 +1,369 @@
-"""Commands for a study shared by many workers: create, worker, status."""
+"""Commands for a study shared by many workers: create, worker, status.
+
+``hpo create`` stores the validated study spec (and the crash policy) on the study, once.
+``hpo worker NAME`` then needs nothing but the study's name and the storage URL: it reads the
+spec from the database, loads the data the spec names (or ``--data``), and trains until the
+study's global budget is finished. ``hpo status NAME`` shows trials by state, the workers seen
+lately and the best trial.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
 import click
 
-__all__ = ["COMMANDS"]
+from hpo._cli_common import STORAGE_HELP, storage_url
+from hpo._errors import HpoError
+from hpo.spec import ENGINES
 
-COMMANDS: list[click.Command] = []
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo._heartbeat import CrashPolicy
+    from hpo.spec import StudySpec
+
+__all__ = ["COMMANDS", "study_status"]
+
+# Workers last seen longer ago than this are counted, not listed.
+_RECENT_SECONDS = 600
+_ENDED = ("finished", "stopped", "timeout", "crashed")
+
+
+def _overrides(spec: StudySpec, **values: Any) -> StudySpec:
+    """``spec`` with the command line's values; the dataclasses re-validate every one."""
+
+    def changed(section: Any, **fields: Any) -> Any:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        return replace(section, **fields) if fields else section
+
+    try:
+        return spec.replace(
+            name=values.get("name") or spec.name,
+            model=changed(spec.model, epochs=values.get("epochs")),
+            engine=changed(
+                spec.engine,
+                name=values.get("engine"),
+                trials_per_batch=values.get("trials_per_batch"),
+            ),
+            budget=changed(spec.budget, n_trials=values.get("n_trials")),
+        )
+    except ValueError as exc:
+        raise HpoError(f"{spec.source}: {exc}") from None
+
+
+@click.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--name", help="Study name (default: [study] name).")
+@click.option("--epochs", type=int, help="Override [model] epochs.")
+@click.option("--n-trials", type=int, help="Global trial budget, shared by all workers.")
+@click.option("--engine", type=click.Choice(ENGINES), help="Override [engine] name.")
+@click.option("--trials-per-batch", type=int, help="Trials trained together by the stacked engine.")
+@click.option(
+    "--heartbeat-interval",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Seconds between heartbeats of a running trial.",
+)
+@click.option(
+    "--grace-period",
+    type=int,
+    default=60,
+    show_default=True,
+    help="Seconds without a heartbeat before a running trial counts as dead and is retried.",
+)
+@click.option(
+    "--max-retries",
+    type=int,
+    default=3,
+    show_default=True,
+    help="How often a dead or stopped worker's trial is retried with the same parameters.",
+)
+def create(
+    study_file: str,
+    storage: str | None,
+    name: str | None,
+    epochs: int | None,
+    n_trials: int | None,
+    engine: str | None,
+    trials_per_batch: int | None,
+    heartbeat_interval: int,
+    grace_period: int,
+    max_retries: int,
+) -> None:
+    """Create the study in STUDY_FILE in the storage, for `hpo worker` processes to join.
+
+    Safe to repeat: an existing study is kept (its protocol must match); a changed budget or
+    engine is updated.
+    """
+    from hpo._heartbeat import CrashPolicy
+    from hpo.spec import load_spec, spec_to_dict
+    from hpo.storage import mask_url, open_storage
+    from hpo.worker import SPEC_ATTR, create_or_load_study
+
+    if n_trials is not None and n_trials < 1:
+        raise HpoError(f"--n-trials must be >= 1, but got {n_trials}")
+    spec = _overrides(
+        load_spec(study_file),
+        name=name,
+        epochs=epochs,
+        n_trials=n_trials,
+        engine=engine,
+        trials_per_batch=trials_per_batch,
+    )
+    try:
+        policy = CrashPolicy(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retries=max_retries,
+        )
+    except ValueError as exc:
+        raise HpoError(f"crash policy: {exc}") from None
+    url = storage_url(storage, announce=True)
+    shown = mask_url(url)
+    study, created = create_or_load_study(spec, open_storage(url), policy=policy)
+    if created:
+        click.echo(
+            f"created study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "
+            f"{spec.engine.name} engine, {spec.cv.folds} folds x {spec.model.epochs} epochs; "
+            f"heartbeat every {policy.heartbeat_interval} s, a trial is retried after "
+            f"{policy.grace_period} s without one (at most {policy.max_retries} times)"
+        )
+    else:
+        stored = study.user_attrs.get(SPEC_ATTR, {})
+        current = spec_to_dict(spec)
+        changes = [
+            f"{section}.{key}: {stored.get(section, {}).get(key)!r} -> {value!r}"
+            for section in ("budget", "engine")
+            for key, value in current[section].items()
+            if stored.get(section, {}).get(key) != value
+        ]
+        if changes:
+            study.set_user_attr(SPEC_ATTR, current)
+        click.echo(
+            f"study {spec.name!r} already exists in {shown} ({len(study.trials)} trials); "
+            + ("updated " + ", ".join(changes) if changes else "nothing changed")
+        )
+    # Never echo a password, and never print a masked URL as if it could be pasted.
+    where = f" --storage {url}" if shown == url else " (with the same --storage or HPO_STORAGE)"
+    click.echo(f"start workers with: hpo worker {spec.name}{where}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option(
+    "--n-trials",
+    type=int,
+    help="Global budget to work towards (default: the one stored with the study).",
+)
+@click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False),
+    help="Read the data from this CSV instead of the source stored with the study.",
+)
+def worker(
+    name: str,
+    storage: str | None,
+    n_trials: int | None,
+    timeout: float | None,
+    data_path: str | None,
+) -> None:
+    """Join study NAME and train its trials until its global budget is finished.
+
+    Start any number, on any number of machines, against the same storage. A killed worker's
+    trials are retried by the others; SIGTERM/Ctrl-C fails this worker's trials cleanly and
+    exits 0.
+    """
+    from hpo.artifacts import ArtifactRecorder
+    from hpo.data import load_dataset, make_fold_set
+    from hpo.engines._tf import tensorflow_versions
+    from hpo.engines.base import make_engine
+    from hpo.storage import StorageGuard, mask_url, open_storage
+    from hpo.worker import join_study, optimize, stop_on_signals
+
+    if n_trials is not None and n_trials < 1:
+        raise HpoError(f"--n-trials must be >= 1, but got {n_trials}")
+    url = storage_url(storage, announce=True)
+    _quiet_database_drivers()
+    rdb = open_storage(url)
+    study, spec = join_study(name, rdb, shown_url=url)
+    budget = n_trials if n_trials is not None else spec.budget.n_trials
+    dataset = load_dataset(spec.data, path_override=data_path)
+    folds = make_fold_set(dataset, spec.cv)
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
+    click.echo(
+        f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
+        f"data: {dataset.source}, {dataset.n_rows} rows",
+        err=True,
+    )
+    engine = make_engine(spec.engine)
+    batch = spec.engine.trials_per_batch if spec.engine.name == "stacked" else 1
+    try:
+        with stop_on_signals():
+            summary = optimize(
+                study,
+                spec,
+                folds,
+                engine,
+                n_trials=budget,
+                timeout=timeout if timeout is not None else spec.budget.timeout,
+                trials_per_batch=batch,
+                versions=tensorflow_versions(),
+                guard=StorageGuard(url),  # outage lines show the URL as the user gave it
+                on_result=recorder,
+            )
+    finally:
+        engine.close()
+    if not summary.interrupted:
+        recorder.finalize(study)
+    if summary.interrupted:
+        click.echo(
+            f"stopped by {summary.interrupted}: this worker's trials in flight marked FAIL; "
+            "the other workers retry them",
+            err=True,
+        )
+    lost = f", {summary.lost} dropped as stale" if summary.lost else ""
+    click.echo(
+        f"worker ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} "
+        f"failed{lost}) in {summary.seconds:.1f} s; study {name!r} in {mask_url(url)}"
+    )
+
+
+def _quiet_database_drivers() -> None:
+    # During an outage SQLAlchemy's pool logs each failed reset with a traceback; the storage
+    # guard already says what happened, once.
+    import logging
+
+    for name in ("sqlalchemy.pool", "sqlalchemy.engine"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def study_status(
+    study: optuna.Study, spec: StudySpec | None, policy: CrashPolicy, shown_url: str
+) -> dict[str, Any]:
+    """What ``hpo status`` shows, as plain data."""
+    from hpo._budget import RETRY_OF_ATTR
+    from hpo._heartbeat import worker_records
+    from hpo.worker import best_trial
+
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    n_trials = spec.budget.n_trials if spec is not None else None
+    finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+    now = time.time()
+    workers = []
+    older = 0
+    for record in worker_records(study):
+        age = now - float(record.get("last_seen", 0))
+        if age > _RECENT_SECONDS:
+            older += 1
+            continue
+        state = str(record.get("state", "?"))
+        workers.append(
+            {
+                "id": record.get("id"),
+                "state": state if state in _ENDED or age <= policy.grace_period else "gone",
+                "active": state not in _ENDED and age <= policy.grace_period,
+                "last_seen_s": round(age, 1),
+                "completed": record.get("completed", 0),
+                "trials": record.get("trials", []),
+            }
+        )
+    best = best_trial(study)
+    return {
+        "study": study.study_name,
+        "storage": shown_url,
+        "budget": n_trials,
+        "finished": finished,
+        "done": n_trials is not None and finished >= n_trials,
+        "states": dict(sorted(states.items())),
+        "running": [
+            {"number": t.number, "worker": t.user_attrs.get("worker")}
+            for t in trials
+            if t.state.name == "RUNNING"
+        ],
+        "retries": [
+            {"number": t.number, "retry_of": t.user_attrs[RETRY_OF_ATTR], "state": t.state.name}
+            for t in trials
+            if RETRY_OF_ATTR in t.user_attrs
+        ],
+        "workers": workers,
+        "older_workers": older,
+        "policy": policy.to_dict(),
+        "best": None
+        if best is None
+        else {"number": best.number, "value": best.value, "params": best.params},
+    }
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    states = status["states"]
+    lines = [f"study {status['study']!r} in {status['storage']}"]
+    if status["budget"] is not None:
+        lines.append(
+            f"budget: {status['finished']} of {status['budget']} trials finished "
+            f"({states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned)"
+            + (" - done" if status["done"] else "")
+        )
+    shown = ", ".join(f"{state} {count}" for state, count in states.items())
+    lines.append(f"trials: {shown or 'none yet'}")
+    if status["running"]:
+        lines.append(
+            "running: "
+            + ", ".join(f"{r['number']} ({r['worker'] or '?'})" for r in status["running"])
+        )
+    for retry in status["retries"]:
+        lines.append(
+            f"retry: trial {retry['number']} retries trial {retry['retry_of']} ({retry['state']})"
+        )
+    active = sum(1 for w in status["workers"] if w["active"])
+    lines.append(
+        f"workers seen in the last {_RECENT_SECONDS // 60} min: {len(status['workers'])} "
+        f"({active} active)"
+        + (f"; {status['older_workers']} earlier" if status["older_workers"] else "")
+    )
+    for w in status["workers"]:
+        verb = "held" if w["state"] == "gone" else "holds"
+        held = f", {verb} {', '.join(map(str, w['trials']))}" if w["trials"] else ""
+        done = f"{w['completed']} trial{'' if w['completed'] == 1 else 's'} done"
+        lines.append(
+            f"  {w['id']:<28} {w['state']:<9} last seen {w['last_seen_s']:.0f} s ago, {done}{held}"
+        )
+    best = status["best"]
+    lines.append(
+        "best: none yet"
+        if best is None
+        else f"best: trial {best['number']}, accuracy {best['value']:.4f}"
+    )
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def status(name: str, storage: str | None, fmt: str) -> None:
+    """Show study NAME: trials by state, workers seen lately, best so far."""
+    from hpo._cli_common import load_study
+    from hpo._heartbeat import stored_policy
+    from hpo.storage import mask_url
+    from hpo.worker import stored_spec
+
+    url = storage_url(storage)
+    study = load_study(name, url)
+    result = study_status(study, stored_spec(study), stored_policy(study), mask_url(url))
+    click.echo(json.dumps(result, indent=2) if fmt == "json" else _status_text(result))
+
+
+COMMANDS: list[click.Command] = [create, worker, status]

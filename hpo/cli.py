@@ -124,7 +124,7 @@ def run(
     from hpo.engines._tf import tensorflow_versions
     from hpo.engines.base import make_engine
     from hpo.spec import load_spec
-    from hpo.storage import mask_url, open_storage
+    from hpo.storage import StorageGuard, mask_url, open_storage
     from hpo.worker import budget_left, create_or_load_study, optimize, stop_on_signals
 
     if n_trials is not None and n_trials < 1:
@@ -173,6 +173,7 @@ def run(
                 trials_per_batch=batch,
                 versions=tensorflow_versions(),
                 on_result=recorder,
+                guard=StorageGuard(url),
             )
     finally:
         engine_impl.close()

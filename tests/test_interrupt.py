@@ -26,7 +26,9 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], timeout: float
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_cleanly(write_study: Callable[..., Path], tmp_path: Path, signum: int) -> None:
+def test_signal_stops_cleanly(
+    write_study: Callable[..., Path], tmp_path: Path, signum: int
+) -> None:
     study_file = write_study(epochs=400, n_trials=50)
     storage = f"sqlite:///{tmp_path}/stop.db"
     log = tmp_path / "run.log"

@@ -129,6 +129,12 @@ def fit_fold(
 def _child_init() -> None:
     # Ctrl-C reaches the whole process group; the parent decides what to do and kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed with SIGKILL cannot clean up: have the kernel end us with it (Linux).
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     import_keras()
 
 

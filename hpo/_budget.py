@@ -1,0 +1,224 @@
+"""The global trial budget, claimed atomically, and retries of trials whose worker died.
+
+``n_trials`` counts COMPLETE + PRUNED + RUNNING + WAITING trials: a slot is taken when a trial is
+created or queued, and given back when it fails. Counting and creating happen under one lock per
+study (``hpo.storage.study_lock``), so with any number of workers on any number of machines the
+count never passes the budget and exactly ``n_trials`` trials finish.
+
+Under the same lock a claim first fails stale trials (heartbeat older than the grace period:
+their worker is dead), then queues a retry of each failed trial that deserves one: the same
+parameters as a WAITING trial, linked to the original (user attr ``retry_of``, and Optuna's
+``failed_trial`` / ``retry_history`` system attrs), at most ``max_retries`` times per chain.
+``study.ask()`` hands out WAITING trials before sampling new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from hpo._heartbeat import CrashPolicy, Heartbeat
+from hpo._logging import get_logger
+from hpo._signals import critical
+from hpo.storage import (
+    count_trial_states,
+    outage_reason,
+    rdb_of,
+    running_without_heartbeat,
+    study_lock,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "COUNTED_STATES",
+    "FAILURE_ATTR",
+    "RETRY_CHAIN_ATTR",
+    "RETRY_OF_ATTR",
+    "RETRY_ROOT_ATTR",
+    "Claim",
+    "claim_trials",
+    "log_stale_trial",
+]
+
+COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+# Why our worker failed a trial (trial system attr). A FAIL without it was failed by someone
+# else: a stale heartbeat, i.e. a dead worker.
+FAILURE_ATTR = "hpo:failure"
+# Failures worth another try with the same parameters: a dead worker (None) or a stopped one.
+# Errors and non-finite scores would fail the same way again.
+_RETRYABLE = (None, "interrupted")
+RETRY_OF_ATTR = "retry_of"  # user attr: the trial this one retries
+RETRY_ROOT_ATTR = "retry_root"  # user attr: first trial of the chain (whose seed is reused)
+RETRY_CHAIN_ATTR = "retry_history"  # system attr, as Optuna's RetryHeartbeatStaleTrialCallback
+# A trial with no heartbeat at all is judged by its start time, written by the clock of the
+# machine that created it: this margin absorbs clock differences between machines.
+_NO_HEARTBEAT_MARGIN = timedelta(seconds=60)
+_UNLIMITED = 1 << 30
+_log = get_logger("budget")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim got: trials to train now, or ``done`` when the budget is finished."""
+
+    trials: tuple[optuna.Trial, ...]
+    done: bool
+    counts: Mapping[str, int]
+
+    @property
+    def held_elsewhere(self) -> int:
+        return self.counts.get("RUNNING", 0) + self.counts.get("WAITING", 0)
+
+
+def log_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's stale-trial callback: just say so (the retry is queued under the claim lock)."""
+    worker = trial.user_attrs.get("worker", "an unknown worker")
+    _log.warning(
+        "trial %d of %s stopped sending heartbeats: marked FAIL (its worker is gone)",
+        trial.number,
+        worker,
+    )
+
+
+def claim_trials(
+    study: optuna.Study,
+    *,
+    n_trials: int | None,
+    size: int,
+    policy: CrashPolicy,
+    heartbeat: Heartbeat,
+    judge_stale: bool,
+    into: list[optuna.Trial],
+) -> Claim:
+    """Claim up to ``size`` trials within the budget; each is appended to ``into`` (and held by
+    ``heartbeat``) the moment it exists, so a failure halfway loses none.
+
+    ``judge_stale``: fail stale trials first. A worker that was itself cut off from the
+    database lately passes False: the others' heartbeats may just not have resumed yet.
+    """
+    storage = rdb_of(study)
+    study_id = study._study_id
+    with critical(), study_lock(storage, study_id):
+        if judge_stale:
+            _fail_stale(study, policy)
+        counts = count_trial_states(storage, study_id)
+        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        if n_trials is not None and finished >= n_trials:
+            return Claim((), True, counts)
+        taken = sum(counts.get(state, 0) for state in COUNTED_STATES)
+        room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
+        queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
+        wanted = min(size, room + counts.get("WAITING", 0))  # queued ones are already in room
+        for _ in range(wanted):
+            try:
+                trial = _ask(study)
+            except Exception as exc:
+                if into and outage_reason(exc) is not None:
+                    break  # keep what we have; the heartbeat thread keeps it alive
+                raise
+            heartbeat.hold(trial._trial_id, trial.number)
+            into.append(trial)
+            heartbeat.beat(trial._trial_id)
+        if n_trials is not None and into:
+            _never_overshoot(study, n_trials, into, heartbeat)
+        if queued:
+            counts = {**counts, "WAITING": counts.get("WAITING", 0) + queued}
+        return Claim(tuple(into), False, counts)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # We record heartbeats ourselves (hpo._heartbeat), which is what this warns about.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return study.ask()
+
+
+def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    # Trials that never got a first heartbeat (their worker died between creating the trial
+    # and beating for it) are invisible to Optuna's check.
+    cutoff = datetime.now() - timedelta(seconds=policy.grace_period) - _NO_HEARTBEAT_MARGIN
+    storage = rdb_of(study)
+    for trial_id, started in running_without_heartbeat(storage, study._study_id):
+        if started is None or started.replace(tzinfo=None) > cutoff:
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                log_stale_trial(study, study._storage.get_trial(trial_id))
+
+
+def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
+    """Queue retries of failed trials (oldest first) into at most ``room`` budget slots."""
+    import optuna
+    from optuna.trial import TrialState
+
+    # Read past Optuna's cache: the other workers' latest failures matter here.
+    trials = rdb_of(study).get_all_trials(study._study_id, deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+    queued = 0
+    for trial in trials:
+        if queued >= room:
+            break
+        if trial.state != TrialState.FAIL or trial.number in retried:
+            continue
+        if trial.system_attrs.get(FAILURE_ATTR) not in _RETRYABLE or not trial.distributions:
+            continue
+        chain = [*trial.system_attrs.get(RETRY_CHAIN_ATTR, []), trial.number]
+        if len(chain) > policy.max_retries:
+            _log.debug(
+                "trial %d: retried %d times already; not again", trial.number, len(chain) - 1
+            )
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs={RETRY_OF_ATTR: trial.number, RETRY_ROOT_ATTR: chain[0]},
+                system_attrs={"failed_trial": chain[0], RETRY_CHAIN_ATTR: chain},
+            )
+        )
+        queued += 1
+        _log.info(
+            "trial %d failed (%s): queued retry %d of %d with the same parameters",
+            trial.number,
+            trial.system_attrs.get(FAILURE_ATTR) or "its worker died",
+            len(chain),
+            policy.max_retries,
+        )
+    return queued
+
+
+def _never_overshoot(
+    study: optuna.Study, n_trials: int, claimed: list[optuna.Trial], heartbeat: Heartbeat
+) -> None:
+    """Belt and braces: if the count somehow passed the budget, give back our newest trials."""
+    from optuna.trial import TrialState
+
+    try:
+        counts = count_trial_states(rdb_of(study), study._study_id)
+    except Exception as exc:
+        if outage_reason(exc) is None:
+            raise
+        return
+    excess = sum(counts.get(state, 0) for state in COUNTED_STATES) - n_trials
+    while excess > 0 and claimed:
+        trial = claimed.pop()
+        _log.warning(
+            "trial %d would exceed the budget of %d; giving it back", trial.number, n_trials
+        )
+        study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, "over-budget")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        heartbeat.release([trial._trial_id])
+        excess -= 1

@@ -1,0 +1,283 @@
+"""Several real ``hpo worker`` processes on one study, against the real PostgreSQL.
+
+Each test makes its own database, creates a tiny study with ``hpo create`` (a trial takes about
+a second), starts workers as separate processes and checks the study afterwards: a worker killed
+with SIGKILL, a database that goes away for longer than the grace period, SIGTERM, four
+processes on one SQLite file, and a worker in another network namespace. Four workers on
+PostgreSQL run in tests/test_compose.py, with the compose file's own commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from pg import (
+    PG_PORT,
+    HpoProcess,
+    HpoProcesses,
+    admin_connect,
+    hpo_env,
+    pg_ctlcluster,
+    pg_url,
+    processes,
+    tiny_study,
+    wait_until_ready,
+)
+
+from hpo.storage import open_storage
+
+pytestmark = pytest.mark.postgres
+__all__ = ["pg_url", "processes"]  # fixtures, used by name
+
+# Short enough that a dead worker is noticed within seconds, long enough for two busy cores.
+FAST = ["--heartbeat-interval", "1", "--grace-period", "4"]
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def _status(processes: HpoProcesses, name: str, env: dict[str, str]) -> dict[str, object]:
+    return dict(json.loads(processes.run(["status", name, "--format", "json"], env=env)))
+
+
+def _no_traceback(*workers: HpoProcess) -> None:
+    for worker in workers:
+        assert "Traceback" not in worker.text(), worker.text()
+
+
+def test_sigkill_mid_trial_fails_that_trial_and_retries_it(
+    pg_url: str, processes: HpoProcesses, tmp_path: Path
+) -> None:
+    env = hpo_env(pg_url)
+    processes.run(["create", str(tiny_study(tmp_path, "killed", n_trials=4)), *FAST], env=env)
+    victim_worker = processes.start(["worker", "killed"], env=env, log="a.log")
+    survivor = processes.start(["worker", "killed"], env=env, log="b.log")
+    victim = int(victim_worker.wait_for(r"training trial (\d+)")[1])
+    time.sleep(0.5)  # in the middle of training that trial
+    victim_worker.kill_group(signal.SIGKILL)
+
+    assert survivor.finish() == 0, survivor.text()
+    study = _study(pg_url, "killed")
+    killed = study.trials[victim]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim]
+    assert len(retries) == 1, [t.user_attrs for t in study.trials]
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == killed.params
+    assert retry.user_attrs["seed"] == killed.user_attrs["seed"]  # the same trial, again
+    assert _states(study) == {"COMPLETE": 4, "FAIL": 1}
+    assert f"trial {victim} of " in survivor.text()
+    assert "stopped sending heartbeats" in survivor.text()
+    _no_traceback(survivor)
+
+    status = _status(processes, "killed", env)
+    assert status["done"] is True and status["running"] == []
+    assert {"number": retry.number, "retry_of": victim, "state": "COMPLETE"} in status["retries"]  # type: ignore[operator]
+
+
+def test_database_outage_longer_than_the_grace_period_stalls_workers_without_losing_a_trial(
+    pg_url: str, processes: HpoProcesses, tmp_path: Path
+) -> None:
+    env = hpo_env(pg_url)
+    processes.run(["create", str(tiny_study(tmp_path, "outage", n_trials=6)), *FAST], env=env)
+    workers = [processes.start(["worker", "outage"], env=env, log=f"w{i}.log") for i in range(2)]
+    workers[0].wait_for(r"trial \d+: accuracy")
+    pg_ctlcluster("stop")
+    try:
+        time.sleep(6)  # longer than the 4 s grace period: every heartbeat looks stale
+    finally:
+        pg_ctlcluster("start")
+        wait_until_ready()
+
+    for worker in workers:
+        assert worker.finish() == 0, worker.text()
+    study = _study(pg_url, "outage")
+    # Nothing lost, nothing counted twice: no trial was failed as stale, none dropped.
+    assert _states(study) == {"COMPLETE": 6}
+    for worker in workers:
+        text = worker.text()
+        assert text.count("database unreachable at postgresql://postgres@") == 1, text
+        assert text.count("database reachable again") == 1, text
+        assert "dropped as stale" not in text
+    _no_traceback(*workers)
+
+
+def test_sigterm_fails_the_trial_cleanly_exits_0_and_the_other_worker_retries_it(
+    pg_url: str, processes: HpoProcesses, tmp_path: Path
+) -> None:
+    env = hpo_env(pg_url)
+    processes.run(["create", str(tiny_study(tmp_path, "term", n_trials=4)), *FAST], env=env)
+    stopped = processes.start(["worker", "term"], env=env, log="a.log")
+    other = processes.start(["worker", "term"], env=env, log="b.log")
+    victim = int(stopped.wait_for(r"training trial (\d+)")[1])
+    time.sleep(0.5)
+    stopped.proc.send_signal(signal.SIGTERM)  # the worker only, as `docker stop` does
+    assert stopped.finish(timeout=60) == 0, stopped.text()
+    assert "stopped by SIGTERM" in stopped.text()
+    interrupted = _study(pg_url, "term").trials[victim]
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs["interrupted"] == "SIGTERM"
+    mine = f":{stopped.proc.pid}"
+    assert not any(
+        t.state == TrialState.RUNNING and str(t.user_attrs.get("worker", "")).endswith(mine)
+        for t in _study(pg_url, "term").trials
+    )
+
+    assert other.finish() == 0, other.text()
+    study = _study(pg_url, "term")
+    assert _states(study) == {"COMPLETE": 4, "FAIL": 1}
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == victim)
+    assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
+    _no_traceback(stopped, other)
+
+
+def test_four_processes_share_one_sqlite_file_without_lock_errors(
+    processes: HpoProcesses, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    env = hpo_env(url)
+    processes.run(["create", str(tiny_study(tmp_path, "local", n_trials=8)), *FAST], env=env)
+    workers = [processes.start(["worker", "local"], env=env, log=f"w{i}.log") for i in range(4)]
+    for worker in workers:
+        assert worker.finish() == 0, worker.text()
+    study = _study(url, "local")
+    assert [t.number for t in study.trials] == list(range(8))
+    assert _states(study) == {"COMPLETE": 8}
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2
+    for worker in workers:
+        assert "locked" not in worker.text().lower(), worker.text()
+        assert "unreachable" not in worker.text(), worker.text()
+    _no_traceback(*workers)
+
+
+# --- a worker on another network -------------------------------------------------------------
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    subprocess.run([*prefix, "ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def _network_namespace() -> Iterator[tuple[str, str, str]]:
+    """A namespace joined to this one by a veth pair: ``(name, host_address, its_address)``."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a second network namespace needs root and iproute2 (`ip netns`)")
+    tag = uuid.uuid4().hex[:6]
+    name, host_if, ns_if = f"hpo-{tag}", f"hpoh{tag}", f"hpon{tag}"
+    base = random.randrange(0, 64) * 4  # a private /30 of our own in 10.231.x.0/24
+    subnet = random.randrange(0, 256)
+    host_ip, ns_ip = f"10.231.{subnet}.{base + 1}", f"10.231.{subnet}.{base + 2}"
+    try:
+        _ip("netns", "add", name)
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"network namespaces are not permitted on this machine: {exc.stderr.strip()}")
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", name)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("addr", "add", f"{ns_ip}/30", "dev", ns_if, netns=name)
+        _ip("link", "set", ns_if, "up", netns=name)
+        _ip("link", "set", "lo", "up", netns=name)
+        yield name, host_ip, ns_ip
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "delete", host_if)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("netns", "delete", name)
+
+
+_HBA_MARK = "# hpo-test-netns"
+
+
+@contextlib.contextmanager
+def _postgres_listening_on(host_ip: str, client_ip: str) -> Iterator[None]:
+    """PostgreSQL also listening on ``host_ip`` and trusting ``client_ip``; restored after.
+
+    listen_addresses needs a restart; the change goes through ALTER SYSTEM (so restoring it is
+    one RESET), the pg_hba.conf line carries a marker (so a crashed run's line is removed too).
+    """
+    with admin_connect() as conn:  # type: ignore[attr-defined]
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        setting, sourcefile = conn.execute(
+            "SELECT setting, sourcefile FROM pg_settings WHERE name = 'listen_addresses'"
+        ).fetchone()
+    original_hba = "".join(
+        line for line in hba.read_text().splitlines(keepends=True) if _HBA_MARK not in line
+    )
+    auto_conf = str(sourcefile or "").endswith("postgresql.auto.conf")
+    hba.write_text(original_hba + f"host all all {client_ip}/32 trust {_HBA_MARK}\n")
+    with admin_connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(f"ALTER SYSTEM SET listen_addresses = '{setting},{host_ip}'")
+    try:
+        pg_ctlcluster("restart")
+        wait_until_ready()
+        yield
+    finally:
+        hba.write_text(original_hba)
+        with admin_connect() as conn:  # type: ignore[attr-defined]
+            if auto_conf:
+                conn.execute(f"ALTER SYSTEM SET listen_addresses = '{setting}'")
+            else:
+                conn.execute("ALTER SYSTEM RESET listen_addresses")
+        pg_ctlcluster("restart")
+        wait_until_ready()
+
+
+def test_worker_in_another_network_namespace_reaches_postgres_across_a_veth(
+    pg_url: str, processes: HpoProcesses, tmp_path: Path
+) -> None:
+    env = hpo_env(pg_url)
+    processes.run(["create", str(tiny_study(tmp_path, "remote", n_trials=2)), *FAST], env=env)
+    database = pg_url.rsplit("/", 1)[1]
+    with _network_namespace() as (netns, host_ip, ns_ip), _postgres_listening_on(host_ip, ns_ip):
+        # Inside the namespace the local server is out of reach: only the veth leads to it.
+        probe = subprocess.run(
+            ["ip", "netns", "exec", netns, "pg_isready", "-h", "127.0.0.1", "-p", str(PG_PORT)],
+            capture_output=True,
+        )
+        assert probe.returncode != 0
+        remote_url = f"postgresql://postgres@{host_ip}:{PG_PORT}/{database}"
+        worker = processes.start(
+            ["worker", "remote"],
+            env=hpo_env(remote_url),
+            log="remote.log",
+            prefix=["ip", "netns", "exec", netns],
+        )
+        seen: set[str] = set()
+        while worker.proc.poll() is None:
+            with admin_connect() as conn:  # type: ignore[attr-defined]
+                rows = conn.execute(
+                    "SELECT host(client_addr) FROM pg_stat_activity WHERE datname = %s "
+                    "AND client_addr IS NOT NULL",
+                    (database,),
+                ).fetchall()
+            seen |= {str(row[0]) for row in rows}
+            time.sleep(0.5)
+        assert worker.finish() == 0, worker.text()
+    assert ns_ip in seen  # the server saw the worker's connections come from the namespace
+    assert _states(_study(pg_url, "remote")) == {"COMPLETE": 2}
+    _no_traceback(worker)
