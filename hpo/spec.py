@@ -20,10 +20,10 @@ from hpo._errors import HpoError
 
 __all__ = [
     "ACTIVATIONS",
+    "ARTIFACT_MODELS",
     "ENGINES",
     "OPTIMIZERS",
     "PLACEMENTS",
-    "ARTIFACT_MODELS",
     "AlphaRange",
     "ArtifactsSpec",
     "BudgetSpec",
