@@ -80,4 +80,8 @@ def trial_attrs(
     }
     for key, value in result.details.items():
         attrs[key] = value
+    if "stream_seed" in attrs:
+        # Trials trained together with a shared batch order all trained with the batch's seed:
+        # record that one, so re-training the plan with `seed` reproduces the trial.
+        attrs["seed"] = attrs.pop("stream_seed")
     return attrs

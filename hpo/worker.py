@@ -15,6 +15,7 @@ any number of machines sharing one study):
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -237,6 +238,10 @@ class _ProgressMonitor:
         self.n_folds = run.folds.n_folds
 
     def on_fold_end(self, member: int, fold: int, accuracy: float) -> None:
+        # One trial at a time (reference engine): a line per fold shows progress. A batch
+        # trained together finishes its folds at once, so those lines would only be noise.
+        if len(self.trials) > 1 and not _log.isEnabledFor(logging.DEBUG):
+            return
         _log.info(
             "trial %d: fold %d/%d accuracy %.4f%s",
             self.trials[member].number,
@@ -451,7 +456,7 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
             summary.completed += 1
             summary.results[trial.number] = result.accuracy
             _log.info(
-                "trial %d: accuracy %.4f (folds %s, %.1f s)%s%s",
+                "trial %d: accuracy %.4f (folds %s, %.3g s)%s%s",
                 trial.number,
                 result.accuracy,
                 " ".join(f"{a:.3f}" for a in result.fold_accuracies),

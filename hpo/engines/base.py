@@ -119,4 +119,4 @@ def make_engine(spec: EngineSpec) -> Engine:
         return ReferenceEngine(checkpoint_every=spec.checkpoint_every)
     from hpo.engines.stacked import StackedEngine
 
-    return StackedEngine(checkpoint_every=spec.checkpoint_every)
+    return StackedEngine(checkpoint_every=spec.checkpoint_every, threads=spec.threads)
