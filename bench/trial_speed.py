@@ -240,12 +240,13 @@ def main() -> None:
     )
     if same:
         gaps = [s - r for s, r in zip(same, reference.accuracies, strict=True)]
-        spread = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
+        error = ""
+        if len(gaps) > 1:
+            error = f", standard error {100 * statistics.stdev(gaps) / len(gaps) ** 0.5:.2f} pp"
         print(
             f"same {len(same)} plan(s): reference mean accuracy "
             f"{statistics.mean(reference.accuracies):.4f}, stacked {statistics.mean(same):.4f} "
-            f"(stacked - reference {100 * statistics.mean(gaps):+.2f} pp, "
-            f"standard error {100 * spread:.2f} pp)"
+            f"(stacked - reference {100 * statistics.mean(gaps):+.2f} pp{error})"
         )
     diverged = sum(o.diverged for o in outcomes)
     if diverged or reference.diverged:

@@ -49,7 +49,17 @@ def synthetic_folds(
     folds = []
     for index, valid in enumerate(np.array_split(rows, n_folds)):
         train = np.setdiff1d(rows, valid)
-        folds.append(Fold(index, train, valid, x[train], y[train], x[valid], y[valid]))
+        folds.append(
+            Fold(
+                index=index,
+                train_rows=train,
+                valid_rows=valid,
+                x_train=x[train],
+                y_train=y[train],
+                x_valid=x[valid],
+                y_valid=y[valid],
+            )
+        )
     return folds
 
 
@@ -265,7 +275,7 @@ def test_free_seeds_agree_with_the_reference_engine_within_noise() -> None:
     model = ModelSpec(hidden=(16, 8), learning_rate=3e-3, epochs=12, batch_size=32)
     plan = RegularizationPlan.uniform(2, l1=1e-4, l2=1e-4, placement="both")
     seeds = [1, 2, 3]
-    reference = ReferenceEngine().evaluate(
+    reference = ReferenceEngine(isolate=False).evaluate(
         [plan] * len(seeds), folds, model=model, n_classes=3, seeds=seeds
     )
     fast = StackedEngine(shared_order=False).evaluate(
@@ -392,12 +402,13 @@ class PruneAtFirstCheckpoint:
         return set(self.victims) if len(self.calls) == 1 else set()
 
 
-def test_pruned_members_stop_at_the_checkpoint_and_the_rest_carry_on() -> None:
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-order", "own-order"])
+def test_pruned_members_stop_at_the_checkpoint_and_the_rest_carry_on(shared: bool) -> None:
     folds = synthetic_folds(80, seed=4)
     plans = random_plans(4, seed=1)
     model = replace(MODEL, epochs=6)
     monitor = PruneAtFirstCheckpoint({1, 2})
-    engine = StackedEngine(checkpoint_every=2, keep_probabilities=True)
+    engine = StackedEngine(checkpoint_every=2, keep_probabilities=True, shared_order=shared)
     results = engine.evaluate(
         plans, folds, model=model, n_classes=N_CLASSES, seeds=[3] * 4, monitor=monitor
     )
@@ -407,7 +418,7 @@ def test_pruned_members_stop_at_the_checkpoint_and_the_rest_carry_on() -> None:
     for i in (1, 2):
         assert results[i].pruned and results[i].epochs == 2
         assert results[i].accuracy == pytest.approx(monitor.calls[0][1][i])
-    unpruned = StackedEngine(keep_probabilities=True).evaluate(
+    unpruned = StackedEngine(keep_probabilities=True, shared_order=shared).evaluate(
         plans, folds, model=model, n_classes=N_CLASSES, seeds=[3] * 4
     )
     for i in (0, 3):

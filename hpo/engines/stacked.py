@@ -20,22 +20,29 @@ same batch order) to about 1e-7:
   as the updates are elementwise and the loss is a sum of member losses, its own trajectory;
 * each epoch reshuffles each fold's training rows (numpy RNG seeded from ``fold_seed``).
 
-Where the speed comes from (measured, single thread, course data, T=8; see the issue 3 notes):
+Where the speed comes from (measured on 2 AMD EPYC vCPUs, TF 2.21 CPU, course data, 5 folds;
+seconds per trial at 500 epochs, one thread unless said; ``bench/trial_speed.py`` and issue 3):
 
-* one graph call per chunk of epochs, loops inside the graph;
-* the backward pass written out (three matmuls per layer and the regularizers' analytic
-  gradients) instead of autodiff, whose broadcasts, ``Tile`` and reductions cost more than the
-  matmuls: 0.95 -> 0.59 ms per step;
+* loops over epochs and steps inside the graph, one call per chunk of epochs (a call per epoch,
+  with its validation probe: 1.60 s instead of 1.38 s);
+* the backward pass written out (three matmuls per layer, the regularizers' analytic gradients)
+  instead of autodiff, whose broadcasts, ``Tile`` and reductions cost more than the matmuls:
+  0.95 -> 0.59 ms per step at T=8;
 * with ``shared_order`` (default) the T trials of a fold see the same batches, so the first layer
-  is one wide matmul ``[B, F] x [F, T*U1]`` per fold and its bias a row of the kernel fed by a
-  column of ones (1.36x over a batched matmul per member at T=8);
-* the elementwise chains between matmuls (softmax to dz, ReLU backward with the activity
-  gradient, and the whole optimizer update with the kernel regularizers' gradient, over all
-  parameters in one flat buffer) are each one XLA-compiled kernel, while the matmuls stay on
-  oneDNN: compiling the whole graph with XLA was 2.5x slower, per-op TF kernels ~1.3x slower.
-  TF's fused ``ResourceApplyAdam`` was faster than plain ops but not exact: it computes
-  ``1 - beta_2`` as ``1 - 0.999f = 0.0010000467`` where Keras uses 0.001, which moved predictions
-  by 1e-2 after 120 steps; the XLA update follows Keras' formula and is faster still.
+  is one wide matmul ``[B, F] x [F, T*U1]`` per fold, its bias a kernel row fed by a column of
+  ones (T=8: 1.38 s against 1.58 s with a batched matmul per member);
+* matmuls on oneDNN (TF's default on x86; 1.2-1.7x faster than Eigen here), while each
+  elementwise chain between them (softmax to dz; bias + ReLU; ReLU backward with the activity
+  gradient and bias sum; the whole optimizer update with the kernel regularizers' gradient,
+  over all parameters in one flat buffer) is one XLA-compiled kernel: 1.81 -> 1.34 s at T=8.
+  XLA for the whole graph was 2.5x slower (DESIGN.md); XLA transposes 2x slower than oneDNN's.
+  TF's fused ``ResourceApplyAdam`` was faster than plain ops but not Keras: it computes
+  ``1 - beta_2`` as ``1 - 0.999f = 0.0010000467`` (Keras: 0.001), which moved predictions by 1e-2
+  after 120 steps; the XLA update follows Keras' formula and is faster still;
+* T (trials per batch): 1.78 / 1.38 / 1.28 / 1.71 s at T = 4 / 8 / 16 / 32 in one process; two
+  intra-op threads are slower (T=8: 2.30 s); one single-threaded process per core is the way
+  to use the machine, and there T=8 scales (1.45 s each, 0.71 s per trial for the machine) where
+  T=16's larger working set does not (1.8-1.9 s each).
 
 Members whose loss goes non-finite are marked diverged: their folds predict -1 (wrong), and as
 nothing couples members, the others are untouched. Pruned trials are dropped from the graph
@@ -205,7 +212,7 @@ class _StackedGraph:
         self.tail_weights = tf.Variable(zeros([tail, k, 1, lay.batch_size, 1]), trainable=False)
         self.tail_active = tf.Variable(zeros([tail, k]), trainable=False)
 
-        # The elementwise kernels belong to this graph, so evicting it frees their XLA programs.
+        # The elementwise kernels belong to this graph: they go (with their traces) when it does.
         self.kernels = _kernels()
         perm_shape = [None, k, lay.steps * lay.batch_size]
         if not lay.shared:
@@ -770,6 +777,9 @@ class StackedEngine:
     ``chunk_epochs``: epochs per graph call; divergence is checked between calls.
     ``compact_below``: after pruning, rebuild a smaller graph once the live trials are at most
     this fraction of the graph's (a rebuild costs a second or two of tracing).
+    ``threads``: TF intra- and inter-op threads, set if this engine is the first to start TF in
+    the process; 0 means one, the fastest measured (two threads: 1.7x slower at T=8), so use
+    the other cores with more worker processes.
     """
 
     name = "stacked"
@@ -824,7 +834,7 @@ class StackedEngine:
                     f"the plan has {len(plan.layers)} layers but the model has "
                     f"{len(model.hidden)} hidden layers"
                 )
-        import_keras(self.threads)
+        import_keras(self.threads or 1)
         run = _Run(
             self, plans, folds, model, n_classes, seeds, monitor or NullMonitor(), initial_weights
         )
@@ -1042,6 +1052,7 @@ class _Run:
                 "shared_order": self.engine.shared_order,
                 "trials_in_batch": len(self.plans),
                 "seconds_are": "batch wall time / trials_in_batch",
+                "xla_kernels": _xla_works(),
             }
             if self.engine.shared_order:
                 details["stream_seed"] = self.seeds[0]
