@@ -2,7 +2,7 @@
 
     python bench/memory.py --data ../shared/data/jh-simple-dataset.csv --trials 200 --epochs 5
 
-Runs the study's worker loop (ask, train, tell) in this process on an in-memory Optuna storage,
+Runs the study's worker loop (ask, train, tell) in this process on a throwaway SQLite study,
 samples the resident set size after every batch, and prints the RSS after the first batch, after
 the last, the peak, and the growth per 100 trials over the second half (a leak shows there).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import optuna
 from hpo.data import load_dataset, make_fold_set
 from hpo.engines._tf import tensorflow_versions
 from hpo.engines.base import make_engine
+from hpo.storage import open_storage
 from hpo.worker import make_sampler, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,12 @@ def main() -> None:
         spec = spec.replace(engine=replace(spec.engine, name=args.engine))
     folds = make_fold_set(load_dataset(spec.data, path_override=args.data), spec.cv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    # The worker loop needs SQL storage (heartbeats, budget claims): a throwaway SQLite file.
+    tmp = tempfile.mkdtemp()
+    storage = open_storage(f"sqlite:///{tmp}/memory.db")
+    study = optuna.create_study(
+        study_name="memory", direction="maximize", sampler=make_sampler(spec), storage=storage
+    )
     engine = make_engine(spec.engine)
     batch = spec.engine.trials_per_batch if spec.engine.name == "stacked" else 1
     samples: list[tuple[int, float]] = []

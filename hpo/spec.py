@@ -187,7 +187,7 @@ class EngineSpec:
             raise ValueError(f"`checkpoint_every >= 0` must hold, but got {self.checkpoint_every}")
         if self.threads < 0:
             raise ValueError(
-                f"`threads >= 0` must hold (0 = TensorFlow decides), but got {self.threads}"
+                f"`threads >= 0` must hold (0 = the engine's measured default), but got {self.threads}"
             )
 
 
