@@ -11,8 +11,11 @@ from hpo._errors import HpoError
 if TYPE_CHECKING:
     import optuna
 
+    from hpo.spec import StudySpec
+
 __all__ = [
     "STORAGE_HELP",
+    "apply_overrides",
     "best_or_none",
     "load_study",
     "print_best",
@@ -86,3 +89,28 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         if trial.datetime_complete
         else None,
     }
+
+
+def apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
+    """``spec`` with the command line's overrides; the dataclasses re-validate every value."""
+    from dataclasses import replace
+
+    def changed(section: Any, **values: Any) -> Any:
+        values = {k: v for k, v in values.items() if v is not None}
+        return replace(section, **values) if values else section
+
+    try:
+        return spec.replace(
+            name=overrides.get("name") or spec.name,
+            model=changed(spec.model, epochs=overrides.get("epochs")),
+            engine=changed(
+                spec.engine,
+                name=overrides.get("engine"),
+                trials_per_batch=overrides.get("trials_per_batch"),
+            ),
+            budget=changed(
+                spec.budget, n_trials=overrides.get("n_trials"), timeout=overrides.get("timeout")
+            ),
+        )
+    except ValueError as exc:
+        raise HpoError(f"{spec.source}: {exc}") from None

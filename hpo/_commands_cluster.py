@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from hpo._cli_common import STORAGE_HELP, storage_url
+from hpo._cli_common import STORAGE_HELP, apply_overrides, storage_url
 from hpo._errors import HpoError
 from hpo.spec import ENGINES
 
@@ -32,28 +31,6 @@ __all__ = ["COMMANDS", "study_status"]
 # Workers last seen longer ago than this are counted, not listed.
 _RECENT_SECONDS = 600
 _ENDED = ("finished", "stopped", "timeout", "crashed")
-
-
-def _overrides(spec: StudySpec, **values: Any) -> StudySpec:
-    """``spec`` with the command line's values; the dataclasses re-validate every one."""
-
-    def changed(section: Any, **fields: Any) -> Any:
-        fields = {k: v for k, v in fields.items() if v is not None}
-        return replace(section, **fields) if fields else section
-
-    try:
-        return spec.replace(
-            name=values.get("name") or spec.name,
-            model=changed(spec.model, epochs=values.get("epochs")),
-            engine=changed(
-                spec.engine,
-                name=values.get("engine"),
-                trials_per_batch=values.get("trials_per_batch"),
-            ),
-            budget=changed(spec.budget, n_trials=values.get("n_trials")),
-        )
-    except ValueError as exc:
-        raise HpoError(f"{spec.source}: {exc}") from None
 
 
 @click.command()
@@ -109,7 +86,7 @@ def create(
 
     if n_trials is not None and n_trials < 1:
         raise HpoError(f"--n-trials must be >= 1, but got {n_trials}")
-    spec = _overrides(
+    spec = apply_overrides(
         load_spec(study_file),
         name=name,
         epochs=epochs,

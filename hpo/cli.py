@@ -15,6 +15,7 @@ import click
 
 from hpo._cli_common import (
     STORAGE_HELP,
+    apply_overrides,
     best_or_none,
     load_study,
     print_best,
@@ -28,7 +29,6 @@ from hpo.spec import ENGINES
 if TYPE_CHECKING:
     import optuna
 
-    from hpo.spec import StudySpec
 
 __all__ = ["cli", "main"]
 
@@ -65,31 +65,6 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     optuna.logging.set_verbosity(
         optuna.logging.DEBUG if verbose or debug else optuna.logging.WARNING
     )
-
-
-def _apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
-    """``spec`` with the command line's overrides; the dataclasses re-validate every value."""
-    from dataclasses import replace
-
-    def changed(section: Any, **values: Any) -> Any:
-        values = {k: v for k, v in values.items() if v is not None}
-        return replace(section, **values) if values else section
-
-    try:
-        return spec.replace(
-            name=overrides.get("name") or spec.name,
-            model=changed(spec.model, epochs=overrides.get("epochs")),
-            engine=changed(
-                spec.engine,
-                name=overrides.get("engine"),
-                trials_per_batch=overrides.get("trials_per_batch"),
-            ),
-            budget=changed(
-                spec.budget, n_trials=overrides.get("n_trials"), timeout=overrides.get("timeout")
-            ),
-        )
-    except ValueError as exc:
-        raise HpoError(f"{spec.source}: {exc}") from None
 
 
 @cli.command()
@@ -129,7 +104,7 @@ def run(
 
     if n_trials is not None and n_trials < 1:
         raise HpoError(f"--n-trials must be >= 1, but got {n_trials}")
-    spec = _apply_overrides(
+    spec = apply_overrides(
         load_spec(study_file),
         epochs=epochs,
         engine=engine,
