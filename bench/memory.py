@@ -19,10 +19,11 @@ from pathlib import Path
 import optuna
 
 from hpo.data import load_dataset, make_fold_set
-from hpo.engines._tf import tensorflow_versions
-from hpo.engines.base import make_engine
-from hpo.storage import open_storage
-from hpo.worker import make_sampler, optimize
+from hpo.engines import make_engine
+from hpo.engines.keras_model import tensorflow_versions
+from hpo.study.record import make_sampler
+from hpo.study.storage import open_storage
+from hpo.study.worker import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 

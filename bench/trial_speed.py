@@ -59,7 +59,7 @@ def peak_rss_mib() -> float:
 
 def run_job(job: Job, barrier: Any | None) -> Outcome:
     """Train ``job`` in this (fresh) process: import TF first, then wait for the others."""
-    from hpo.engines._tf import import_keras
+    from hpo.engines.keras_model import import_keras
 
     import_keras(job.threads)
     engine: Any

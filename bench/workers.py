@@ -87,7 +87,7 @@ def _storage(kind: str, admin_url: str, scratch: Path) -> Iterator[str]:
 def _run(args: argparse.Namespace, kind: str, workers: int, scratch: Path) -> Result:
     import optuna
 
-    from hpo.storage import open_storage
+    from hpo.study.storage import open_storage
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
     with _storage(kind, args.pg_admin, scratch) as url:

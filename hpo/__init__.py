@@ -6,7 +6,7 @@ The public names are re-exported here; modules stay light so ``hpo --help`` need
 
 from __future__ import annotations
 
-from hpo._errors import HpoError
+from hpo.errors import HpoError
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec, load_spec, spec_from_dict, spec_to_dict
 

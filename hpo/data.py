@@ -13,19 +13,28 @@ import os
 import shutil
 import tempfile
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from hpo._errors import HpoError
-from hpo._logging import get_logger
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
 from hpo.spec import CVSpec, DataSpec
 
 if TYPE_CHECKING:
+    import urllib.request as urllib_request
+
+    import numpy as np
     import pandas as pd
+    import sklearn.datasets as sklearn_datasets
+    import sklearn.model_selection as sklearn_splits
+else:
+    urllib_request = lazy_import("urllib.request")
+    np = lazy_import("numpy")
+    pd = lazy_import("pandas")
+    sklearn_datasets = lazy_import("sklearn.datasets")
+    sklearn_splits = lazy_import("sklearn.model_selection")
 
 __all__ = [
     "Dataset",
@@ -106,7 +115,7 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with (
-            urllib.request.urlopen(url, timeout=60) as response,
+            urllib_request.urlopen(url, timeout=60) as response,
             tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp,
         ):
             shutil.copyfileobj(response, tmp)
@@ -134,8 +143,6 @@ def _resolve_csv(spec: DataSpec) -> Path:
 
 
 def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
-    import pandas as pd
-
     if path.is_dir():
         raise HpoError(f"{path}: is a directory, not a CSV file")
     try:
@@ -153,10 +160,8 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
 
 def _load_package_dataset(name: str) -> pd.DataFrame:
     """``sklearn:wine`` -> the frame of ``sklearn.datasets.load_wine``, class names as target."""
-    from sklearn import datasets
-
     short = name.split(":", 1)[1]
-    loader = getattr(datasets, f"load_{short}", None)
+    loader = getattr(sklearn_datasets, f"load_{short}", None)
     if loader is None or short in ("files", "sample_image", "sample_images", "svmlight_file"):
         raise HpoError(
             f"dataset {name!r} is not a data set shipped with scikit-learn; "
@@ -231,8 +236,6 @@ class Preprocessor:
     def fit(
         self, frame: pd.DataFrame, *, categories: dict[str, list[str]] | None = None
     ) -> Preprocessor:
-        import pandas as pd
-
         for column in frame.columns:
             values = frame[column]
             if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -271,8 +274,6 @@ class Preprocessor:
 
 def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
     """K folds as scikit-learn's (Stratified)KFold cuts them; ``repeat`` reshuffles (seed + repeat)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     if cv.folds > dataset.n_rows:
         raise HpoError(
             f"{dataset.source}: folds={cv.folds} is more than the {dataset.n_rows} rows; use fewer folds"
@@ -286,11 +287,11 @@ def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
                 f"{dataset.source}: class {dataset.classes[smallest]!r} has {counts[smallest]} rows, "
                 f"fewer than folds={cv.folds}; use fewer folds or set [cv] stratified = false"
             )
-        splitter: KFold | StratifiedKFold = StratifiedKFold(
+        splitter: sklearn_splits.KFold | sklearn_splits.StratifiedKFold = sklearn_splits.StratifiedKFold(
             cv.folds, shuffle=cv.shuffle, random_state=seed
         )
     else:
-        splitter = KFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
+        splitter = sklearn_splits.KFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
     schema = Preprocessor().fit(dataset.features).categorical
     folds = []
     for i, (train_rows, valid_rows) in enumerate(splitter.split(dataset.features, dataset.labels)):

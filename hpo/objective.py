@@ -1,23 +1,132 @@
-"""The objective: cross-validated accuracy of a batch of plans, and what each trial records.
+"""The objective, and the contract every engine meets: plans and folds in, out-of-fold accuracy out.
 
-``evaluate_plans`` runs an engine over every repeat of the K folds and averages; the
-``trial_attrs`` of a result are what lands on the trial (plan, per-fold accuracies, their
-spread, epochs, seconds, engine, seed, library versions), so any trial can be rebuilt and judged.
+The contract lives here, in the core, rather than in ``hpo.engines``: the objective only needs
+to know what an engine takes and returns, so the engines depend on it and never the other way
+round. An engine knows nothing about Optuna; it returns an :class:`EvaluationResult` per plan,
+a typed record that ``hpo.study.record`` turns into the trial's stored attributes in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
-from hpo.data import FoldSet
-from hpo.engines.base import Engine, EvaluationResult, Monitor
+from hpo.data import Fold, FoldSet
+from hpo.lazy import lazy_import
+from hpo.seeds import repeat_seed
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec
 
-__all__ = ["evaluate_plans", "trial_attrs"]
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_import("numpy")
+
+__all__ = [
+    "Engine",
+    "EvaluationResult",
+    "Monitor",
+    "NullMonitor",
+    "evaluate_plans",
+    "oof_accuracy",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationResult:
+    """One plan's cross-validated outcome.
+
+    ``accuracy`` is out-of-fold accuracy: every row predicted by the model that did not train on
+    it, scored once over all rows. ``predictions`` holds those predicted labels by row index.
+    A ``diverged`` plan (non-finite loss) scores its diverged folds' rows as wrong.
+
+    ``seed`` is the seed the plan actually trained with when it differs from the one it was
+    given (the stacked engine trains a batch from its first seed); ``seconds`` is the plan's
+    share of its batch's wall time. ``weights`` are the first fold's trained weights in Keras
+    ``get_weights()`` order, ``probabilities`` the validation probabilities per fold (kept only
+    when asked, for tests).
+    """
+
+    accuracy: float
+    fold_accuracies: tuple[float, ...]
+    predictions: np.ndarray
+    epochs: int
+    seconds: float
+    diverged: bool = False
+    pruned: bool = False
+    diverged_folds: tuple[int, ...] = ()
+    diverged_by_epoch: int | None = None
+    seed: int | None = None
+    shared_order: bool | None = None
+    trials_in_batch: int | None = None
+    xla_kernels: bool | None = None
+    repeat_accuracies: tuple[float, ...] | None = None
+    weights: list[np.ndarray] | None = None
+    probabilities: list[np.ndarray] | None = None
+
+    @property
+    def fold_std(self) -> float:
+        return float(np.std(self.fold_accuracies))
+
+
+class Monitor(Protocol):
+    """Callbacks from an engine while it trains (progress lines, pruning decisions)."""
+
+    def on_fold_end(self, member: int, fold: int, accuracy: float) -> None: ...
+
+    def on_checkpoint(self, step: int, accuracies: Mapping[int, float]) -> set[int]:
+        """Report members' accuracies at ``step``; return the members to stop (pruned)."""
+        ...
+
+
+class NullMonitor:
+    def on_fold_end(self, member: int, fold: int, accuracy: float) -> None:
+        return None
+
+    def on_checkpoint(self, step: int, accuracies: Mapping[int, float]) -> set[int]:
+        return set()
+
+
+class Engine(Protocol):
+    """Trains plans on folds. ``trials_per_batch``: how many plans one ``evaluate`` call should
+    get; the engine knows what it gains from more (the stacked engine trains them together)."""
+
+    name: str
+    trials_per_batch: int
+
+    def evaluate(
+        self,
+        plans: Sequence[RegularizationPlan],
+        folds: Sequence[Fold],
+        *,
+        model: ModelSpec,
+        n_classes: int,
+        seeds: Sequence[int],
+        monitor: Monitor | None = None,
+    ) -> list[EvaluationResult]: ...
+
+    def close(self) -> None:
+        """Release processes and memory the engine holds (it may be used again afterwards)."""
+        ...
+
+
+def oof_accuracy(
+    folds: Sequence[Fold], fold_predictions: Sequence[np.ndarray]
+) -> tuple[float, tuple[float, ...], np.ndarray]:
+    """Out-of-fold accuracy, per-fold accuracies and the row-indexed predictions."""
+    # Rows of folds not given (a pruned trial stops early) stay -1 in ``predictions``.
+    n_rows = len(folds[0].train_rows) + len(folds[0].valid_rows)
+    predictions = np.full(n_rows, -1, dtype=np.int32)
+    correct = 0
+    per_fold = []
+    for fold, predicted in zip(folds, fold_predictions, strict=True):
+        hits = predicted == fold.y_valid
+        correct += int(hits.sum())
+        per_fold.append(float(hits.mean()))
+        predictions[fold.valid_rows] = predicted
+    n_scored = sum(len(f.valid_rows) for f in folds)
+    return correct / n_scored, tuple(per_fold), predictions
 
 
 def evaluate_plans(
@@ -36,52 +145,27 @@ def evaluate_plans(
             repeat,
             model=model,
             n_classes=folds.n_classes,
-            seeds=[seed + 100_003 * r for seed in seeds],
+            seeds=[repeat_seed(seed, r) for seed in seeds],
             monitor=monitor,
         )
         for r, repeat in enumerate(folds.repeats)
     ]
     if len(per_repeat) == 1:
         return per_repeat[0]
-    combined = []
-    for member_results in zip(*per_repeat, strict=True):
-        accuracies = [r.accuracy for r in member_results]
-        combined.append(
-            EvaluationResult(
-                accuracy=float(np.mean(accuracies)),
-                fold_accuracies=tuple(a for r in member_results for a in r.fold_accuracies),
-                predictions=member_results[0].predictions,
-                epochs=max(r.epochs for r in member_results),
-                seconds=sum(r.seconds for r in member_results),
-                diverged=any(r.diverged for r in member_results),
-                pruned=any(r.pruned for r in member_results),
-                details={**member_results[0].details, "repeat_accuracies": accuracies},
-                weights=member_results[0].weights,
-            )
-        )
-    return combined
+    return [_combine_repeats(member_results) for member_results in zip(*per_repeat, strict=True)]
 
 
-def trial_attrs(
-    result: EvaluationResult,
-    *,
-    engine: str,
-    versions: Mapping[str, str],
-) -> dict[str, Any]:
-    """User attributes recorded on a finished trial (plain JSON data)."""
-    attrs: dict[str, Any] = {
-        "fold_accuracies": [round(a, 6) for a in result.fold_accuracies],
-        "fold_std": round(result.fold_std, 6),
-        "epochs": result.epochs,
-        "seconds": round(result.seconds, 3),
-        "engine": engine,
-        "diverged": result.diverged,
-        **versions,
-    }
-    for key, value in result.details.items():
-        attrs[key] = value
-    if "stream_seed" in attrs:
-        # Trials trained together with a shared batch order all trained with the batch's seed:
-        # record that one, so re-training the plan with `seed` reproduces the trial.
-        attrs["seed"] = attrs.pop("stream_seed")
-    return attrs
+def _combine_repeats(results: Sequence[EvaluationResult]) -> EvaluationResult:
+    """One plan's repeats as one result: the mean accuracy, every fold, the first repeat's
+    predictions and weights (the artifacts show one concrete run)."""
+    accuracies = tuple(r.accuracy for r in results)
+    return replace(
+        results[0],
+        accuracy=float(np.mean(accuracies)),
+        fold_accuracies=tuple(a for r in results for a in r.fold_accuracies),
+        epochs=max(r.epochs for r in results),
+        seconds=sum(r.seconds for r in results),
+        diverged=any(r.diverged for r in results),
+        pruned=any(r.pruned for r in results),
+        repeat_accuracies=accuracies,
+    )

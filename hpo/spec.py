@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from hpo._errors import HpoError
+from hpo import seeds
+from hpo.errors import HpoError
 
 __all__ = [
     "ACTIVATIONS",
@@ -130,6 +133,10 @@ class CVSpec:
             raise ValueError(f"`folds >= 2` must hold, but got (folds={self.folds})")
         if self.repeats < 1:
             raise ValueError(f"`repeats >= 1` must hold, but got (repeats={self.repeats})")
+        if not 0 <= self.seed <= seeds.MAX_SEED:
+            raise ValueError(
+                f"`0 <= seed <= {seeds.MAX_SEED}` must hold, but got (seed={self.seed})"
+            )
         if not self.shuffle and self.repeats > 1:
             raise ValueError(
                 "`repeats > 1` needs `shuffle = true` (unshuffled repeats are identical)"
@@ -202,6 +209,10 @@ class SamplerSpec:
     def __post_init__(self) -> None:
         if self.n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials >= 0` must hold, but got {self.n_startup_trials}")
+        if self.seed is not None and not 0 <= self.seed <= seeds.MAX_SEED:
+            raise ValueError(
+                f"`0 <= seed <= {seeds.MAX_SEED}` must hold, but got (seed={self.seed})"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,6 +225,8 @@ class BudgetSpec:
             raise ValueError(f"`n_trials >= 1` must hold, but got (n_trials={self.n_trials})")
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"`timeout > 0` must hold, but got (timeout={self.timeout})")
+        if self.timeout is not None and not math.isfinite(self.timeout):
+            raise ValueError(f"`timeout` must be a finite number, but got (timeout={self.timeout})")
 
 
 ARTIFACT_MODELS = ("fold", "refit", "none")
@@ -275,10 +288,14 @@ class StudySpec:
         """A copy with whole sections or fields swapped (``model=..., engine=...``)."""
         return dataclasses.replace(self, **sections)
 
+    @property
+    def base_seed(self) -> int:
+        """The study's seed: ``[sampler] seed``, else ``[cv] seed``; every trial seed derives from it."""
+        return self.sampler.seed if self.sampler.seed is not None else self.cv.seed
+
     def trial_seed(self, trial_number: int) -> int:
         """The seed of one trial: a pure function of the study and the trial number."""
-        base = self.sampler.seed if self.sampler.seed is not None else self.cv.seed
-        return (base * 1_000_003 + trial_number * 7_919 + 12_345) % (2**31 - 1)
+        return seeds.trial_seed(self.base_seed, trial_number)
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -296,7 +313,19 @@ _TOP_LEVEL = ("study", "search", *_SECTION_TYPES)
 _STUDY_KEYS = ("name", "direction", "description")
 _LAYER_KEYS = ("l1", "l2", "placements", "allow_none")
 _SEARCH_KEYS = (*_LAYER_KEYS, "layers")
-_TUPLE_FIELDS = {"drop", "na_values", "hidden", "placements"}
+
+# The resolved annotations (``from __future__ import annotations`` leaves only their text) that
+# every value from a file or a stored spec is checked against, element by element for tuples.
+_HINTS: dict[type, dict[str, Any]] = {
+    cls: get_type_hints(cls) for cls in (*_SECTION_TYPES.values(), LayerSearchSpec, StudySpec)
+}
+# What a study file may hold for each scalar type: singular for a value, plural for a list.
+_NAMES: dict[type, tuple[str, str]] = {
+    bool: ("true or false", "booleans"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+}
 
 
 def _suggest(key: str, allowed: tuple[str, ...]) -> str:
@@ -316,41 +345,71 @@ def _check_keys(
             raise HpoError(f"{origin}: unknown key `{dotted}`{_suggest(key, allowed)}")
 
 
+def _is_a(value: Any, expected: type) -> bool:
+    """Whether ``value`` may stand for an ``expected``: booleans are never numbers, and an
+    integer may stand for a float (``timeout = 60``)."""
+    if expected is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
+
+
+def _is_finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _value(where: str, hint: Any, value: Any, origin: str) -> Any:
+    """``value`` checked against the resolved annotation ``hint`` (a scalar, ``tuple[X, ...]``,
+    or either of them ``| None``); a list comes back as a tuple."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    (expected,) = (option for option in options if option is not type(None))
+    if get_origin(expected) is tuple:
+        item = get_args(expected)[0]
+        if not isinstance(value, list | tuple) or not all(_is_a(v, item) for v in value):
+            raise HpoError(
+                f"{origin}: `{where}` must be a list of {_NAMES[item][1]}, but got {value!r}"
+            )
+        return tuple(value)
+    if not _is_a(value, expected):
+        raise HpoError(f"{origin}: `{where}` must be {_NAMES[expected][0]}, but got {value!r}")
+    if expected is float and not _is_finite(value):
+        raise HpoError(f"{origin}: `{where}` must be a finite number, but got {value!r}")
+    return value
+
+
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def _expected_type(cls: type, name: str) -> str:
-    return str({f.name: f.type for f in dataclasses.fields(cls)}[name])
+def _required(cls: type) -> tuple[str, ...]:
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
 
 
 def _coerce(section: str, cls: type, raw: Mapping[str, Any], origin: str) -> Any:
     _check_keys(section, raw, _field_names(cls), origin)
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        expected = _expected_type(cls, key)
-        if key in _TUPLE_FIELDS:
-            if not isinstance(value, list | tuple):
-                raise HpoError(f"{origin}: `{section}.{key}` must be a list, but got {value!r}")
-            value = tuple(value)
-        elif "bool" in expected and not isinstance(value, bool):
-            raise HpoError(f"{origin}: `{section}.{key}` must be true or false, but got {value!r}")
-        elif expected.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
-            raise HpoError(f"{origin}: `{section}.{key}` must be an integer, but got {value!r}")
-        elif expected.startswith("float") and (
-            isinstance(value, bool) or not isinstance(value, int | float)
-        ):
-            raise HpoError(f"{origin}: `{section}.{key}` must be a number, but got {value!r}")
-        elif expected.startswith("str") and not isinstance(value, str):
-            raise HpoError(f"{origin}: `{section}.{key}` must be a string, but got {value!r}")
-        values[key] = value
+    values = {
+        key: _value(f"{section}.{key}", _HINTS[cls][key], value, origin)
+        for key, value in raw.items()
+    }
+    for key in _required(cls):
+        if key not in values:
+            raise HpoError(f"{origin}: [{section}] is missing the required key `{key}`")
     try:
         return cls(**values)
     except ValueError as exc:
         raise HpoError(f"{origin}: [{section}] {exc}") from None
-    except TypeError as exc:  # a required key is missing
-        missing = str(exc).split("argument")[-1].strip(": '")
-        raise HpoError(f"{origin}: [{section}] is missing the required key `{missing}`") from None
 
 
 def _alpha(where: str, value: Any, origin: str) -> AlphaRange | None:
@@ -365,8 +424,7 @@ def _alpha(where: str, value: Any, origin: str) -> AlphaRange | None:
         )
     _check_keys(where, value, ("low", "high"), origin)
     for key, number in value.items():
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise HpoError(f"{origin}: `{where}.{key}` must be a number, but got {number!r}")
+        _value(f"{where}.{key}", float, number, origin)
     try:
         return AlphaRange(**{k: float(v) for k, v in value.items()})
     except ValueError as exc:
@@ -388,15 +446,15 @@ def _layer(
             values[key] = _alpha(f"{where}.{key}", raw[key], origin)
     if "placements" in raw:
         placements = raw["placements"]
-        if isinstance(placements, str):
+        if isinstance(placements, str):  # `placements = "kernel"`: a list of one
             placements = [placements]
-        if not isinstance(placements, list):
-            raise HpoError(f"{origin}: `{where}.placements` must be a list, but got {placements!r}")
-        values["placements"] = tuple(placements)
+        values["placements"] = _value(
+            f"{where}.placements", _HINTS[LayerSearchSpec]["placements"], placements, origin
+        )
     if "allow_none" in raw:
-        if not isinstance(raw["allow_none"], bool):
-            raise HpoError(f"{origin}: `{where}.allow_none` must be true or false")
-        values["allow_none"] = raw["allow_none"]
+        values["allow_none"] = _value(
+            f"{where}.allow_none", _HINTS[LayerSearchSpec]["allow_none"], raw["allow_none"], origin
+        )
     try:
         layer = LayerSearchSpec(**values)
     except ValueError as exc:
@@ -432,29 +490,27 @@ def _search(raw: Mapping[str, Any], n_hidden: int, origin: str) -> SearchSpec:
 
 def spec_from_dict(raw: Mapping[str, Any], *, origin: str = "<study>") -> StudySpec:
     """Validate plain data (parsed TOML or a stored spec) into a :class:`StudySpec`."""
+    if not isinstance(raw, Mapping):
+        raise HpoError(f"{origin}: a study must be a table of sections, but got {raw!r}")
     _check_keys("", raw, _TOP_LEVEL, origin)
     study = raw.get("study")
     if study is None:
         raise HpoError(f"{origin}: the [study] table with a `name` is required")
     _check_keys("study", study, _STUDY_KEYS, origin)
+    top = {
+        key: _value(f"study.{key}", _HINTS[StudySpec][key], value, origin)
+        for key, value in study.items()
+    }
+    if "name" not in top:
+        raise HpoError(f"{origin}: [study] is missing the required key `name`")
     if "data" not in raw:
         raise HpoError(f"{origin}: the [data] table is required (path, url or dataset, and target)")
     sections = {
         name: _coerce(name, cls, raw.get(name, {}), origin) for name, cls in _SECTION_TYPES.items()
     }
     search = _search(raw.get("search", {}), len(sections["model"].hidden), origin)
-    for key in _STUDY_KEYS:
-        if key in study and not isinstance(study[key], str):
-            raise HpoError(f"{origin}: `study.{key}` must be a string, but got {study[key]!r}")
     try:
-        return StudySpec(
-            name=study.get("name", ""),
-            direction=study.get("direction", "maximize"),
-            description=study.get("description", ""),
-            search=search,
-            source=origin,
-            **sections,
-        )
+        return StudySpec(**top, search=search, source=origin, **sections)
     except ValueError as exc:
         raise HpoError(f"{origin}: {exc}") from None
 
@@ -480,13 +536,17 @@ def _alpha_to_plain(alpha: AlphaRange | None) -> Any:
 
 
 def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
-    """Plain, JSON- and TOML-friendly data that :func:`spec_from_dict` turns back into ``spec``."""
+    """Plain, JSON-friendly data that :func:`spec_from_dict` turns back into ``spec``.
+
+    A ``None`` whose default is ``None`` is left out, so the data is TOML-friendly too, except
+    for a ``None`` that differs from its default (``BudgetSpec(n_trials=None)``: no limit).
+    """
 
     def plain(section: Any) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            if value is None:
+            if value is None and f.default is None:
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+import json
+import re
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -13,9 +19,15 @@ from click.testing import CliRunner, Result
 from test_artifacts import NAME, BuiltStudy, load, results_study
 
 from hpo.cli import cli
+from hpo.results.report import write_report
+from hpo.results.spec_text import spec_sections
 from hpo.space import LayerPenalty, RegularizationPlan
+from hpo.spec import DataSpec, StudySpec, spec_to_dict
+from hpo.study.record import SPEC_ATTR
 
 PLOTS = ("history", "importances", "placement", "alphas", "folds", "rerun")
+CHROMIUM = Path("/usr/bin/chromium")
+_WINDOW_HEIGHT = 6000  # px; the whole test page fits, so one screenshot shows every section
 
 
 def hpo(*args: str) -> Result:
@@ -60,7 +72,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_report_is_one_offline_page_with_every_plot(built: BuiltStudy, tmp_path: Path) -> None:
-    from hpo.rerun import RerunStats, record_reruns
+    from hpo.results.rerun import RerunStats, record_reruns
 
     url = built.copy(tmp_path)
     study = load(url)
@@ -171,9 +183,144 @@ def test_report_of_an_unknown_study_names_what_is_there(built: BuiltStudy) -> No
 
 
 def test_placement_of_a_layer() -> None:
-    from hpo.report import placement_of
+    from hpo.results.report import placement_of
 
     assert placement_of(LayerPenalty(l1_activity=1e-3)) == "activity"
     assert placement_of(LayerPenalty(l2_kernel=1e-3)) == "kernel"
     assert placement_of(LayerPenalty(l1_activity=1e-3, l2_kernel=1e-4)) == "both"
     assert placement_of(LayerPenalty()) == "none"
+
+
+# --- layout, in a real browser ----------------------------------------------------------------
+
+# Injected into a copy of the page only (the report itself has no scripts). For every table it
+# finds the part that shows (clipped by any scrolling ancestor) and the box the table belongs to
+# (its cell of the settings grid, else its section), and records spills and overlaps in the DOM.
+_MEASURE = """<script>
+addEventListener("load", () => {
+  const problems = [], scrolled = [];
+  const shown = [...document.querySelectorAll("main table")].map((table) => {
+    const box = table.closest(".grid > *") || table.closest("section");
+    const name = box.querySelector("h3, h2").textContent;
+    const r = table.getBoundingClientRect();
+    let left = r.left, right = r.right;
+    for (let a = table.parentElement; a; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== "visible") {
+        const clip = a.getBoundingClientRect();
+        left = Math.max(left, clip.left);
+        right = Math.min(right, clip.right);
+      }
+    }
+    const b = box.getBoundingClientRect();
+    if (right > b.right + 0.5 || left < b.left - 0.5) problems.push(`${name}: spills out of its box`);
+    if (r.width > right - left + 0.5) scrolled.push(name);
+    return {name, left, right, top: r.top, bottom: r.bottom};
+  });
+  shown.forEach((a, i) => shown.slice(i + 1).forEach((b) => {
+    const x = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+    const y = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+    if (x > 0.5 && y > 0.5) problems.push(`${a.name}: overlaps ${b.name}`);
+  }));
+  const settings = document.getElementById("settings").getBoundingClientRect();
+  document.body.dataset.layout = JSON.stringify({
+    tables: shown.map((t) => t.name), problems, scrolled,
+    settings: [settings.top + scrollY, settings.bottom + scrollY],
+    bottom: document.querySelector("main").getBoundingClientRect().bottom + scrollY,
+  });
+});
+</script>"""
+
+
+def _chromium(width: int, height: int, *args: str) -> subprocess.CompletedProcess[bytes]:
+    with tempfile.TemporaryDirectory(prefix="hpo-chromium-") as profile:
+        return subprocess.run(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                *args,
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+
+
+def _study_with_spec() -> tuple[Any, StudySpec]:
+    """An in-memory study created from a spec with the default two hidden layers; no training."""
+    import optuna
+
+    spec = StudySpec(
+        name="layout",
+        description="Settings laid out in a browser",
+        data=DataSpec(path="/srv/course/data/heart-disease/processed.cleveland.csv", target="num"),
+    )
+    study = optuna.create_study(study_name="layout", direction="maximize")
+    study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+    for i, (value, l1) in enumerate([(0.61, 1e-4), (0.72, 1e-3), (0.66, 0.0)]):
+        plan = RegularizationPlan(
+            (LayerPenalty(l1_kernel=l1, l2_activity=1e-5), LayerPenalty(l2_kernel=1e-2))
+        )
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                user_attrs={
+                    "plan": plan.to_dict(),
+                    "fold_accuracies": [value - 0.02, value, value + 0.02],
+                    "seconds": 10.0 + i,
+                    "seed": 100 + i,
+                },
+            )
+        )
+    return study, spec
+
+
+def _layout(page: Path, width: int, shot: Path) -> dict[str, Any]:
+    """What the measuring copy of ``page`` reports at ``width``, and a screenshot of it."""
+    measured = page.with_name(f"measured-{width}.html")
+    measured.write_text(page.read_text().replace("</body>", _MEASURE + "</body>"))
+    # The script only sets an attribute: the screenshot shows the page as written.
+    run = _chromium(width, _WINDOW_HEIGHT, "--dump-dom", f"--screenshot={shot}", measured.as_uri())
+    found = re.search(r'<body data-layout="([^"]*)"', run.stdout.decode())
+    assert found, f"the measuring script did not run at {width} px"
+    layout: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return layout
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_no_table_spills_over_another_in_a_browser(tmp_path: Path) -> None:
+    from PIL import Image
+
+    study, spec = _study_with_spec()
+    page = write_report(study, tmp_path / "report").html_path
+    tables = [
+        "Best trial: #1, accuracy 0.7200",
+        "Top 3 trials",
+        "Search space",
+        *(title for title, _ in spec_sections(spec)),
+    ]
+    widths = [1400, 1920]
+    with ThreadPoolExecutor(len(widths)) as pool:  # one browser per width, side by side
+        layouts = list(pool.map(lambda w: _layout(page, w, tmp_path / f"{w}.png"), widths))
+    for width, layout in zip(widths, layouts, strict=True):
+        assert layout["tables"] == tables, width  # every table was measured
+        assert layout["problems"] == [], (width, layout["problems"])
+        assert layout["scrolled"] == [], (width, layout["scrolled"])  # wide enough to show all
+
+        image = Image.open(tmp_path / f"{width}.png")
+        assert image.format == "PNG"
+        image.load()
+        assert image.size == (width, _WINDOW_HEIGHT) and layout["bottom"] <= _WINDOW_HEIGHT
+        top, bottom = (round(y) for y in layout["settings"])
+        settings = list(image.convert("RGB").crop((0, top, width, bottom)).getdata())
+        ink = sum(1 for p in settings if min(p) < 128) / len(settings)
+        assert len(set(settings)) > 50 and ink > 0.005, (width, len(set(settings)), ink)

@@ -1,1 +1,26 @@
+"""Engines: what trains a batch of regularization plans on the folds.
 
+``reference`` is the course protocol, one Keras ``model.fit`` per fold (ground truth);
+``stacked`` trains the folds of many trials as one TensorFlow graph and is checked against it.
+Both meet the contract in :mod:`hpo.objective`.
+"""
+
+from __future__ import annotations
+
+from hpo.engines.reference import ReferenceEngine
+from hpo.engines.stacked import StackedEngine
+from hpo.objective import Engine
+from hpo.spec import EngineSpec
+
+__all__ = ["ReferenceEngine", "StackedEngine", "make_engine"]
+
+
+def make_engine(spec: EngineSpec) -> Engine:
+    """The engine ``[engine]`` describes (importing one does not import TensorFlow)."""
+    if spec.name == "reference":
+        return ReferenceEngine(checkpoint_every=spec.checkpoint_every)
+    return StackedEngine(
+        checkpoint_every=spec.checkpoint_every,
+        threads=spec.threads,
+        trials_per_batch=spec.trials_per_batch,
+    )

@@ -9,78 +9,29 @@ Keras >= 3.14).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from hpo._logging import get_logger
 from hpo.data import Fold
-from hpo.engines._tf import import_keras
-from hpo.engines.base import EvaluationResult, Monitor, NullMonitor, fold_seed, oof_accuracy
-from hpo.space import LayerPenalty, RegularizationPlan
+from hpo.engines.keras_model import build_model, import_keras
+from hpo.lazy import lazy_import
+from hpo.objective import EvaluationResult, Monitor, NullMonitor, oof_accuracy
+from hpo.seeds import fold_seed
+from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec
 
-__all__ = ["ReferenceEngine", "build_model", "fit_fold", "regularizer"]
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_import("numpy")
 
-_log = get_logger("engines.reference")
-
-
-def regularizer(l1: float, l2: float) -> Any:
-    """The Keras regularizer for these coefficients: L1, L2, L1L2, or None when both are 0."""
-    keras = import_keras()
-    if l1 > 0 and l2 > 0:
-        return keras.regularizers.L1L2(l1=l1, l2=l2)
-    if l1 > 0:
-        return keras.regularizers.L1(l1)
-    if l2 > 0:
-        return keras.regularizers.L2(l2)
-    return None
-
-
-def build_model(
-    plan: RegularizationPlan, model: ModelSpec, *, n_features: int, n_classes: int
-) -> Any:
-    """The compiled Keras model of one trial: Dense hidden layers as the plan regularizes them."""
-    keras = import_keras()
-    if len(plan.layers) != len(model.hidden):
-        raise ValueError(
-            f"the plan has {len(plan.layers)} layers but the model has {len(model.hidden)} hidden layers"
-        )
-    layers: list[Any] = [keras.Input(shape=(n_features,))]
-    for units, penalty in zip(model.hidden, plan.layers, strict=True):
-        layers.append(_dense(keras, units, model.activation, penalty))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax"))
-    net = keras.Sequential(layers)
-    net.compile(
-        optimizer=_optimizer(keras, model),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return net
-
-
-def _dense(keras: Any, units: int, activation: str, penalty: LayerPenalty) -> Any:
-    return keras.layers.Dense(
-        units,
-        activation=activation,
-        kernel_regularizer=regularizer(penalty.l1_kernel, penalty.l2_kernel),
-        activity_regularizer=regularizer(penalty.l1_activity, penalty.l2_activity),
-    )
-
-
-def _optimizer(keras: Any, model: ModelSpec) -> Any:
-    classes = {
-        "adam": keras.optimizers.Adam,
-        "sgd": keras.optimizers.SGD,
-        "rmsprop": keras.optimizers.RMSprop,
-    }
-    return classes[model.optimizer](learning_rate=model.learning_rate)
+__all__ = ["ReferenceEngine", "fit_fold"]
 
 
 @dataclass(frozen=True)
@@ -131,8 +82,6 @@ def _child_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A parent killed with SIGKILL cannot clean up: have the kernel end us with it (Linux).
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     import_keras()
@@ -151,6 +100,7 @@ class ReferenceEngine:
     """
 
     name = "reference"
+    trials_per_batch = 1  # trials train one after another; a larger batch gains nothing
 
     def __init__(
         self,
@@ -280,7 +230,6 @@ class ReferenceEngine:
     ) -> EvaluationResult:
         done = folds[: len(fold_predictions)]
         accuracy, per_fold, predictions = oof_accuracy(done, fold_predictions)
-        details: Mapping[str, Any] = {"diverged_folds": diverged_folds} if diverged_folds else {}
         return EvaluationResult(
             accuracy=accuracy,
             fold_accuracies=per_fold,
@@ -289,7 +238,7 @@ class ReferenceEngine:
             seconds=time.perf_counter() - started,
             diverged=bool(diverged_folds),
             pruned=pruned,
-            details=details,
+            diverged_folds=tuple(diverged_folds),
         )
 
 

@@ -20,29 +20,16 @@ same batch order) to about 1e-7:
   as the updates are elementwise and the loss is a sum of member losses, its own trajectory;
 * each epoch reshuffles each fold's training rows (numpy RNG seeded from ``fold_seed``).
 
-Where the speed comes from (measured on 2 AMD EPYC vCPUs, TF 2.21 CPU, course data, 5 folds;
-seconds per trial at 500 epochs, one thread unless said; ``bench/trial_speed.py`` and issue 3):
-
-* loops over epochs and steps inside the graph, one call per chunk of epochs (a call per epoch,
-  with its validation probe: 1.60 s instead of 1.38 s);
-* the backward pass written out (three matmuls per layer, the regularizers' analytic gradients)
-  instead of autodiff, whose broadcasts, ``Tile`` and reductions cost more than the matmuls:
-  0.95 -> 0.59 ms per step at T=8;
-* with ``shared_order`` (default) the T trials of a fold see the same batches, so the first layer
-  is one wide matmul ``[B, F] x [F, T*U1]`` per fold, its bias a kernel row fed by a column of
-  ones (T=8: 1.38 s against 1.58 s with a batched matmul per member);
-* matmuls on oneDNN (TF's default on x86; 1.2-1.7x faster than Eigen here), while each
-  elementwise chain between them (softmax to dz; bias + ReLU; ReLU backward with the activity
-  gradient and bias sum; the whole optimizer update with the kernel regularizers' gradient,
-  over all parameters in one flat buffer) is one XLA-compiled kernel: 1.81 -> 1.34 s at T=8.
-  XLA for the whole graph was 2.5x slower (DESIGN.md); XLA transposes 2x slower than oneDNN's.
-  TF's fused ``ResourceApplyAdam`` was faster than plain ops but not Keras: it computes
-  ``1 - beta_2`` as ``1 - 0.999f = 0.0010000467`` (Keras: 0.001), which moved predictions by 1e-2
-  after 120 steps; the XLA update follows Keras' formula and is faster still;
-* T (trials per batch): 1.78 / 1.38 / 1.28 / 1.71 s at T = 4 / 8 / 16 / 32 in one process; two
-  intra-op threads are slower (T=8: 2.30 s); one single-threaded process per core is the way
-  to use the machine, and there T=8 scales (1.45 s each, 0.71 s per trial for the machine) where
-  T=16's larger working set does not (1.8-1.9 s each).
+Where the speed comes from, in the order it matters: loops over epochs and steps inside the graph
+(one Python call per chunk of epochs, not per step); the backward pass and the regularizers'
+gradients written out instead of autodiff; with ``shared_order`` (the default) the T trials of a
+fold see the same batches, so the first layer is one wide matmul ``[B, F] x [F, T*U1]`` per fold;
+matmuls on oneDNN while each elementwise chain between them (softmax to its gradient, bias and
+activation, activation backward with the activity gradient, the whole optimizer update over one
+flat parameter buffer) is one XLA-compiled kernel. The optimizer update follows Keras' formulas
+exactly (TF's fused Adam kernel does not: it rounds ``1 - beta_2`` differently). One thread per
+process is the fastest setting for a network this small. The measured effect of each lever is
+in ``bench/README.md``.
 
 Members whose loss goes non-finite are marked diverged: their folds predict -1 (wrong), and as
 nothing couples members, the others are untouched. Pruned trials are dropped from the graph
@@ -58,16 +45,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from hpo._logging import get_logger
 from hpo.data import Fold
-from hpo.engines._tf import import_keras
-from hpo.engines.base import EvaluationResult, Monitor, NullMonitor, fold_seed, oof_accuracy
+from hpo.engines.keras_model import import_keras, tf
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.objective import EvaluationResult, Monitor, NullMonitor, oof_accuracy
+from hpo.seeds import fold_seed
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_import("numpy")
 
 __all__ = ["InitialWeights", "StackedEngine", "clear_graph_cache"]
 
@@ -87,7 +79,7 @@ _graph_cache: OrderedDict[_Layout, _StackedGraph] = OrderedDict()
 # Parameter blocks start on 64-byte boundaries (16 floats) so slicing one out copies nothing.
 _ALIGN = 16
 
-InitialWeights = Sequence[Sequence[Sequence[np.ndarray]]]
+InitialWeights = Sequence[Sequence[Sequence["np.ndarray"]]]
 """Per plan, per fold: the Keras ``get_weights()`` list ``[W1, b1, W2, b2, ..., Wout, bout]``."""
 
 
@@ -163,8 +155,6 @@ class _StackedGraph:
     """
 
     def __init__(self, layout: _Layout) -> None:
-        import tensorflow as tf
-
         self.layout = layout
         lay = layout
         k, t, f, c = lay.folds, lay.trials, lay.n_inputs, lay.n_classes
@@ -326,8 +316,6 @@ class _StackedGraph:
         ]
 
     def _blocks(self, flat: Any) -> list[Any]:
-        import tensorflow as tf
-
         return [
             tf.reshape(tf.slice(flat, [offset], [size]), shape)
             for offset, size, shape in zip(self.offsets, self.sizes, self.shapes, strict=True)
@@ -339,8 +327,6 @@ class _StackedGraph:
         self, x: Any, params: Sequence[Any], rows: int
     ) -> tuple[list[Any], list[Any], Any]:
         """Hidden outputs (``[K, T, rows, U]``), their pre-activations and the logits."""
-        import tensorflow as tf
-
         lay = self.layout
         k, t, u1 = lay.folds, lay.trials, lay.hidden[0]
         n_hidden = len(lay.hidden)
@@ -378,8 +364,6 @@ class _StackedGraph:
         rows and 0 on padding; ``fold_active`` is None or ``[K]`` (1 where the fold has rows);
         ``activity`` per hidden layer ``(l1, 2*l2) * row_weights`` in the layer's output shape.
         """
-        import tensorflow as tf
-
         lay = self.layout
         k, t, b = lay.folds, lay.trials, lay.batch_size
         params = self._blocks(self.flat.read_value())
@@ -431,8 +415,6 @@ class _StackedGraph:
 
     def _apply(self, grads: Sequence[Any], fold_active: Any) -> None:
         """The optimizer update of every parameter, with the kernel regularizers' gradient."""
-        import tensorflow as tf
-
         lay = self.layout
         pieces = []
         ends = [*self.offsets[1:], self.total]
@@ -465,8 +447,6 @@ class _StackedGraph:
 
     def _train(self, perm: Any) -> Any:
         """Train ``perm.shape[0]`` epochs; ``perm[e]`` holds each fold's row order, padded."""
-        import tensorflow as tf
-
         lay = self.layout
         b = lay.batch_size
         full_weight = tf.constant(1.0 / b)
@@ -507,8 +487,6 @@ class _StackedGraph:
 
     def _batch(self, order: Any, start: Any) -> Any:
         """Row indices of the batch at ``start`` (static shape, unlike ``order[..., a:b]``)."""
-        import tensorflow as tf
-
         lay = self.layout
         if lay.shared:
             return tf.slice(order, [0, start], [lay.folds, lay.batch_size])
@@ -516,8 +494,6 @@ class _StackedGraph:
 
     def _probe(self) -> tuple[Any, Any]:
         """Validation probabilities ``[K, T, Nv, C]`` and a finite flag per member ``[K, T]``."""
-        import tensorflow as tf
-
         lay = self.layout
         k, t = lay.folds, lay.trials
         params = self._blocks(self.flat.read_value())
@@ -539,8 +515,6 @@ class _StackedGraph:
 
 def _member_all_finite(tensor: Any, first: bool, lay: _Layout, *, total: bool = False) -> Any:
     """``[K, T]``: whether each member's slice of a parameter block (or its sum) is finite."""
-    import tensorflow as tf
-
     if first and lay.shared:
         tensor = tf.reshape(tensor, [lay.folds, lay.n_inputs, lay.trials, lay.hidden[0]])
         axes = [1, 3]
@@ -557,8 +531,6 @@ def _member_all_finite(tensor: Any, first: bool, lay: _Layout, *, total: bool = 
 
 def _output_grad(logits: Any, y: Any, row_weights: Any) -> tuple[Any, Any]:
     """dz = (softmax(logits) - onehot) * row_weights, and the output bias gradient."""
-    import tensorflow as tf
-
     e = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))
     dz = (e / tf.reduce_sum(e, axis=-1, keepdims=True) - y) * row_weights
     return dz, tf.reduce_sum(dz, axis=2, keepdims=True)
@@ -566,21 +538,15 @@ def _output_grad(logits: Any, y: Any, row_weights: Any) -> tuple[Any, Any]:
 
 def _activity_grad(dh: Any, h: Any, c1: Any, c2: Any) -> Any:
     """Add d/dh of the activity penalty: ``c1*sign(h) + c2*h`` (c1 = l1/rows, c2 = 2*l2/rows)."""
-    import tensorflow as tf
-
     return dh + c1 * tf.sign(h) + c2 * h
 
 
 def _bias_relu(z: Any, bias: Any) -> Any:
-    import tensorflow as tf
-
     return tf.nn.relu(z + bias)
 
 
 def _relu_grad(dh: Any, h: Any, c1: Any, c2: Any, bias: bool) -> tuple[Any, Any]:
     """ReLU backward with the activity penalty; and the layer's bias gradient when ``bias``."""
-    import tensorflow as tf
-
     # sign(h) is 1 wherever the ReLU lets a gradient through, so the l1 term needs no sign.
     dz = tf.where(h > 0, dh + c1 + c2 * h, tf.zeros_like(dh))
     return dz, tf.reduce_sum(dz, axis=2, keepdims=True) if bias else None
@@ -604,8 +570,6 @@ def _update(
     ``step`` is the step count after this step, a scalar or, with ``fold_of`` and ``active``,
     one per fold; then folds whose ``active`` is 0 keep their values.
     """
-    import tensorflow as tf
-
     grad = grad + l1 * tf.sign(var) + l2 * var
     if optimizer == "adam":
         m, v = slots
@@ -639,8 +603,6 @@ def _kernels() -> dict[str, Callable[..., Any]]:
     """The elementwise kernels, each XLA-compiled (the plain functions where XLA fails)."""
     if not _xla_works():
         return dict(_KERNELS)
-    import tensorflow as tf
-
     return {
         name: tf.function(fn, jit_compile=True, autograph=False) for name, fn in _KERNELS.items()
     }
@@ -652,8 +614,6 @@ _xla_state: list[bool] = []
 def _xla_works() -> bool:
     """Whether this TensorFlow build compiles with XLA on this machine (checked once)."""
     if not _xla_state:
-        import tensorflow as tf
-
         try:
             # Eagerly, even when first asked while a graph is being traced.
             with tf.init_scope():
@@ -666,8 +626,6 @@ def _xla_works() -> bool:
 
 
 def _activation(name: str) -> Any:
-    import tensorflow as tf
-
     if name == "relu":
         return tf.nn.relu
     keras = import_keras()
@@ -778,8 +736,9 @@ class StackedEngine:
     ``compact_below``: after pruning, rebuild a smaller graph once the live trials are at most
     this fraction of the graph's (a rebuild costs a second or two of tracing).
     ``threads``: TF intra- and inter-op threads, set if this engine is the first to start TF in
-    the process; 0 means one, the fastest measured (two threads: 1.7x slower at T=8), so use
-    the other cores with more worker processes.
+    the process; 0 means one, the fastest measured for this small network, so use the other
+    cores with more worker processes. ``trials_per_batch``: how many trials a worker should
+    hand to one ``evaluate`` call.
     """
 
     name = "stacked"
@@ -794,6 +753,7 @@ class StackedEngine:
         chunk_epochs: int = 25,
         compact_below: float = 0.75,
         keep_probabilities: bool = False,
+        trials_per_batch: int = 8,
     ) -> None:
         if checkpoint_every < 0:
             raise ValueError(f"`checkpoint_every >= 0` must hold, but got {checkpoint_every}")
@@ -806,6 +766,7 @@ class StackedEngine:
         self.chunk_epochs = chunk_epochs
         self.compact_below = compact_below
         self.keep_probabilities = keep_probabilities
+        self.trials_per_batch = trials_per_batch
 
     def evaluate(
         self,
@@ -942,8 +903,6 @@ class _Run:
         return self._results()
 
     def _permutations(self, epochs: int) -> Any:
-        import tensorflow as tf
-
         lay = self.layout
         slots = lay.steps * lay.batch_size
         shape = (epochs, lay.folds, slots) if lay.shared else (epochs, lay.folds, lay.trials, slots)
@@ -1048,19 +1007,6 @@ class _Run:
             outcome = self.outcomes[plan]
             accuracy, per_fold, predictions = oof_accuracy(self.folds, outcome.predictions)
             diverged_folds = [f.index for i, f in enumerate(self.folds) if self.diverged[i, plan]]
-            details: dict[str, Any] = {
-                "shared_order": self.engine.shared_order,
-                "trials_in_batch": len(self.plans),
-                "seconds_are": "batch wall time / trials_in_batch",
-                "xla_kernels": _xla_works(),
-            }
-            if self.engine.shared_order:
-                details["stream_seed"] = self.seeds[0]
-            if diverged_folds:
-                details["diverged_folds"] = diverged_folds
-                details["diverged_by_epoch"] = self.diverged_at.get(plan)
-            if self.engine.keep_probabilities:
-                details["probabilities"] = outcome.probabilities
             if not outcome.pruned:
                 for fold, accuracy_k in zip(self.folds, per_fold, strict=True):
                     self.monitor.on_fold_end(plan, fold.index, accuracy_k)
@@ -1073,8 +1019,14 @@ class _Run:
                     seconds=seconds,
                     diverged=bool(diverged_folds),
                     pruned=outcome.pruned,
-                    details=details,
+                    diverged_folds=tuple(diverged_folds),
+                    diverged_by_epoch=self.diverged_at.get(plan) if diverged_folds else None,
+                    seed=self.seeds[0] if self.engine.shared_order else None,
+                    shared_order=self.engine.shared_order,
+                    trials_in_batch=len(self.plans),
+                    xla_kernels=_xla_works(),
                     weights=outcome.weights,
+                    probabilities=outcome.probabilities if self.engine.keep_probabilities else None,
                 )
             )
         return results

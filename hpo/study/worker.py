@@ -3,11 +3,11 @@
 The same loop serves ``hpo run`` (one process) and ``hpo worker`` (any number of processes on
 any number of machines sharing one study):
 
-* The study's ``n_trials`` is a global budget, claimed atomically (``hpo._budget``): exactly
+* The study's ``n_trials`` is a global budget, claimed atomically (``hpo.study.budget``): exactly
   that many trials finish, whatever the number of workers.
-* A heartbeat thread (``hpo._heartbeat``) keeps the held trials alive; a dead worker's trials
-  go stale, are failed by the next claim anywhere, and retried with the same parameters.
-* Database outages stall the worker instead of killing it (``hpo.storage.StorageGuard``):
+* A heartbeat thread (``hpo.study.heartbeat``) keeps the held trials alive; a dead worker's
+  trials go stale, are failed by the next claim anywhere, and retried with the same parameters.
+* Database outages stall the worker instead of killing it (``hpo.study.storage.StorageGuard``):
   a finished result stays in memory and is told when the database is back, exactly once.
 * Ctrl-C or SIGTERM stops cleanly: the trials in flight are told FAIL (marked ``interrupted``,
   and retried by the workers that carry on), nothing stays RUNNING, and the process exits 0.
@@ -18,185 +18,39 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from hpo._budget import (
-    FAILURE_ATTR,
-    RETRY_ROOT_ATTR,
-    Claim,
-    claim_trials,
-    log_stale_trial,
-)
-from hpo._errors import HpoError
-from hpo._heartbeat import (
-    POLICY_ATTR,
-    CrashPolicy,
-    Heartbeat,
-    configure_stale_detection,
-    stored_policy,
-    worker_id,
-)
-from hpo._logging import get_logger
-from hpo._signals import Stopped, critical, stop_on_signals
 from hpo.data import FoldSet
-from hpo.engines.base import Engine, EvaluationResult
-from hpo.objective import evaluate_plans, trial_attrs
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.objective import Engine, EvaluationResult, evaluate_plans
 from hpo.space import RegularizationPlan, suggest_plan
-from hpo.spec import StudySpec, spec_from_dict, spec_to_dict
-from hpo.storage import StorageGuard, creation_lock, mask_url, rdb_of
+from hpo.spec import StudySpec
+from hpo.study.budget import Claim, claim_trials, log_stale_trial
+from hpo.study.heartbeat import Heartbeat, configure_stale_detection
+from hpo.study.record import (
+    FAILURE_ATTR,
+    CrashPolicy,
+    best_trial,
+    result_attrs,
+    sampled_attrs,
+    seed_number,
+    stored_policy,
+)
+from hpo.study.signals import Stopped, critical
+from hpo.study.storage import StorageGuard, rdb_of
 
 if TYPE_CHECKING:
     import optuna
+else:
+    optuna = lazy_import("optuna")
 
-__all__ = [
-    "SPEC_ATTR",
-    "CrashPolicy",
-    "RunSummary",
-    "Stopped",
-    "best_trial",
-    "budget_left",
-    "create_or_load_study",
-    "join_study",
-    "make_sampler",
-    "optimize",
-    "stop_on_signals",
-    "stored_policy",
-    "stored_spec",
-]
+__all__ = ["RunSummary", "optimize"]
 
-SPEC_ATTR = "hpo_spec"
 _log = get_logger("worker")
-# What must match for a resumed study to stay one experiment (data location may differ).
-_PROTOCOL_SECTIONS = ("cv", "model", "search")
-
-
-def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    seed = None if spec.sampler.seed is None else spec.sampler.seed + seed_offset
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=spec.sampler.n_startup_trials,
-        multivariate=spec.sampler.multivariate,
-        group=spec.sampler.group,
-        constant_liar=spec.sampler.constant_liar,
-    )
-
-
-def stored_spec(study: optuna.Study) -> StudySpec | None:
-    raw = study.user_attrs.get(SPEC_ATTR)
-    return None if raw is None else spec_from_dict(raw, origin=f"study {study.study_name!r}")
-
-
-def create_or_load_study(
-    spec: StudySpec,
-    storage: optuna.storages.BaseStorage,
-    *,
-    seed_offset: int = 0,
-    policy: CrashPolicy | None = None,
-) -> tuple[optuna.Study, bool]:
-    """The study named by ``spec``: created with the spec (and crash policy) stored on it, or
-    resumed after checking that its protocol matches. Returns ``(study, created)``.
-
-    Creation and its attributes happen under one lock, so a worker never sees a study without
-    its spec, and processes racing to create it make it once.
-    """
-    import optuna
-
-    sampler = make_sampler(spec, seed_offset=seed_offset)
-    with creation_lock(_rdb(storage)):
-        try:
-            study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
-        except KeyError:
-            try:
-                study = optuna.create_study(
-                    study_name=spec.name, storage=storage, sampler=sampler, direction="maximize"
-                )
-            except optuna.exceptions.DuplicatedStudyError:  # made by a version without the lock
-                study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
-            else:
-                study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
-                study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
-                return study, True
-    check_same_protocol(spec, study)
-    return study, False
-
-
-def join_study(
-    name: str, storage: optuna.storages.RDBStorage, *, shown_url: str | None = None
-) -> tuple[optuna.Study, StudySpec]:
-    """An existing study and its stored spec, knowing only its name (``hpo worker``).
-    ``shown_url``: the storage as the user wrote it, for messages."""
-    import optuna
-
-    shown = mask_url(shown_url or storage.url)
-    with creation_lock(storage):
-        try:
-            study_id = storage.get_study_id_from_name(name)
-        except KeyError:
-            names = sorted(s.study_name for s in storage.get_all_studies())
-            where = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
-            raise HpoError(
-                f"no study named {name!r} in {shown}{where}; create it first with "
-                "`hpo create STUDY_FILE --storage URL`"
-            ) from None
-        raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
-    if raw is None:
-        raise HpoError(
-            f"study {name!r} in {shown} has no stored study spec (it was not made by hpo); "
-            "create a new one with `hpo create STUDY_FILE --name NEW_NAME`"
-        )
-    spec = spec_from_dict(raw, origin=f"study {name!r}")
-    # Workers of one study need different sampler seeds, or their random startup trials
-    # would all propose the same parameters.
-    offset = zlib.crc32(worker_id().encode()) % 1_000_003
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=make_sampler(spec, seed_offset=offset)
-    )
-    return study, spec
-
-
-def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
-    import optuna
-
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
-        raise HpoError("hpo needs an SQL storage (sqlite:///FILE.db or postgresql://...)")
-    return backend
-
-
-def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is None:
-        return
-    current = spec_to_dict(spec)
-    for section in _PROTOCOL_SECTIONS:
-        for key, value in current[section].items():
-            if stored.get(section, {}).get(key) != value:
-                old = stored.get(section, {}).get(key)
-                raise HpoError(
-                    f"study {spec.name!r} was created with {section}.{key}={old!r}, but this run "
-                    f"has {value!r}; use the study's settings or a new name (--name)"
-                )
-    if stored["data"].get("target") != spec.data.target:
-        raise HpoError(
-            f"study {spec.name!r} was created with data.target={stored['data'].get('target')!r}, "
-            f"but this run has {spec.data.target!r}"
-        )
-
-
-def budget_left(study: optuna.Study, n_trials: int | None) -> int:
-    """Trials still to start: the budget less finished (complete, pruned) and running ones."""
-    from optuna.trial import TrialState
-
-    if n_trials is None:
-        return 1 << 30
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    return max(0, n_trials - len(study.get_trials(deepcopy=False, states=counted)))
 
 
 @dataclass
@@ -207,7 +61,6 @@ class RunSummary:
     lost: int = 0  # finished here, but failed as stale meanwhile (the retry trains it again)
     interrupted: str | None = None
     seconds: float = 0.0
-    results: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,8 +110,6 @@ class _ProgressMonitor:
             trial = self.trials[member]
 
             def report(trial: optuna.Trial = trial, accuracy: float = accuracy) -> bool:
-                import optuna
-
                 try:
                     trial.report(accuracy, step)
                     return trial.should_prune()
@@ -390,16 +241,23 @@ def _prepare(run: _Run, trial: optuna.Trial) -> tuple[RegularizationPlan, int]:
     """Sample the plan of ``trial`` and record it (idempotent: safe to retry after an outage)."""
     plan = suggest_plan(trial, run.spec.search)
     # A retry trains with its original's seed: same parameters, same seed, same trial.
-    seed = run.spec.trial_seed(int(trial.user_attrs.get(RETRY_ROOT_ATTR, trial.number)))
-    trial.set_user_attr("plan", plan.to_dict())
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("worker", run.heartbeat.worker)
+    seed = run.spec.trial_seed(seed_number(trial))
+    for key, value in sampled_attrs(plan, seed, run.heartbeat.worker).items():
+        trial.set_user_attr(key, value)
     return plan, seed
 
 
-def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
-    from optuna.trial import TrialState
+def _outcome(result: EvaluationResult) -> tuple[optuna.trial.TrialState, float | None, str | None]:
+    """The state a result is told with, its value, and why hpo fails it (if it does)."""
+    if result.pruned:
+        return optuna.trial.TrialState.PRUNED, None, None
+    if not math.isfinite(result.accuracy):
+        return optuna.trial.TrialState.FAIL, None, "non-finite"
+    return optuna.trial.TrialState.COMPLETE, result.accuracy, None
 
+
+def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
+    TrialState = optuna.trial.TrialState
     spec, summary = run.spec, run.summary
     prepared = [
         run.guard.call(partial(_prepare, run, trial), f"sampling trial {trial.number}")
@@ -424,15 +282,10 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
         monitor=_ProgressMonitor(run, trials),
     )
     for trial, result in zip(trials, results, strict=True):
-        attrs = trial_attrs(result, engine=run.engine.name, versions=run.versions)
+        attrs = result_attrs(result, engine=run.engine.name, versions=run.versions)
         if run.on_result is not None:
             run.on_result(trial, result)
-        if result.pruned:
-            state, value, failure = TrialState.PRUNED, None, None
-        elif not math.isfinite(result.accuracy):
-            state, value, failure = TrialState.FAIL, None, "non-finite"
-        else:
-            state, value, failure = TrialState.COMPLETE, result.accuracy, None
+        state, value, failure = _outcome(result)
         final = run.guard.call(
             partial(_tell, run, trial, attrs, state, value, failure),
             f"telling trial {trial.number}",
@@ -454,7 +307,6 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
             summary.failed += 1
         else:
             summary.completed += 1
-            summary.results[trial.number] = result.accuracy
             _log.info(
                 "trial %d: accuracy %.4f (folds %s, %.3g s)%s%s",
                 trial.number,
@@ -477,8 +329,6 @@ def _tell(
     """Record ``trial``'s result; the state it ends in. Retried through outages, so it must
     be idempotent: a tell that reached the database before the connection broke is not
     repeated, and a trial failed meanwhile by another worker is left alone."""
-    import optuna
-
     with critical():
         try:
             for key, item in attrs.items():
@@ -492,15 +342,13 @@ def _tell(
 
 
 def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> None:
-    from optuna.trial import TrialState
-
     reason = "interrupted" if isinstance(exc, Stopped | KeyboardInterrupt) else "error"
     message = str(exc) or type(exc).__name__
 
     def mark(trial: optuna.Trial) -> None:
         trial.set_user_attr(reason, message)
         run.study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, reason)
-        run.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        run.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
     with critical():  # a second Ctrl-C must not leave half of them RUNNING
         for trial in trials:
@@ -519,10 +367,3 @@ def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> N
                     run.policy.grace_period,
                 )
             run.heartbeat.release([trial._trial_id])
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None

@@ -2,7 +2,7 @@
 
 ``n_trials`` counts COMPLETE + PRUNED + RUNNING + WAITING trials: a slot is taken when a trial is
 created or queued, and given back when it fails. Counting and creating happen under one lock per
-study (``hpo.storage.study_lock``), so with any number of workers on any number of machines the
+study (``hpo.study.storage.study_lock``), so with any number of workers on any number of machines the
 count never passes the budget and exactly ``n_trials`` trials finish.
 
 Under the same lock a claim first fails stale trials (heartbeat older than the grace period:
@@ -21,10 +21,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from hpo._heartbeat import CrashPolicy, Heartbeat
-from hpo._logging import get_logger
-from hpo._signals import critical
-from hpo.storage import (
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.study.heartbeat import Heartbeat
+from hpo.study.record import (
+    FAILURE_ATTR,
+    RETRY_CHAIN_ATTR,
+    RETRY_FIRST_ATTR,
+    RETRY_OF_ATTR,
+    RETRY_ROOT_ATTR,
+    WORKER_ATTR,
+    CrashPolicy,
+)
+from hpo.study.signals import critical
+from hpo.study.storage import (
     count_trial_states,
     outage_reason,
     rdb_of,
@@ -34,28 +44,15 @@ from hpo.storage import (
 
 if TYPE_CHECKING:
     import optuna
+else:
+    optuna = lazy_import("optuna")
 
-__all__ = [
-    "COUNTED_STATES",
-    "FAILURE_ATTR",
-    "RETRY_CHAIN_ATTR",
-    "RETRY_OF_ATTR",
-    "RETRY_ROOT_ATTR",
-    "Claim",
-    "claim_trials",
-    "log_stale_trial",
-]
+__all__ = ["COUNTED_STATES", "Claim", "budget_left", "claim_trials", "log_stale_trial"]
 
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
-# Why our worker failed a trial (trial system attr). A FAIL without it was failed by someone
-# else: a stale heartbeat, i.e. a dead worker.
-FAILURE_ATTR = "hpo:failure"
-# Failures worth another try with the same parameters: a dead worker (None) or a stopped one.
-# Errors and non-finite scores would fail the same way again.
+# Failures worth another try with the same parameters: a dead worker (no FAILURE_ATTR) or a
+# stopped one. Errors and non-finite scores would fail the same way again.
 _RETRYABLE = (None, "interrupted")
-RETRY_OF_ATTR = "retry_of"  # user attr: the trial this one retries
-RETRY_ROOT_ATTR = "retry_root"  # user attr: first trial of the chain (whose seed is reused)
-RETRY_CHAIN_ATTR = "retry_history"  # system attr, as Optuna's RetryHeartbeatStaleTrialCallback
 # A trial with no heartbeat at all is judged by its start time, written by the clock of the
 # machine that created it: this margin absorbs clock differences between machines.
 _NO_HEARTBEAT_MARGIN = timedelta(seconds=60)
@@ -78,7 +75,7 @@ class Claim:
 
 def log_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna's stale-trial callback: just say so (the retry is queued under the claim lock)."""
-    worker = trial.user_attrs.get("worker", "an unknown worker")
+    worker = trial.user_attrs.get(WORKER_ATTR, "an unknown worker")
     _log.warning(
         "trial %d of %s stopped sending heartbeats: marked FAIL (its worker is gone)",
         trial.number,
@@ -111,7 +108,7 @@ def claim_trials(
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         if n_trials is not None and finished >= n_trials:
             return Claim((), True, counts)
-        taken = sum(counts.get(state, 0) for state in COUNTED_STATES)
+        taken = _taken(counts)
         room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
         queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
         wanted = min(size, room + counts.get("WAITING", 0))  # queued ones are already in room
@@ -125,8 +122,6 @@ def claim_trials(
             heartbeat.hold(trial._trial_id, trial.number)
             into.append(trial)
             heartbeat.beat(trial._trial_id)
-        if n_trials is not None and into:
-            _never_overshoot(study, n_trials, into, heartbeat)
         if queued:
             counts = {**counts, "WAITING": counts.get("WAITING", 0) + queued}
         return Claim(tuple(into), False, counts)
@@ -134,15 +129,12 @@ def claim_trials(
 
 def _ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
-        # We record heartbeats ourselves (hpo._heartbeat), which is what this warns about.
+        # We record heartbeats ourselves (hpo.study.heartbeat), which is what this warns about.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
         return study.ask()
 
 
 def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
-    import optuna
-    from optuna.trial import TrialState
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -154,15 +146,12 @@ def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
         if started is None or started.replace(tzinfo=None) > cutoff:
             continue
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            if study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            if study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
                 log_stale_trial(study, study._storage.get_trial(trial_id))
 
 
 def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
     """Queue retries of failed trials (oldest first) into at most ``room`` budget slots."""
-    import optuna
-    from optuna.trial import TrialState
-
     # Read past Optuna's cache: the other workers' latest failures matter here.
     trials = rdb_of(study).get_all_trials(study._study_id, deepcopy=False)
     retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
@@ -170,7 +159,7 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
     for trial in trials:
         if queued >= room:
             break
-        if trial.state != TrialState.FAIL or trial.number in retried:
+        if trial.state != optuna.trial.TrialState.FAIL or trial.number in retried:
             continue
         if trial.system_attrs.get(FAILURE_ATTR) not in _RETRYABLE or not trial.distributions:
             continue
@@ -182,11 +171,11 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
             continue
         study.add_trial(
             optuna.trial.create_trial(
-                state=TrialState.WAITING,
+                state=optuna.trial.TrialState.WAITING,
                 params=trial.params,
                 distributions=trial.distributions,
                 user_attrs={RETRY_OF_ATTR: trial.number, RETRY_ROOT_ATTR: chain[0]},
-                system_attrs={"failed_trial": chain[0], RETRY_CHAIN_ATTR: chain},
+                system_attrs={RETRY_FIRST_ATTR: chain[0], RETRY_CHAIN_ATTR: chain},
             )
         )
         queued += 1
@@ -200,25 +189,14 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
     return queued
 
 
-def _never_overshoot(
-    study: optuna.Study, n_trials: int, claimed: list[optuna.Trial], heartbeat: Heartbeat
-) -> None:
-    """Belt and braces: if the count somehow passed the budget, give back our newest trials."""
-    from optuna.trial import TrialState
+def budget_left(study: optuna.Study, n_trials: int | None) -> int:
+    """Trials still to start: the budget less finished and running or queued ones, counted in
+    the database (a hint for messages; only a claim, under the lock, counts exactly)."""
+    if n_trials is None:
+        return 1 << 30
+    return max(0, n_trials - _taken(count_trial_states(rdb_of(study), study._study_id)))
 
-    try:
-        counts = count_trial_states(rdb_of(study), study._study_id)
-    except Exception as exc:
-        if outage_reason(exc) is None:
-            raise
-        return
-    excess = sum(counts.get(state, 0) for state in COUNTED_STATES) - n_trials
-    while excess > 0 and claimed:
-        trial = claimed.pop()
-        _log.warning(
-            "trial %d would exceed the budget of %d; giving it back", trial.number, n_trials
-        )
-        study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, "over-budget")
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        heartbeat.release([trial._trial_id])
-        excess -= 1
+
+def _taken(counts: Mapping[str, int]) -> int:
+    """Budget slots in use: finished trials, and running or queued ones."""
+    return sum(counts.get(state, 0) for state in COUNTED_STATES)

@@ -1,38 +1,27 @@
-"""optuna-dashboard on a study's storage: the spec as a readable study note, and the server.
+"""The study file in plain words: tables for the report, Markdown for optuna-dashboard's note.
 
-The note is written once per study (never over a note a person has edited), so the dashboard
-shows which data, folds, model and search space every trial of the study used. The server is
-optuna-dashboard's own WSGI app in a threaded ``wsgiref`` server we bind ourselves: a busy port
-becomes one clear error instead of a traceback, and the line we print never shows a password.
+Written for people who never saw the TOML: which data, folds, model and search space every trial
+of the study used. Nothing here shows a storage URL, and a data URL loses its password, query and
+fragment (tokens often live there).
 """
 
 from __future__ import annotations
 
-import errno
 import urllib.parse
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo._errors import HpoError
-from hpo._logging import get_logger
+from hpo.lazy import lazy_import
 from hpo.spec import DataSpec, StudySpec
+from hpo.study.record import SPEC_ATTR
+from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
     import optuna
+    import optuna_dashboard
+else:
+    optuna_dashboard = lazy_import("optuna_dashboard")
 
-__all__ = [
-    "dashboard_artifact_dir",
-    "ensure_spec_note",
-    "ensure_spec_notes",
-    "open_url",
-    "search_rows",
-    "serve",
-    "spec_markdown",
-    "spec_sections",
-]
-
-_log = get_logger("dashboard")
+__all__ = ["ensure_spec_note", "search_rows", "spec_markdown", "spec_sections"]
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -45,8 +34,6 @@ _MODEL_TEXT = {
 
 def _safe_url(url: str) -> str:
     """A download URL without password, query or fragment (tokens often live in the query)."""
-    from hpo.storage import mask_url
-
     parts = urllib.parse.urlsplit(url)
     return mask_url(urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
 
@@ -200,136 +187,13 @@ def spec_markdown(spec: StudySpec) -> str:
     for title, items in spec_sections(spec):
         lines += ["", f"### {title}", "", "| setting | value |", "|---|---|"]
         lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in items]
-    lines += ["", "_Written by `hpo` from the study's stored spec (user attr `hpo_spec`)._"]
+    lines += ["", f"_Written by `hpo` from the study's stored spec (user attr `{SPEC_ATTR}`)._"]
     return "\n".join(lines) + "\n"
 
 
 def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
     """Write the spec note on ``study`` unless it already has a note; True when written."""
-    import optuna_dashboard
-
     if optuna_dashboard.get_note(study).strip():
         return False  # a note someone wrote (or ours) stays as it is
     optuna_dashboard.save_note(study, spec_markdown(spec))
     return True
-
-
-def ensure_spec_notes(storage: optuna.storages.BaseStorage) -> list[StudySpec]:
-    """Spec notes on every study of ``storage`` created by hpo; returns their specs."""
-    import optuna
-
-    from hpo.worker import stored_spec
-
-    specs = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        try:
-            spec = stored_spec(study)
-        except HpoError as exc:  # a spec from another hpo version: show the study anyway
-            _log.warning("study %r: stored spec not readable (%s)", summary.study_name, exc)
-            continue
-        if spec is None:
-            continue
-        specs.append(spec)
-        if ensure_spec_note(study, spec):
-            _log.info("study %r: wrote the spec as the study's note", spec.name)
-    return specs
-
-
-def dashboard_artifact_dir(url: str, specs: Iterable[StudySpec], explicit: str | None) -> Path:
-    """The artifact store to serve: ``--artifacts``, else the one the studies' specs name, else
-    the default beside the SQLite file (or ``./artifacts``)."""
-    from hpo.artifacts import artifact_dir_for
-
-    if explicit:
-        return Path(explicit)
-    named = sorted({spec.artifacts.path for spec in specs if spec.artifacts.path})
-    if len(named) > 1:
-        _log.warning(
-            "studies here use different [artifacts] paths (%s); serving %s; pass --artifacts DIR "
-            "to see another",
-            ", ".join(named),
-            named[0],
-        )
-    return Path(named[0]) if named else artifact_dir_for(url, None)
-
-
-def open_url(host: str, port: int) -> str:
-    """The address a browser on this machine opens for a server bound to ``host``."""
-    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    if ":" in shown:
-        shown = f"[{shown}]"
-    return f"http://{shown}:{port}/dashboard"
-
-
-def _check_sqlite_file(url: str) -> None:
-    from sqlalchemy.engine import make_url
-
-    from hpo.storage import mask_url, normalize_url
-
-    parsed = make_url(normalize_url(url))
-    database = parsed.database
-    if (
-        parsed.drivername.startswith("sqlite")
-        and database not in (None, "", ":memory:")
-        and not Path(str(database)).exists()
-    ):
-        raise HpoError(
-            f"storage {mask_url(url)}: SQLite file {parsed.database} does not exist; "
-            "run `hpo run` first or pass --storage"
-        )
-
-
-def serve(
-    url: str,
-    *,
-    host: str,
-    port: int,
-    artifacts: str | None,
-    announce: Callable[[str], None],
-) -> None:
-    """Serve optuna-dashboard for ``url`` until Ctrl-C; ``announce`` gets the one line to show."""
-    import socketserver
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-    import optuna_dashboard
-    from optuna.artifacts import FileSystemArtifactStore
-
-    from hpo.storage import mask_url, open_storage
-
-    class ThreadedServer(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True  # Ctrl-C must not wait for a browser's open connection
-
-    class QuietHandler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            _log.debug("dashboard: " + format, *args)
-
-    _check_sqlite_file(url)
-    storage = open_storage(url)
-    specs = ensure_spec_notes(storage)
-    artifact_dir = dashboard_artifact_dir(url, specs, artifacts)
-    app = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(artifact_dir))
-    try:
-        server = make_server(
-            host, port, app, server_class=ThreadedServer, handler_class=QuietHandler
-        )
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise HpoError(
-                f"port {port} on {host} is already in use; pick another with --port"
-            ) from None
-        raise HpoError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port"
-        ) from None
-    bound_port = int(server.server_address[1])
-    where = "" if artifact_dir.is_dir() else " (none yet)"
-    announce(
-        f"optuna-dashboard for {mask_url(url)} (artifacts: {artifact_dir}{where}): "
-        f"open {open_url(host, bound_port)}  (Ctrl-C stops it)"
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()

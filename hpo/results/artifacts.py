@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import mimetypes
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -30,17 +31,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from hpo._errors import HpoError
-from hpo._logging import get_logger
-from hpo.data import Dataset, FoldSet
-from hpo.engines.base import EvaluationResult
+from hpo.data import Dataset, FoldSet, Preprocessor
+from hpo.engines.keras_model import build_model, import_keras
+from hpo.engines.reference import fit_fold
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.objective import EvaluationResult
+from hpo.results.spec_text import ensure_spec_note
+from hpo.seeds import fold_seed
+from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec
+from hpo.study.record import FINISHED_ARTIFACT_PREFIX, stored_plan, stored_seed
+from hpo.study.storage import sqlite_file
 
 if TYPE_CHECKING:
+    import matplotlib.figure as mpl_figure
+    import numpy as np
     import optuna
+    import optuna.artifacts as optuna_artifacts
     from matplotlib.figure import Figure
+else:
+    np = lazy_import("numpy")
+    mpl_figure = lazy_import("matplotlib.figure")
+    optuna = lazy_import("optuna")
+    optuna_artifacts = lazy_import("optuna.artifacts")
 
 __all__ = [
     "ArtifactRecorder",
@@ -53,33 +68,22 @@ __all__ = [
 ]
 
 _log = get_logger("artifacts")
-# optuna-dashboard lists a finished trial's artifacts from this study system attr prefix; Optuna's
-# own upload_artifact refuses finished trials, and a refit happens after the trial finished.
-_FINISHED_TRIAL_PREFIX = "dashboard:artifacts:"
-_TRIAL_PREFIX = "artifacts:"
+_TRIAL_PREFIX = "artifacts:"  # Optuna's upload_artifact names a live trial's files so
 
 
 def artifact_dir_for(storage_url: str, spec: StudySpec | None) -> Path:
     """Where the artifacts of a study live: ``[artifacts] path``, else beside the SQLite file
     (``hpo.db`` -> ``hpo-artifacts``), else ``./artifacts`` (PostgreSQL: name a shared path)."""
-    from sqlalchemy.engine import make_url
-
-    from hpo.storage import normalize_url
-
     if spec is not None and spec.artifacts.path:
         return Path(spec.artifacts.path)
-    parsed = make_url(normalize_url(storage_url))
-    database = parsed.database
-    if parsed.drivername.startswith("sqlite") and database and database != ":memory:":
-        db = Path(database)
-        return db.with_name(f"{db.stem}-artifacts")
+    database = sqlite_file(storage_url)
+    if database is not None:
+        return database.with_name(f"{database.stem}-artifacts")
     return Path("artifacts")
 
 
 def open_artifact_store(directory: Path, *, create: bool) -> Any:
     """A file-system artifact store on ``directory`` (created when ``create``)."""
-    from optuna.artifacts import FileSystemArtifactStore
-
     if create:
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,7 @@ def open_artifact_store(directory: Path, *, create: bool) -> Any:
                 f"{directory}: cannot create the artifact folder ({exc.strerror}); "
                 "set [artifacts] path to a writable folder"
             ) from None
-    return FileSystemArtifactStore(directory)
+    return optuna_artifacts.FileSystemArtifactStore(directory)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> lis
     for key, value in storage.get_trial_system_attrs(trial._trial_id).items():
         if key.startswith(_TRIAL_PREFIX) and value:
             metas.append(json.loads(value))
-    prefix = f"{_FINISHED_TRIAL_PREFIX}{trial._trial_id}:"
+    prefix = f"{FINISHED_ARTIFACT_PREFIX}{trial._trial_id}:"
     for key, value in storage.get_study_system_attrs(study._study_id).items():
         if key.startswith(prefix) and value:
             metas.append(json.loads(value))
@@ -126,11 +130,9 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, n_classes: int
 
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> Figure:
     """A confusion matrix: counts written in the cells, colour = share of the true class's rows."""
-    from matplotlib.figure import Figure
-
     n = len(classes)
     size = min(11.0, 3.2 + 0.65 * n)
-    fig = Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
+    fig = mpl_figure.Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
@@ -211,8 +213,6 @@ class ArtifactRecorder:
 
     def _record(self, trial: optuna.Trial, result: EvaluationResult) -> None:
         if not self._noted:
-            from hpo.dashboard import ensure_spec_note
-
             ensure_spec_note(trial.study, self.spec)
             self._noted = True
         with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
@@ -230,13 +230,12 @@ class ArtifactRecorder:
 
     def _among_best(self, trial: optuna.Trial, accuracy: float) -> bool:
         """Whether ``accuracy`` would rank within ``top_k`` of the study's complete trials."""
-        from optuna.trial import TrialState
-
         top_k = self.spec.artifacts.top_k
         if top_k == 0:
             return False
         better = 0
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        complete = (optuna.trial.TrialState.COMPLETE,)
+        for other in trial.study.get_trials(deepcopy=False, states=complete):
             if other.number != trial.number and other.value is not None and other.value > accuracy:
                 better += 1
                 if better >= top_k:
@@ -244,9 +243,7 @@ class ArtifactRecorder:
         return True
 
     def _upload_live(self, trial: optuna.Trial, path: Path) -> None:
-        from optuna.artifacts import upload_artifact
-
-        upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+        optuna_artifacts.upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
 
     def _write_folds_csv(self, folder: Path, number: int, result: EvaluationResult) -> Path:
         path = folder / f"trial-{number}-folds.csv"
@@ -283,16 +280,12 @@ class ArtifactRecorder:
             return 0
 
     def _finalize(self, study: optuna.Study) -> int:
-        from optuna.trial import TrialState
-
-        from hpo.dashboard import ensure_spec_note
-
         ensure_spec_note(study, self.spec)
         self._noted = True
         model, top_k = self.spec.artifacts.model, self.spec.artifacts.top_k
         if model == "none" or top_k == 0:
             return 0
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         best = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_k]
         written = 0
         for trial in best:
@@ -322,16 +315,21 @@ class ArtifactRecorder:
             _log.info("trial %d: saved %s to %s", trial.number, name, self.directory)
         return written
 
+    @staticmethod
+    def _plan(trial: optuna.trial.FrozenTrial) -> RegularizationPlan:
+        plan = stored_plan(trial)
+        if plan is None:
+            raise ValueError(f"trial {trial.number} has no recorded plan")
+        return plan
+
     def _save_fold_model(
         self, trial: optuna.trial.FrozenTrial, weights: list[np.ndarray], path: Path
     ) -> None:
-        from hpo.engines._tf import import_keras
-        from hpo.engines.reference import build_model
-        from hpo.space import RegularizationPlan
-
-        plan = RegularizationPlan.from_dict(trial.user_attrs["plan"])
         net = build_model(
-            plan, self.spec.model, n_features=self._n_features, n_classes=len(self._classes)
+            self._plan(trial),
+            self.spec.model,
+            n_features=self._n_features,
+            n_classes=len(self._classes),
         )
         net.set_weights(weights)
         # An unbuilt optimizer saves 2 of its variables and loading warns about the mismatch.
@@ -342,10 +340,6 @@ class ArtifactRecorder:
 
     def _retrain_first_fold(self, trial: optuna.trial.FrozenTrial) -> list[np.ndarray]:
         """The first fold's weights by the reference protocol, for engines that return none."""
-        from hpo.engines.base import fold_seed
-        from hpo.engines.reference import fit_fold
-        from hpo.space import RegularizationPlan
-
         fold = self._first_fold
         _log.info(
             "trial %d: the engine kept no weights; training fold 1 again with the reference "
@@ -353,13 +347,12 @@ class ArtifactRecorder:
             trial.number,
             self.spec.model.epochs,
         )
-        seed = int(trial.user_attrs.get("seed", self.spec.trial_seed(trial.number)))
         fitted = fit_fold(
-            RegularizationPlan.from_dict(trial.user_attrs["plan"]),
+            self._plan(trial),
             self.spec.model,
             fold,
             len(self._classes),
-            fold_seed(seed, fold.index),
+            fold_seed(stored_seed(trial, self.spec), fold.index),
             True,
             True,
         )
@@ -367,22 +360,15 @@ class ArtifactRecorder:
         return fitted.weights
 
     def _refit(self, trial: optuna.trial.FrozenTrial, path: Path) -> None:
-        from hpo.data import Preprocessor
-        from hpo.engines._tf import import_keras
-        from hpo.engines.base import fold_seed
-        from hpo.engines.reference import build_model
-        from hpo.space import RegularizationPlan
-
         assert self._dataset is not None
         keras = import_keras()
         prep = Preprocessor().fit(self._dataset.features)
         x = prep.transform(self._dataset.features)
         y = self._dataset.labels
-        plan = RegularizationPlan.from_dict(trial.user_attrs["plan"])
-        seed = int(trial.user_attrs.get("seed", self.spec.trial_seed(trial.number)))
-        keras.utils.set_random_seed(fold_seed(seed, 0))
+        keras.utils.set_random_seed(fold_seed(stored_seed(trial, self.spec), 0))
         net = build_model(
-            plan, self.spec.model, n_features=x.shape[1], n_classes=len(self._classes)
+            self._plan(trial),
+            self.spec.model, n_features=x.shape[1], n_classes=len(self._classes)
         )
         _log.info(
             "trial %d: refitting on all %d rows (%d epochs)",
@@ -405,8 +391,6 @@ class ArtifactRecorder:
     def _upload_finished(
         self, study: optuna.Study, trial: optuna.trial.FrozenTrial, path: Path
     ) -> None:
-        import mimetypes
-
         artifact_id = str(uuid.uuid4())
         with path.open("rb") as fh:
             self.store.write(artifact_id, fh)
@@ -419,6 +403,6 @@ class ArtifactRecorder:
         }
         study._storage.set_study_system_attr(
             study._study_id,
-            f"{_FINISHED_TRIAL_PREFIX}{trial._trial_id}:{artifact_id}",
+            f"{FINISHED_ARTIFACT_PREFIX}{trial._trial_id}:{artifact_id}",
             json.dumps(meta),
         )

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from hpo._cli_common import STORAGE_HELP, load_study, storage_url
-from hpo._errors import HpoError
-from hpo._logging import get_logger
+from hpo.cli.options import (
+    at_least_one,
+    data_option,
+    load_study,
+    storage_option,
+    storage_url,
+)
+from hpo.data import load_dataset, make_fold_set
+from hpo.engines import make_engine
+from hpo.errors import HpoError
+from hpo.log import get_logger
+from hpo.results.artifacts import artifact_dir_for
+from hpo.results.dashboard import serve
+from hpo.results.report import write_report
+from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
 from hpo.spec import ENGINES
+from hpo.study.record import PLAN_ATTR, SPEC_ATTR, stored_spec
+from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
     import optuna
-
-    from hpo.engines.base import Engine
-    from hpo.rerun import RerunStats
-    from hpo.spec import StudySpec
 
 __all__ = ["COMMANDS"]
 
@@ -26,7 +38,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @click.command()
-@click.option("--storage", help=STORAGE_HELP)
+@storage_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -43,8 +55,6 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 )
 def dashboard(storage: str | None, host: str, port: int, artifacts_dir: str | None) -> None:
     """Serve optuna-dashboard on the studies' storage and artifacts."""
-    from hpo.dashboard import serve
-
     url = storage_url(storage)
     if host not in _LOOPBACK:
         _log.warning(
@@ -57,7 +67,7 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: str | No
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", help=STORAGE_HELP)
+@storage_option
 @click.option(
     "--out",
     "out_dir",
@@ -73,11 +83,6 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: str | No
 )
 def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | None) -> None:
     """Write an HTML report with plots of study NAME to --out DIR."""
-    from hpo.artifacts import artifact_dir_for
-    from hpo.report import write_report
-    from hpo.storage import mask_url
-    from hpo.worker import stored_spec
-
     url = storage_url(storage)
     study = load_study(name, url)
     artifact_dir = (
@@ -92,12 +97,10 @@ def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | No
 def _pick_trials(
     study: optuna.Study, trial_number: int | None, top: int | None
 ) -> list[optuna.trial.FrozenTrial]:
-    from optuna.trial import TrialState
-
     complete = [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "plan" in t.user_attrs
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE" and PLAN_ATTR in t.user_attrs
     ]
     if trial_number is not None:
         chosen = [t for t in complete if t.number == trial_number]
@@ -114,27 +117,7 @@ def _pick_trials(
     return ranked[: top if top is not None else 3]
 
 
-def _rerun_engine(spec: StudySpec, name: str) -> Engine:
-    from dataclasses import replace
-
-    from hpo.engines.base import make_engine
-    from hpo.engines.reference import ReferenceEngine
-
-    try:
-        # No pruning in a rerun: every seed must run to the end to be comparable.
-        return make_engine(replace(spec.engine, name=name, checkpoint_every=0))
-    except ImportError:
-        _log.warning(
-            "the %s engine is not available here; rerunning with the reference engine", name
-        )
-        return ReferenceEngine()
-
-
 def _print_reruns(results: list[RerunStats]) -> None:
-    import math
-
-    from hpo.rerun import verdict
-
     ordered = sorted(results, key=lambda r: (-r.mean, r.trial))
     header = f"{'trial':>5}  {'search':>7}  {'rerun mean':>10}  {'std':>7}  {'95% CI':<18}"
     click.echo(header)
@@ -149,7 +132,7 @@ def _print_reruns(results: list[RerunStats]) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", help=STORAGE_HELP)
+@storage_option
 @click.option("--trial", "trial_number", type=int, help="Rerun this trial number.")
 @click.option("--top", type=int, help="Rerun the K best complete trials (default: 3).")
 @click.option(
@@ -160,12 +143,7 @@ def _print_reruns(results: list[RerunStats]) -> None:
     type=int,
     help="Repeated K-fold: reshuffled splits per seed (default: the study's).",
 )
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(dir_okay=False),
-    help="Read the data from this CSV instead of the study's stored source.",
-)
+@data_option("Read the data from this CSV instead of the study's stored source.")
 @click.option("--engine", type=click.Choice(ENGINES), help="Override the study's engine.")
 def rerun(
     name: str,
@@ -183,26 +161,17 @@ def rerun(
     seeds, records mean, std and a 95% confidence interval on the study, and says whether the
     best differs from the others beyond run-to-run noise (Welch t-test).
     """
-    from dataclasses import replace
-
-    from hpo.data import load_dataset, make_fold_set
-    from hpo.rerun import record_reruns, rerun_seeds, rerun_trials
-    from hpo.worker import stored_spec
-
     if trial_number is not None and top is not None:
         raise HpoError("give either --trial N or --top K, not both")
-    if top is not None and top < 1:
-        raise HpoError(f"--top must be >= 1, but got {top}")
-    if seeds < 1:
-        raise HpoError(f"--seeds must be >= 1, but got {seeds}")
-    if repeats is not None and repeats < 1:
-        raise HpoError(f"--repeats must be >= 1, but got {repeats}")
+    at_least_one("--top", top)
+    at_least_one("--seeds", seeds)
+    at_least_one("--repeats", repeats)
     url = storage_url(storage)
     study = load_study(name, url)
     spec = stored_spec(study)
     if spec is None:
         raise HpoError(
-            f"study {name!r} has no stored spec (user attr hpo_spec); only studies created by "
+            f"study {name!r} has no stored spec (user attr {SPEC_ATTR}); only studies created by "
             "`hpo run` or `hpo create` can be rerun"
         )
     trials = _pick_trials(study, trial_number, top)
@@ -212,9 +181,11 @@ def rerun(
         raise HpoError(f"--repeats {repeats}: {exc}") from None
     dataset = load_dataset(spec.data, path_override=data_path)
     folds = make_fold_set(dataset, cv)
-    engine_impl = _rerun_engine(spec, engine or spec.engine.name)
+    # No pruning in a rerun: every seed must run to the end to be comparable.
+    engine_impl = make_engine(
+        replace(spec.engine, name=engine or spec.engine.name, checkpoint_every=0)
+    )
     seed_list = rerun_seeds(spec, seeds)
-    batch = spec.engine.trials_per_batch if engine_impl.name == "stacked" else len(trials)
     click.echo(
         f"rerunning trial{'s' if len(trials) > 1 else ''} {', '.join(str(t.number) for t in trials)} "
         f"with {seeds} fresh seed{'s' if seeds > 1 else ''} x {cv.repeats} repeat"
@@ -223,7 +194,9 @@ def rerun(
         err=True,
     )
     try:
-        results = rerun_trials(trials, spec, folds, engine_impl, seeds=seed_list, batch=batch)
+        results = rerun_trials(
+            trials, spec, folds, engine_impl, seeds=seed_list, batch=engine_impl.trials_per_batch
+        )
     finally:
         engine_impl.close()
     record_reruns(study, results)

@@ -19,16 +19,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from hpo._logging import get_logger
+from hpo import seeds as seed_formulas
 from hpo.data import FoldSet
-from hpo.engines.base import Engine
-from hpo.space import RegularizationPlan
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.objective import Engine, evaluate_plans
 from hpo.spec import StudySpec
+from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
 
 if TYPE_CHECKING:
+    import numpy as np
     import optuna
+    import optuna_dashboard._note as dashboard_notes
+    from scipy import stats as scipy_stats
+else:
+    np = lazy_import("numpy")
+    dashboard_notes = lazy_import("optuna_dashboard._note")
+    scipy_stats = lazy_import("scipy.stats")
 
 __all__ = [
     "RERUN_ATTR_PREFIX",
@@ -43,7 +50,6 @@ __all__ = [
     "verdict",
 ]
 
-RERUN_ATTR_PREFIX = "rerun:"
 _NOTE_HEADER = "### Rerun"
 _log = get_logger("rerun")
 
@@ -103,14 +109,12 @@ class RerunStats:
 
 def summarize(accuracies: Sequence[float]) -> tuple[float, float, tuple[float, float] | None]:
     """Mean, sample standard deviation and 95% t-interval of the mean (None below 2 values)."""
-    from scipy import stats
-
     values = np.asarray(accuracies, dtype=np.float64)
     mean = float(values.mean())
     if len(values) < 2:
         return mean, math.nan, None
     std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+    half = float(scipy_stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
     return mean, std, (mean - half, mean + half)
 
 
@@ -131,13 +135,11 @@ class Comparison:
 
 
 def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
-    from scipy import stats
-
     if len(a) < 2 or len(b) < 2:
         return None
     if np.std(a) == 0 and np.std(b) == 0:  # t is undefined; identical runs differ or they don't
         return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def compare(results: Sequence[RerunStats]) -> list[Comparison]:
@@ -205,8 +207,7 @@ def verdict(results: Sequence[RerunStats]) -> list[str]:
 
 def rerun_seeds(spec: StudySpec, n: int) -> list[int]:
     """``n`` seeds no trial of the study trains with, the same for every trial rerun."""
-    base = spec.sampler.seed if spec.sampler.seed is not None else spec.cv.seed
-    return [(base * 1_000_003 + 987_654_321 + 104_729 * (s + 1)) % (2**31 - 1) for s in range(n)]
+    return seed_formulas.rerun_seeds(spec.base_seed, n)
 
 
 class _RerunMonitor:
@@ -241,9 +242,10 @@ def rerun_trials(
     in a call would quietly rerun every trial with one draw; one seed per call gives each trial
     each seed's draw, and all trials the same draws (common random numbers).
     """
-    from hpo.objective import evaluate_plans
-
-    plans = {t.number: RegularizationPlan.from_dict(t.user_attrs["plan"]) for t in trials}
+    found = {t.number: stored_plan(t) for t in trials}
+    plans = {number: plan for number, plan in found.items() if plan is not None}
+    if len(plans) < len(found):
+        raise ValueError(f"trials {sorted(set(found) - set(plans))} have no recorded plan")
     scores: dict[int, list[float]] = {t.number: [] for t in trials}
     seconds: dict[int, float] = {t.number: 0.0 for t in trials}
     size = max(1, batch)
@@ -305,15 +307,13 @@ def _note_text(stats: RerunStats) -> str:
 def _write_trial_note(study: optuna.Study, trial_id: int, stats: RerunStats) -> None:
     # optuna-dashboard keeps trial notes in study system attrs (always writable); its public
     # save_note() needs a live Trial, which a finished trial is not.
-    try:
-        from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
-    except ImportError:  # a dashboard version that moved it: the study attr still holds it all
-        return
     storage = study._storage
-    current = get_note_from_system_attrs(storage.get_study_system_attrs(study._study_id), trial_id)
+    current = dashboard_notes.get_note_from_system_attrs(
+        storage.get_study_system_attrs(study._study_id), trial_id
+    )
     body = current["body"].split(_NOTE_HEADER)[0].rstrip()
     body = (body + "\n\n" if body else "") + _note_text(stats)
-    save_note_with_version(storage, study._study_id, trial_id, current["version"] + 1, body)
+    dashboard_notes.save_note_with_version(storage, study._study_id, trial_id, current["version"] + 1, body)
 
 
 def record_reruns(study: optuna.Study, results: Sequence[RerunStats]) -> None:

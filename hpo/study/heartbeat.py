@@ -3,7 +3,7 @@
 Optuna records heartbeats only inside ``study.optimize``; our workers ask and tell batches
 themselves, so a thread here records one for every trial the worker holds, every
 ``heartbeat_interval`` seconds. A RUNNING trial whose heartbeat is older than ``grace_period``
-belongs to a dead worker: the next claim fails it and queues a retry (see ``hpo._budget``).
+belongs to a dead worker: the next claim fails it and queues a retry (see ``hpo.study.budget``).
 
 The same thread keeps the worker's own record on the study (``hpo:worker:HOST:PID``: state,
 held trials, last seen) for ``hpo status``.
@@ -18,76 +18,23 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
-from hpo._errors import HpoError
-from hpo._logging import get_logger
-from hpo.storage import StorageGuard
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy
+from hpo.study.storage import StorageGuard
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat
+else:
+    optuna = lazy_import("optuna")
 
-__all__ = [
-    "POLICY_ATTR",
-    "WORKER_ATTR_PREFIX",
-    "CrashPolicy",
-    "Heartbeat",
-    "configure_stale_detection",
-    "stored_policy",
-    "worker_id",
-    "worker_records",
-]
+__all__ = ["Heartbeat", "configure_stale_detection", "worker_id"]
 
-POLICY_ATTR = "hpo_crash_policy"
-WORKER_ATTR_PREFIX = "hpo:worker:"
 _log = get_logger("heartbeat")
-
-
-@dataclass(frozen=True, kw_only=True)
-class CrashPolicy:
-    """How crashed workers are detected and their trials retried.
-
-    ``heartbeat_interval``: seconds between heartbeats of a held trial. ``grace_period``:
-    seconds without a heartbeat after which a RUNNING trial is failed (keep it several
-    intervals, and longer than a database restart). ``max_retries``: how often one trial's
-    parameters are retried after its worker died or was stopped.
-    """
-
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    max_retries: int = 3
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval < 1:
-            raise ValueError(
-                f"`heartbeat_interval >= 1` must hold, but got {self.heartbeat_interval}"
-            )
-        if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(
-                "`grace_period > heartbeat_interval` must hold, but got "
-                f"(grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval})"
-            )
-        if self.max_retries < 0:
-            raise ValueError(f"`max_retries >= 0` must hold, but got {self.max_retries}")
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], *, origin: str) -> CrashPolicy:
-        try:
-            return cls(**{k: int(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
-        except (TypeError, ValueError) as exc:
-            raise HpoError(f"{origin}: stored crash policy is invalid ({exc})") from None
-
-
-def stored_policy(study: optuna.Study) -> CrashPolicy:
-    raw = study.user_attrs.get(POLICY_ATTR)
-    if raw is None:  # a study made before policies were stored
-        return CrashPolicy()
-    return CrashPolicy.from_dict(raw, origin=f"study {study.study_name!r}")
 
 
 def worker_id() -> str:
@@ -108,17 +55,6 @@ def configure_stale_detection(
     storage.heartbeat_interval = policy.heartbeat_interval
     storage.grace_period = policy.grace_period
     storage.heartbeat_stale_trial_callback = on_stale
-
-
-def worker_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every worker that ever joined the study, most recently seen first."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    records = [
-        dict(value)
-        for key, value in attrs.items()
-        if key.startswith(WORKER_ATTR_PREFIX) and isinstance(value, dict)
-    ]
-    return sorted(records, key=lambda r: -float(r.get("last_seen", 0)))
 
 
 class Heartbeat:
@@ -193,10 +129,7 @@ class Heartbeat:
         self._write_record()
 
     def beat(self, trial_id: int) -> bool:
-        from optuna.storages._heartbeat import BaseHeartbeat
-
-        storage = self.study._storage
-        assert isinstance(storage, BaseHeartbeat)  # an RDB storage, or Optuna's cache of one
+        storage = cast("BaseHeartbeat", self.study._storage)  # an RDB storage, or its cache
         ok, _ = self.guard.attempt(lambda: storage.record_heartbeat(trial_id), "heartbeat")
         return ok
 

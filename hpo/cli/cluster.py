@@ -10,21 +10,48 @@ lately and the best trial.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from hpo._cli_common import STORAGE_HELP, apply_overrides, storage_url
-from hpo._errors import HpoError
-from hpo.spec import ENGINES
+from hpo.cli.options import (
+    apply_overrides,
+    at_least_one,
+    data_option,
+    engine_option,
+    epochs_option,
+    format_option,
+    load_study,
+    n_trials_option,
+    name_option,
+    storage_option,
+    storage_url,
+    timeout_option,
+    training_data,
+    trials_per_batch_option,
+)
+from hpo.errors import HpoError
+from hpo.spec import StudySpec, load_spec
+from hpo.study.heartbeat import worker_id
+from hpo.study.record import (
+    CrashPolicy,
+    best_trial,
+    create_or_load_study,
+    join_study,
+    read_trial,
+    stored_policy,
+    stored_spec,
+    update_stored_spec,
+    worker_records,
+)
+from hpo.study.session import train
+from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
     import optuna
-
-    from hpo._heartbeat import CrashPolicy
-    from hpo.spec import StudySpec
 
 __all__ = ["COMMANDS", "study_status"]
 
@@ -35,12 +62,12 @@ _ENDED = ("finished", "stopped", "timeout", "crashed")
 
 @click.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--storage", help=STORAGE_HELP)
-@click.option("--name", help="Study name (default: [study] name).")
-@click.option("--epochs", type=int, help="Override [model] epochs.")
-@click.option("--n-trials", type=int, help="Global trial budget, shared by all workers.")
-@click.option("--engine", type=click.Choice(ENGINES), help="Override [engine] name.")
-@click.option("--trials-per-batch", type=int, help="Trials trained together by the stacked engine.")
+@storage_option
+@name_option
+@epochs_option("Override [model] epochs.")
+@n_trials_option("Global trial budget, shared by all workers.")
+@engine_option
+@trials_per_batch_option
 @click.option(
     "--heartbeat-interval",
     type=int,
@@ -79,13 +106,7 @@ def create(
     Safe to repeat: an existing study is kept (its protocol must match); a changed budget or
     engine is updated.
     """
-    from hpo._heartbeat import CrashPolicy
-    from hpo.spec import load_spec, spec_to_dict
-    from hpo.storage import mask_url, open_storage
-    from hpo.worker import SPEC_ATTR, create_or_load_study
-
-    if n_trials is not None and n_trials < 1:
-        raise HpoError(f"--n-trials must be >= 1, but got {n_trials}")
+    at_least_one("--n-trials", n_trials)
     spec = apply_overrides(
         load_spec(study_file),
         name=name,
@@ -113,16 +134,7 @@ def create(
             f"{policy.grace_period} s without one (at most {policy.max_retries} times)"
         )
     else:
-        stored = study.user_attrs.get(SPEC_ATTR, {})
-        current = spec_to_dict(spec)
-        changes = [
-            f"{section}.{key}: {stored.get(section, {}).get(key)!r} -> {value!r}"
-            for section in ("budget", "engine")
-            for key, value in current[section].items()
-            if stored.get(section, {}).get(key) != value
-        ]
-        if changes:
-            study.set_user_attr(SPEC_ATTR, current)
+        changes = [f"{key}: {old!r} -> {new!r}" for key, old, new in update_stored_spec(study, spec)]
         click.echo(
             f"study {spec.name!r} already exists in {shown} ({len(study.trials)} trials); "
             + ("updated " + ", ".join(changes) if changes else "nothing changed")
@@ -134,19 +146,10 @@ def create(
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", help=STORAGE_HELP)
-@click.option(
-    "--n-trials",
-    type=int,
-    help="Global budget to work towards (default: the one stored with the study).",
-)
-@click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(dir_okay=False),
-    help="Read the data from this CSV instead of the source stored with the study.",
-)
+@storage_option
+@n_trials_option("Global budget to work towards (default: the one stored with the study).")
+@timeout_option
+@data_option("Read the data from this CSV instead of the source stored with the study.")
 def worker(
     name: str,
     storage: str | None,
@@ -160,48 +163,26 @@ def worker(
     trials are retried by the others; SIGTERM/Ctrl-C fails this worker's trials cleanly and
     exits 0.
     """
-    from hpo.artifacts import ArtifactRecorder
-    from hpo.data import load_dataset, make_fold_set
-    from hpo.engines._tf import tensorflow_versions
-    from hpo.engines.base import make_engine
-    from hpo.storage import StorageGuard, mask_url, open_storage
-    from hpo.worker import join_study, optimize, stop_on_signals
-
-    if n_trials is not None and n_trials < 1:
-        raise HpoError(f"--n-trials must be >= 1, but got {n_trials}")
+    at_least_one("--n-trials", n_trials)
     url = storage_url(storage, announce=True)
     _quiet_database_drivers()
-    rdb = open_storage(url)
-    study, spec = join_study(name, rdb, shown_url=url)
+    study, spec = join_study(name, open_storage(url), shown_url=url, worker=worker_id())
     budget = n_trials if n_trials is not None else spec.budget.n_trials
-    dataset = load_dataset(spec.data, path_override=data_path)
-    folds = make_fold_set(dataset, spec.cv)
-    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
+    dataset, folds, recorder = training_data(spec, url, data_path)
     click.echo(
         f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
         f"data: {dataset.source}, {dataset.n_rows} rows",
         err=True,
     )
-    engine = make_engine(spec.engine)
-    batch = spec.engine.trials_per_batch if spec.engine.name == "stacked" else 1
-    try:
-        with stop_on_signals():
-            summary = optimize(
-                study,
-                spec,
-                folds,
-                engine,
-                n_trials=budget,
-                timeout=timeout if timeout is not None else spec.budget.timeout,
-                trials_per_batch=batch,
-                versions=tensorflow_versions(),
-                guard=StorageGuard(url),  # outage lines show the URL as the user gave it
-                on_result=recorder,
-            )
-    finally:
-        engine.close()
-    if not summary.interrupted:
-        recorder.finalize(study)
+    summary = train(
+        study,
+        spec,
+        folds,
+        storage_url=url,  # outage lines show the URL as the user gave it
+        n_trials=budget,
+        timeout=timeout if timeout is not None else spec.budget.timeout,
+        recorder=recorder,
+    )
     if summary.interrupted:
         click.echo(
             f"stopped by {summary.interrupted}: this worker's trials in flight marked FAIL; "
@@ -218,8 +199,6 @@ def worker(
 def _quiet_database_drivers() -> None:
     # During an outage SQLAlchemy's pool logs each failed reset with a traceback; the storage
     # guard already says what happened, once.
-    import logging
-
     for name in ("sqlalchemy.pool", "sqlalchemy.engine"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -228,10 +207,6 @@ def study_status(
     study: optuna.Study, spec: StudySpec | None, policy: CrashPolicy, shown_url: str
 ) -> dict[str, Any]:
     """What ``hpo status`` shows, as plain data."""
-    from hpo._budget import RETRY_OF_ATTR
-    from hpo._heartbeat import worker_records
-    from hpo.worker import best_trial
-
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     n_trials = spec.budget.n_trials if spec is not None else None
@@ -264,14 +239,14 @@ def study_status(
         "done": n_trials is not None and finished >= n_trials,
         "states": dict(sorted(states.items())),
         "running": [
-            {"number": t.number, "worker": t.user_attrs.get("worker")}
+            {"number": t.number, "worker": read_trial(t).worker}
             for t in trials
             if t.state.name == "RUNNING"
         ],
         "retries": [
-            {"number": t.number, "retry_of": t.user_attrs[RETRY_OF_ATTR], "state": t.state.name}
+            {"number": t.number, "retry_of": retry_of, "state": t.state.name}
             for t in trials
-            if RETRY_OF_ATTR in t.user_attrs
+            if (retry_of := read_trial(t).retry_of) is not None
         ],
         "workers": workers,
         "older_workers": older,
@@ -326,17 +301,10 @@ def _status_text(status: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", help=STORAGE_HELP)
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@storage_option
+@format_option("text", "json")
 def status(name: str, storage: str | None, fmt: str) -> None:
     """Show study NAME: trials by state, workers seen lately, best so far."""
-    from hpo._cli_common import load_study
-    from hpo._heartbeat import stored_policy
-    from hpo.storage import mask_url
-    from hpo.worker import stored_spec
-
     url = storage_url(storage)
     study = load_study(name, url)
     result = study_status(study, stored_spec(study), stored_policy(study), mask_url(url))

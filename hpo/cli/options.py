@@ -1,37 +1,92 @@
-"""Helpers shared by the command modules: storage URLs, loading studies, printing trials."""
+"""What the commands share: option decorators, the storage URL, loading a study, printing trials.
+
+An option that several commands take is declared once here, so its name, type and help read the
+same everywhere.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from hpo._errors import HpoError
+from hpo.data import Dataset, FoldSet, load_dataset, make_fold_set
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.results.artifacts import ArtifactRecorder
+from hpo.spec import ENGINES, StudySpec
+from hpo.study.record import best_trial, read_trial
+from hpo.study.storage import mask_url, normalize_url, open_storage, resolve_storage_url
 
 if TYPE_CHECKING:
     import optuna
-
-    from hpo.spec import StudySpec
+else:
+    optuna = lazy_import("optuna")
 
 __all__ = [
-    "STORAGE_HELP",
     "apply_overrides",
-    "best_or_none",
+    "at_least_one",
+    "data_option",
+    "engine_option",
+    "epochs_option",
+    "format_option",
     "load_study",
+    "n_trials_option",
+    "name_option",
     "print_best",
+    "storage_option",
     "storage_url",
+    "timeout_option",
+    "training_data",
     "trial_record",
+    "trials_per_batch_option",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 STORAGE_HELP = (
     "Storage URL (sqlite:///FILE.db or postgresql://USER@HOST/DB). "
     "Default: $HPO_STORAGE, else sqlite:///hpo.db"
 )
 
+storage_option = click.option("--storage", help=STORAGE_HELP)
+engine_option = click.option("--engine", type=click.Choice(ENGINES), help="Override [engine] name.")
+name_option = click.option("--name", help="Study name (default: [study] name).")
+timeout_option = click.option(
+    "--timeout", type=float, help="Stop starting new trials after this many seconds."
+)
+trials_per_batch_option = click.option(
+    "--trials-per-batch", type=int, help="Trials trained together by the stacked engine."
+)
+
+
+def format_option(*choices: str) -> Callable[[_F], _F]:
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=choices[0], show_default=True
+    )
+
+
+def data_option(help: str) -> Callable[[_F], _F]:
+    return click.option("--data", "data_path", type=click.Path(dir_okay=False), help=help)
+
+
+def n_trials_option(help: str) -> Callable[[_F], _F]:
+    return click.option("--n-trials", type=int, help=help)
+
+
+def epochs_option(help: str) -> Callable[[_F], _F]:
+    return click.option("--epochs", type=int, help=help)
+
+
+def at_least_one(option: str, value: int | None) -> None:
+    """Refuse a count below 1 for ``option`` (click's IntRange words it less plainly)."""
+    if value is not None and value < 1:
+        raise HpoError(f"{option} must be >= 1, but got {value}")
+
 
 def storage_url(storage: str | None, *, announce: bool = False) -> str:
-    from hpo.storage import mask_url, normalize_url, resolve_storage_url
-
     url, why = resolve_storage_url(storage)
     normalize_url(url)  # fail fast on a malformed URL
     if announce:
@@ -43,11 +98,17 @@ def storage_url(storage: str | None, *, announce: bool = False) -> str:
     return url
 
 
+def training_data(
+    spec: StudySpec, url: str, data_path: str | None
+) -> tuple[Dataset, FoldSet, ArtifactRecorder]:
+    """The rows, their folds and the artifact recorder a training command needs; a bad data
+    source or ``[artifacts] path`` fails here, before any training."""
+    dataset = load_dataset(spec.data, path_override=data_path)
+    folds = make_fold_set(dataset, spec.cv)
+    return dataset, folds, ArtifactRecorder(spec, url, folds, dataset=dataset)
+
+
 def load_study(name: str, storage_url: str) -> optuna.Study:
-    import optuna
-
-    from hpo.storage import mask_url, open_storage
-
     storage = open_storage(storage_url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -59,18 +120,12 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
         raise HpoError(f"no study named {name!r} in {mask_url(storage_url)}{where}") from None
 
 
-def best_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    from hpo.worker import best_trial
-
-    return best_trial(study)
-
-
 def print_best(study: optuna.Study, shown_url: str) -> None:
-    best = best_or_none(study)
+    best = best_trial(study)
     if best is None:
         click.echo(f"no complete trial yet in study {study.study_name!r} ({shown_url})")
         return
-    folds = " ".join(f"{a:.3f}" for a in best.user_attrs.get("fold_accuracies", []))
+    folds = " ".join(f"{a:.3f}" for a in read_trial(best).fold_accuracies)
     click.echo(f"best: trial {best.number}, accuracy {best.value:.4f} (folds {folds})")
     for key, value in best.params.items():
         click.echo(f"  {key} = {value:.3g}" if isinstance(value, float) else f"  {key} = {value}")
@@ -93,7 +148,6 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 def apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
     """``spec`` with the command line's overrides; the dataclasses re-validate every value."""
-    from dataclasses import replace
 
     def changed(section: Any, **values: Any) -> Any:
         values = {k: v for k, v in values.items() if v is not None}

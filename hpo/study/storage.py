@@ -5,8 +5,7 @@ workers on several machines share. This module owns everything that depends on w
 
 * ``open_storage``: Optuna's RDB storage with engine options per backend (a busy timeout for
   SQLite, pre-ping and small pools for PostgreSQL), the schema created under a lock so that
-  workers starting together on an empty database never race (unlocked, Optuna 5 failed in 11
-  of 18 processes started three at a time, on each backend).
+  workers starting together on an empty database never race (Optuna alone does race there).
 * ``study_lock`` / ``creation_lock``: one claimer at a time (a PostgreSQL advisory lock, or a
   file lock beside a SQLite file), which makes the global trial budget exact.
 * ``StorageGuard``: runs storage calls through database outages, retrying with backoff and
@@ -23,6 +22,7 @@ import fcntl
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +30,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hpo._errors import HpoError
-from hpo._logging import get_logger
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
 
 if TYPE_CHECKING:
     import optuna
+    import psycopg
+    import sqlalchemy
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+    import sqlalchemy.pool
+else:
+    optuna = lazy_import("optuna")
+    psycopg = lazy_import("psycopg")
+    sqlalchemy = lazy_import("sqlalchemy")
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -49,7 +59,9 @@ __all__ = [
     "rdb_of",
     "resolve_storage_url",
     "running_without_heartbeat",
+    "sqlite_file",
     "study_lock",
+    "unwrap_rdb",
 ]
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
@@ -83,13 +95,10 @@ def resolve_storage_url(url: str | None) -> tuple[str, str]:
 
 def normalize_url(url: str) -> str:
     """Check ``url`` and point PostgreSQL at the psycopg 3 driver (the one we install)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     hint = "expected sqlite:///FILE.db or postgresql://USER@HOST[:PORT]/DATABASE"
     try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         raise HpoError(f"storage URL {mask_url(url)!r} is malformed; {hint}") from None
     scheme = parsed.drivername
     if scheme not in _SCHEMES:
@@ -107,12 +116,13 @@ def is_postgresql(url: str) -> bool:
     return url.startswith("postgres")
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL; ``None`` for an in-memory database."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; ``None`` for PostgreSQL or an in-memory database."""
+    parsed = sqlalchemy.engine.make_url(url)
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database:
+        return None
+    if database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
 
@@ -156,9 +166,6 @@ def open_storage(url: str, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
     The schema is created by whichever process gets the schema lock first; the others wait
     and find it complete.
     """
-    import optuna
-    import sqlalchemy.exc
-
     normalized = normalize_url(url)
     try:
         with _schema_lock(normalized):
@@ -204,7 +211,7 @@ def _process_lock(url: str) -> Iterator[None]:
 
 def _sqlite_lock(url: str) -> contextlib.AbstractContextManager[None]:
     """One lock per SQLite file (``FILE.db.lock`` beside it), shared by every key."""
-    database = _sqlite_file(url)
+    database = sqlite_file(url)
     if database is None:  # in-memory: one process, one lock
         return _process_lock(url)
     return _file_lock(database.with_name(database.name + ".lock"))
@@ -216,11 +223,8 @@ def _schema_lock(url: str) -> Iterator[None]:
         with _sqlite_lock(url):
             yield
         return
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
     engine = sqlalchemy.create_engine(
-        url, poolclass=NullPool, connect_args=_engine_kwargs(url)["connect_args"]
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args=_engine_kwargs(url)["connect_args"]
     )
     try:
         with engine.connect() as conn:
@@ -249,8 +253,6 @@ def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[None]
         with _sqlite_lock(storage.url):
             yield
         return
-    import sqlalchemy
-
     conn = storage.engine.connect()
     try:
         # Transaction-level lock: released by COMMIT/ROLLBACK, or by the server when this
@@ -284,18 +286,17 @@ def study_lock(
     return _named_lock(storage, study_id)
 
 
-def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
-    """The RDB storage under a study (Optuna wraps it in a cache)."""
-    import optuna
-
-    storage = study._storage
+def unwrap_rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
+    """The RDB storage under ``storage`` (Optuna wraps it in a cache)."""
     backend = getattr(storage, "_backend", storage)
     if not isinstance(backend, optuna.storages.RDBStorage):
-        raise HpoError(
-            f"study {study.study_name!r} is not in a SQL database; hpo needs sqlite:/// or "
-            "postgresql:// storage"
-        )
+        raise HpoError("hpo needs an SQL storage (sqlite:///FILE.db or postgresql://...)")
     return backend
+
+
+def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The RDB storage under a study."""
+    return unwrap_rdb(study._storage)
 
 
 # --- direct reads of Optuna's tables (its schema is versioned and checked on open) -------------
@@ -303,8 +304,6 @@ def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
 
 def count_trial_states(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
     """Trials of a study by state name, straight from the database (no cache)."""
-    import sqlalchemy
-
     query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state")
     with storage.engine.connect() as conn:
         rows = conn.execute(query, {"s": study_id}).all()
@@ -319,8 +318,6 @@ def running_without_heartbeat(
     Optuna's stale check skips them, so a worker that died between creating a trial and its
     first heartbeat would leave it RUNNING forever.
     """
-    import sqlalchemy
-
     query = sqlalchemy.text(
         "SELECT t.trial_id, t.datetime_start FROM trials t "
         "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
@@ -335,21 +332,16 @@ def running_without_heartbeat(
 
 
 def _outage_types() -> tuple[type[BaseException], ...]:
-    import sqlalchemy.exc
-
-    types: list[type[BaseException]] = [
+    return (
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.InterfaceError,
         sqlalchemy.exc.DisconnectionError,
         sqlalchemy.exc.TimeoutError,  # pool exhausted while connections hang
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
         ConnectionError,
         TimeoutError,
-    ]
-    with contextlib.suppress(ImportError):
-        import psycopg
-
-        types += [psycopg.OperationalError, psycopg.InterfaceError]
-    return tuple(types)
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -370,8 +362,6 @@ def outage_reason(exc: BaseException) -> str | None:
 
     Optuna wraps driver errors in ``StorageInternalError``; the cause chain tells.
     """
-    import sqlite3
-
     types = _outage_types()
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -401,14 +391,9 @@ class StorageGuard:
     def __init__(self, shown_url: str, *, max_delay: float = 30.0) -> None:
         self.shown_url = mask_url(shown_url)
         self.max_delay = max_delay
-        self.outages = 0
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._healthy_since = time.monotonic()
-
-    @property
-    def is_down(self) -> bool:
-        return self._down_since is not None
 
     def healthy_for(self) -> float:
         """Seconds since the database last came back (or since this guard was made)."""
@@ -433,7 +418,6 @@ class StorageGuard:
             first = self._down_since is None
             if first:
                 self._down_since = time.monotonic()
-                self.outages += 1
         if first:
             _log.warning(
                 "database unreachable at %s (%s); retrying with backoff, trials in training "

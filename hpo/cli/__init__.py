@@ -1,0 +1,63 @@
+"""The ``hpo`` command line: thin commands over the library.
+
+Every user error is an :class:`~hpo.errors.HpoError`, mapped once (in :class:`_Cli`) to one
+line on stderr and exit code 1, with no traceback unless ``--debug``. The commands live in one
+module per family (``run``: run, best, trials; ``cluster``: create, worker, status; ``results``:
+dashboard, report, rerun) and are registered here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hpo.cli import cluster, results, run
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.log import configure
+from hpo.study.storage import mask_url
+
+if TYPE_CHECKING:
+    import optuna
+else:
+    optuna = lazy_import("optuna")
+
+__all__ = ["cli", "main"]
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HpoError as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"Error: {mask_url(str(exc))}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and results, no progress lines.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="hpo")
+def cli(debug: bool, quiet: bool, verbose: bool) -> None:
+    """Tune L1/L2 regularization of Keras networks with Optuna, scored by K-fold CV accuracy."""
+    configure(1 if verbose or debug else -1 if quiet else 0)
+    if not (verbose or debug):
+        warnings.filterwarnings("ignore", module="optuna")
+    # Optuna's own INFO lines would duplicate ours.
+    optuna.logging.set_verbosity(
+        optuna.logging.DEBUG if verbose or debug else optuna.logging.WARNING
+    )
+
+
+for _family in (run, cluster, results):
+    for _command in _family.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="hpo")

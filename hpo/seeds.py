@@ -1,0 +1,54 @@
+"""Every seed hpo derives, in one place.
+
+A trial must be reproducible from what is stored: the study's base seed and the trial's number
+(or, for a retry, the number of the trial it retries). Each function here is a pure function of
+its integer arguments, so changing one changes what every stored trial means; they are kept
+together so that no two formulas can collide by accident.
+
+>>> trial_seed(42, 0) == trial_seed(42, 0)
+True
+>>> fold_seed(trial_seed(42, 0), 1) != fold_seed(trial_seed(42, 0), 2)
+True
+"""
+
+from __future__ import annotations
+
+import zlib
+
+__all__ = [
+    "MAX_SEED",
+    "fold_seed",
+    "repeat_seed",
+    "rerun_seeds",
+    "trial_seed",
+    "worker_sampler_offset",
+]
+
+MAX_SEED = 2**31 - 1  # what Keras, numpy and TF all accept
+
+
+def trial_seed(base: int, trial_number: int) -> int:
+    """The seed of one trial of a study whose base seed is ``base``."""
+    return (base * 1_000_003 + trial_number * 7_919 + 12_345) % MAX_SEED
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed one fold of one trial trains with (initial weights, shuffling)."""
+    return (seed * 131 + fold * 7_777 + 1) % MAX_SEED
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """A trial's seed for repeat ``repeat`` of repeated K-fold (repeat 0 is the seed itself)."""
+    return seed + 100_003 * repeat
+
+
+def rerun_seeds(base: int, n: int) -> list[int]:
+    """``n`` seeds that no trial of a study with base seed ``base`` trains with; ``hpo rerun``
+    gives every trial it reruns the same ones (common random numbers)."""
+    return [(base * 1_000_003 + 987_654_321 + 104_729 * (s + 1)) % MAX_SEED for s in range(n)]
+
+
+def worker_sampler_offset(worker: str) -> int:
+    """Offset to the sampler seed of one worker process: workers of one study must differ, or
+    their random start-up trials would all propose the same parameters."""
+    return zlib.crc32(worker.encode()) % 1_000_003

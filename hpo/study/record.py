@@ -1,0 +1,419 @@
+"""Everything hpo stores in the database, defined here and nowhere else.
+
+A study is shared by workers that know only its name, and any trial must be rebuildable years
+later, so every key hpo writes is named once below, with what it means. Keys looked up across
+modules are constants here; a finished trial's result keys are written by one function,
+:func:`result_attrs`. This table is the documentation (README links here), and a test checks
+that every key hpo writes is in it.
+
+Study user attributes
+
+================================  ===================================================================
+``hpo_spec``                      the validated study file (:func:`hpo.spec.spec_to_dict`); written at
+                                  creation; ``hpo create`` may later update its budget and engine
+``hpo_crash_policy``              heartbeat interval, grace period, max retries (:class:`CrashPolicy`)
+``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
+================================  ===================================================================
+
+Study system attributes
+
+=========================================  ==========================================================
+``hpo:worker:<host>:<pid>``                a worker's own record: state, held trials, done, last seen
+``dashboard:artifacts:<trial>:<file id>``  a file attached to a finished trial (optuna-dashboard's)
+(optuna-dashboard's note keys)             the spec as the study's note; rerun results as trial notes
+=========================================  ==========================================================
+
+Trial user attributes
+
+================================  ===================================================================
+``plan``                          the regularization plan: four coefficient lists, one entry a layer
+``seed``                          the seed the trial trained with (a stacked batch: its first seed)
+``worker``                        the worker that trained it (``host:pid``)
+``fold_accuracies``, ``fold_std`` accuracy of each fold's held-out rows (every repeat's), their std
+``epochs``                        epochs trained (fewer when pruned)
+``seconds``                       training wall time; for a batch, its wall time / trials in it
+``engine``                        ``reference`` or ``stacked``
+``tensorflow``, ``keras``         library versions
+``diverged``                      the loss went non-finite; those folds' rows count as wrong
+``diverged_folds``                which folds diverged (only when some did)
+``diverged_by_epoch``             the checkpoint epoch by which they had (stacked engine)
+``shared_order``                  the batch's trials shared initial weights and batch order
+``trials_in_batch``               how many trials trained together (stacked engine)
+``xla_kernels``                   whether the elementwise kernels ran XLA-compiled (stacked engine)
+``repeat_accuracies``             out-of-fold accuracy of each repeat of repeated K-fold
+``retry_of``                      the trial this one retries (same parameters and seed)
+``retry_root``                    the first trial of the retry chain, whose seed is reused
+``interrupted`` / ``error``       why this worker failed the trial: the signal, or the error text
+================================  ===================================================================
+
+Trial system attributes
+
+================================  ===================================================================
+``hpo:failure``                   why hpo failed the trial: ``interrupted``, ``error``, ``non-finite``;
+                                  absent on a trial failed for a stale heartbeat (its worker died)
+``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
+``retry_history``                 trial of the chain so far
+``artifacts:<artifact id>``       a file attached while the trial ran (Optuna's own artifact API)
+================================  ===================================================================
+
+Intermediate values are the out-of-fold accuracies at pruning checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.objective import EvaluationResult
+from hpo.seeds import worker_sampler_offset
+from hpo.space import RegularizationPlan
+from hpo.spec import StudySpec, spec_from_dict, spec_to_dict
+from hpo.study.storage import creation_lock, mask_url, unwrap_rdb
+
+if TYPE_CHECKING:
+    import optuna
+else:
+    optuna = lazy_import("optuna")
+
+__all__ = [
+    "FAILURE_ATTR",
+    "FINISHED_ARTIFACT_PREFIX",
+    "PLAN_ATTR",
+    "POLICY_ATTR",
+    "RERUN_ATTR_PREFIX",
+    "RETRY_CHAIN_ATTR",
+    "RETRY_FIRST_ATTR",
+    "RETRY_OF_ATTR",
+    "RETRY_ROOT_ATTR",
+    "SEED_ATTR",
+    "SPEC_ATTR",
+    "WORKER_ATTR",
+    "WORKER_ATTR_PREFIX",
+    "CrashPolicy",
+    "StoredTrial",
+    "best_trial",
+    "check_same_protocol",
+    "create_or_load_study",
+    "join_study",
+    "make_sampler",
+    "read_trial",
+    "result_attrs",
+    "sampled_attrs",
+    "seed_number",
+    "spec_changes",
+    "stored_plan",
+    "stored_policy",
+    "stored_seed",
+    "stored_spec",
+    "update_stored_spec",
+    "worker_records",
+]
+
+# Study user attributes.
+SPEC_ATTR = "hpo_spec"
+POLICY_ATTR = "hpo_crash_policy"
+RERUN_ATTR_PREFIX = "rerun:"
+# Study system attributes.
+WORKER_ATTR_PREFIX = "hpo:worker:"
+# optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own
+# upload_artifact refuses finished trials, and a model file is saved after the trial finished.
+FINISHED_ARTIFACT_PREFIX = "dashboard:artifacts:"
+# Trial user attributes (the rest are the fields of result_attrs and sampled_attrs).
+PLAN_ATTR = "plan"
+SEED_ATTR = "seed"
+WORKER_ATTR = "worker"
+RETRY_OF_ATTR = "retry_of"
+RETRY_ROOT_ATTR = "retry_root"
+# Trial system attributes.
+FAILURE_ATTR = "hpo:failure"
+RETRY_CHAIN_ATTR = "retry_history"  # as Optuna's RetryHeartbeatStaleTrialCallback writes it
+RETRY_FIRST_ATTR = "failed_trial"
+
+# What must match for a resumed study to stay one experiment (data location may differ).
+_PROTOCOL_SECTIONS = ("cv", "model", "search")
+# What `hpo create` may change on an existing study.
+_UPDATABLE_SECTIONS = ("budget", "engine")
+
+
+# --- the crash policy ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrashPolicy:
+    """How crashed workers are detected and their trials retried.
+
+    ``heartbeat_interval``: seconds between heartbeats of a held trial. ``grace_period``:
+    seconds without a heartbeat after which a RUNNING trial is failed (keep it several
+    intervals, and longer than a database restart). ``max_retries``: how often one trial's
+    parameters are retried after its worker died or was stopped.
+
+    >>> CrashPolicy(heartbeat_interval=5, grace_period=5)
+    Traceback (most recent call last):
+    ...
+    ValueError: `grace_period > heartbeat_interval` must hold, but got (grace_period=5, heartbeat_interval=5)
+    """
+
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval < 1:
+            raise ValueError(
+                f"`heartbeat_interval >= 1` must hold, but got {self.heartbeat_interval}"
+            )
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                "`grace_period > heartbeat_interval` must hold, but got "
+                f"(grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval})"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"`max_retries >= 0` must hold, but got {self.max_retries}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, origin: str) -> CrashPolicy:
+        try:
+            return cls(**{k: int(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+        except (TypeError, ValueError) as exc:
+            raise HpoError(f"{origin}: stored crash policy is invalid ({exc})") from None
+
+
+# --- study attributes ------------------------------------------------------------------------
+
+
+def stored_spec(study: optuna.Study) -> StudySpec | None:
+    """The spec stored on ``study``; None for a study hpo did not create."""
+    raw = study.user_attrs.get(SPEC_ATTR)
+    return None if raw is None else spec_from_dict(raw, origin=f"study {study.study_name!r}")
+
+
+def stored_policy(study: optuna.Study) -> CrashPolicy:
+    raw = study.user_attrs.get(POLICY_ATTR)
+    if raw is None:  # a study created without one: the defaults
+        return CrashPolicy()
+    return CrashPolicy.from_dict(raw, origin=f"study {study.study_name!r}")
+
+
+def spec_changes(
+    stored: Mapping[str, Any], spec: StudySpec, sections: Iterable[str]
+) -> list[tuple[str, Any, Any]]:
+    """``(section.key, stored value, new value)`` for every setting of ``sections`` in which
+    ``spec`` differs from the stored spec (plain data, as :func:`spec_to_dict` gives)."""
+    current = spec_to_dict(spec)
+    changes = []
+    for section in sections:
+        old_section = stored.get(section, {})
+        for key, value in current[section].items():
+            if old_section.get(key) != value:
+                changes.append((f"{section}.{key}", old_section.get(key), value))
+    return changes
+
+
+def worker_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every worker that ever joined the study, most recently seen first."""
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    records = [
+        dict(value)
+        for key, value in attrs.items()
+        if key.startswith(WORKER_ATTR_PREFIX) and isinstance(value, dict)
+    ]
+    return sorted(records, key=lambda r: -float(r.get("last_seen", 0)))
+
+
+# --- trial attributes ------------------------------------------------------------------------
+
+
+def sampled_attrs(plan: RegularizationPlan, seed: int, worker: str) -> dict[str, Any]:
+    """What a trial records as soon as its parameters are drawn, before it trains."""
+    return {PLAN_ATTR: plan.to_dict(), SEED_ATTR: seed, WORKER_ATTR: worker}
+
+
+def result_attrs(
+    result: EvaluationResult, *, engine: str, versions: Mapping[str, str]
+) -> dict[str, Any]:
+    """What a finished trial records (plain JSON data); see the module's table."""
+    attrs: dict[str, Any] = {
+        "fold_accuracies": [round(a, 6) for a in result.fold_accuracies],
+        "fold_std": round(result.fold_std, 6),
+        "epochs": result.epochs,
+        "seconds": round(result.seconds, 3),
+        "engine": engine,
+        "diverged": result.diverged,
+        **versions,
+    }
+    if result.diverged_folds:
+        attrs["diverged_folds"] = list(result.diverged_folds)
+    if result.diverged_by_epoch is not None:
+        attrs["diverged_by_epoch"] = result.diverged_by_epoch
+    if result.shared_order is not None:
+        attrs["shared_order"] = result.shared_order
+    if result.trials_in_batch is not None:
+        attrs["trials_in_batch"] = result.trials_in_batch
+    if result.xla_kernels is not None:
+        attrs["xla_kernels"] = result.xla_kernels
+    if result.repeat_accuracies is not None:
+        attrs["repeat_accuracies"] = list(result.repeat_accuracies)
+    if result.seed is not None:
+        # Trained with another seed than the one drawn for it (a stacked batch trains from
+        # its first seed): record that one, so re-training the plan with `seed` reproduces it.
+        attrs[SEED_ATTR] = result.seed
+    return attrs
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredTrial:
+    """What hpo recorded on one trial, read back; a key it lacks reads as None or empty."""
+
+    plan: RegularizationPlan | None
+    seed: int | None
+    worker: str | None
+    fold_accuracies: tuple[float, ...]
+    fold_std: float | None
+    seconds: float | None
+    engine: str | None
+    retry_of: int | None
+
+
+def read_trial(trial: optuna.trial.FrozenTrial) -> StoredTrial:
+    attrs = trial.user_attrs
+    seconds = attrs.get("seconds")
+    return StoredTrial(
+        plan=stored_plan(trial),
+        seed=attrs.get(SEED_ATTR),
+        worker=attrs.get(WORKER_ATTR),
+        fold_accuracies=tuple(float(a) for a in attrs.get("fold_accuracies", ())),
+        fold_std=attrs.get("fold_std"),
+        seconds=None if seconds is None else float(seconds),
+        engine=attrs.get("engine"),
+        retry_of=attrs.get(RETRY_OF_ATTR),
+    )
+
+
+def stored_plan(trial: optuna.trial.FrozenTrial) -> RegularizationPlan | None:
+    """The plan a trial trained with; None if it has none (or an unreadable one)."""
+    raw = trial.user_attrs.get(PLAN_ATTR)
+    if not raw:
+        return None
+    try:
+        return RegularizationPlan.from_dict(raw)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def stored_seed(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> int:
+    """The seed a trial trained with (as recorded; else the study's seed for its number)."""
+    return int(trial.user_attrs.get(SEED_ATTR, spec.trial_seed(trial.number)))
+
+
+def seed_number(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int:
+    """The trial number whose seed ``trial`` trains with: a retry reuses its chain's first."""
+    return int(trial.user_attrs.get(RETRY_ROOT_ATTR, trial.number))
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+# --- creating and joining studies ------------------------------------------------------------
+
+
+def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    seed = None if spec.sampler.seed is None else spec.sampler.seed + seed_offset
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=spec.sampler.n_startup_trials,
+        multivariate=spec.sampler.multivariate,
+        group=spec.sampler.group,
+        constant_liar=spec.sampler.constant_liar,
+    )
+
+
+def create_or_load_study(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    seed_offset: int = 0,
+    policy: CrashPolicy | None = None,
+) -> tuple[optuna.Study, bool]:
+    """The study named by ``spec``: created with the spec (and crash policy) stored on it, or
+    resumed after checking that its protocol matches. Returns ``(study, created)``.
+
+    Creation and its attributes happen under one lock, so a worker never sees a study without
+    its spec, and processes racing to create it make it once.
+    """
+    sampler = make_sampler(spec, seed_offset=seed_offset)
+    with creation_lock(unwrap_rdb(storage)):
+        try:
+            study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+        except KeyError:
+            study = optuna.create_study(
+                study_name=spec.name, storage=storage, sampler=sampler, direction="maximize"
+            )
+            study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+            study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
+            return study, True
+    check_same_protocol(spec, study)
+    return study, False
+
+
+def join_study(
+    name: str, storage: optuna.storages.RDBStorage, *, shown_url: str | None = None, worker: str
+) -> tuple[optuna.Study, StudySpec]:
+    """An existing study and its stored spec, knowing only its name (``hpo worker``).
+    ``shown_url``: the storage as the user wrote it, for messages; ``worker``: this process's id,
+    which offsets the sampler's seed."""
+    shown = mask_url(shown_url or storage.url)
+    with creation_lock(storage):
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            names = sorted(s.study_name for s in storage.get_all_studies())
+            where = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
+            raise HpoError(
+                f"no study named {name!r} in {shown}{where}; create it first with "
+                "`hpo create STUDY_FILE --storage URL`"
+            ) from None
+        raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    if raw is None:
+        raise HpoError(
+            f"study {name!r} in {shown} has no stored study spec (it was not made by hpo); "
+            "create a new one with `hpo create STUDY_FILE --name NEW_NAME`"
+        )
+    spec = spec_from_dict(raw, origin=f"study {name!r}")
+    sampler = make_sampler(spec, seed_offset=worker_sampler_offset(worker))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    return study, spec
+
+
+def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        return
+    for key, old, new in spec_changes(stored, spec, _PROTOCOL_SECTIONS):
+        raise HpoError(
+            f"study {spec.name!r} was created with {key}={old!r}, but this run "
+            f"has {new!r}; use the study's settings or a new name (--name)"
+        )
+    if stored["data"].get("target") != spec.data.target:
+        raise HpoError(
+            f"study {spec.name!r} was created with data.target={stored['data'].get('target')!r}, "
+            f"but this run has {spec.data.target!r}"
+        )
+
+
+def update_stored_spec(study: optuna.Study, spec: StudySpec) -> list[tuple[str, Any, Any]]:
+    """Store ``spec``'s budget and engine on an existing study (``hpo create`` again); returns
+    what changed."""
+    changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), spec, _UPDATABLE_SECTIONS)
+    if changes:
+        study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+    return changes
