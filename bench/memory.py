@@ -60,7 +60,6 @@ def main() -> None:
         study_name="memory", direction="maximize", sampler=make_sampler(spec), storage=storage
     )
     engine = make_engine(spec.engine)
-    batch = spec.engine.trials_per_batch if spec.engine.name == "stacked" else 1
     samples: list[tuple[int, float]] = []
 
     def sample(trial: optuna.Trial, result: object) -> None:
@@ -73,7 +72,6 @@ def main() -> None:
         folds,
         engine,
         n_trials=args.trials,
-        trials_per_batch=batch,
         versions=tensorflow_versions(),
         on_result=sample,
     )

@@ -71,12 +71,16 @@ def run_job(job: Job, barrier: Any | None) -> Outcome:
     else:
         from hpo.engines.stacked import StackedEngine
 
-        engine = StackedEngine(shared_order=job.shared_order, threads=job.threads)
+        engine = StackedEngine(
+            shared_order=job.shared_order,
+            threads=job.threads,
+            trials_per_batch=job.trials_per_batch,
+        )
     if barrier is not None:
         barrier.wait()
     started = time.perf_counter()
     results = []
-    step = job.trials_per_batch if job.engine == "stacked" else 1
+    step = engine.trials_per_batch
     for first in range(0, len(job.plans), step):
         results += engine.evaluate(
             job.plans[first : first + step],

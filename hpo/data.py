@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
+from hpo.seeds import split_seed
 from hpo.spec import CVSpec, DataSpec
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "Preprocessor",
     "cache_dir",
     "load_dataset",
+    "load_folds",
     "make_fold_set",
     "make_folds",
 ]
@@ -278,7 +280,7 @@ def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
         raise HpoError(
             f"{dataset.source}: folds={cv.folds} is more than the {dataset.n_rows} rows; use fewer folds"
         )
-    seed = cv.seed + repeat if cv.shuffle else None
+    seed = split_seed(cv.seed, repeat) if cv.shuffle else None
     if cv.stratified:
         counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
         smallest = int(np.argmin(counts))
@@ -309,6 +311,14 @@ def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
             )
         )
     return folds
+
+
+def load_folds(
+    spec: DataSpec, cv: CVSpec, *, path_override: str | Path | None = None
+) -> tuple[Dataset, FoldSet]:
+    """The rows ``spec`` names and their folds (every repeat), ready to train on."""
+    dataset = load_dataset(spec, path_override=path_override)
+    return dataset, make_fold_set(dataset, cv)
 
 
 def make_fold_set(dataset: Dataset, cv: CVSpec) -> FoldSet:

@@ -26,16 +26,17 @@ class _LazyModule(types.ModuleType):
     def __init__(self, name: str, before: Callable[[], None] | None) -> None:
         super().__init__(name)
         self._hpo_before = before
+        self._hpo_module: types.ModuleType | None = None
 
     def _hpo_load(self) -> types.ModuleType:
-        if self._hpo_before is not None:
-            self._hpo_before()
-        module = importlib.import_module(self.__name__)
-        # Later lookups find the attributes here and never reach __getattr__ again.
-        self.__dict__.update(module.__dict__)
-        return module
+        if self._hpo_module is None:
+            if self._hpo_before is not None:
+                self._hpo_before()
+            self._hpo_module = importlib.import_module(self.__name__)
+        return self._hpo_module
 
     def __getattr__(self, item: str) -> Any:
+        # Every lookup goes to the real module, so what it (or a test) rebinds later shows.
         return getattr(self._hpo_load(), item)
 
 

@@ -152,13 +152,17 @@ def evaluate_plans(
     ]
     if len(per_repeat) == 1:
         return per_repeat[0]
-    return [_combine_repeats(member_results) for member_results in zip(*per_repeat, strict=True)]
+    return [
+        _combine_repeats(member_results, folds.n_folds)
+        for member_results in zip(*per_repeat, strict=True)
+    ]
 
 
-def _combine_repeats(results: Sequence[EvaluationResult]) -> EvaluationResult:
+def _combine_repeats(results: Sequence[EvaluationResult], n_folds: int) -> EvaluationResult:
     """One plan's repeats as one result: the mean accuracy, every fold, the first repeat's
     predictions and weights (the artifacts show one concrete run)."""
     accuracies = tuple(r.accuracy for r in results)
+    diverged_at = [r.diverged_by_epoch for r in results if r.diverged_by_epoch is not None]
     return replace(
         results[0],
         accuracy=float(np.mean(accuracies)),
@@ -167,5 +171,12 @@ def _combine_repeats(results: Sequence[EvaluationResult]) -> EvaluationResult:
         seconds=sum(r.seconds for r in results),
         diverged=any(r.diverged for r in results),
         pruned=any(r.pruned for r in results),
+        # Fold numbers run on across repeats, in the order of fold_accuracies.
+        diverged_folds=tuple(
+            r_index * n_folds + fold
+            for r_index, r in enumerate(results)
+            for fold in r.diverged_folds
+        ),
+        diverged_by_epoch=min(diverged_at) if diverged_at else None,
         repeat_accuracies=accuracies,
     )

@@ -20,6 +20,7 @@ __all__ = [
     "fold_seed",
     "repeat_seed",
     "rerun_seeds",
+    "split_seed",
     "trial_seed",
     "worker_sampler_offset",
 ]
@@ -35,6 +36,11 @@ def trial_seed(base: int, trial_number: int) -> int:
 def fold_seed(seed: int, fold: int) -> int:
     """The seed one fold of one trial trains with (initial weights, shuffling)."""
     return (seed * 131 + fold * 7_777 + 1) % MAX_SEED
+
+
+def split_seed(cv_seed: int, repeat: int) -> int:
+    """The shuffling seed of repeat ``repeat`` of (repeated) K-fold: ``[cv] seed`` for the first."""
+    return cv_seed + repeat
 
 
 def repeat_seed(seed: int, repeat: int) -> int:

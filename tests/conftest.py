@@ -1,13 +1,39 @@
+"""Fixtures and helpers shared by the test modules.
+
+- ``_isolated_env`` (autouse): no test sees the developer's HPO_STORAGE or writes into the
+  repository.
+- ``tiny_csv``, ``write_study``: a 90-row learnable table and a study file over it.
+- ``built`` (session): one small real study (reference engine, 2 epochs, 5 trials, pruning
+  checkpoints, the artifact recorder), trained once per test session and shared, read-only, by
+  the artifact, dashboard, report and rerun tests. A test that writes to the study works on its
+  own copy of the database: ``url = built.copy(tmp_path)``.
+- ``pg_url``, ``processes``: a fresh PostgreSQL database per test, and ``hpo`` processes that
+  are killed when the test ends (the helpers behind them are in ``pg.py``).
+- ``hpo(...)``: the CLI, invoked in this process.
+
+Helpers are imported by name (``from conftest import make_frame``): ``tests/`` is on sys.path.
+"""
+
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from pg import HpoProcesses, pg_database
+
+if TYPE_CHECKING:
+    from click.testing import Result
+
+    from hpo.results.artifacts import ArtifactRecorder
+    from hpo.spec import StudySpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -22,6 +48,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HPO_STORAGE", raising=False)
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data-cache"))
     monkeypatch.chdir(tmp_path)
+
+
+def hpo(*args: object, env: dict[str, str] | None = None) -> Result:
+    """``hpo ARGS...`` through click's test runner, in this process."""
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
+
+
+# --- a tiny table and study files over it ----------------------------------------------------
 
 
 def make_frame(n_rows: int = 90, seed: int = 0) -> pd.DataFrame:
@@ -101,3 +139,155 @@ def write_study(tmp_path: Path, tiny_csv: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+# --- the shared results study ----------------------------------------------------------------
+
+NAME = "results"
+TOP_K = 2
+N_TRIALS = 5
+
+
+@dataclass(frozen=True)
+class BuiltStudy:
+    root: Path
+    db: Path
+    url: str
+    spec: StudySpec
+    artifact_dir: Path
+
+    def copy(self, dest: Path) -> str:
+        """A private copy of the database (tests that write to the study use one)."""
+        target = dest / "copy.db"
+        shutil.copy(self.db, target)
+        return f"sqlite:///{target}"
+
+
+def write_results_spec(
+    root: Path, *, name: str = NAME, extra: str = "", n_trials: int = N_TRIALS
+) -> Path:
+    """The results study's file in ``root`` (with ``tiny.csv`` beside it); ``extra`` appended."""
+    csv_path = root / "tiny.csv"
+    if not csv_path.exists():
+        make_frame().to_csv(csv_path, index=False)
+    text = textwrap.dedent(
+        f"""
+        [study]
+        name = "{name}"
+        description = "Tiny study for the results tests"
+
+        [data]
+        path = "{csv_path}"
+        target = "kind"
+        drop = ["row"]
+
+        [cv]
+        folds = 3
+        seed = 1
+
+        [model]
+        hidden = [8, 4]
+        epochs = 2
+        batch_size = 16
+
+        [engine]
+        name = "reference"
+        checkpoint_every = 1
+
+        [sampler]
+        seed = 3
+        n_startup_trials = 2
+
+        [budget]
+        n_trials = {n_trials}
+        """
+    ) + textwrap.dedent(extra)
+    path = root / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def train_study(
+    spec: StudySpec, url: str, *, artifact_dir: Path | None = None
+) -> tuple[Any, ArtifactRecorder]:
+    """Run ``spec``'s whole budget in this process with the artifact recorder as ``on_result``."""
+    from hpo.data import load_dataset, make_fold_set
+    from hpo.engines.reference import ReferenceEngine
+    from hpo.results.artifacts import ArtifactRecorder
+    from hpo.study.record import create_or_load_study
+    from hpo.study.storage import open_storage
+    from hpo.study.worker import optimize
+
+    dataset = load_dataset(spec.data)
+    folds = make_fold_set(dataset, spec.cv)
+    study, _ = create_or_load_study(spec, open_storage(url))
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset, artifact_dir=artifact_dir)
+    # In-process fits: a child process would import TensorFlow a second time (seconds).
+    engine = ReferenceEngine(checkpoint_every=spec.engine.checkpoint_every, isolate=False)
+    optimize(
+        study,
+        spec,
+        folds,
+        engine,
+        n_trials=spec.budget.n_trials,
+        versions={"tensorflow": "test", "keras": "test"},
+        on_result=recorder,
+    )
+    recorder.finalize(study)
+    return study, recorder
+
+
+def load(url: str, name: str = NAME) -> Any:
+    """The study ``name`` at ``url``, as a fresh Optuna handle."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def results_study(factory: pytest.TempPathFactory) -> BuiltStudy:
+    """The session's results study, in ``results-study/`` of the session's temporary folder.
+
+    Trained there on the first call of the session; later calls find it there. Tests take it
+    through the ``built`` fixture; this function only backs fixtures that need it by name.
+    """
+    from hpo.spec import load_spec
+
+    root = factory.getbasetemp() / "results-study"
+    db = root / "hpo.db"
+    url = f"sqlite:///{db}"
+    trained = root / ".trained"
+    if trained.exists():
+        spec = load_spec(root / f"{NAME}.toml")
+    else:  # first use (or an earlier attempt failed half-way): train it from scratch
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        spec = load_spec(write_results_spec(root, extra=f"[artifacts]\ntop_k = {TOP_K}\n"))
+        train_study(spec, url)
+        trained.touch()
+    return BuiltStudy(root, db, url, spec, root / "hpo-artifacts")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltStudy:
+    """The shared results study, read-only: a test that writes to it uses ``built.copy``."""
+    return results_study(tmp_path_factory)
+
+
+# --- PostgreSQL and hpo processes ------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database on the PostgreSQL server (skips when it is not reachable)."""
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[HpoProcesses]:
+    """Starts ``python -m hpo ...`` processes in ``tmp_path``; kills what is left at the end."""
+    group = HpoProcesses(tmp_path)
+    try:
+        yield group
+    finally:
+        group.kill_all()

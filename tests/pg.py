@@ -3,7 +3,8 @@
 Every test gets its own database (``hpo_test_<random>``) on the server at 127.0.0.1:5432,
 created through psycopg on the ``postgres`` database and dropped at the end, so tests never see
 each other's studies. ``HpoProcesses`` starts ``python -m hpo ...`` processes (each in its own
-process group, output in a log file) and kills whatever is left when the test ends.
+process group, output in a log file) and kills whatever is left when the test ends. The
+fixtures built on these (``pg_url``, ``processes``) are in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ __all__ = [
     "pg_available",
     "pg_ctlcluster",
     "pg_database",
-    "pg_url",
-    "processes",
     "tiny_study",
     "wait_until_ready",
 ]
@@ -112,12 +111,6 @@ def pg_database() -> Iterator[str]:
                 wait_until_ready()
         with admin_connect() as conn:  # type: ignore[attr-defined]
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with pg_database() as url:
-        yield url
 
 
 # --- hpo processes ---------------------------------------------------------------------------
@@ -254,12 +247,3 @@ class HpoProcesses:
         for process in self.started:
             if process.proc.poll() is None:
                 process.kill_group()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[HpoProcesses]:
-    group = HpoProcesses(tmp_path)
-    try:
-        yield group
-    finally:
-        group.kill_all()

@@ -1,8 +1,8 @@
 """Artifacts: where they go, what the recorder leaves on which trials, and that they are right.
 
-``built_study`` trains one small real study (reference engine, 2 epochs, 5 trials, pruning
-checkpoints on) with the recorder as ``on_result``; the dashboard, report and rerun tests reuse it
-through :func:`results_study` so the whole suite trains it once.
+The ``built`` fixture (conftest.py) is one small real study (reference engine, 2 epochs, 5 trials,
+pruning checkpoints on) trained with the recorder as ``on_result``, once per test session; the
+dashboard, report and rerun tests read the same study.
 """
 
 from __future__ import annotations
@@ -11,135 +11,28 @@ import csv
 import io
 import logging
 import shutil
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_frame
+from conftest import (
+    N_TRIALS,
+    TOP_K,
+    BuiltStudy,
+    load,
+    train_study,
+    write_results_spec,
+)
 
-from hpo.artifacts import (
+from hpo.results.artifacts import (
     ArtifactRecorder,
     artifact_dir_for,
     confusion_counts,
     open_artifact_store,
     trial_artifacts,
 )
-from hpo.spec import StudySpec, load_spec
-
-NAME = "results"
-TOP_K = 2
-N_TRIALS = 5
-
-
-@dataclass(frozen=True)
-class BuiltStudy:
-    root: Path
-    db: Path
-    url: str
-    spec: StudySpec
-    artifact_dir: Path
-
-    def copy(self, dest: Path) -> str:
-        """A private copy of the database (tests that write to the study use one)."""
-        target = dest / "copy.db"
-        shutil.copy(self.db, target)
-        return f"sqlite:///{target}"
-
-
-def write_spec(root: Path, *, name: str = NAME, extra: str = "", n_trials: int = N_TRIALS) -> Path:
-    csv_path = root / "tiny.csv"
-    if not csv_path.exists():
-        make_frame().to_csv(csv_path, index=False)
-    text = textwrap.dedent(
-        f"""
-        [study]
-        name = "{name}"
-        description = "Tiny study for the results tests"
-
-        [data]
-        path = "{csv_path}"
-        target = "kind"
-        drop = ["row"]
-
-        [cv]
-        folds = 3
-        seed = 1
-
-        [model]
-        hidden = [8, 4]
-        epochs = 2
-        batch_size = 16
-
-        [engine]
-        name = "reference"
-        checkpoint_every = 1
-
-        [sampler]
-        seed = 3
-        n_startup_trials = 2
-
-        [budget]
-        n_trials = {n_trials}
-        """
-    ) + textwrap.dedent(extra)
-    path = root / f"{name}.toml"
-    path.write_text(text)
-    return path
-
-
-def train_study(
-    spec: StudySpec, url: str, *, artifact_dir: Path | None = None
-) -> tuple[Any, ArtifactRecorder]:
-    from hpo.data import load_dataset, make_fold_set
-    from hpo.engines.reference import ReferenceEngine
-    from hpo.storage import open_storage
-    from hpo.worker import create_or_load_study, optimize
-
-    dataset = load_dataset(spec.data)
-    folds = make_fold_set(dataset, spec.cv)
-    study, _ = create_or_load_study(spec, open_storage(url))
-    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset, artifact_dir=artifact_dir)
-    # In-process fits: a child process would import TensorFlow a second time (seconds).
-    engine = ReferenceEngine(checkpoint_every=spec.engine.checkpoint_every, isolate=False)
-    optimize(
-        study,
-        spec,
-        folds,
-        engine,
-        n_trials=spec.budget.n_trials,
-        versions={"tensorflow": "test", "keras": "test"},
-        on_result=recorder,
-    )
-    recorder.finalize(study)
-    return study, recorder
-
-
-_BUILT: list[BuiltStudy] = []
-
-
-def results_study(factory: pytest.TempPathFactory) -> BuiltStudy:
-    """The shared real study, trained on first use in this test process."""
-    if not _BUILT:
-        root = factory.mktemp("results-study")
-        spec = load_spec(write_spec(root, extra=f"[artifacts]\ntop_k = {TOP_K}\n"))
-        url = f"sqlite:///{root}/hpo.db"
-        train_study(spec, url)
-        _BUILT.append(BuiltStudy(root, root / "hpo.db", url, spec, root / "hpo-artifacts"))
-    return _BUILT[0]
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltStudy:
-    return results_study(tmp_path_factory)
-
-
-def load(url: str, name: str = NAME) -> Any:
-    import optuna
-
-    return optuna.load_study(study_name=name, storage=url)
+from hpo.spec import load_spec
 
 
 def read_artifact(directory: Path, artifact_id: str) -> bytes:
@@ -151,13 +44,15 @@ def read_artifact(directory: Path, artifact_id: str) -> bytes:
 
 
 def test_artifact_dir_is_beside_the_sqlite_file_unless_the_spec_names_one(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path))
+    spec = load_spec(write_results_spec(tmp_path))
     assert artifact_dir_for(f"sqlite:///{tmp_path}/runs/hpo.db", spec) == (
         tmp_path / "runs" / "hpo-artifacts"
     )
     assert artifact_dir_for("sqlite:///study.db", None) == Path("study-artifacts")
     assert artifact_dir_for("postgresql://u:pw@db.example/hpo", spec) == Path("artifacts")
-    shared = load_spec(write_spec(tmp_path, extra='[artifacts]\npath = "/mnt/shared/art"\n'))
+    shared = load_spec(
+        write_results_spec(tmp_path, extra='[artifacts]\npath = "/mnt/shared/art"\n')
+    )
     assert artifact_dir_for(f"sqlite:///{tmp_path}/hpo.db", shared) == Path("/mnt/shared/art")
 
 
@@ -172,7 +67,7 @@ def test_confusion_counts_leave_out_rows_never_predicted() -> None:
 def test_refit_without_the_rows_is_refused(tmp_path: Path) -> None:
     from hpo.data import load_dataset, make_fold_set
 
-    spec = load_spec(write_spec(tmp_path, extra='[artifacts]\nmodel = "refit"\n'))
+    spec = load_spec(write_results_spec(tmp_path, extra='[artifacts]\nmodel = "refit"\n'))
     folds = make_fold_set(load_dataset(spec.data), spec.cv)
     with pytest.raises(ValueError, match="needs the rows: pass dataset="):
         ArtifactRecorder(spec, f"sqlite:///{tmp_path}/x.db", folds)
@@ -184,9 +79,9 @@ def test_an_artifact_failure_is_logged_not_raised(
     import optuna
 
     from hpo.data import load_dataset, make_fold_set
-    from hpo.engines.base import EvaluationResult
+    from hpo.objective import EvaluationResult
 
-    spec = load_spec(write_spec(tmp_path))
+    spec = load_spec(write_results_spec(tmp_path))
     folds = make_fold_set(load_dataset(spec.data), spec.cv)
     recorder = ArtifactRecorder(spec, f"sqlite:///{tmp_path}/x.db", folds)
     shutil.rmtree(recorder.directory)
@@ -259,9 +154,21 @@ def test_confusion_matrices_for_the_best_as_they_finish_models_for_the_final_bes
     assert len(set(image.convert("RGB").getdata())) > 50  # drawn cells and text, not blank
 
 
+def _regularizers(layer: Any) -> tuple[Any, Any]:
+    """A layer's (activity, kernel) regularizers as (class name, config), None where absent."""
+
+    def config(regularizer: Any) -> Any:
+        if regularizer is None:
+            return None
+        return type(regularizer).__name__, regularizer.get_config()
+
+    return config(layer.activity_regularizer), config(layer.kernel_regularizer)
+
+
 def test_fold_model_is_the_first_folds_trained_network(built: BuiltStudy, tmp_path: Path) -> None:
     from hpo.data import load_dataset, make_fold_set
-    from hpo.engines._tf import import_keras
+    from hpo.engines.keras_model import build_model, import_keras
+    from hpo.space import RegularizationPlan
 
     keras = import_keras()
     study = load(built.url)
@@ -276,10 +183,13 @@ def test_fold_model_is_the_first_folds_trained_network(built: BuiltStudy, tmp_pa
     assert float((predicted == fold.y_valid).mean()) == pytest.approx(
         best.user_attrs["fold_accuracies"][0], abs=1e-6
     )
-    assert (
-        net.layers[0].activity_regularizer is not None
-        or net.layers[0].kernel_regularizer is not None
-    )
+    # The saved network carries the trial's own penalties, on exactly the layers its plan names.
+    plan = RegularizationPlan.from_dict(best.user_attrs["plan"])
+    fresh = build_model(plan, built.spec.model, n_features=fold.n_features, n_classes=3)
+    assert [_regularizers(layer) for layer in net.layers] == [
+        _regularizers(layer) for layer in fresh.layers
+    ]
+    assert any(r != (None, None) for r in map(_regularizers, net.layers))  # not a plain network
 
 
 def test_the_spec_is_the_studys_note(built: BuiltStudy) -> None:
@@ -293,11 +203,12 @@ def test_the_spec_is_the_studys_note(built: BuiltStudy) -> None:
     assert "sqlite" not in note  # the storage URL is not part of the spec
 
 
+@pytest.mark.slow  # trains a second study, then refits on all rows
 def test_refit_models_are_written_at_the_end_for_the_final_best(tmp_path: Path) -> None:
-    from hpo.engines._tf import import_keras
+    from hpo.engines.keras_model import import_keras
 
     spec = load_spec(
-        write_spec(
+        write_results_spec(
             tmp_path, name="refit", n_trials=2, extra='[artifacts]\ntop_k = 1\nmodel = "refit"\n'
         )
     )
@@ -319,17 +230,20 @@ def test_refit_models_are_written_at_the_end_for_the_final_best(tmp_path: Path) 
     assert net.input_shape == (None, 5) and net.output_shape == (None, 3)
 
 
+@pytest.mark.slow  # a second study, and a refit of its trial by the reference protocol
 def test_an_engine_without_weights_still_gets_its_fold_model(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from hpo.data import load_dataset, make_fold_set
-    from hpo.engines._tf import import_keras
+    from hpo.engines.keras_model import import_keras
     from hpo.engines.reference import ReferenceEngine
     from hpo.space import suggest_plan
-    from hpo.storage import open_storage
-    from hpo.worker import create_or_load_study
+    from hpo.study.record import create_or_load_study
+    from hpo.study.storage import open_storage
 
-    spec = load_spec(write_spec(tmp_path, name="noweights", extra="[artifacts]\ntop_k = 1\n"))
+    spec = load_spec(
+        write_results_spec(tmp_path, name="noweights", extra="[artifacts]\ntop_k = 1\n")
+    )
     url = f"sqlite:///{tmp_path}/w.db"
     folds = make_fold_set(load_dataset(spec.data), spec.cv)
     study, _ = create_or_load_study(spec, open_storage(url))

@@ -31,16 +31,16 @@ from pg import (
     admin_connect,
     hpo_env,
     pg_ctlcluster,
-    pg_url,
-    processes,
     tiny_study,
     wait_until_ready,
 )
 
-from hpo.storage import open_storage
+from hpo.study.storage import open_storage
 
-pytestmark = pytest.mark.postgres
-__all__ = ["pg_url", "processes"]  # fixtures, used by name
+# Every test starts two to four `hpo` processes, each importing TensorFlow and training real
+# trials (30-70 s a test on two cores). The multi-process storage races run quickly in
+# tests/test_storage_contract.py.
+pytestmark = pytest.mark.slow
 
 # Short enough that a dead worker is noticed within seconds, long enough for two busy cores.
 FAST = ["--heartbeat-interval", "1", "--grace-period", "4"]
@@ -66,6 +66,7 @@ def _no_traceback(*workers: HpoProcess) -> None:
         assert "Traceback" not in worker.text(), worker.text()
 
 
+@pytest.mark.postgres
 def test_sigkill_mid_trial_fails_that_trial_and_retries_it(
     pg_url: str, processes: HpoProcesses, tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def test_sigkill_mid_trial_fails_that_trial_and_retries_it(
     assert {"number": retry.number, "retry_of": victim, "state": "COMPLETE"} in status["retries"]  # type: ignore[operator]
 
 
+@pytest.mark.postgres
 def test_database_outage_longer_than_the_grace_period_stalls_workers_without_losing_a_trial(
     pg_url: str, processes: HpoProcesses, tmp_path: Path
 ) -> None:
@@ -124,6 +126,7 @@ def test_database_outage_longer_than_the_grace_period_stalls_workers_without_los
     _no_traceback(*workers)
 
 
+@pytest.mark.postgres
 def test_sigterm_fails_the_trial_cleanly_exits_0_and_the_other_worker_retries_it(
     pg_url: str, processes: HpoProcesses, tmp_path: Path
 ) -> None:
@@ -247,6 +250,7 @@ def _postgres_listening_on(host_ip: str, client_ip: str) -> Iterator[None]:
         wait_until_ready()
 
 
+@pytest.mark.postgres
 def test_worker_in_another_network_namespace_reaches_postgres_across_a_veth(
     pg_url: str, processes: HpoProcesses, tmp_path: Path
 ) -> None:

@@ -20,12 +20,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
-from pg import HpoProcesses, pg_url, processes, tiny_study
+from pg import HpoProcesses, hpo_env, tiny_study
 
 from hpo.cli import cli
-from hpo.storage import open_storage
-
-__all__ = ["pg_url", "processes"]  # fixtures, used by name
+from hpo.study.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -128,7 +126,8 @@ def test_hpo_services_run_real_hpo_commands(service: str) -> None:
     # The same argv through our click CLI: unknown commands or options would fail here.
     result = CliRunner().invoke(cli, [*argv[1:], "--help"])
     assert result.exit_code == 0, result.output
-    assert f" {service} " in result.output.splitlines()[0]
+    usage = result.output.splitlines()[0].split()  # Usage: PROG COMMAND [OPTIONS] ...
+    assert usage[0] == "Usage:" and usage[2] == service, usage
 
 
 def test_dashboard_reads_the_same_storage_on_localhost_by_default() -> None:
@@ -147,22 +146,30 @@ def test_dashboard_reads_the_same_storage_on_localhost_by_default() -> None:
         text=True,
         check=True,
     ).stdout
-    for option in (a for a in argv[1:] if a.startswith("--")):
-        assert option in usage, f"optuna-dashboard has no {option}"
+    known = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", usage))
+    options = {a for a in argv[1:] if a.startswith("--")}
+    assert {"--host", "--port", "--artifact-dir"} <= options
+    assert options <= known, f"optuna-dashboard has no {sorted(options - known)}"
 
 
 def test_dockerfile_installs_the_package_and_runs_hpo() -> None:
     text = DOCKERFILE.read_text()
     assert _entrypoint() == ["hpo"]
     assert re.search(r"^FROM python:3\.1[1-9]", text, re.M)
-    for match in re.finditer(r"^COPY\s+(.+)\s+\S+\s*$", text, re.M):
-        for source in match[1].split():
-            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    copied = [
+        source
+        for match in re.finditer(r"^COPY\s+(.+)\s+\S+\s*$", text, re.M)
+        for source in match[1].split()
+    ]
+    assert {"pyproject.toml", "hpo"} <= set(copied)  # the package and how to install it
+    for source in copied:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     assert "pip install" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "*.db", ".env"} <= set(ignored)
 
 
+@pytest.mark.slow  # five hpo processes, four of them training
 @pytest.mark.postgres
 def test_the_compose_topology_without_docker_four_workers_exact_budget(
     pg_url: str, processes: HpoProcesses, tmp_path: Path
@@ -180,8 +187,6 @@ def test_the_compose_topology_without_docker_four_workers_exact_budget(
     services = _compose(variables)["services"]
 
     def env_of(service: str) -> dict[str, str]:
-        from pg import hpo_env
-
         return hpo_env(pg_url, **{k: str(v) for k, v in services[service]["environment"].items()})
 
     create = _argv(services["create"])

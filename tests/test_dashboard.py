@@ -20,22 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from test_artifacts import N_TRIALS, NAME, BuiltStudy, results_study
-
-from hpo.cli import cli
+from conftest import N_TRIALS, NAME, BuiltStudy, hpo
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def hpo(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltStudy:
-    return results_study(tmp_path_factory)
 
 
 class Dashboard:
@@ -174,6 +162,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
         )
 
 
+@pytest.mark.slow  # a headless browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_chromium_renders_the_study_page_with_its_plots(
     dashboard: Dashboard, tmp_path: Path
@@ -202,6 +191,7 @@ def test_chromium_renders_the_study_page_with_its_plots(
     assert len(set(pixels)) > 500 and ink > 0.03, (len(set(pixels)), ink)
 
 
+@pytest.mark.slow  # a headless browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_chromium_shows_the_best_trials_artifacts(dashboard: Dashboard) -> None:
     study_id = _study_id(dashboard)
@@ -250,7 +240,7 @@ def test_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
 
 
 def test_the_spec_note_keeps_secrets_out(tmp_path: Path) -> None:
-    from hpo.dashboard import spec_markdown
+    from hpo.results.spec_text import spec_markdown
     from hpo.spec import spec_from_dict
 
     spec = spec_from_dict(

@@ -12,6 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+pytestmark = pytest.mark.slow  # a real `hpo run` process, stopped in the middle of its trial
+
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout

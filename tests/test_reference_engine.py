@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hpo.data import load_dataset, make_folds
-from hpo.engines.reference import ReferenceEngine, build_model
+from hpo.engines.keras_model import build_model
+from hpo.engines.reference import ReferenceEngine
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import CVSpec, DataSpec, ModelSpec
 
@@ -53,6 +54,7 @@ def test_unregularized_plan_builds_plain_layers() -> None:
     )
 
 
+@pytest.mark.slow  # six fits (the quick run trains the reference engine in other tests)
 def test_same_plan_and_seed_give_the_same_accuracy(folds: list) -> None:
     plan = RegularizationPlan.uniform(2, l1=1e-3, placement="both")
     engine = ReferenceEngine(isolate=False)
@@ -65,6 +67,7 @@ def test_same_plan_and_seed_give_the_same_accuracy(folds: list) -> None:
     assert len(first.fold_accuracies) == 3 and first.epochs == 3
 
 
+@pytest.mark.slow  # 30 epochs: long enough to learn the table
 def test_out_of_fold_accuracy_scores_every_row_once(folds: list) -> None:
     result = ReferenceEngine(isolate=False).evaluate(
         [RegularizationPlan.uniform(2, l2=1e-4)],
@@ -90,9 +93,10 @@ def test_a_diverging_plan_is_scored_not_crashed(folds: list) -> None:
     )[0]
     assert result.diverged
     assert result.accuracy == 0.0
-    assert result.details["diverged_folds"] == [0, 1, 2]
+    assert result.diverged_folds == (0, 1, 2)
 
 
+@pytest.mark.slow  # a child process that imports TensorFlow
 def test_isolated_fits_match_in_process_fits(folds: list) -> None:
     """The child process that keeps memory flat changes nothing about what is trained."""
     plan = RegularizationPlan.uniform(2, l1=1e-3, l2=1e-4, placement="kernel")
@@ -108,5 +112,6 @@ def test_isolated_fits_match_in_process_fits(folds: list) -> None:
     for a, b in zip(apart, here, strict=True):
         assert a.fold_accuracies == b.fold_accuracies
         np.testing.assert_array_equal(a.predictions, b.predictions)
-        for wa, wb in zip(a.weights or [], b.weights or [], strict=True):
+        assert a.weights is not None and b.weights is not None  # the first fold's, from each
+        for wa, wb in zip(a.weights, b.weights, strict=True):
             np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-7)

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from test_artifacts import NAME, BuiltStudy, load, results_study
+from conftest import NAME, BuiltStudy, hpo, load
 
-from hpo.cli import cli
 from hpo.results.report import write_report
 from hpo.results.spec_text import spec_sections
 from hpo.space import LayerPenalty, RegularizationPlan
@@ -28,15 +26,6 @@ from hpo.study.record import SPEC_ATTR
 PLOTS = ("history", "importances", "placement", "alphas", "folds", "rerun")
 CHROMIUM = Path("/usr/bin/chromium")
 _WINDOW_HEIGHT = 6000  # px; the whole test page fits, so one screenshot shows every section
-
-
-def hpo(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltStudy:
-    return results_study(tmp_path_factory)
 
 
 class Page(HTMLParser):
@@ -296,6 +285,7 @@ def _layout(page: Path, width: int, shot: Path) -> dict[str, Any]:
     return layout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_no_table_spills_over_another_in_a_browser(tmp_path: Path) -> None:
     from PIL import Image

@@ -10,22 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
-from test_artifacts import NAME, BuiltStudy, load, results_study
+from conftest import NAME, BuiltStudy, hpo, load
 
-from hpo.cli import cli
-from hpo.engines.base import EvaluationResult
-from hpo.rerun import RerunStats, compare, summarize, verdict
+from hpo.objective import EvaluationResult
+from hpo.results.rerun import RerunStats, compare, summarize, verdict
 from hpo.space import RegularizationPlan
-
-
-def hpo(*args: str) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltStudy:
-    return results_study(tmp_path_factory)
 
 
 def stats(trial: int, accuracies: Sequence[float]) -> RerunStats:
@@ -88,6 +77,7 @@ class ArithmeticEngine:
     """Accuracy = a function of (plan, seed), so every result can be traced back to its inputs."""
 
     name = "arithmetic"
+    trials_per_batch = 8
 
     def __init__(self, plans: Sequence[RegularizationPlan]) -> None:
         self.index = {plan: i for i, plan in enumerate(plans)}
@@ -127,7 +117,7 @@ def test_reruns_give_every_trial_the_same_fresh_seeds_one_seed_per_call(built: B
     from dataclasses import replace
 
     from hpo.data import load_dataset, make_fold_set
-    from hpo.rerun import rerun_seeds, rerun_trials
+    from hpo.results.rerun import rerun_seeds, rerun_trials
 
     study = load(built.url)
     trials = sorted(study.get_trials(), key=lambda t: -t.value)[:2]
@@ -162,12 +152,12 @@ def test_reruns_give_every_trial_the_same_fresh_seeds_one_seed_per_call(built: B
 def test_repeats_reach_the_folds_from_the_command_line(
     built: BuiltStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpo._commands_results as commands
+    import hpo.cli.results as commands
 
     url = built.copy(tmp_path)
     best = load(url).best_trial
     engine = ArithmeticEngine([RegularizationPlan.from_dict(best.user_attrs["plan"])])
-    monkeypatch.setattr(commands, "_rerun_engine", lambda spec, name: engine)
+    monkeypatch.setattr(commands, "make_engine", lambda spec: engine)
     result = hpo(
         "rerun", NAME, "--storage", url, "--trial", best.number, "--seeds", 3, "--repeats", 2
     )
@@ -196,6 +186,7 @@ def _note_body(study: Any, trial_id: int) -> str:
     return str(get_note_from_system_attrs(attrs, trial_id)["body"])
 
 
+@pytest.mark.slow  # real reruns: 2 trials x 2 seeds x 3 folds, in a training process
 def test_rerun_records_its_statistics_on_the_study(built: BuiltStudy, tmp_path: Path) -> None:
     url = built.copy(tmp_path)
     ranked = sorted(load(url).get_trials(), key=lambda t: (-t.value, t.number))[:2]

@@ -24,29 +24,43 @@ from conftest import make_frame
 from optuna.trial import TrialState
 from pg import pg_database
 
-from hpo._budget import claim_trials, log_stale_trial
-from hpo._heartbeat import (
-    CrashPolicy,
-    Heartbeat,
-    configure_stale_detection,
-    stored_policy,
-    worker_records,
-)
 from hpo.data import Fold, load_dataset, make_fold_set
-from hpo.engines.base import EvaluationResult, Monitor
+from hpo.objective import EvaluationResult, Monitor
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec, StudySpec, spec_from_dict
-from hpo.storage import (
+from hpo.study.budget import budget_left, claim_trials, log_stale_trial
+from hpo.study.heartbeat import Heartbeat, configure_stale_detection
+from hpo.study.record import (
+    CrashPolicy,
+    create_or_load_study,
+    stored_policy,
+    stored_spec,
+    worker_records,
+)
+from hpo.study.storage import (
     StorageGuard,
     count_trial_states,
     normalize_url,
     open_storage,
     outage_reason,
 )
-from hpo.worker import budget_left, create_or_load_study, optimize, stored_spec
+from hpo.study.worker import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = CrashPolicy(heartbeat_interval=1, grace_period=2, max_retries=1)
+
+
+# Tests that start four Python processes, or wait out the grace period twice (about 10 s on
+# SQLite, whose timestamps have whole seconds): the quick run (`-m "not slow"`) keeps them on
+# PostgreSQL, the backend a cluster shares; the full run checks SQLite too.
+_QUICK_ON_POSTGRESQL = pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("sqlite", marks=pytest.mark.slow),
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ],
+    indirect=True,
+)
 
 
 def _stale_wait(url: str) -> float:
@@ -54,7 +68,7 @@ def _stale_wait(url: str) -> float:
     return FAST.grace_period + (2.5 if url.startswith("sqlite") else 1.0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A storage URL for an empty database of each kind."""
     if request.param == "sqlite":
@@ -139,13 +153,14 @@ def test_budget_counts_finished_running_and_queued_but_not_failed(
 
 _CLAIMER = """
     import sys, time
-    from hpo._budget import claim_trials
-    from hpo._heartbeat import Heartbeat, stored_policy
-    from hpo.storage import StorageGuard, open_storage
-    from hpo.worker import join_study
+    from hpo.study.budget import claim_trials
+    from hpo.study.heartbeat import Heartbeat, worker_id
+    from hpo.study.record import stored_policy
+    from hpo.study.record import join_study
+    from hpo.study.storage import StorageGuard, open_storage
 
     url, name, n_trials, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    study, spec = join_study(name, open_storage(url))
+    study, spec = join_study(name, open_storage(url), worker=worker_id())
     policy = stored_policy(study)
     beats = Heartbeat(study, policy, StorageGuard(url))
     while time.time() < start:
@@ -167,6 +182,7 @@ _CLAIMER = """
 """
 
 
+@_QUICK_ON_POSTGRESQL
 def test_claims_are_atomic_no_overshoot_with_four_processes(backend: str, tmp_path: Path) -> None:
     n_trials = 24
     spec = _spec(tmp_path, n_trials=n_trials)
@@ -187,8 +203,8 @@ def test_claims_are_atomic_no_overshoot_with_four_processes(backend: str, tmp_pa
 _CREATOR = """
     import json, sys, time
     from hpo.spec import spec_from_dict
-    from hpo.storage import open_storage
-    from hpo.worker import create_or_load_study
+    from hpo.study.record import create_or_load_study
+    from hpo.study.storage import open_storage
 
     url, raw, start = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
     spec = spec_from_dict(raw, origin="racer")
@@ -199,6 +215,7 @@ _CREATOR = """
 """
 
 
+@_QUICK_ON_POSTGRESQL
 def test_racing_processes_on_an_empty_database_create_schema_and_study_once(
     backend: str, tmp_path: Path
 ) -> None:
@@ -252,6 +269,7 @@ def _fast_study(backend: str, tmp_path: Path) -> tuple[optuna.Study, StorageGuar
     return study, StorageGuard(backend)
 
 
+@_QUICK_ON_POSTGRESQL
 def test_stale_trial_is_failed_and_retried_with_its_parameters_a_bounded_number_of_times(
     backend: str, tmp_path: Path
 ) -> None:
@@ -281,6 +299,7 @@ def test_stale_trial_is_failed_and_retried_with_its_parameters_a_bounded_number_
     assert states == {"FAIL": 2, "RUNNING": 1}
 
 
+@_QUICK_ON_POSTGRESQL
 def test_heartbeat_thread_keeps_a_whole_batch_alive_until_stopped(
     backend: str, tmp_path: Path
 ) -> None:
@@ -316,6 +335,7 @@ class _InstantEngine:
     """An engine that scores a plan without training (the storage is what is under test)."""
 
     name = "instant"
+    trials_per_batch = 1
 
     def evaluate(
         self,

@@ -30,10 +30,11 @@ from hpo.cli.options import (
     storage_option,
     storage_url,
     timeout_option,
-    training_data,
     trials_per_batch_option,
 )
+from hpo.data import load_folds
 from hpo.errors import HpoError
+from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import StudySpec, load_spec
 from hpo.study.heartbeat import worker_id
 from hpo.study.record import (
@@ -168,7 +169,8 @@ def worker(
     _quiet_database_drivers()
     study, spec = join_study(name, open_storage(url), shown_url=url, worker=worker_id())
     budget = n_trials if n_trials is not None else spec.budget.n_trials
-    dataset, folds, recorder = training_data(spec, url, data_path)
+    dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     click.echo(
         f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
         f"data: {dataset.source}, {dataset.n_rows} rows",

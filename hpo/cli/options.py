@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from hpo.data import Dataset, FoldSet, load_dataset, make_fold_set
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
-from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import ENGINES, StudySpec
 from hpo.study.record import best_trial, read_trial
 from hpo.study.storage import mask_url, normalize_url, open_storage, resolve_storage_url
@@ -39,7 +37,6 @@ __all__ = [
     "storage_option",
     "storage_url",
     "timeout_option",
-    "training_data",
     "trial_record",
     "trials_per_batch_option",
 ]
@@ -96,16 +93,6 @@ def storage_url(storage: str | None, *, announce: bool = False) -> str:
         }
         click.echo(f"storage: {mask_url(url)}{note.get(why, '')}", err=True)
     return url
-
-
-def training_data(
-    spec: StudySpec, url: str, data_path: str | None
-) -> tuple[Dataset, FoldSet, ArtifactRecorder]:
-    """The rows, their folds and the artifact recorder a training command needs; a bad data
-    source or ``[artifacts] path`` fails here, before any training."""
-    dataset = load_dataset(spec.data, path_override=data_path)
-    folds = make_fold_set(dataset, spec.cv)
-    return dataset, folds, ArtifactRecorder(spec, url, folds, dataset=dataset)
 
 
 def load_study(name: str, storage_url: str) -> optuna.Study:

@@ -16,7 +16,7 @@ from hpo.cli.options import (
     storage_option,
     storage_url,
 )
-from hpo.data import load_dataset, make_fold_set
+from hpo.data import load_folds
 from hpo.engines import make_engine
 from hpo.errors import HpoError
 from hpo.log import get_logger
@@ -25,7 +25,7 @@ from hpo.results.dashboard import serve
 from hpo.results.report import write_report
 from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
 from hpo.spec import ENGINES
-from hpo.study.record import PLAN_ATTR, SPEC_ATTR, stored_spec
+from hpo.study.record import PLAN_ATTR, RERUN_ATTR_PREFIX, SPEC_ATTR, stored_spec
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -179,8 +179,7 @@ def rerun(
         cv = replace(spec.cv, repeats=repeats) if repeats is not None else spec.cv
     except ValueError as exc:
         raise HpoError(f"--repeats {repeats}: {exc}") from None
-    dataset = load_dataset(spec.data, path_override=data_path)
-    folds = make_fold_set(dataset, cv)
+    _, folds = load_folds(spec.data, cv, path_override=data_path)
     # No pruning in a rerun: every seed must run to the end to be comparable.
     engine_impl = make_engine(
         replace(spec.engine, name=engine or spec.engine.name, checkpoint_every=0)
@@ -203,7 +202,7 @@ def rerun(
     _print_reruns(results)
     click.echo(
         "recorded as study user attrs "
-        + ", ".join(f"rerun:{r.trial}" for r in results)
+        + ", ".join(f"{RERUN_ATTR_PREFIX}{r.trial}" for r in results)
         + " (and as trial notes in optuna-dashboard)"
     )
 

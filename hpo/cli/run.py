@@ -23,11 +23,12 @@ from hpo.cli.options import (
     storage_option,
     storage_url,
     timeout_option,
-    training_data,
     trial_record,
     trials_per_batch_option,
 )
+from hpo.data import load_folds
 from hpo.errors import HpoError
+from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import load_spec
 from hpo.study.budget import budget_left
 from hpo.study.record import best_trial, create_or_load_study, read_trial
@@ -72,10 +73,12 @@ def run(
         timeout=timeout,
         name=name,
     )
-    url = storage_url(storage)  # a malformed URL fails before any data is read
-    dataset, folds, recorder = training_data(spec, url, data_path)
-    storage_url(storage, announce=True)
+    storage_url(storage)  # a malformed URL fails before any data is read
+    dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
+    url = storage_url(storage, announce=True)
     rdb = open_storage(url)
+    # A bad [artifacts] path fails here, before any training.
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     first = folds.repeats[0][0]
     click.echo(
         f"data: {dataset.source}: {dataset.n_rows} rows, {first.n_features} features, "

@@ -93,8 +93,9 @@ class ReferenceEngine:
     Pruning checkpoints come at fold ends: step ``k`` reports the mean accuracy of the first
     ``k`` folds.
 
-    Keras 3 on TensorFlow keeps about 6 MiB per model built and fitted, even after
-    ``clear_session``: a worker would grow by 30 MiB a trial. With ``isolate`` (the default) the
+    Keras 3 on TensorFlow keeps memory for every model built and fitted, even after
+    ``clear_session`` (see bench/README.md), so a worker would grow with every trial. With
+    ``isolate`` (the default) the
     fits run in a child process that is replaced every ``folds_per_process`` folds, so a long
     study's memory stays flat; ``isolate=False`` fits in this process (tests, one-off runs).
     """

@@ -7,8 +7,9 @@ API while the trial is still running, so the dashboard shows it during the run a
 killed later loses nothing.
 
 Model files wait for :meth:`ArtifactRecorder.finalize` at the end of a run and cover the study's
-final top ``top_k``: every Keras model built in a process stays in its memory (about 6 MiB each,
-even after ``clear_session``), so a long-running worker must not build one per good trial.
+final top ``top_k``: every Keras model built in a process stays in its memory, even after
+``clear_session`` (see bench/README.md), so a long-running worker must not build one per good
+trial.
 ``model = "fold"`` keeps the first fold's weights of this process's best ``top_k`` trials in
 memory (a few KiB each) and saves them as ``.keras`` (an engine that returns no weights gets the
 first fold trained again by the reference protocol, same plan and seed); ``model = "refit"``
@@ -42,7 +43,12 @@ from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import fold_seed
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec
-from hpo.study.record import FINISHED_ARTIFACT_PREFIX, stored_plan, stored_seed
+from hpo.study.record import (
+    FINISHED_ARTIFACT_PREFIX,
+    LIVE_ARTIFACT_PREFIX,
+    stored_plan,
+    stored_seed,
+)
 from hpo.study.storage import sqlite_file
 
 if TYPE_CHECKING:
@@ -68,7 +74,6 @@ __all__ = [
 ]
 
 _log = get_logger("artifacts")
-_TRIAL_PREFIX = "artifacts:"  # Optuna's upload_artifact names a live trial's files so
 
 
 def artifact_dir_for(storage_url: str, spec: StudySpec | None) -> Path:
@@ -107,7 +112,7 @@ def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> lis
     storage = study._storage
     metas: list[dict[str, Any]] = []
     for key, value in storage.get_trial_system_attrs(trial._trial_id).items():
-        if key.startswith(_TRIAL_PREFIX) and value:
+        if key.startswith(LIVE_ARTIFACT_PREFIX) and value:
             metas.append(json.loads(value))
     prefix = f"{FINISHED_ARTIFACT_PREFIX}{trial._trial_id}:"
     for key, value in storage.get_study_system_attrs(study._study_id).items():

@@ -26,6 +26,7 @@ from hpo.log import get_logger
 from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import (
     FAILURE_ATTR,
+    FAILURE_INTERRUPTED,
     RETRY_CHAIN_ATTR,
     RETRY_FIRST_ATTR,
     RETRY_OF_ATTR,
@@ -52,7 +53,7 @@ __all__ = ["COUNTED_STATES", "Claim", "budget_left", "claim_trials", "log_stale_
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 # Failures worth another try with the same parameters: a dead worker (no FAILURE_ATTR) or a
 # stopped one. Errors and non-finite scores would fail the same way again.
-_RETRYABLE = (None, "interrupted")
+_RETRYABLE = (None, FAILURE_INTERRUPTED)
 # A trial with no heartbeat at all is judged by its start time, written by the clock of the
 # machine that created it: this margin absorbs clock differences between machines.
 _NO_HEARTBEAT_MARGIN = timedelta(seconds=60)
@@ -193,7 +194,7 @@ def budget_left(study: optuna.Study, n_trials: int | None) -> int:
     """Trials still to start: the budget less finished and running or queued ones, counted in
     the database (a hint for messages; only a claim, under the lock, counts exactly)."""
     if n_trials is None:
-        return 1 << 30
+        return _UNLIMITED
     return max(0, n_trials - _taken(count_trial_states(rdb_of(study), study._study_id)))
 
 

@@ -1,10 +1,10 @@
 """Everything hpo stores in the database, defined here and nowhere else.
 
 A study is shared by workers that know only its name, and any trial must be rebuildable years
-later, so every key hpo writes is named once below, with what it means. Keys looked up across
-modules are constants here; a finished trial's result keys are written by one function,
-:func:`result_attrs`. This table is the documentation (README links here), and a test checks
-that every key hpo writes is in it.
+later, so every key hpo writes is named once below, with what it means. Keys used across modules
+are constants here; a finished trial's result keys are written by one function, :func:`result_attrs`.
+This table is the documentation (README links here); a test checks that the key constants and the
+keys :func:`result_attrs` and :func:`sampled_attrs` write are all in it.
 
 Study user attributes
 
@@ -80,7 +80,11 @@ else:
 
 __all__ = [
     "FAILURE_ATTR",
+    "FAILURE_ERROR",
+    "FAILURE_INTERRUPTED",
+    "FAILURE_NON_FINITE",
     "FINISHED_ARTIFACT_PREFIX",
+    "LIVE_ARTIFACT_PREFIX",
     "PLAN_ATTR",
     "POLICY_ATTR",
     "RERUN_ATTR_PREFIX",
@@ -129,6 +133,12 @@ RETRY_OF_ATTR = "retry_of"
 RETRY_ROOT_ATTR = "retry_root"
 # Trial system attributes.
 FAILURE_ATTR = "hpo:failure"
+# Its values; "interrupted" and "error" are also the user attr holding the signal or error text.
+FAILURE_INTERRUPTED = "interrupted"
+FAILURE_ERROR = "error"
+FAILURE_NON_FINITE = "non-finite"
+# Optuna's upload_artifact names the files of a live trial with this prefix.
+LIVE_ARTIFACT_PREFIX = "artifacts:"
 RETRY_CHAIN_ATTR = "retry_history"  # as Optuna's RetryHeartbeatStaleTrialCallback writes it
 RETRY_FIRST_ATTR = "failed_trial"
 
@@ -308,7 +318,7 @@ def stored_plan(trial: optuna.trial.FrozenTrial) -> RegularizationPlan | None:
 
 def stored_seed(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> int:
     """The seed a trial trained with (as recorded; else the study's seed for its number)."""
-    return int(trial.user_attrs.get(SEED_ATTR, spec.trial_seed(trial.number)))
+    return int(trial.user_attrs.get(SEED_ATTR, spec.trial_seed(seed_number(trial))))
 
 
 def seed_number(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int:
@@ -355,12 +365,16 @@ def create_or_load_study(
         try:
             study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
         except KeyError:
-            study = optuna.create_study(
-                study_name=spec.name, storage=storage, sampler=sampler, direction="maximize"
-            )
-            study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
-            study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
-            return study, True
+            try:
+                study = optuna.create_study(
+                    study_name=spec.name, storage=storage, sampler=sampler, direction="maximize"
+                )
+            except optuna.exceptions.DuplicatedStudyError:  # made by a process without the lock
+                study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+            else:
+                study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+                study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
+                return study, True
     check_same_protocol(spec, study)
     return study, False
 
@@ -398,7 +412,9 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         return
-    for key, old, new in spec_changes(stored, spec, _PROTOCOL_SECTIONS):
+    changes = spec_changes(stored, spec, _PROTOCOL_SECTIONS)
+    if changes:
+        key, old, new = changes[0]
         raise HpoError(
             f"study {spec.name!r} was created with {key}={old!r}, but this run "
             f"has {new!r}; use the study's settings or a new name (--name)"

@@ -58,7 +58,6 @@ def train(
                 engine,
                 n_trials=n_trials,
                 timeout=timeout,
-                trials_per_batch=engine.trials_per_batch,
                 versions=tensorflow_versions(),
                 on_result=recorder,
                 guard=StorageGuard(storage_url),

@@ -296,7 +296,13 @@ def unwrap_rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStora
 
 def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
     """The RDB storage under a study."""
-    return unwrap_rdb(study._storage)
+    try:
+        return unwrap_rdb(study._storage)
+    except HpoError:
+        raise HpoError(
+            f"study {study.study_name!r} is not in a SQL database; hpo needs sqlite:/// or "
+            "postgresql:// storage"
+        ) from None
 
 
 # --- direct reads of Optuna's tables (its schema is versioned and checked on open) -------------

@@ -33,6 +33,9 @@ from hpo.study.budget import Claim, claim_trials, log_stale_trial
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.record import (
     FAILURE_ATTR,
+    FAILURE_ERROR,
+    FAILURE_INTERRUPTED,
+    FAILURE_NON_FINITE,
     CrashPolicy,
     best_trial,
     result_attrs,
@@ -148,7 +151,7 @@ def optimize(
     *,
     n_trials: int | None,
     timeout: float | None = None,
-    trials_per_batch: int = 1,
+    trials_per_batch: int | None = None,
     versions: Mapping[str, str] | None = None,
     on_result: Callable[[optuna.Trial, EvaluationResult], None] | None = None,
     guard: StorageGuard | None = None,
@@ -184,7 +187,7 @@ def optimize(
                 _log.info("timeout of %.0f s reached; not starting more trials", timeout)
                 final = "timeout"
                 break
-            claim = _claim_and_run(run, n_trials, trials_per_batch)
+            claim = _claim_and_run(run, n_trials, trials_per_batch or engine.trials_per_batch)
             if claim.done:
                 final = "finished"
                 break
@@ -252,7 +255,7 @@ def _outcome(result: EvaluationResult) -> tuple[optuna.trial.TrialState, float |
     if result.pruned:
         return optuna.trial.TrialState.PRUNED, None, None
     if not math.isfinite(result.accuracy):
-        return optuna.trial.TrialState.FAIL, None, "non-finite"
+        return optuna.trial.TrialState.FAIL, None, FAILURE_NON_FINITE
     return optuna.trial.TrialState.COMPLETE, result.accuracy, None
 
 
@@ -342,7 +345,8 @@ def _tell(
 
 
 def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> None:
-    reason = "interrupted" if isinstance(exc, Stopped | KeyboardInterrupt) else "error"
+    stopped = isinstance(exc, Stopped | KeyboardInterrupt)
+    reason = FAILURE_INTERRUPTED if stopped else FAILURE_ERROR
     message = str(exc) or type(exc).__name__
 
     def mark(trial: optuna.Trial) -> None:

@@ -1,6 +1,6 @@
 """Reading a study into plain records: the trials, their ranking, the reruns and the stored spec.
 
-Everything the plots and the page show comes from here, so neither of them touches Optuna.
+Everything the plots and the page show comes from here, so neither reads the study itself.
 """
 
 from __future__ import annotations
