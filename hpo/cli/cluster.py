@@ -30,6 +30,7 @@ from hpo.cli.options import (
     storage_option,
     storage_url,
     timeout_option,
+    train_here,
     trials_per_batch_option,
 )
 from hpo.data import load_folds
@@ -48,7 +49,6 @@ from hpo.study.record import (
     update_stored_spec,
     worker_records,
 )
-from hpo.study.session import train
 from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -176,21 +176,16 @@ def worker(
         f"data: {dataset.source}, {dataset.n_rows} rows",
         err=True,
     )
-    summary = train(
+    summary = train_here(
         study,
         spec,
         folds,
-        storage_url=url,  # outage lines show the URL as the user gave it
+        recorder,
+        url=url,
         n_trials=budget,
         timeout=timeout if timeout is not None else spec.budget.timeout,
-        recorder=recorder,
+        stopped="this worker's trials in flight marked FAIL; the other workers retry them",
     )
-    if summary.interrupted:
-        click.echo(
-            f"stopped by {summary.interrupted}: this worker's trials in flight marked FAIL; "
-            "the other workers retry them",
-            err=True,
-        )
     lost = f", {summary.lost} dropped as stale" if summary.lost else ""
     click.echo(
         f"worker ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} "

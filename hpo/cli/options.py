@@ -12,11 +12,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from hpo.data import FoldSet
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
+from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import ENGINES, StudySpec
 from hpo.study.record import best_trial, read_trial
+from hpo.study.session import train
 from hpo.study.storage import mask_url, normalize_url, open_storage, resolve_storage_url
+from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
     import optuna
@@ -37,6 +41,7 @@ __all__ = [
     "storage_option",
     "storage_url",
     "timeout_option",
+    "train_here",
     "trial_record",
     "trials_per_batch_option",
 ]
@@ -93,6 +98,33 @@ def storage_url(storage: str | None, *, announce: bool = False) -> str:
         }
         click.echo(f"storage: {mask_url(url)}{note.get(why, '')}", err=True)
     return url
+
+
+def train_here(
+    study: optuna.Study,
+    spec: StudySpec,
+    folds: FoldSet,
+    recorder: ArtifactRecorder,
+    *,
+    url: str,
+    n_trials: int | None,
+    timeout: float | None,
+    stopped: str,
+) -> RunSummary:
+    """Train ``study`` in this process (the session ``hpo run`` and ``hpo worker`` share);
+    ``stopped`` says what became of the trials in flight if a signal stops it."""
+    summary = train(
+        study,
+        spec,
+        folds,
+        storage_url=url,  # outage lines show the URL as the user gave it
+        n_trials=n_trials,
+        timeout=timeout,
+        recorder=recorder,
+    )
+    if summary.interrupted:
+        click.echo(f"stopped by {summary.interrupted}: {stopped}", err=True)
+    return summary
 
 
 def load_study(name: str, storage_url: str) -> optuna.Study:

@@ -23,6 +23,7 @@ from hpo.cli.options import (
     storage_option,
     storage_url,
     timeout_option,
+    train_here,
     trial_record,
     trials_per_batch_option,
 )
@@ -32,7 +33,6 @@ from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import load_spec
 from hpo.study.budget import budget_left
 from hpo.study.record import best_trial, create_or_load_study, read_trial
-from hpo.study.session import train
 from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -93,20 +93,16 @@ def run(
         f"{spec.budget.n_trials} trials budgeted, {left} to run",
         err=True,
     )
-    summary = train(
+    summary = train_here(
         study,
         spec,
         folds,
-        storage_url=url,
+        recorder,
+        url=url,
         n_trials=spec.budget.n_trials,
         timeout=spec.budget.timeout,
-        recorder=recorder,
+        stopped="trials in flight marked FAIL; the study is intact",
     )
-    if summary.interrupted:
-        click.echo(
-            f"stopped by {summary.interrupted}: trials in flight marked FAIL; the study is intact",
-            err=True,
-        )
     click.echo(
         f"ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} failed) "
         f"in {summary.seconds:.1f} s"
