@@ -35,7 +35,7 @@ Trial user attributes
 ``engine``                        ``reference`` or ``stacked``
 ``tensorflow``, ``keras``         library versions
 ``diverged``                      the loss went non-finite; those folds' rows count as wrong
-``diverged_folds``                which folds diverged (only when some did)
+``diverged_folds``                which folds diverged, numbered as in ``fold_accuracies`` (if any)
 ``diverged_by_epoch``             the checkpoint epoch by which they had (stacked engine)
 ``shared_order``                  the batch's trials shared initial weights and batch order
 ``trials_in_batch``               how many trials trained together (stacked engine)
