@@ -88,6 +88,57 @@ def tiny_csv(tmp_path: Path) -> Path:
     return path
 
 
+def study_toml(
+    *,
+    name: str,
+    data_table: str,
+    epochs: int,
+    engine: str,
+    n_trials: int,
+    description: str = "",
+) -> str:
+    """A study file over the tiny table: 3 folds, hidden [8, 4], batch 16, seeded sampler."""
+    about = f'description = "{description}"\n' if description else ""
+    return textwrap.dedent(
+        """
+        [study]
+        name = "{name}"
+        {about}
+        {data_table}
+
+        [cv]
+        folds = 3
+        seed = 1
+
+        [model]
+        hidden = [8, 4]
+        epochs = {epochs}
+        batch_size = 16
+
+        [engine]
+        {engine}
+
+        [sampler]
+        seed = 3
+        n_startup_trials = 2
+
+        [budget]
+        n_trials = {n_trials}
+        """
+    ).format(
+        name=name,
+        about=about,
+        data_table=data_table,
+        epochs=epochs,
+        engine=engine,
+        n_trials=n_trials,
+    )
+
+
+def tiny_data_table(csv_path: Path) -> str:
+    return f'[data]\npath = "{csv_path}"\ntarget = "kind"\ndrop = ["row"]\n'
+
+
 @pytest.fixture
 def write_study(tmp_path: Path, tiny_csv: Path) -> Callable[..., Path]:
     """Write a study file over ``tiny.csv``; ``extra`` TOML is appended, ``**sections`` replace."""
@@ -101,38 +152,12 @@ def write_study(tmp_path: Path, tiny_csv: Path) -> Callable[..., Path]:
         data: str | None = None,
         n_trials: int = 3,
     ) -> Path:
-        data_table = (
-            data
-            if data is not None
-            else (f'[data]\npath = "{tiny_csv}"\ntarget = "kind"\ndrop = ["row"]\n')
-        )
-        text = textwrap.dedent(
-            f"""
-            [study]
-            name = "{name}"
-
-            {data_table}
-
-            [cv]
-            folds = 3
-            seed = 1
-
-            [model]
-            hidden = [8, 4]
-            epochs = {epochs}
-            batch_size = 16
-
-            [engine]
-            name = "{engine}"
-            trials_per_batch = 2
-
-            [sampler]
-            seed = 3
-            n_startup_trials = 2
-
-            [budget]
-            n_trials = {n_trials}
-            """
+        text = study_toml(
+            name=name,
+            data_table=data if data is not None else tiny_data_table(tiny_csv),
+            epochs=epochs,
+            engine=f'name = "{engine}"\ntrials_per_batch = 2',
+            n_trials=n_trials,
         ) + textwrap.dedent(extra)
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
@@ -170,37 +195,13 @@ def write_results_spec(
     csv_path = root / "tiny.csv"
     if not csv_path.exists():
         make_frame().to_csv(csv_path, index=False)
-    text = textwrap.dedent(
-        f"""
-        [study]
-        name = "{name}"
-        description = "Tiny study for the results tests"
-
-        [data]
-        path = "{csv_path}"
-        target = "kind"
-        drop = ["row"]
-
-        [cv]
-        folds = 3
-        seed = 1
-
-        [model]
-        hidden = [8, 4]
-        epochs = 2
-        batch_size = 16
-
-        [engine]
-        name = "reference"
-        checkpoint_every = 1
-
-        [sampler]
-        seed = 3
-        n_startup_trials = 2
-
-        [budget]
-        n_trials = {n_trials}
-        """
+    text = study_toml(
+        name=name,
+        description="Tiny study for the results tests",
+        data_table=tiny_data_table(csv_path),
+        epochs=2,
+        engine='name = "reference"\ncheckpoint_every = 1',
+        n_trials=n_trials,
     ) + textwrap.dedent(extra)
     path = root / f"{name}.toml"
     path.write_text(text)

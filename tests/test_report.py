@@ -112,25 +112,36 @@ def test_report_is_one_offline_page_with_every_plot(built: BuiltStudy, tmp_path:
     assert f"verdict: trial {first.number} is better than the others beyond noise" in text
 
 
+def _add_complete_trials(
+    study: Any,
+    scores: list[tuple[float, float]],
+    *,
+    seconds: float,
+    first_seed: int | None = None,
+) -> None:
+    """One complete trial per ``(accuracy, L1 kernel alpha of layer 1)``, as hpo records it."""
+    import optuna
+
+    for i, (value, l1) in enumerate(scores):
+        plan = RegularizationPlan(
+            (LayerPenalty(l1_kernel=l1, l2_activity=1e-5), LayerPenalty(l2_kernel=1e-2))
+        )
+        attrs: dict[str, Any] = {
+            "plan": plan.to_dict(),
+            "fold_accuracies": [value - 0.02, value, value + 0.02],
+            "seconds": seconds + i,
+        }
+        if first_seed is not None:
+            attrs["seed"] = first_seed + i
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+
+
 def _synthetic_study(url: str) -> Any:
     """A plain Optuna study (no hpo spec) with 3 complete and 1 pruned trial; no training."""
     import optuna
 
     study = optuna.create_study(study_name="plain", storage=url, direction="maximize")
-    for i, (value, l1) in enumerate([(0.6, 1e-4), (0.7, 1e-3), (0.65, 0.0)]):
-        plan = RegularizationPlan(
-            (LayerPenalty(l1_kernel=l1, l2_activity=1e-5), LayerPenalty(l2_kernel=1e-2))
-        )
-        study.add_trial(
-            optuna.trial.create_trial(
-                value=value,
-                user_attrs={
-                    "plan": plan.to_dict(),
-                    "fold_accuracies": [value - 0.02, value, value + 0.02],
-                    "seconds": 1.0 + i,
-                },
-            )
-        )
+    _add_complete_trials(study, [(0.6, 1e-4), (0.7, 1e-3), (0.65, 0.0)], seconds=1.0)
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.3}
@@ -255,21 +266,9 @@ def _study_with_spec() -> tuple[Any, StudySpec]:
     )
     study = optuna.create_study(study_name="layout", direction="maximize")
     study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
-    for i, (value, l1) in enumerate([(0.61, 1e-4), (0.72, 1e-3), (0.66, 0.0)]):
-        plan = RegularizationPlan(
-            (LayerPenalty(l1_kernel=l1, l2_activity=1e-5), LayerPenalty(l2_kernel=1e-2))
-        )
-        study.add_trial(
-            optuna.trial.create_trial(
-                value=value,
-                user_attrs={
-                    "plan": plan.to_dict(),
-                    "fold_accuracies": [value - 0.02, value, value + 0.02],
-                    "seconds": 10.0 + i,
-                    "seed": 100 + i,
-                },
-            )
-        )
+    _add_complete_trials(
+        study, [(0.61, 1e-4), (0.72, 1e-3), (0.66, 0.0)], seconds=10.0, first_seed=100
+    )
     return study, spec
 
 
