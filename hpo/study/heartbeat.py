@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy
 from hpo.study.storage import StorageGuard
@@ -29,8 +28,6 @@ from hpo.study.storage import StorageGuard
 if TYPE_CHECKING:
     import optuna
     from optuna.storages._heartbeat import BaseHeartbeat
-else:
-    optuna = lazy_import("optuna")
 
 __all__ = ["Heartbeat", "configure_stale_detection", "worker_id"]
 
