@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,15 +39,21 @@ else:
     sklearn_splits = lazy_import("sklearn.model_selection")
 
 __all__ = [
+    "MAX_NUMERIC_CLASSES",
+    "MISSING_CATEGORY",
+    "Categories",
     "Dataset",
     "Fold",
     "FoldSet",
     "Preprocessor",
     "cache_dir",
+    "check_classes",
+    "fold_rows",
     "load_dataset",
     "load_folds",
     "make_fold_set",
     "make_folds",
+    "quoted",
 ]
 
 _log = get_logger("data")
@@ -54,12 +61,20 @@ _log = get_logger("data")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Raw feature columns (target and dropped columns removed) and integer class labels."""
+    """Raw feature columns (target and dropped columns removed) and integer class labels.
+
+    ``categorical``: the numeric-coded columns the study file says are categories.
+    ``dropped``: the columns ``[data] drop`` removed. ``notes``: what loading changed, in plain
+    words (names stripped of whitespace, rows without a target dropped), for the user to see.
+    """
 
     features: pd.DataFrame
     labels: np.ndarray
     classes: tuple[str, ...]
     source: str
+    categorical: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def n_rows(self) -> int:
@@ -145,10 +160,15 @@ def _resolve_csv(spec: DataSpec) -> Path:
 
 
 def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
+    """The CSV's rows, with the header's cells exactly as written (pandas would rename a
+    repeated name to ``name.1`` and hide it; :func:`_clean_names` decides instead)."""
     if path.is_dir():
         raise HpoError(f"{path}: is a directory, not a CSV file")
     try:
-        return pd.read_csv(path, na_values=list(na_values) or None)
+        frame = pd.read_csv(path, na_values=list(na_values) or None)
+        header = pd.read_csv(
+            path, header=None, nrows=1, dtype=str, keep_default_na=False, na_filter=False
+        )
     except FileNotFoundError:
         raise HpoError(
             f"{path}: data file not found; fix [data] path or pass --data PATH"
@@ -158,6 +178,47 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HpoError(f"{path}: cannot parse as CSV ({first})") from None
+    written = list(header.iloc[0]) if len(header) else []
+    if len(written) == frame.shape[1]:
+        # An empty header cell keeps pandas' name for it ("Unnamed: 0"), so it can be dropped.
+        frame.columns = [
+            w if w.strip() else str(c) for w, c in zip(written, frame.columns, strict=True)
+        ]
+    return frame
+
+
+def _clean_names(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """Column names stripped of surrounding whitespace; a name that appears twice is an error.
+
+    A repeated name is never renamed: a second copy of the target would otherwise become a
+    feature that predicts it perfectly.
+    """
+    written = [str(c) for c in frame.columns]
+    names = [w.strip() for w in written]
+    first_at: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first_at:
+            j = first_at[name]
+            spelled = (
+                f" (written {written[j]!r} and {written[i]!r})" if written[j] != written[i] else ""
+            )
+            raise HpoError(
+                f"{source}: column name {name!r} appears twice in the header, as columns "
+                f"{j + 1} and {i + 1}{spelled}; rename or remove one"
+            )
+        first_at[name] = i
+    changed = [(w, n) for w, n in zip(written, names, strict=True) if w != n]
+    notes = []
+    if changed:
+        shown = ", ".join(f"{w!r} -> {n!r}" for w, n in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        notes.append(
+            f"stripped surrounding whitespace from {len(changed)} column "
+            f"name{'s' if len(changed) > 1 else ''}: {shown}{more}"
+        )
+    frame = frame.copy(deep=False)
+    frame.columns = names
+    return frame, notes
 
 
 def _load_package_dataset(name: str) -> pd.DataFrame:
@@ -177,6 +238,60 @@ def _load_package_dataset(name: str) -> pd.DataFrame:
     return frame
 
 
+def quoted(names: Iterable[object]) -> str:
+    """Column names as the user must type them: quoted, so whitespace shows."""
+    return ", ".join(repr(str(n)) for n in names)
+
+
+# A numeric target with more distinct values than this looks like a count or a measurement.
+MAX_NUMERIC_CLASSES = 20
+
+
+def _labels_text(values: pd.Series) -> pd.Series:
+    """Class names: whole numbers without a trailing ``.0`` (a gap made the column float)."""
+    if pd.api.types.is_float_dtype(values) and bool((values == values.round()).all()):
+        return values.astype("int64").astype(str)
+    return values.astype(str)
+
+
+def _check_target_kind(target: pd.Series, spec: DataSpec, source: str) -> None:
+    """Refuse a target that looks like a regression target, unless declared as classes."""
+    if spec.target_kind == "classes":
+        return
+    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
+        return
+    distinct = target.nunique()
+    fix = (
+        "it looks like a regression target, but hpo's objective is classification accuracy; "
+        'if the values really are classes, set [data] target_kind = "classes"'
+    )
+    fractional = target[target != target.round()]
+    if len(fractional):
+        raise HpoError(
+            f"{source}: target column {spec.target!r} has {distinct} distinct values, not all "
+            f"whole numbers (e.g. {float(fractional.iloc[0]):g}): {fix}"
+        )
+    if distinct > MAX_NUMERIC_CLASSES:
+        raise HpoError(
+            f"{source}: target column {spec.target!r} has {distinct} distinct whole numbers "
+            f"(more than {MAX_NUMERIC_CLASSES}): {fix}"
+        )
+
+
+def _check_columns(frame: pd.DataFrame, spec: DataSpec, source: str) -> None:
+    if spec.target not in frame.columns:
+        raise HpoError(
+            f"{source}: target column {spec.target!r} not found; columns are {quoted(frame.columns)}"
+        )
+    for key in ("drop", "categorical", "ignore_warnings"):
+        absent = [c for c in getattr(spec, key) if c not in frame.columns]
+        if absent:
+            raise HpoError(
+                f"{source}: column {absent[0]!r} listed in [data] {key} is not in the data; "
+                f"columns are {quoted(frame.columns)}"
+            )
+
+
 def load_dataset(spec: DataSpec, *, path_override: str | Path | None = None) -> Dataset:
     """Load and check the rows ``spec`` names (``path_override`` wins over path/url/dataset)."""
     if path_override is not None:
@@ -189,58 +304,127 @@ def load_dataset(spec: DataSpec, *, path_override: str | Path | None = None) -> 
         csv = _resolve_csv(spec)
         source = str(csv)
         frame = _read_csv(csv, spec.na_values)
+    frame, notes = _clean_names(frame, source)
+    _check_columns(frame, spec, source)
 
-    if spec.target not in frame.columns:
-        raise HpoError(
-            f"{source}: target column {spec.target!r} not found; columns are "
-            + ", ".join(map(str, frame.columns))
+    missing = frame[spec.target].isna()
+    if missing.any():
+        count = int(missing.sum())
+        if spec.missing_target == "error":
+            raise HpoError(
+                f"{source}: target column {spec.target!r} has {count} missing values; drop those "
+                'rows first, or set [data] missing_target = "drop"'
+            )
+        frame = frame.loc[~missing].reset_index(drop=True)
+        notes.append(
+            f"dropped {count} of {len(missing)} rows whose target {spec.target!r} is missing "
+            '([data] missing_target = "drop")'
         )
-    missing = [c for c in spec.drop if c not in frame.columns]
-    if missing:
-        raise HpoError(f"{source}: column {missing[0]!r} listed in [data] drop is not in the data")
     target = frame[spec.target]
-    if target.isna().any():
-        raise HpoError(
-            f"{source}: target column {spec.target!r} has {int(target.isna().sum())} missing values; "
-            "drop those rows first"
-        )
-    classes = tuple(sorted(map(str, target.unique())))
+    _check_target_kind(target, spec, source)
+    names = _labels_text(target)
+    classes = tuple(sorted(names.unique()))
     if len(classes) < 2:
+        shown = f" ({classes[0]!r})" if classes else ""
         raise HpoError(
-            f"{source}: target column {spec.target!r} has a single class ({classes[0]!r}); "
+            f"{source}: target column {spec.target!r} has a single class{shown}; "
             "classification needs at least 2"
         )
     index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[str(v)] for v in target], dtype=np.int32)
+    labels = names.map(index).to_numpy(dtype=np.int32)
     features = frame.drop(columns=[spec.target, *spec.drop])
     if features.shape[1] == 0:
         raise HpoError(
             f"{source}: no feature columns left after dropping the target and {list(spec.drop)}"
         )
-    return Dataset(features=features, labels=labels, classes=classes, source=source)
+    return Dataset(
+        features=features,
+        labels=labels,
+        classes=classes,
+        source=source,
+        categorical=spec.categorical,
+        dropped=spec.drop,
+        notes=tuple(notes),
+    )
+
+
+def check_classes(dataset: Dataset, cv: CVSpec, target: str) -> None:
+    """Refuse a class structure that makes K-fold accuracy meaningless.
+
+    When most classes have fewer rows than folds, most classes cannot be both trained on and
+    held out, so nearly every held-out row is of a class its model never saw (about one class
+    per row is the extreme: an identifier used as the target).
+    """
+    counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
+    rare = int((counts < cv.folds).sum())
+    if rare * 2 > len(counts):
+        raise HpoError(
+            f"{dataset.source}: target column {target!r} has {len(counts)} classes in "
+            f"{dataset.n_rows} rows, and {rare} of them have fewer rows than folds={cv.folds}, "
+            "so cross-validated accuracy would be meaningless; merge or drop rare classes, or "
+            "check that this column is the target"
+        )
+
+
+@dataclass(frozen=True)
+class Categories:
+    """A one-hot column's schema: its values in output order, and whether a gap is a value."""
+
+    values: tuple[str, ...]
+    missing: bool = False
+
+    @property
+    def width(self) -> int:
+        return len(self.values) + int(self.missing)
+
+
+MISSING_CATEGORY = "(missing)"
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """A categorical column's values as strings (gaps stay missing): ``2.0`` reads ``"2"``."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        present = values.dropna()
+        if bool((present == present.round()).all()):
+            return values.astype("Int64").astype("string")
+    return values.astype("string")
 
 
 class Preprocessor:
     """Course preprocessing, fitted on training rows: one-hot text, median-fill + z-score numbers.
 
-    The category list of each text column is the column's schema (``categories``, taken from all
-    rows so every fold has the same input width); only statistics of values (medians, means,
-    standard deviations) come from the training rows. A constant column scales by 1.
+    The category list of each text column (and each numeric column named in ``categorical``) is
+    the column's schema (``categories``, taken from all rows so every fold has the same input
+    width); only statistics of values (medians, means, standard deviations) come from the
+    training rows. A gap in a text column is a category of its own, ``(missing)``, when the
+    column has any gap. A constant column scales by 1.
+
+    >>> frame = pd.DataFrame({"size": [1.0, 3.0], "color": ["red", None]})
+    >>> Preprocessor().fit(frame).feature_names
+    ['size', 'color_red', 'color_(missing)']
     """
 
-    def __init__(self) -> None:
+    def __init__(self, categorical: Iterable[str] = ()) -> None:
+        self.declared = frozenset(categorical)
         self.numeric: list[str] = []
-        self.categorical: dict[str, list[str]] = {}
+        self.categorical: dict[str, Categories] = {}
         self.medians: dict[str, float] = {}
         self.means: dict[str, float] = {}
         self.stds: dict[str, float] = {}
 
+    def is_numeric(self, values: pd.Series) -> bool:
+        return (
+            values.name not in self.declared
+            and pd.api.types.is_numeric_dtype(values)
+            and not pd.api.types.is_bool_dtype(values)
+        )
+
     def fit(
-        self, frame: pd.DataFrame, *, categories: dict[str, list[str]] | None = None
+        self, frame: pd.DataFrame, *, categories: dict[str, Categories] | None = None
     ) -> Preprocessor:
         for column in frame.columns:
             values = frame[column]
-            if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            if self.is_numeric(values):
                 self.numeric.append(column)
                 median = values.median()
                 median = 0.0 if pd.isna(median) else float(median)
@@ -249,17 +433,26 @@ class Preprocessor:
                 self.means[column] = float(filled.mean())
                 std = float(filled.std(ddof=0))
                 self.stds[column] = std if std > 0 else 1.0
+            elif categories and column in categories:
+                self.categorical[column] = categories[column]
             else:
-                known = categories.get(column) if categories else None
-                self.categorical[column] = known or sorted(map(str, values.dropna().unique()))
+                text = _as_text(values)
+                self.categorical[column] = Categories(
+                    values=tuple(sorted(text.dropna().unique())), missing=bool(text.isna().any())
+                )
         return self
 
     @property
     def feature_names(self) -> list[str]:
         names = list(self.numeric)
         for column, categories in self.categorical.items():
-            names += [f"{column}_{c}" for c in categories]
+            names += [f"{column}_{c}" for c in categories.values]
+            names += [f"{column}_{MISSING_CATEGORY}"] if categories.missing else []
         return names
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + sum(c.width for c in self.categorical.values())
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         blocks = []
@@ -267,38 +460,66 @@ class Preprocessor:
             values = frame[column].fillna(self.medians[column]).to_numpy(dtype=np.float64)
             blocks.append(((values - self.means[column]) / self.stds[column])[:, None])
         for column, categories in self.categorical.items():
-            values = frame[column].astype("string").to_numpy(dtype=object)
-            blocks.append(
-                (values[:, None] == np.array(categories, dtype=object)[None, :]).astype(np.float64)
-            )
+            blocks.append(self._one_hot(frame[column], categories))
         return np.hstack(blocks).astype(np.float32)
+
+    @staticmethod
+    def _one_hot(values: pd.Series, categories: Categories) -> np.ndarray:
+        """Rows of 0/1; a value outside the schema is all zeros, a gap is ``(missing)``."""
+        text = _as_text(values)
+        codes = pd.Categorical(text, categories=list(categories.values)).codes
+        out = np.zeros((len(values), categories.width), dtype=np.float64)
+        known = codes >= 0
+        out[np.flatnonzero(known), codes[known]] = 1.0
+        if categories.missing:
+            out[text.isna().to_numpy(), len(categories.values)] = 1.0
+        return out
+
+
+def fold_rows(
+    labels: np.ndarray,
+    cv: CVSpec,
+    *,
+    repeat: int = 0,
+    source: str = "data",
+    class_names: Sequence[str] = (),
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, held-out rows) of each fold, as scikit-learn's (Stratified)KFold cuts
+    them; ``repeat`` reshuffles (seed + repeat)."""
+    n_rows = len(labels)
+    if cv.folds > n_rows:
+        raise HpoError(
+            f"{source}: folds={cv.folds} is more than the {n_rows} rows; use fewer folds"
+        )
+    seed = split_seed(cv.seed, repeat) if cv.shuffle else None
+    if cv.stratified:
+        classes, counts = np.unique(labels, return_counts=True)
+        smallest = int(np.argmin(counts))
+        if counts[smallest] < cv.folds:
+            label = int(classes[smallest])
+            name = class_names[label] if class_names else label
+            raise HpoError(
+                f"{source}: class {name!r} has {counts[smallest]} rows, "
+                f"fewer than folds={cv.folds}; use fewer folds or set [cv] stratified = false"
+            )
+        splitter: sklearn_splits.KFold | sklearn_splits.StratifiedKFold = (
+            sklearn_splits.StratifiedKFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
+        )
+    else:
+        splitter = sklearn_splits.KFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
+    return list(splitter.split(np.zeros((n_rows, 1)), labels))
 
 
 def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
     """K folds as scikit-learn's (Stratified)KFold cuts them; ``repeat`` reshuffles (seed + repeat)."""
-    if cv.folds > dataset.n_rows:
-        raise HpoError(
-            f"{dataset.source}: folds={cv.folds} is more than the {dataset.n_rows} rows; use fewer folds"
-        )
-    seed = split_seed(cv.seed, repeat) if cv.shuffle else None
-    if cv.stratified:
-        counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
-        smallest = int(np.argmin(counts))
-        if counts[smallest] < cv.folds:
-            raise HpoError(
-                f"{dataset.source}: class {dataset.classes[smallest]!r} has {counts[smallest]} rows, "
-                f"fewer than folds={cv.folds}; use fewer folds or set [cv] stratified = false"
-            )
-        splitter: sklearn_splits.KFold | sklearn_splits.StratifiedKFold = sklearn_splits.StratifiedKFold(
-            cv.folds, shuffle=cv.shuffle, random_state=seed
-        )
-    else:
-        splitter = sklearn_splits.KFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
-    schema = Preprocessor().fit(dataset.features).categorical
+    rows = fold_rows(
+        dataset.labels, cv, repeat=repeat, source=dataset.source, class_names=dataset.classes
+    )
+    schema = Preprocessor(dataset.categorical).fit(dataset.features).categorical
     folds = []
-    for i, (train_rows, valid_rows) in enumerate(splitter.split(dataset.features, dataset.labels)):
+    for i, (train_rows, valid_rows) in enumerate(rows):
         train = dataset.features.iloc[train_rows]
-        prep = Preprocessor().fit(train, categories=schema)
+        prep = Preprocessor(dataset.categorical).fit(train, categories=schema)
         folds.append(
             Fold(
                 index=i,
@@ -318,6 +539,7 @@ def load_folds(
 ) -> tuple[Dataset, FoldSet]:
     """The rows ``spec`` names and their folds (every repeat), ready to train on."""
     dataset = load_dataset(spec, path_override=path_override)
+    check_classes(dataset, cv, spec.target)
     return dataset, make_fold_set(dataset, cv)
 
 

@@ -25,8 +25,10 @@ __all__ = [
     "ACTIVATIONS",
     "ARTIFACT_MODELS",
     "ENGINES",
+    "MISSING_TARGET",
     "OPTIMIZERS",
     "PLACEMENTS",
+    "TARGET_KINDS",
     "AlphaRange",
     "ArtifactsSpec",
     "BudgetSpec",
@@ -47,6 +49,8 @@ PLACEMENTS = ("activity", "kernel", "both")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "linear")
 ENGINES = ("reference", "stacked")
+MISSING_TARGET = ("error", "drop")
+TARGET_KINDS = ("auto", "classes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +94,14 @@ class SearchSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """Where the rows come from. ``path`` and ``url`` together: ``path`` caches the download."""
+    """Where the rows come from and how to read them.
+
+    ``path`` and ``url`` together: ``path`` caches the download. ``categorical``: numeric-coded
+    columns to one-hot encode instead of z-scoring. ``missing_target``: what rows without a
+    target get ("error" or "drop"). ``target_kind``: "auto" refuses a target that looks like a
+    regression target; "classes" says its values really are classes. ``ignore_warnings``:
+    columns kept on purpose, whose identifier and leak warnings are silenced.
+    """
 
     path: str | None = None
     url: str | None = None
@@ -99,6 +110,10 @@ class DataSpec:
     target: str
     drop: tuple[str, ...] = ()
     na_values: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    missing_target: str = "error"
+    target_kind: str = "auto"
+    ignore_warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dataset is not None and (self.path is not None or self.url is not None):
@@ -118,6 +133,29 @@ class DataSpec:
             raise ValueError("`target` must name a column")
         if self.target in self.drop:
             raise ValueError(f"`drop` lists the target column {self.target!r}")
+        if self.target in self.categorical:
+            raise ValueError(
+                f"`categorical` lists the target column {self.target!r} (the target is always "
+                "classes)"
+            )
+        for column in self.categorical:
+            if column in self.drop:
+                raise ValueError(f"column {column!r} is in both `categorical` and `drop`")
+        for key in ("drop", "categorical", "ignore_warnings"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                twice = next(n for n in names if names.count(n) > 1)
+                raise ValueError(f"`{key}` lists column {twice!r} twice")
+        if self.missing_target not in MISSING_TARGET:
+            raise ValueError(
+                f"`missing_target` must be one of {', '.join(map(repr, MISSING_TARGET))}, "
+                f"but got {self.missing_target!r}"
+            )
+        if self.target_kind not in TARGET_KINDS:
+            raise ValueError(
+                f"`target_kind` must be one of {', '.join(map(repr, TARGET_KINDS))}, "
+                f"but got {self.target_kind!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -59,6 +59,17 @@ def hpo(*args: object, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
+def one_line_error(result: Result, expected: str) -> None:
+    """``result`` failed on purpose with exit code 1 and exactly one line: ``Error: expected``."""
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [f"Error: {expected}"]
+    assert result.stderr.endswith(f"Error: {expected}\n")
+    # Handled: the command exited on purpose. (The runner catches an uncaught exception too,
+    # also with exit code 1, and never prints its traceback, so the output cannot show one.)
+    assert isinstance(result.exception, SystemExit), result.exc_info
+
+
 # --- a tiny table and study files over it ----------------------------------------------------
 
 

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from conftest import ROOT, SHARED_CSV, hpo
+from conftest import ROOT, SHARED_CSV, hpo, one_line_error
 
-COMMANDS = {"best", "create", "dashboard", "report", "rerun", "run", "status", "trials", "worker"}
+COMMANDS = {"best", "check", "create", "dashboard", "report", "rerun", "run", "status", "trials", "worker"}
 
 
 def _listed_commands(help_text: str) -> list[str]:
@@ -40,35 +39,25 @@ def test_help_lists_the_commands() -> None:
 # --- bad input: one line naming the problem, exit code 1, no traceback -------------------------
 
 
-def _one_line_error(result: Result, expected: str) -> None:
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert errors == [f"Error: {expected}"]
-    assert result.stderr.endswith(f"Error: {expected}\n")
-    # Handled: the command exited on purpose. (The runner catches an uncaught exception too,
-    # also with exit code 1, and never prints its traceback, so the output cannot show one.)
-    assert isinstance(result.exception, SystemExit), result.exc_info
-
-
 def test_missing_data_file(write_study: Callable[..., Path], tmp_path: Path) -> None:
     study = write_study(data=f'[data]\npath = "{tmp_path}/missing.csv"\ntarget = "kind"\n')
     result = hpo("run", study)
-    _one_line_error(
+    one_line_error(
         result, f"{tmp_path}/missing.csv: data file not found; fix [data] path or pass --data PATH"
     )
 
 
 def test_missing_data_file_given_on_command_line(write_study: Callable[..., Path]) -> None:
     result = hpo("run", write_study(), "--data", "nowhere.csv")
-    _one_line_error(result, "nowhere.csv: data file not found; fix [data] path or pass --data PATH")
+    one_line_error(result, "nowhere.csv: data file not found; fix [data] path or pass --data PATH")
 
 
 def test_missing_target_column(write_study: Callable[..., Path], tiny_csv: Path) -> None:
     study = write_study(data=f'[data]\npath = "{tiny_csv}"\ntarget = "species"\n')
     result = hpo("run", study)
-    _one_line_error(
+    one_line_error(
         result,
-        f"{tiny_csv}: target column 'species' not found; columns are row, size, weight, color, kind",
+        f"{tiny_csv}: target column 'species' not found; columns are 'row', 'size', 'weight', 'color', 'kind'",
     )
 
 
@@ -76,7 +65,7 @@ def test_single_class_target(write_study: Callable[..., Path], tmp_path: Path) -
     path = tmp_path / "one.csv"
     path.write_text("a,b\n1,x\n2,x\n3,x\n")
     study = write_study(data=f'[data]\npath = "{path}"\ntarget = "b"\n')
-    _one_line_error(
+    one_line_error(
         hpo("run", study),
         f"{path}: target column 'b' has a single class ('x'); classification needs at least 2",
     )
@@ -91,7 +80,7 @@ def test_stratified_class_smaller_than_folds(
     )
     study = write_study(data=f'[data]\npath = "{path}"\ntarget = "b"\n')
     study.write_text(study.read_text().replace("seed = 1\n", "seed = 1\nstratified = true\n", 1))
-    _one_line_error(
+    one_line_error(
         hpo("run", study),
         f"{path}: class 'z' has 1 rows, fewer than folds=3; use fewer folds or set [cv] stratified = false",
     )
@@ -124,12 +113,12 @@ def test_bad_study_file_values(
 ) -> None:
     study = write_study()
     study.write_text(study.read_text().replace(old, new, 1))
-    _one_line_error(hpo("run", study), f"{study}: {expected}")
+    one_line_error(hpo("run", study), f"{study}: {expected}")
 
 
 def test_bad_epochs_on_the_command_line(write_study: Callable[..., Path]) -> None:
     study = write_study()
-    _one_line_error(
+    one_line_error(
         hpo("run", study, "--epochs", "-1"), f"{study}: `epochs > 0` must hold, but got (epochs=-1)"
     )
 
@@ -152,8 +141,8 @@ def test_bad_epochs_on_the_command_line(write_study: Callable[..., Path]) -> Non
     ],
 )
 def test_malformed_storage_url(write_study: Callable[..., Path], url: str, expected: str) -> None:
-    _one_line_error(hpo("run", write_study(), "--storage", url), expected)
-    _one_line_error(hpo("best", "tiny", "--storage", url), expected)
+    one_line_error(hpo("run", write_study(), "--storage", url), expected)
+    one_line_error(hpo("best", "tiny", "--storage", url), expected)
 
 
 def test_unreachable_database_hides_the_password(write_study: Callable[..., Path]) -> None:
@@ -167,7 +156,7 @@ def test_unreachable_database_hides_the_password(write_study: Callable[..., Path
 
 
 def test_unknown_study_name_lists_what_is_there(tmp_path: Path) -> None:
-    _one_line_error(
+    one_line_error(
         hpo("best", "ghost", "--storage", f"sqlite:///{tmp_path}/empty.db"),
         f"no study named 'ghost' in sqlite:///{tmp_path}/empty.db (it holds no studies)",
     )
@@ -251,7 +240,7 @@ def test_resume_with_a_different_protocol_is_refused(
     storage = f"sqlite:///{tmp_path}/p.db"
     assert hpo("run", write_study(n_trials=1), "--storage", storage).exit_code == 0
     result = hpo("run", write_study(n_trials=2), "--storage", storage, "--epochs", "4")
-    _one_line_error(
+    one_line_error(
         result,
         "study 'tiny' was created with model.epochs=3, but this run has 4; use the study's settings or a new name (--name)",
     )

@@ -83,7 +83,7 @@ def test_unreadable_data_file(tmp_path: Path) -> None:
 
 def test_missing_target_column(tiny_csv: Path) -> None:
     with pytest.raises(
-        HpoError, match=r"tiny.csv: target column 'species' not found; columns are row, size"
+        HpoError, match=r"tiny.csv: target column 'species' not found; columns are 'row', 'size'"
     ):
         load_dataset(_data(tiny_csv, target="species"))
 

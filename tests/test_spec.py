@@ -204,6 +204,22 @@ def _study_file(tmp_path: Path, section: str, line: str) -> Path:
             "l2 = { low = 1e-6, high = 1" + "0" * 400 + " }",
             "`search.l2.high` must be a finite number, but got 1" + "0" * 400,
         ),
+        (
+            "data",
+            'missing_target = "skip"',
+            "[data] `missing_target` must be one of 'error', 'drop', but got 'skip'",
+        ),
+        (
+            "data",
+            'target_kind = "regression"',
+            "[data] `target_kind` must be one of 'auto', 'classes', but got 'regression'",
+        ),
+        (
+            "data",
+            'categorical = ["y"]',
+            "[data] `categorical` lists the target column 'y' (the target is always classes)",
+        ),
+        ("data", 'categorical = ["a", "a"]', "[data] `categorical` lists column 'a' twice"),
         # seeds must be ones scikit-learn, Optuna and Keras accept
         ("cv", "seed = -1", "[cv] `0 <= seed <= 2147483647` must hold, but got (seed=-1)"),
         (

@@ -2,7 +2,7 @@
 
 Every user error is an :class:`~hpo.errors.HpoError`, mapped once (in :class:`_Cli`) to one
 line on stderr and exit code 1, with no traceback unless ``--debug``. The commands live in one
-module per family (``run``: run, best, trials; ``cluster``: create, worker, status; ``results``:
+module per family (``run``: run, best, trials; ``check``: check; ``cluster``: create, worker, status; ``results``:
 dashboard, report, rerun) and are registered here.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hpo.cli import cluster, results, run
+from hpo.cli import check, cluster, results, run
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure
@@ -54,7 +54,7 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     )
 
 
-for _family in (run, cluster, results):
+for _family in (run, check, cluster, results):
     for _command in _family.COMMANDS:
         cli.add_command(_command)
 

@@ -27,6 +27,7 @@ from hpo.cli.options import (
     load_study,
     n_trials_option,
     name_option,
+    show_data_findings,
     storage_option,
     storage_url,
     timeout_option,
@@ -44,6 +45,7 @@ from hpo.study.record import (
     create_or_load_study,
     join_study,
     read_trial,
+    store_data_warnings,
     stored_policy,
     stored_spec,
     update_stored_spec,
@@ -176,6 +178,7 @@ def worker(
         f"data: {dataset.source}, {dataset.n_rows} rows",
         err=True,
     )
+    store_data_warnings(study, show_data_findings(dataset, spec))
     summary = train_here(
         study,
         spec,

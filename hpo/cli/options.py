@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from hpo.data import FoldSet
+from hpo.data import Dataset, FoldSet
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
+from hpo.profile import profile_dataset
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import ENGINES, StudySpec
 from hpo.study.record import best_trial, read_trial
@@ -38,8 +39,10 @@ __all__ = [
     "n_trials_option",
     "name_option",
     "print_best",
+    "show_data_findings",
     "storage_option",
     "storage_url",
+    "text_table",
     "timeout_option",
     "train_here",
     "trial_record",
@@ -187,3 +190,29 @@ def apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
         )
     except ValueError as exc:
         raise HpoError(f"{spec.source}: {exc}") from None
+
+
+def show_data_findings(dataset: Dataset, spec: StudySpec) -> list[str]:
+    """Print what loading changed and the data warnings (stderr); return the warnings."""
+    for note in dataset.notes:
+        click.echo(f"note: {note}", err=True)
+    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    for warning in profile.warnings:
+        click.echo(f"warning: {warning.message}", err=True)
+    return [w.message for w in profile.warnings]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
+    return str(value)
+
+
+def text_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)

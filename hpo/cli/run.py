@@ -20,8 +20,10 @@ from hpo.cli.options import (
     n_trials_option,
     name_option,
     print_best,
+    show_data_findings,
     storage_option,
     storage_url,
+    text_table,
     timeout_option,
     train_here,
     trial_record,
@@ -32,7 +34,12 @@ from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import load_spec
 from hpo.study.budget import budget_left
-from hpo.study.record import best_trial, create_or_load_study, read_trial
+from hpo.study.record import (
+    best_trial,
+    create_or_load_study,
+    read_trial,
+    store_data_warnings,
+)
 from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -86,7 +93,9 @@ def run(
         + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else ""),
         err=True,
     )
+    warnings = show_data_findings(dataset, spec)
     study, created = create_or_load_study(spec, rdb)
+    store_data_warnings(study, warnings)
     left = budget_left(study, spec.budget.n_trials)
     click.echo(
         f"study {spec.name!r}: {'created' if created else 'resumed'}; "
@@ -166,23 +175,7 @@ def trials(name: str, storage: str | None, fmt: str) -> None:
         writer.writerows(rows)
         click.echo(out.getvalue(), nl=False)
         return
-    click.echo(_table(columns, rows))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
-    return str(value)
-
-
-def _table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
+    click.echo(text_table(columns, rows))
 
 
 COMMANDS: list[click.Command] = [run, best, trials]

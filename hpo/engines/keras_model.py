@@ -1,26 +1,102 @@
 """The Keras side of training: TensorFlow set up once per process, and the trial's Keras model.
 
 TensorFlow reads its logging settings at import and its thread counts before its first op, so
-both are set here, by whichever engine gets there first. ``build_model`` is the network of one
-trial as the study file describes it, with real ``keras.regularizers`` where the plan puts them;
-the reference engine fits it, the artifacts save it, and the stacked engine is checked against it.
+both are set here, by whichever engine gets there first. Its start-up lines (absl's notice that
+logging is not initialised yet, oneDNN's INFO line) come out while its libraries load, before
+``TF_CPP_MIN_LOG_LEVEL`` applies, so the import runs with fd 2 held: those lines go to the
+``hpo`` log at DEBUG (``hpo -v`` shows them), anything else it printed is passed through.
+``build_model`` is the network of one trial as the study file describes it, with real
+``keras.regularizers`` where the plan puts them; the reference engine fits it, the artifacts
+save it, and the stacked engine is checked against it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
+from hpo.log import get_logger
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import ModelSpec
 
 __all__ = ["build_model", "import_keras", "regularizer", "tensorflow_versions", "tf"]
 
+_log = get_logger("tensorflow")
+
+# Printed by TensorFlow 2.21 while its shared libraries load: a static initializer
+# (threadpool_device.cc) calls IsMklEnabled(), which logs oneDNN's INFO line through absl before
+# TF has applied TF_CPP_MIN_LOG_LEVEL, and absl first prints its notice. Both come twice: the
+# profiler plugin (_pywrap_profiler_plugin.so) links its own copy of the framework and of absl.
+_ABSL_NOTICE = re.compile(rb"WARNING: All log messages before absl::InitializeLog\(\) is called")
+_ABSL_INFO = re.compile(rb"I\d{4} [\d:.]+ +\d+ \S+:\d+\] ")  # absl's INFO prefix
+
 
 def _environment() -> None:
+    """Runs before the first use of ``tf`` or ``keras``: TF's settings, then TF itself."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" in sys.modules:
+        return
+    # Imported here, not by the lazy module after this hook, so the capture spans the import.
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"].strip() in ("", "0"):
+        importlib.import_module("tensorflow")  # the user asked for TF's INFO lines
+    else:
+        with _start_up_lines_to_debug():
+            importlib.import_module("tensorflow")
+
+
+@contextlib.contextmanager
+def _start_up_lines_to_debug() -> Iterator[None]:
+    """Hold this process's fd 2 (C and Python writes alike) in a temporary file; at the end,
+    restore it, log absl's start-up lines at DEBUG and write everything else back to fd 2."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all (a daemon): nothing to keep clean
+        saved = -1
+    if saved < 0:
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as held:
+            _flush_stderr()
+            try:
+                os.dup2(held.fileno(), 2)
+                yield
+            finally:
+                _flush_stderr()  # what Python still buffers belongs to the held text
+                os.dup2(saved, 2)
+                held.seek(0)
+                _replay(held.read())  # also when the import failed: its reasons are in there
+    finally:
+        os.close(saved)
+
+
+def _flush_stderr() -> None:
+    if sys.stderr is not None:
+        sys.stderr.flush()
+
+
+def _replay(captured: bytes) -> None:
+    """Start-up lines to the log at DEBUG; everything else (real warnings and errors, anything
+    Python printed meanwhile) back to fd 2 as it was, in order."""
+    for line in captured.splitlines(keepends=True):
+        if _ABSL_NOTICE.match(line) or _ABSL_INFO.match(line):
+            _log.debug("%s", line.decode(errors="replace").rstrip())
+        else:
+            _write_fd2(line)
+
+
+def _write_fd2(data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may take only part of it
+        view = view[os.write(2, view) :]
 
 
 if TYPE_CHECKING:

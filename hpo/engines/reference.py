@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from hpo.data import Fold
 from hpo.engines.keras_model import build_model, import_keras
 from hpo.lazy import lazy_import
+from hpo.log import configure, get_logger
 from hpo.objective import EvaluationResult, Monitor, NullMonitor, oof_accuracy
 from hpo.seeds import fold_seed
 from hpo.space import RegularizationPlan
@@ -77,13 +78,17 @@ def fit_fold(
     return fitted
 
 
-def _child_init() -> None:
+def _child_init(log_level: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what to do and kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A parent killed with SIGKILL cannot clean up: have the kernel end us with it (Linux).
     with contextlib.suppress(OSError, AttributeError):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    # A spawned child starts with logging unset: log at the parent's level, so that ``hpo -v``
+    # also shows the child's TensorFlow start-up lines (logged at DEBUG by its import).
+    configure()
+    get_logger().setLevel(log_level)
     import_keras()
 
 
@@ -198,6 +203,7 @@ class ReferenceEngine:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_child_init,
+                initargs=(get_logger().getEffectiveLevel(),),
                 max_tasks_per_child=self.folds_per_process,
             )
         try:

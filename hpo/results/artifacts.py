@@ -133,30 +133,44 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, n_classes: int
     return counts
 
 
+# Beyond this many classes a cell is too small for its count (and one text artist per cell took
+# minutes to draw at 504 classes): colour only, and at most this many labelled ticks per axis.
+CONFUSION_MAX_WRITTEN = 30
+
+
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> Figure:
-    """A confusion matrix: counts written in the cells, colour = share of the true class's rows."""
+    """A confusion matrix, colour = share of the true class's rows; up to
+    ``CONFUSION_MAX_WRITTEN`` classes the counts are written in the cells, beyond that every
+    k-th class is labelled. One image whatever the class count, so drawing stays cheap."""
     n = len(classes)
-    size = min(11.0, 3.2 + 0.65 * n)
+    size = min(11.0, 3.2 + 0.65 * n)  # inches: bounded, however many classes
     fig = mpl_figure.Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(n):
-        for j in range(n):
-            ax.text(
-                j,
-                i,
-                str(counts[i, j]),
-                ha="center",
-                va="center",
-                fontsize=9,
-                color="white" if shares[i, j] > 0.55 else "black",
-            )
-    labels = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
-    ax.set_xticks(range(n), labels, rotation=40 if n > 3 else 0, ha="right" if n > 3 else "center")
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted class")
+    if n <= CONFUSION_MAX_WRITTEN:
+        fontsize = 9 if n <= 20 else 7
+        for i in range(n):
+            for j in range(n):
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if shares[i, j] > 0.55 else "black",
+                )
+    step = math.ceil(n / CONFUSION_MAX_WRITTEN) if n else 1
+    ticks = list(range(0, n, step))
+    labels = [c if len(c) <= 14 else c[:13] + "…" for c in (classes[t] for t in ticks)]
+    ax.set_xticks(ticks, labels, rotation=40 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(ticks, labels)
+    if step > 1:
+        ax.tick_params(labelsize=7)
+    shown = f" (labels on {len(ticks)} of {n})" if step > 1 else ""
+    ax.set_xlabel(f"predicted class{shown}")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=11)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's rows")
@@ -367,7 +381,7 @@ class ArtifactRecorder:
     def _refit(self, trial: optuna.trial.FrozenTrial, path: Path) -> None:
         assert self._dataset is not None
         keras = import_keras()
-        prep = Preprocessor().fit(self._dataset.features)
+        prep = Preprocessor(self._dataset.categorical).fit(self._dataset.features)
         x = prep.transform(self._dataset.features)
         y = self._dataset.labels
         keras.utils.set_random_seed(fold_seed(stored_seed(trial, self.spec), 0))

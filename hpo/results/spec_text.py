@@ -8,11 +8,12 @@ fragment (tokens often live there).
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
 from hpo.spec import DataSpec, StudySpec
-from hpo.study.record import SPEC_ATTR
+from hpo.study.record import SPEC_ATTR, stored_data_warnings
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -99,6 +100,21 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                 ("target column", data.target),
                 ("dropped columns", ", ".join(data.drop) or "none"),
                 ("missing-value markers", ", ".join(data.na_values) or "pandas defaults"),
+                ("one-hot numeric columns", ", ".join(data.categorical) or "none"),
+                (
+                    "rows without a target",
+                    "dropped" if data.missing_target == "drop" else "refused",
+                ),
+                *(
+                    [("target kind", "declared classes")]
+                    if data.target_kind == "classes"
+                    else []
+                ),
+                *(
+                    [("warnings silenced for", ", ".join(data.ignore_warnings))]
+                    if data.ignore_warnings
+                    else []
+                ),
             ],
         ),
         (
@@ -165,11 +181,15 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def spec_markdown(spec: StudySpec) -> str:
-    """The spec as Markdown for the study's note in optuna-dashboard."""
+def spec_markdown(spec: StudySpec, warnings: Sequence[str] = ()) -> str:
+    """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings."""
     lines = [f"## Study `{spec.name}`", ""]
     if spec.description:
         lines += [f"> {_md_cell(spec.description)}", ""]
+    if warnings:
+        lines += ["### Data warnings", ""]
+        lines += [f"- ⚠ {_md_cell(w)}" for w in warnings]
+        lines += [""]
     lines += [
         f"Each trial trains the network below on every one of the {spec.cv.folds} folds "
         f"({spec.model.epochs} epochs) and is scored by out-of-fold accuracy. Each trial's "
@@ -195,5 +215,5 @@ def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
     """Write the spec note on ``study`` unless it already has a note; True when written."""
     if optuna_dashboard.get_note(study).strip():
         return False  # a note someone wrote (or ours) stays as it is
-    optuna_dashboard.save_note(study, spec_markdown(spec))
+    optuna_dashboard.save_note(study, spec_markdown(spec, stored_data_warnings(study)))
     return True

@@ -13,6 +13,8 @@ Study user attributes
                                   creation; ``hpo create`` may later update its budget and engine
 ``hpo_crash_policy``              heartbeat interval, grace period, max retries (:class:`CrashPolicy`)
 ``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
+``data_warnings``                 the data warnings (identifier, leak, ...) of the latest ``hpo run``
+                                  or ``hpo worker`` to load the data: a list of one-line messages
 ================================  ===================================================================
 
 Study system attributes
@@ -79,6 +81,7 @@ else:
     optuna = lazy_import("optuna")
 
 __all__ = [
+    "DATA_WARNINGS_ATTR",
     "FAILURE_ATTR",
     "FAILURE_ERROR",
     "FAILURE_INTERRUPTED",
@@ -108,6 +111,8 @@ __all__ = [
     "sampled_attrs",
     "seed_number",
     "spec_changes",
+    "store_data_warnings",
+    "stored_data_warnings",
     "stored_plan",
     "stored_policy",
     "stored_seed",
@@ -120,6 +125,7 @@ __all__ = [
 SPEC_ATTR = "hpo_spec"
 POLICY_ATTR = "hpo_crash_policy"
 RERUN_ATTR_PREFIX = "rerun:"
+DATA_WARNINGS_ATTR = "data_warnings"
 # Study system attributes.
 WORKER_ATTR_PREFIX = "hpo:worker:"
 # optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own
@@ -201,6 +207,18 @@ def stored_spec(study: optuna.Study) -> StudySpec | None:
     """The spec stored on ``study``; None for a study hpo did not create."""
     raw = study.user_attrs.get(SPEC_ATTR)
     return None if raw is None else spec_from_dict(raw, origin=f"study {study.study_name!r}")
+
+
+def store_data_warnings(study: optuna.Study, messages: Iterable[str]) -> None:
+    """Keep the warnings about the data this process trains on (the latest loader's win)."""
+    messages = list(messages)
+    if study.user_attrs.get(DATA_WARNINGS_ATTR, []) != messages:
+        study.set_user_attr(DATA_WARNINGS_ATTR, messages)
+
+
+def stored_data_warnings(study: optuna.Study) -> list[str]:
+    raw = study.user_attrs.get(DATA_WARNINGS_ATTR, [])
+    return [str(m) for m in raw] if isinstance(raw, list) else []
 
 
 def stored_policy(study: optuna.Study) -> CrashPolicy:
@@ -419,11 +437,15 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
             f"study {spec.name!r} was created with {key}={old!r}, but this run "
             f"has {new!r}; use the study's settings or a new name (--name)"
         )
-    if stored["data"].get("target") != spec.data.target:
-        raise HpoError(
-            f"study {spec.name!r} was created with data.target={stored['data'].get('target')!r}, "
-            f"but this run has {spec.data.target!r}"
-        )
+    # The data keys that change what the network is fed (absent in studies made before them).
+    for key, default in (("target", None), ("categorical", []), ("missing_target", "error")):
+        old = stored["data"].get(key, default)
+        new = spec_to_dict(spec)["data"].get(key, default)
+        if old != new:
+            raise HpoError(
+                f"study {spec.name!r} was created with data.{key}={old!r}, "
+                f"but this run has {new!r}; use the study's settings or a new name (--name)"
+            )
 
 
 def update_stored_spec(study: optuna.Study, spec: StudySpec) -> list[tuple[str, Any, Any]]:

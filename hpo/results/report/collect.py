@@ -16,7 +16,7 @@ from hpo.results.artifacts import open_artifact_store, trial_artifacts
 from hpo.results.rerun import RerunStats, load_reruns
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
-from hpo.study.record import read_trial, stored_spec
+from hpo.study.record import read_trial, stored_data_warnings, stored_spec
 
 if TYPE_CHECKING:
     import optuna
@@ -85,6 +85,7 @@ class StudyData:
     reruns: tuple[RerunStats, ...]
     n_layers: int
     n_folds: int
+    data_warnings: tuple[str, ...] = ()
 
     @property
     def best(self) -> Trial | None:
@@ -125,6 +126,7 @@ def collect(study: optuna.Study) -> StudyData:
         reruns=tuple(load_reruns(study).values()),
         n_layers=n_layers,
         n_folds=n_folds,
+        data_warnings=tuple(stored_data_warnings(study)),
     )
 
 

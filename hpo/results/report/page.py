@@ -131,7 +131,7 @@ def render(
         ("pruned / failed", f"{counts['PRUNED']} / {counts['FAIL']}"),
         ("training time", f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"),
     ]
-    sections = [_best_section(best, confusion)]
+    sections = [_warnings_section(data.data_warnings), _best_section(best, confusion)]
     for plot in plots:
         if plot.name == "rerun":
             sections.append(_rerun_section(plot, data.reruns, data.name))
@@ -262,6 +262,17 @@ def _rerun_section(plot: Plot, reruns: Sequence[RerunStats], name: str) -> str:
         f'<section id="rerun"><h2>{_esc(plot.title)}</h2>'
         f'<p class="how"><b>How to read it.</b> {plot.how_to_read}</p>{_img(plot)}{table}'
         f"<ul>{lines}</ul></section>"
+    )
+
+
+def _warnings_section(warnings: Sequence[str]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    return (
+        '<section id="data-warnings"><h2>Data warnings</h2><p class="muted">Found in the data '
+        "before training (<code>hpo check</code> shows them too); decide on each before "
+        f"trusting the scores below.</p><ul>{items}</ul></section>"
     )
 
 

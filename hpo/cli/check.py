@@ -1,0 +1,149 @@
+"""``hpo check``: the first thing to run on your own data. Loads and profiles it, trains nothing
+(but a few timed epochs for the estimate), and never touches storage."""
+
+from __future__ import annotations
+
+import click
+
+from hpo.cli.options import (
+    apply_overrides,
+    data_option,
+    engine_option,
+    epochs_option,
+    text_table,
+    trials_per_batch_option,
+)
+from hpo.data import load_folds, quoted
+from hpo.engines.timing import time_trial
+from hpo.profile import DataProfile, profile_dataset
+from hpo.results.spec_text import search_rows
+from hpo.spec import StudySpec, load_spec
+
+__all__ = ["COMMANDS"]
+
+
+@click.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@data_option("Check this CSV instead of the study file's source.")
+@epochs_option("Override [model] epochs for the time estimate.")
+@engine_option
+@trials_per_batch_option
+@click.option(
+    "--estimate/--no-estimate",
+    default=True,
+    show_default=True,
+    help="Time a few epochs of the study's engine to estimate seconds per trial.",
+)
+def check(
+    study_file: str,
+    data_path: str | None,
+    epochs: int | None,
+    engine: str | None,
+    trials_per_batch: int | None,
+    estimate: bool,
+) -> None:
+    """Profile the data of STUDY_FILE and say whether the study can run, without training it.
+
+    Prints the rows, each column's kind and gaps, the target's classes, the network's input
+    width, warnings about identifiers and leaks, the search space and the time per trial.
+    Exit code 0 when the study can run (warnings allowed), 1 with the reason otherwise.
+    """
+    spec = apply_overrides(
+        load_spec(study_file), epochs=epochs, engine=engine, trials_per_batch=trials_per_batch
+    )
+    dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
+    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    _print_data(profile, spec)
+    click.echo("")
+    click.echo("search space:")
+    rows = search_rows(spec)
+    click.echo(
+        _indent(text_table(list(rows[0]), [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]))
+    )
+    click.echo("")
+    if estimate:
+        click.echo("timing a few epochs of the engine ...", err=True)
+        measured = time_trial(spec, folds)
+        n_trials = spec.budget.n_trials
+        total = (
+            f"; {n_trials} trials: about {_duration(measured.startup + measured.seconds * n_trials)}"
+            if n_trials
+            else ""
+        )
+        click.echo(
+            f"time: about {_duration(measured.seconds)} per trial on this machine, after "
+            f"{_duration(measured.startup)} of start-up ({spec.engine.name} engine, "
+            f"{measured.trials_per_batch} trials per batch, {spec.cv.folds} folds x "
+            f"{spec.model.epochs} epochs x {spec.cv.repeats} repeat(s); from "
+            f"{measured.measured_epochs} timed epochs){total}"
+        )
+    verdict = f"{len(profile.warnings)} warning(s) above" if profile.warnings else "no warnings"
+    click.echo(f"ok: the study can run ({verdict}): hpo run {study_file}")
+
+
+def _print_data(profile: DataProfile, spec: StudySpec) -> None:
+    click.echo(f"data: {profile.source}: {profile.n_rows} rows")
+    for note in profile.notes:
+        click.echo(f"  note: {note}")
+    click.echo("")
+    click.echo(f"columns ({len(profile.columns)} features):")
+    rows = [
+        {
+            "column": repr(c.name),
+            "kind": c.kind,
+            "missing": c.missing,
+            "distinct": c.distinct,
+            "inputs": f"{c.width} (one-hot)" if c.one_hot else str(c.width),
+        }
+        for c in profile.columns
+    ]
+    rows += [
+        {"column": repr(name), "kind": "dropped", "missing": "", "distinct": "", "inputs": "0"}
+        for name in profile.dropped
+    ]
+    click.echo(_indent(text_table(["column", "kind", "missing", "distinct", "inputs"], rows)))
+    one_hot = [c for c in profile.columns if c.one_hot]
+    numeric = len(profile.columns) - len(one_hot)
+    encoded = f"; one-hot: {quoted(c.name for c in one_hot)}" if one_hot else ""
+    dropped = f"; dropped: {quoted(profile.dropped)}" if profile.dropped else ""
+    click.echo(
+        f"input width: {profile.input_width} ({numeric} numeric, "
+        f"{profile.input_width - numeric} one-hot){encoded}{dropped}"
+    )
+    click.echo("")
+    click.echo(f"target {spec.data.target!r}: {len(profile.classes)} classes")
+    shown = profile.classes[:30]
+    for name, count in shown:
+        click.echo(f"  {name!r:<20} {count:>7}  {count / profile.n_rows:6.1%}")
+    if len(profile.classes) > len(shown):
+        click.echo(f"  ... and {len(profile.classes) - len(shown)} more")
+    majority = max(n for _, n in profile.classes) / profile.n_rows
+    click.echo(f"  always guessing the commonest class scores {majority:.3f}")
+    click.echo("")
+    if profile.warnings:
+        click.echo(f"warnings ({len(profile.warnings)}):")
+        for warning in profile.warnings:
+            click.echo(f"  warning: {warning.message}")
+    else:
+        click.echo("warnings: none")
+    if profile.ignored:
+        click.echo(
+            f"  (silenced by [data] ignore_warnings: {quoted(w.column for w in profile.ignored)})"
+        )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+COMMANDS: list[click.Command] = [check]
