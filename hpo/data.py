@@ -161,13 +161,23 @@ def _resolve_csv(spec: DataSpec) -> Path:
 
 def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     """The CSV's rows, with the header's cells exactly as written (pandas would rename a
-    repeated name to ``name.1`` and hide it; :func:`_clean_names` decides instead)."""
+    repeated name to ``name.1`` and hide it; :func:`_clean_names` decides instead).
+
+    ``index_col=False``: a delimiter at the end of every data row (a common export) would
+    otherwise make pandas take the first column as the index and shift every name by one.
+    """
     if path.is_dir():
         raise HpoError(f"{path}: is a directory, not a CSV file")
     try:
-        frame = pd.read_csv(path, na_values=list(na_values) or None)
+        frame = pd.read_csv(path, na_values=list(na_values) or None, index_col=False)
         header = pd.read_csv(
-            path, header=None, nrows=1, dtype=str, keep_default_na=False, na_filter=False
+            path,
+            header=None,
+            nrows=1,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            index_col=False,
         )
     except FileNotFoundError:
         raise HpoError(
@@ -175,16 +185,70 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
         ) from None
     except PermissionError:
         raise HpoError(f"{path}: data file is not readable (permission denied)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise HpoError(f"{path}: cannot parse as CSV ({exc}); save it as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HpoError(f"{path}: cannot parse as CSV ({first})") from None
-    written = list(header.iloc[0]) if len(header) else []
+    written = list(header.iloc[0])[: frame.shape[1]] if len(header) else []
     if len(written) == frame.shape[1]:
-        # An empty header cell keeps pandas' name for it ("Unnamed: 0"), so it can be dropped.
-        frame.columns = [
-            w if w.strip() else str(c) for w, c in zip(written, frame.columns, strict=True)
-        ]
+        # A blank header cell gets pandas' name for an empty one, so it can be dropped by name.
+        frame.columns = [w if w.strip() else f"Unnamed: {i}" for i, w in enumerate(written)]
     return frame
+
+
+def _clean_cells(
+    frame: pd.DataFrame, na_values: tuple[str, ...]
+) -> tuple[pd.DataFrame, list[str]]:
+    """Text cells stripped of surrounding whitespace, then the missing-value markers applied
+    again; a column that is all numbers once stripped becomes numeric.
+
+    UCI-style files write ``39, ?, <=50K``: without this, ``' ?'`` would not match the marker
+    ``?``, and every class name would start with a space.
+    """
+    markers = set(na_values) | {""}
+    changed = []
+    frame = frame.copy(deep=False)
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        text = values.astype("string")
+        stripped = text.str.strip()
+        stripped = stripped.mask(stripped.isin(markers))
+        if not stripped.equals(text):
+            changed.append(column)
+        numbers = pd.to_numeric(stripped, errors="coerce")
+        present = int(stripped.notna().sum())
+        if present and int(numbers.notna().sum()) == present:
+            frame[column] = numbers
+        else:
+            frame[column] = stripped
+    notes = []
+    if changed:
+        notes.append(
+            f"stripped surrounding whitespace from the values of {len(changed)} text "
+            f"column{'s' if len(changed) > 1 else ''}: {quoted(changed[:5])}"
+            + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        )
+    return frame, notes
+
+
+def _check_numbers(frame: pd.DataFrame, source: str) -> None:
+    """Refuse a number the network cannot take: infinite, or beyond float32's range."""
+    limit = float(np.finfo(np.float32).max)
+    for column in frame.columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(np.isinf(numbers) | (np.abs(np.nan_to_num(numbers)) > limit))
+        if len(bad):
+            raise HpoError(
+                f"{source}: column {column!r} has {len(bad)} value(s) that are infinite or too "
+                f"large for float32 (first {numbers[bad[0]]:g}, in data row {bad[0] + 1}); fix "
+                "them, mark them missing with [data] na_values, or drop the column"
+            )
 
 
 def _clean_names(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
@@ -249,8 +313,8 @@ MAX_NUMERIC_CLASSES = 20
 
 def _labels_text(values: pd.Series) -> pd.Series:
     """Class names: whole numbers without a trailing ``.0`` (a gap made the column float)."""
-    if pd.api.types.is_float_dtype(values) and bool((values == values.round()).all()):
-        return values.astype("int64").astype(str)
+    if pd.api.types.is_float_dtype(values):
+        return values.map(_number_text).astype(str)
     return values.astype(str)
 
 
@@ -280,8 +344,15 @@ def _check_target_kind(target: pd.Series, spec: DataSpec, source: str) -> None:
 
 def _check_columns(frame: pd.DataFrame, spec: DataSpec, source: str) -> None:
     if spec.target not in frame.columns:
+        hint = ""
+        if frame.shape[1] == 1:
+            only = str(frame.columns[0])
+            other = next((sep for sep in (";", "\t", "|") if sep in only), None)
+            if other is not None:
+                hint = f" (the header looks {other!r}-separated; hpo reads comma-separated CSV)"
         raise HpoError(
-            f"{source}: target column {spec.target!r} not found; columns are {quoted(frame.columns)}"
+            f"{source}: target column {spec.target!r} not found; columns are "
+            f"{quoted(frame.columns)}{hint}"
         )
     for key in ("drop", "categorical", "ignore_warnings"):
         absent = [c for c in getattr(spec, key) if c not in frame.columns]
@@ -305,7 +376,12 @@ def load_dataset(spec: DataSpec, *, path_override: str | Path | None = None) -> 
         source = str(csv)
         frame = _read_csv(csv, spec.na_values)
     frame, notes = _clean_names(frame, source)
+    frame, cell_notes = _clean_cells(frame, spec.na_values)
+    notes += cell_notes
     _check_columns(frame, spec, source)
+    _check_numbers(frame.drop(columns=list(spec.drop)), source)
+    if frame.empty:
+        raise HpoError(f"{source}: the data has a header but no rows")
 
     missing = frame[spec.target].isna()
     if missing.any():
@@ -314,6 +390,11 @@ def load_dataset(spec: DataSpec, *, path_override: str | Path | None = None) -> 
             raise HpoError(
                 f"{source}: target column {spec.target!r} has {count} missing values; drop those "
                 'rows first, or set [data] missing_target = "drop"'
+            )
+        if count == len(frame):
+            raise HpoError(
+                f"{source}: target column {spec.target!r} is missing in every one of the "
+                f"{count} rows; is {spec.target!r} the right column?"
             )
         frame = frame.loc[~missing].reset_index(drop=True)
         notes.append(
@@ -381,12 +462,19 @@ class Categories:
 MISSING_CATEGORY = "(missing)"
 
 
+def _number_text(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def _as_text(values: pd.Series) -> pd.Series:
-    """A categorical column's values as strings (gaps stay missing): ``2.0`` reads ``"2"``."""
+    """A categorical column's values as strings (gaps stay missing): ``2.0`` reads ``"2"``.
+
+    Each number is written on its own, so any subset of rows (a fold) spells a value as the
+    whole column does.
+    """
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        present = values.dropna()
-        if bool((present == present.round()).all()):
-            return values.astype("Int64").astype("string")
+        numbers = values.astype("float64")
+        return numbers.map(_number_text, na_action="ignore").astype("string")
     return values.astype("string")
 
 

@@ -26,7 +26,7 @@ Thresholds, and why:
   flagged on data where the majority class alone is already near 0.95. Real features rarely
   reach both: on scikit-learn's wine and breast-cancer data the best single column scores 0.79
   and 0.92. Some do (iris' petal width, 0.95): the message is a question, and
-  ``ignore_warnings`` answers it. Rows beyond ``_LEAK_ROWS`` (20,000) are sampled, so the check
+  ``ignore_warnings`` answers it. Rows beyond ``_LEAK_ROWS`` (10,000) are sampled, so the check
   stays within seconds on any number of rows.
 * **Numbers read as text.** A text column in which at least 80% of the values are numbers and
   at most three distinct tokens are not: almost always a missing-value marker such as ``?``
@@ -68,7 +68,7 @@ _MIN_ROWS = 10
 _MANY_CATEGORIES = 300
 _LEAK_ACCURACY = 0.95
 _LEAK_LIFT = 0.8
-_LEAK_ROWS = 20_000
+_LEAK_ROWS = 10_000
 _NUMERIC_SHARE = 0.8
 _MAX_MARKERS = 3
 
@@ -121,21 +121,26 @@ def profile_dataset(dataset: Dataset, cv: CVSpec, *, ignore: Sequence[str] = ())
     for name in features.columns:
         values = features[name]
         numeric = name in prep.numeric
-        width = 1 if numeric else prep.categorical[name].width
-        identifier = _identifier(values, numeric)
+        column = _Column(
+            name=name,
+            values=values,
+            numeric=numeric,
+            missing=int(values.isna().sum()),
+            distinct=int(values.nunique()),
+            width=1 if numeric else prep.categorical[name].width,
+        )
+        identifier = _identifier(column)
         columns.append(
             ColumnProfile(
                 name=name,
-                kind=_kind(values, numeric, identifier),
-                missing=int(values.isna().sum()),
-                distinct=int(values.nunique()),
-                width=width,
+                kind=_kind(column, identifier),
+                missing=column.missing,
+                distinct=column.distinct,
+                width=column.width,
                 one_hot=not numeric,
             )
         )
-        warning = _warning(
-            name, values, numeric, identifier, width, prep.width, leaks.get(name), majority
-        )
+        warning = _warning(column, identifier, prep.width, leaks.get(name), majority)
         if warning is not None:
             found.append(warning)
     counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
@@ -152,55 +157,67 @@ def profile_dataset(dataset: Dataset, cv: CVSpec, *, ignore: Sequence[str] = ())
     )
 
 
-def _kind(values: pd.Series, numeric: bool, identifier: str | None) -> str:
-    present = values.dropna()
-    if present.empty:
+@dataclass(frozen=True)
+class _Column:
+    """One feature column and the counts every rule needs (each computed once)."""
+
+    name: str
+    values: pd.Series
+    numeric: bool
+    missing: int
+    distinct: int
+    width: int
+
+
+def _kind(column: _Column, identifier: str | None) -> str:
+    if column.distinct == 0:
         return "empty"
-    if present.nunique() == 1:
+    if column.distinct == 1:
         return "constant"
     if identifier is not None:
         return "identifier"
-    return "numeric" if numeric else "categorical"
+    return "numeric" if column.numeric else "categorical"
 
 
-def _identifier(values: pd.Series, numeric: bool) -> str | None:
-    """Why ``values`` look like a row identifier, or None."""
-    if len(values) < _MIN_ROWS or values.isna().any() or not values.is_unique:
+def _identifier(column: _Column) -> str | None:
+    """Why the column looks like a row identifier, or None."""
+    n_rows = len(column.values)
+    if n_rows < _MIN_ROWS or column.missing or column.distinct < n_rows:
         return None
-    if not numeric:
+    if not column.numeric:
         return "its values are all different (one per row)"
-    if values.is_monotonic_increasing:
+    if column.values.is_monotonic_increasing:
         return "it increases strictly with row order"
-    if values.is_monotonic_decreasing:
+    if column.values.is_monotonic_decreasing:
         return "it decreases strictly with row order"
     return None
 
 
 def _warning(
-    name: str,
-    values: pd.Series,
-    numeric: bool,
+    column: _Column,
     identifier: str | None,
-    width: int,
     total_width: int,
     accuracy: float | None,
     majority: float,
 ) -> DataWarning | None:
     """At most one warning per column, the gravest first: leak, identifier, markers, width."""
+    name, n_rows = column.name, len(column.values)
     fix = "add it to [data] drop, or to [data] ignore_warnings to keep it on purpose"
     if accuracy is not None and _looks_like_leak(accuracy, majority):
-        also = f"; {identifier}" if identifier else ""
+        also = f" ({identifier})" if identifier else ""
         return DataWarning(
             name,
             "leak",
             f"column {name!r} alone predicts the target with {accuracy:.2f} CV accuracy "
-            f"(always guessing the commonest class: {majority:.2f}){also}: an identifier or a "
-            f"leak? {fix}",
+            f"(always guessing the commonest class: {majority:.2f}){also}: an identifier, or a "
+            "leak recorded with or after the outcome? If it is a real measurement available "
+            "when predicting, keep it with [data] ignore_warnings; otherwise add it to "
+            "[data] drop",
         )
     cost = (
-        f"; it is {width} of the {total_width} input columns after one-hot encoding"
-        if not numeric
-        else ""
+        ""
+        if column.numeric
+        else f"; it is {column.width} of the {total_width} input columns after one-hot encoding"
     )
     if identifier is not None:
         return DataWarning(
@@ -208,7 +225,7 @@ def _warning(
             "identifier",
             f"column {name!r} looks like an identifier: {identifier}{cost}; {fix}",
         )
-    markers = _markers(values) if not numeric else None
+    markers = None if column.numeric else _markers(column.values)
     if markers:
         tokens, rows = markers
         return DataWarning(
@@ -217,13 +234,14 @@ def _warning(
             f"column {name!r} holds numbers but is read as text because of {quoted(tokens)} "
             f"({rows} rows){cost}; if that marks a missing value, add it to [data] na_values",
         )
-    distinct = int(values.nunique())
-    if not numeric and (distinct > len(values) / 2 or distinct > _MANY_CATEGORIES):
+    many = column.distinct > n_rows / 2 or column.distinct > _MANY_CATEGORIES
+    if not column.numeric and many:
+        per_value = float(column.values.value_counts().median())
         return DataWarning(
             name,
             "many-categories",
-            f"column {name!r} has {distinct} distinct values in {len(values)} rows{cost}, most "
-            f"seen in very few rows; {fix}",
+            f"column {name!r} has {column.distinct} distinct values in {n_rows} rows (a "
+            f"median of {per_value:g} rows each){cost}; {fix}",
         )
     return None
 

@@ -116,6 +116,11 @@ class DataSpec:
     ignore_warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # Header cells are stripped when the data is read, so names here are too: a study file
+        # that spelled a header's stray spaces keeps working.
+        object.__setattr__(self, "target", self.target.strip())
+        for key in ("drop", "categorical", "ignore_warnings"):
+            object.__setattr__(self, key, tuple(name.strip() for name in getattr(self, key)))
         if self.dataset is not None and (self.path is not None or self.url is not None):
             raise ValueError("give either `dataset` or `path`/`url`, not both")
         if self.dataset is None and self.path is None and self.url is None:

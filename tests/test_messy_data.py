@@ -21,7 +21,9 @@ from conftest import hpo, make_frame, one_line_error
 
 from hpo.data import Preprocessor, load_dataset, load_folds
 from hpo.profile import profile_dataset
-from hpo.spec import CVSpec, DataSpec
+from hpo.results.spec_text import ensure_spec_note
+from hpo.spec import CVSpec, DataSpec, StudySpec
+from hpo.study.record import store_data_warnings
 
 WriteStudy = Callable[..., Path]
 
@@ -292,11 +294,11 @@ def test_an_id_in_the_order_of_the_classes_is_a_leak(
     assert list(warned) == ["id"]
     accuracy = float(warned["id"].split("alone predicts the target with ")[1].split()[0])
     assert accuracy >= 0.95
-    assert "an identifier or a leak?" in warned["id"]
+    assert "(it increases strictly with row order): an identifier, or a leak" in warned["id"]
     # The warning is stored on the study, for the dashboard's note and the report.
     with sqlite3.connect(tmp_path / "hpo.db") as db:
         (stored,) = db.execute(
-            "select value_json from study_user_attributes where key = 'data_warnings'"
+            "select value_json from study_user_attributes where key = 'hpo_data_warnings'"
         ).fetchone()
     message = warned["id"].removeprefix("warning: ")
     assert json.loads(stored) == [message]
@@ -390,3 +392,129 @@ def test_a_study_keeps_its_categorical_columns(write_study: WriteStudy, tmp_path
         "study 'tiny' was created with data.categorical=[], but this run has ['pain']; use the "
         "study's settings or a new name (--name)",
     )
+
+
+# --- more of what real files do -----------------------------------------------------------------
+
+
+def test_a_delimiter_at_the_end_of_every_row_does_not_shift_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "trailing.csv"
+    text = _frame().to_csv(index=False)
+    lines = text.splitlines()
+    path.write_text("\n".join([lines[0], *(line + "," for line in lines[1:])]) + "\n")
+    dataset = load_dataset(DataSpec(path=str(path), target="kind"))
+    assert list(dataset.features.columns) == ["size", "weight", "color"]
+    assert dataset.classes == ("x", "y", "z")
+
+
+def test_uci_style_spaces_after_commas_are_stripped_from_values(tmp_path: Path) -> None:
+    path = tmp_path / "adult.csv"
+    rows = [
+        f"{30 + i}, {'?' if i == 4 else 'Private'}, {'<=50K' if i % 2 else '>50K'}"
+        for i in range(12)
+    ]
+    path.write_text("age, workclass, income\n" + "\n".join(rows) + "\n")
+    spec = DataSpec(path=str(path), target="income", na_values=("?",))
+    dataset = load_dataset(spec)
+    assert dataset.classes == ("<=50K", ">50K")
+    assert dataset.features["workclass"].isna().sum() == 1  # ' ?' is the marker '?'
+    assert dataset.notes == (
+        "stripped surrounding whitespace from 2 column names: ' workclass' -> 'workclass', "
+        "' income' -> 'income'",
+        "stripped surrounding whitespace from the values of 2 text columns: 'workclass', 'income'",
+    )
+
+
+def test_a_number_too_large_for_float32_is_one_line(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    frame = _frame()
+    frame.loc[3, "size"] = 1e39
+    path = tmp_path / "huge.csv"
+    frame.to_csv(path, index=False)
+    one_line_error(
+        hpo("run", write_study(data=_table(path))),
+        f"{path}: column 'size' has 1 value(s) that are infinite or too large for float32 "
+        "(first 1e+39, in data row 4); fix them, mark them missing with [data] na_values, or "
+        "drop the column",
+    )
+
+
+def test_blank_header_cells_and_empty_files(write_study: WriteStudy, tmp_path: Path) -> None:
+    path = tmp_path / "blank.csv"
+    path.write_text(" ,kind\n1,x\n2,y\n")
+    assert list(load_dataset(DataSpec(path=str(path), target="kind")).features.columns) == [
+        "Unnamed: 0"
+    ]
+    empty = tmp_path / "header-only.csv"
+    empty.write_text("a,kind\n")
+    one_line_error(
+        hpo("check", write_study(data=_table(empty))),
+        f"{empty}: the data has a header but no rows",
+    )
+
+
+def test_a_semicolon_file_gets_a_hint(write_study: WriteStudy, tmp_path: Path) -> None:
+    path = tmp_path / "semi.csv"
+    path.write_text("a;kind\n1;x\n2;y\n")
+    one_line_error(
+        hpo("check", write_study(data=_table(path))),
+        f"{path}: target column 'kind' not found; columns are 'a;kind' (the header looks "
+        "';'-separated; hpo reads comma-separated CSV)",
+    )
+
+
+def test_a_latin1_file_is_told_to_be_utf8(write_study: WriteStudy, tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("a,kind\n1,caf\u00e9\n2,th\u00e9\n".encode("latin-1"))
+    result = hpo("check", write_study(data=_table(path)))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {path}: cannot parse as CSV (")
+    assert result.stderr.endswith("; save it as UTF-8\n")
+
+
+def test_names_in_the_study_file_are_stripped_like_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+    spec = DataSpec(path=str(path), target="kind ", drop=("size   ",))
+    assert (spec.target, spec.drop) == ("kind", ("size",))
+    assert list(load_dataset(spec).features.columns) == ["weight", "color"]
+
+
+def test_a_categorical_column_spells_values_the_same_in_every_fold() -> None:
+    frame = pd.DataFrame({"dose": [1.0, 2.0, 2.5, 1.0, None]})
+    prep = Preprocessor(categorical=("dose",)).fit(frame)
+    assert prep.feature_names == ["dose_1", "dose_2", "dose_2.5", "dose_(missing)"]
+    without_fraction = frame.iloc[[0, 1, 3]]  # a fold with no 2.5: still "1" and "2"
+    np.testing.assert_array_equal(
+        prep.transform(without_fraction), [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]]
+    )
+
+
+def test_a_study_keeps_its_dropped_columns_and_markers(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+    assert hpo("run", write_study(data=_table(path), n_trials=1, epochs=1)).exit_code == 0
+    one_line_error(
+        hpo("run", write_study(data=_table(path, drop=["size"]), n_trials=2, epochs=1)),
+        "study 'tiny' was created with data.drop=[], but this run has ['size']; use the "
+        "study's settings or a new name (--name)",
+    )
+
+
+def test_hpo_keeps_its_own_note_up_to_date_and_never_touches_a_persons(tmp_path: Path) -> None:
+    spec = DataSpec(dataset="sklearn:iris", target="target")
+    study_spec = StudySpec(name="n", data=spec)
+    study = optuna.create_study(study_name="n", storage=f"sqlite:///{tmp_path}/n.db")
+    assert ensure_spec_note(study, study_spec)
+    assert "Data warnings" not in optuna_dashboard.get_note(study)
+    store_data_warnings(study, ["column 'petal width (cm)' alone predicts the target"])
+    assert ensure_spec_note(study, study_spec)  # a resumed run's warnings reach the note
+    assert "- ⚠ column 'petal width (cm)' alone" in optuna_dashboard.get_note(study)
+    assert not ensure_spec_note(study, study_spec)  # already up to date
+    optuna_dashboard.save_note(study, "my own words")
+    store_data_warnings(study, [])
+    assert not ensure_spec_note(study, study_spec)
+    assert optuna_dashboard.get_note(study) == "my own words"

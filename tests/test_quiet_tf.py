@@ -134,6 +134,31 @@ def test_start_up_lines_go_to_the_log_everything_else_to_stderr(
     lines = done.stderr.splitlines()
     # Not start-up noise: passed through unchanged and in order, however the import ended.
     passed = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d ", line)]
-    assert passed == [error.rstrip(), "a Python warning, not yet flushed|fd 2 is back"]
+    assert passed == [error.rstrip(), "a Python warning, not yet flushed", "|fd 2 is back"]
     logged = [line[9:] for line in lines if re.match(r"\d\d:\d\d:\d\d ", line)]
     assert logged == ([NOTICE_LINE.rstrip(), ONEDNN_LINE.rstrip()] if verbosity else [])
+
+
+def test_a_fatal_line_before_an_abort_is_still_seen(tmp_path: Path) -> None:
+    # TensorFlow aborts the process from its import on a CPU it was not built for: the line
+    # that says why must reach stderr before the process dies, not wait for the capture's end.
+    fatal = "F0000 00:00:1795929699.9    5601 cpu_feature_guard.cc:1] compiled to use AVX\n"
+    code = (
+        "import os, time\n"
+        "from hpo.engines.keras_model import _start_up_lines_to_debug\n"
+        "with _start_up_lines_to_debug():\n"
+        f"    os.write(2, {NOTICE_LINE.encode()!r})\n"
+        f"    os.write(2, {fatal.encode()!r})\n"
+        "    time.sleep(0.5)\n"
+        "    os.abort()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=_user_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == -6  # SIGABRT
+    assert done.stderr == fatal

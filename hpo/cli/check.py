@@ -13,7 +13,7 @@ from hpo.cli.options import (
     text_table,
     trials_per_batch_option,
 )
-from hpo.data import load_folds, quoted
+from hpo.data import check_classes, fold_rows, load_dataset, make_fold_set, quoted
 from hpo.engines.timing import time_trial
 from hpo.profile import DataProfile, profile_dataset
 from hpo.results.spec_text import search_rows
@@ -51,7 +51,10 @@ def check(
     spec = apply_overrides(
         load_spec(study_file), epochs=epochs, engine=engine, trials_per_batch=trials_per_batch
     )
-    dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
+    dataset = load_dataset(spec.data, path_override=data_path)
+    check_classes(dataset, spec.cv, spec.data.target)
+    # The split alone: the preprocessed folds (a copy of the data each) only for the timing.
+    fold_rows(dataset.labels, spec.cv, source=dataset.source, class_names=dataset.classes)
     profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
     _print_data(profile, spec)
     click.echo("")
@@ -62,8 +65,8 @@ def check(
     )
     click.echo("")
     if estimate:
-        click.echo("timing a few epochs of the engine ...", err=True)
-        measured = time_trial(spec, folds)
+        click.echo("timing a few epochs of the engine (skip with --no-estimate) ...", err=True)
+        measured = time_trial(spec, make_fold_set(dataset, spec.cv))
         n_trials = spec.budget.n_trials
         total = (
             f"; {n_trials} trials: about {_duration(measured.startup + measured.seconds * n_trials)}"
@@ -112,9 +115,10 @@ def _print_data(profile: DataProfile, spec: StudySpec) -> None:
     )
     click.echo("")
     click.echo(f"target {spec.data.target!r}: {len(profile.classes)} classes")
-    shown = profile.classes[:30]
+    shown = sorted(profile.classes, key=_natural)[:30]
+    width = max(len(repr(name)) for name, _ in shown)
     for name, count in shown:
-        click.echo(f"  {name!r:<20} {count:>7}  {count / profile.n_rows:6.1%}")
+        click.echo(f"  {name!r:<{width}}  {count:>7}  {count / profile.n_rows:6.1%}")
     if len(profile.classes) > len(shown):
         click.echo(f"  ... and {len(profile.classes) - len(shown)} more")
     majority = max(n for _, n in profile.classes) / profile.n_rows
@@ -130,6 +134,14 @@ def _print_data(profile: DataProfile, spec: StudySpec) -> None:
         click.echo(
             f"  (silenced by [data] ignore_warnings: {quoted(w.column for w in profile.ignored)})"
         )
+
+
+def _natural(item: tuple[str, int]) -> tuple[int, float, str]:
+    """Numbers in numeric order (5 before 10), then names in their own order."""
+    try:
+        return (0, float(item[0]), "")
+    except ValueError:
+        return (1, 0.0, item[0])
 
 
 def _indent(text: str) -> str:

@@ -17,7 +17,7 @@ import importlib
 import os
 import re
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -54,28 +54,35 @@ def _environment() -> None:
 
 @contextlib.contextmanager
 def _start_up_lines_to_debug() -> Iterator[None]:
-    """Hold this process's fd 2 (C and Python writes alike) in a temporary file; at the end,
-    restore it, log absl's start-up lines at DEBUG and write everything else back to fd 2."""
+    """Route this process's fd 2 (C and Python writes alike) through a pipe while the block
+    runs: absl's start-up lines are kept and logged at DEBUG at the end; every other line goes
+    on to the real stderr as soon as it is complete, so a fatal message printed just before the
+    process aborts (TF's CPU check, say) is still seen."""
     try:
         saved = os.dup(2)
     except OSError:  # no fd 2 at all (a daemon): nothing to keep clean
-        saved = -1
-    if saved < 0:
         yield
         return
+    read_end, write_end = os.pipe()
+    noise: list[bytes] = []
+    reader = threading.Thread(
+        target=_forward, args=(read_end, saved, noise), name="hpo-stderr", daemon=True
+    )
+    reader.start()
     try:
-        with tempfile.TemporaryFile() as held:
-            _flush_stderr()
-            try:
-                os.dup2(held.fileno(), 2)
-                yield
-            finally:
-                _flush_stderr()  # what Python still buffers belongs to the held text
-                os.dup2(saved, 2)
-                held.seek(0)
-                _replay(held.read())  # also when the import failed: its reasons are in there
+        _flush_stderr()
+        os.dup2(write_end, 2)
+        try:
+            yield
+        finally:
+            _flush_stderr()  # what Python still buffers belongs to the captured text
+            os.dup2(saved, 2)
+            os.close(write_end)  # the reader sees the end of the pipe ...
+            reader.join()  # ... and has written everything on before we go on
     finally:
         os.close(saved)
+        for line in noise:  # also when the import failed
+            _log.debug("%s", line.decode(errors="replace").rstrip())
 
 
 def _flush_stderr() -> None:
@@ -83,20 +90,30 @@ def _flush_stderr() -> None:
         sys.stderr.flush()
 
 
-def _replay(captured: bytes) -> None:
-    """Start-up lines to the log at DEBUG; everything else (real warnings and errors, anything
-    Python printed meanwhile) back to fd 2 as it was, in order."""
-    for line in captured.splitlines(keepends=True):
-        if _ABSL_NOTICE.match(line) or _ABSL_INFO.match(line):
-            _log.debug("%s", line.decode(errors="replace").rstrip())
-        else:
-            _write_fd2(line)
+def _is_noise(line: bytes) -> bool:
+    return bool(_ABSL_NOTICE.match(line) or _ABSL_INFO.match(line))
 
 
-def _write_fd2(data: bytes) -> None:
+def _forward(read_end: int, out: int, noise: list[bytes]) -> None:
+    """Read the pipe until its end: start-up lines into ``noise``, the rest on to ``out``."""
+    pending = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if _is_noise(line):
+                    noise.append(line)
+                else:
+                    _write_all(out, line + b"\n")
+    if pending:  # an unfinished last line (a print without its newline): ended, so what
+        _write_all(out, pending + b"\n")  # comes next (a log line, say) starts a line of its own
+
+
+def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:  # os.write may take only part of it
-        view = view[os.write(2, view) :]
+        view = view[os.write(fd, view) :]
 
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from hpo.data import quoted
 from hpo.lazy import lazy_import
 from hpo.spec import DataSpec, StudySpec
 from hpo.study.record import SPEC_ATTR, stored_data_warnings
@@ -98,9 +99,9 @@ def spec_sections(spec: StudySpec) -> list[Section]:
             [
                 ("source", _data_source(data)),
                 ("target column", data.target),
-                ("dropped columns", ", ".join(data.drop) or "none"),
-                ("missing-value markers", ", ".join(data.na_values) or "pandas defaults"),
-                ("one-hot numeric columns", ", ".join(data.categorical) or "none"),
+                ("dropped columns", quoted(data.drop) or "none"),
+                ("missing-value markers", quoted(data.na_values) or "pandas defaults"),
+                ("one-hot numeric columns", quoted(data.categorical) or "none"),
                 (
                     "rows without a target",
                     "dropped" if data.missing_target == "drop" else "refused",
@@ -111,7 +112,7 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                     else []
                 ),
                 *(
-                    [("warnings silenced for", ", ".join(data.ignore_warnings))]
+                    [("warnings silenced for", quoted(data.ignore_warnings))]
                     if data.ignore_warnings
                     else []
                 ),
@@ -177,6 +178,9 @@ def spec_sections(spec: StudySpec) -> list[Section]:
     ]
 
 
+_SIGNATURE = "_Written by `hpo` from the study's stored spec (user attr `{attr}`)._"
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -207,13 +211,21 @@ def spec_markdown(spec: StudySpec, warnings: Sequence[str] = ()) -> str:
     for title, items in spec_sections(spec):
         lines += ["", f"### {title}", "", "| setting | value |", "|---|---|"]
         lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in items]
-    lines += ["", f"_Written by `hpo` from the study's stored spec (user attr `{SPEC_ATTR}`)._"]
+    lines += ["", _SIGNATURE.format(attr=SPEC_ATTR)]
     return "\n".join(lines) + "\n"
 
 
 def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
-    """Write the spec note on ``study`` unless it already has a note; True when written."""
-    if optuna_dashboard.get_note(study).strip():
-        return False  # a note someone wrote (or ours) stays as it is
-    optuna_dashboard.save_note(study, spec_markdown(spec, stored_data_warnings(study)))
+    """Write the spec note on ``study`` unless a person wrote its note; True when written.
+
+    A note hpo wrote (it ends with hpo's signature line) is brought up to date, so a resumed
+    study's note shows the data warnings of the data it trains on now.
+    """
+    current = optuna_dashboard.get_note(study)
+    ours = spec_markdown(spec, stored_data_warnings(study))
+    if current == ours:
+        return False
+    if current.strip() and not current.rstrip().endswith(_SIGNATURE.format(attr=SPEC_ATTR)):
+        return False  # a note someone wrote stays as it is
+    optuna_dashboard.save_note(study, ours)
     return True

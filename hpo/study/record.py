@@ -13,7 +13,7 @@ Study user attributes
                                   creation; ``hpo create`` may later update its budget and engine
 ``hpo_crash_policy``              heartbeat interval, grace period, max retries (:class:`CrashPolicy`)
 ``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
-``data_warnings``                 the data warnings (identifier, leak, ...) of the latest ``hpo run``
+``hpo_data_warnings``             the data warnings (identifier, leak, ...) of the latest ``hpo run``
                                   or ``hpo worker`` to load the data: a list of one-line messages
 ================================  ===================================================================
 
@@ -125,7 +125,7 @@ __all__ = [
 SPEC_ATTR = "hpo_spec"
 POLICY_ATTR = "hpo_crash_policy"
 RERUN_ATTR_PREFIX = "rerun:"
-DATA_WARNINGS_ATTR = "data_warnings"
+DATA_WARNINGS_ATTR = "hpo_data_warnings"
 # Study system attributes.
 WORKER_ATTR_PREFIX = "hpo:worker:"
 # optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own
@@ -150,6 +150,7 @@ RETRY_FIRST_ATTR = "failed_trial"
 
 # What must match for a resumed study to stay one experiment (data location may differ).
 _PROTOCOL_SECTIONS = ("cv", "model", "search")
+_PROTOCOL_DATA_KEYS = ("target", "drop", "categorical", "na_values", "missing_target")
 # What `hpo create` may change on an existing study.
 _UPDATABLE_SECTIONS = ("budget", "engine")
 
@@ -437,10 +438,12 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
             f"study {spec.name!r} was created with {key}={old!r}, but this run "
             f"has {new!r}; use the study's settings or a new name (--name)"
         )
-    # The data keys that change what the network is fed (absent in studies made before them).
-    for key, default in (("target", None), ("categorical", []), ("missing_target", "error")):
-        old = stored["data"].get(key, default)
-        new = spec_to_dict(spec)["data"].get(key, default)
+    # The data keys that change what the network is fed. The stored spec is read back through
+    # today's validation, so keys added since it was stored take their defaults.
+    was = spec_to_dict(spec_from_dict(stored, origin=f"study {spec.name!r}"))["data"]
+    now = spec_to_dict(spec)["data"]
+    for key in _PROTOCOL_DATA_KEYS:
+        old, new = was.get(key), now.get(key)
         if old != new:
             raise HpoError(
                 f"study {spec.name!r} was created with data.{key}={old!r}, "
