@@ -1,6 +1,13 @@
 """Data: load rows (CSV path, cached URL download, or a data set shipped inside a package), cut
 them into cross-validation folds, and preprocess each fold as the course does.
 
+Loading refuses what would make a study silently wrong, each with one line naming the file,
+column and value: a column name that appears twice (pandas would rename it, and a second copy
+of the target would become a perfect feature), a target that looks like a regression target,
+a class structure that makes K-fold accuracy meaningless, a missing target (unless
+``missing_target = "drop"``), a number float32 cannot hold. What it fixes on the way (stray
+whitespace in names and text values) it reports in :attr:`Dataset.notes`.
+
 The preprocessing (one-hot for text columns, median fill and z-score for numbers) is fitted on
 each fold's training rows only, so nothing about the held-out rows leaks into training. Output is
 plain numpy, ready for any engine.
@@ -13,6 +20,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +177,10 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     if path.is_dir():
         raise HpoError(f"{path}: is a directory, not a CSV file")
     try:
-        frame = pd.read_csv(path, na_values=list(na_values) or None, index_col=False)
+        with warnings.catch_warnings():
+            # The one line this function raises says it better (a ';' file: header vs rows).
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, na_values=list(na_values) or None, index_col=False)
         header = pd.read_csv(
             path,
             header=None,
@@ -194,6 +205,14 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     if len(written) == frame.shape[1]:
         # A blank header cell gets pandas' name for an empty one, so it can be dropped by name.
         frame.columns = [w if w.strip() else f"Unnamed: {i}" for i, w in enumerate(written)]
+        # A blank name over a column with no value at all is a delimiter at the end of every
+        # line, header included: an artifact of the export, not a column.
+        artifacts = [
+            c
+            for c, w in zip(frame.columns, written, strict=True)
+            if not w.strip() and frame[c].isna().all()
+        ]
+        frame = frame.drop(columns=artifacts)
     return frame
 
 
@@ -333,7 +352,7 @@ def _check_target_kind(target: pd.Series, spec: DataSpec, source: str) -> None:
     if len(fractional):
         raise HpoError(
             f"{source}: target column {spec.target!r} has {distinct} distinct values, not all "
-            f"whole numbers (e.g. {float(fractional.iloc[0]):g}): {fix}"
+            f"whole numbers (e.g. {float(fractional.iloc[0])!r}): {fix}"
         )
     if distinct > MAX_NUMERIC_CLASSES:
         raise HpoError(

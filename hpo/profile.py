@@ -90,7 +90,7 @@ class DataWarning:
     """Something about ``column`` the user should decide on before trusting the study."""
 
     column: str
-    kind: str  # identifier | many-categories | leak | numbers-as-text
+    kind: str  # leak | constant | identifier | numbers-as-text | many-categories
     message: str
 
 
@@ -200,7 +200,8 @@ def _warning(
     accuracy: float | None,
     majority: float,
 ) -> DataWarning | None:
-    """At most one warning per column, the gravest first: leak, identifier, markers, width."""
+    """At most one warning per column, the gravest first: leak, constant, identifier, markers,
+    width."""
     name, n_rows = column.name, len(column.values)
     fix = "add it to [data] drop, or to [data] ignore_warnings to keep it on purpose"
     if accuracy is not None and _looks_like_leak(accuracy, majority):
@@ -213,6 +214,15 @@ def _warning(
             "leak recorded with or after the outcome? If it is a real measurement available "
             "when predicting, keep it with [data] ignore_warnings; otherwise add it to "
             "[data] drop",
+        )
+    if column.distinct <= 1:
+        what = (
+            "is empty (every value is missing)"
+            if column.distinct == 0
+            else f"has a single value ({column.values.dropna().iloc[0]!r})"
+        )
+        return DataWarning(
+            name, "constant", f"column {name!r} {what}: it tells the network nothing; {fix}"
         )
     cost = (
         ""

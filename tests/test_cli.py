@@ -186,6 +186,8 @@ def test_run_resume_best_and_trials(write_study: Callable[..., Path], tmp_path: 
     assert second.exit_code == 0, second.output
     assert "study 'tiny': resumed; 4 trials budgeted, 2 to run" in second.stderr
     assert "ran 2 trials (0 pruned, 0 failed)" in second.stdout
+    status = hpo("status", "tiny", "--storage", storage)  # the budget in use is the stored one
+    assert "budget: 4 of 4 trials finished" in status.stdout, status.output
 
     listed = json.loads(hpo("trials", "tiny", "--storage", storage, "--format", "json").stdout)
     assert [t["number"] for t in listed] == [0, 1, 2, 3]
@@ -265,7 +267,7 @@ def test_course_study_on_the_shared_data_set(tmp_path: Path) -> None:
         "reference",
     )
     assert result.exit_code == 0, result.output
-    assert "2000 rows, 47 features, 7 classes; 5-fold CV" in result.stderr
+    assert "2000 rows, 12 feature columns (47 network inputs), 7 classes; 5-fold CV" in result.stderr
     listed = json.loads(hpo("trials", "jh-simple", "--storage", storage, "--format", "json").stdout)
     assert len(listed) == 2
     assert all(len(t["user_attrs"]["fold_accuracies"]) == 5 for t in listed)

@@ -91,7 +91,7 @@ def test_a_text_column_with_gaps_trains_end_to_end(
     result = hpo("run", study)
     assert result.exit_code == 0, result.output
     assert "ran 2 trials (0 pruned, 0 failed)" in result.output
-    assert "120 rows, 6 features, 3 classes" in result.stderr  # 2 numbers, 3 colours, a gap
+    assert "120 rows, 3 feature columns (6 network inputs), 3 classes" in result.stderr  # 2 numbers, 3 colours, a gap
 
 
 def test_numbers_read_as_text_because_of_an_undeclared_marker(tmp_path: Path) -> None:
@@ -351,7 +351,7 @@ def test_check_profiles_the_data_without_touching_storage(
     assert result.exit_code == 0, result.output
     out = result.output
     assert f"data: {path}: 120 rows" in out
-    table = out[out.index("columns (") : out.index("input width")].splitlines()[2:]
+    table = out[out.index("feature columns (") : out.index("network inputs")].splitlines()[2:]
     kinds = {line.split()[0]: line.split()[1] for line in table}
     assert kinds == {
         "'id'": "identifier",
@@ -362,12 +362,14 @@ def test_check_profiles_the_data_without_touching_storage(
         "'same'": "constant",
     }
     assert "target 'kind': 3 classes" in out
-    assert "input width: 8 (4 numeric, 4 one-hot); one-hot: 'color', 'same'" in out
+    assert "network inputs: 8 (4 numeric, 4 one-hot); one-hot: 'color', 'same'" in out
     assert "warning: column 'id' looks like an identifier" in out
+    assert "warning: column 'empty' is empty (every value is missing)" in out
+    assert "warning: column 'same' has a single value ('yes')" in out
     assert "layer  units" in out  # the search space
     assert "per trial on this machine" in out and "reference engine" in out
     assert out.rstrip().endswith(
-        f"ok: the study can run (1 warning(s) above): hpo run {tmp_path}/tiny.toml"
+        f"ok: the study can run (3 warning(s) above): hpo run {tmp_path}/tiny.toml"
     )
     assert not (tmp_path / "hpo.db").exists()
     assert not (tmp_path / "hpo-artifacts").exists()
@@ -405,6 +407,14 @@ def test_a_delimiter_at_the_end_of_every_row_does_not_shift_the_columns(tmp_path
     dataset = load_dataset(DataSpec(path=str(path), target="kind"))
     assert list(dataset.features.columns) == ["size", "weight", "color"]
     assert dataset.classes == ("x", "y", "z")
+
+
+def test_a_delimiter_at_the_end_of_the_header_too_adds_no_column(tmp_path: Path) -> None:
+    path = tmp_path / "trailing-header.csv"
+    lines = _frame().to_csv(index=False).splitlines()
+    path.write_text("".join(line + ",\n" for line in lines))
+    dataset = load_dataset(DataSpec(path=str(path), target="kind"))
+    assert list(dataset.features.columns) == ["size", "weight", "color"]
 
 
 def test_uci_style_spaces_after_commas_are_stripped_from_values(tmp_path: Path) -> None:

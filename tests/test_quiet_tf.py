@@ -136,7 +136,8 @@ def test_start_up_lines_go_to_the_log_everything_else_to_stderr(
     passed = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d ", line)]
     assert passed == [error.rstrip(), "a Python warning, not yet flushed", "|fd 2 is back"]
     logged = [line[9:] for line in lines if re.match(r"\d\d:\d\d:\d\d ", line)]
-    assert logged == ([NOTICE_LINE.rstrip(), ONEDNN_LINE.rstrip()] if verbosity else [])
+    expected = [f"TensorFlow start-up: {line.rstrip()}" for line in (NOTICE_LINE, ONEDNN_LINE)]
+    assert logged == (expected if verbosity else [])
 
 
 def test_a_fatal_line_before_an_abort_is_still_seen(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def _print_data(profile: DataProfile, spec: StudySpec) -> None:
     for note in profile.notes:
         click.echo(f"  note: {note}")
     click.echo("")
-    click.echo(f"columns ({len(profile.columns)} features):")
+    click.echo(f"feature columns ({len(profile.columns)}):")
     rows = [
         {
             "column": repr(c.name),
@@ -110,7 +110,7 @@ def _print_data(profile: DataProfile, spec: StudySpec) -> None:
     encoded = f"; one-hot: {quoted(c.name for c in one_hot)}" if one_hot else ""
     dropped = f"; dropped: {quoted(profile.dropped)}" if profile.dropped else ""
     click.echo(
-        f"input width: {profile.input_width} ({numeric} numeric, "
+        f"network inputs: {profile.input_width} ({numeric} numeric, "
         f"{profile.input_width - numeric} one-hot){encoded}{dropped}"
     )
     click.echo("")

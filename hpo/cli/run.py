@@ -39,6 +39,7 @@ from hpo.study.record import (
     create_or_load_study,
     read_trial,
     store_data_warnings,
+    update_stored_spec,
 )
 from hpo.study.storage import mask_url, open_storage
 
@@ -88,14 +89,18 @@ def run(
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     first = folds.repeats[0][0]
     click.echo(
-        f"data: {dataset.source}: {dataset.n_rows} rows, {first.n_features} features, "
-        f"{len(dataset.classes)} classes; {spec.cv.folds}-fold CV"
+        f"data: {dataset.source}: {dataset.n_rows} rows, {dataset.features.shape[1]} feature "
+        f"columns ({first.n_features} network inputs), {len(dataset.classes)} classes; "
+        f"{spec.cv.folds}-fold CV"
         + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else ""),
         err=True,
     )
     warnings = show_data_findings(dataset, spec)
     study, created = create_or_load_study(spec, rdb)
     store_data_warnings(study, warnings)
+    if not created:
+        # `hpo status` and workers read the budget stored on the study: keep it the one in use.
+        update_stored_spec(study, spec)
     left = budget_left(study, spec.budget.n_trials)
     click.echo(
         f"study {spec.name!r}: {'created' if created else 'resumed'}; "

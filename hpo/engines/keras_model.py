@@ -82,7 +82,7 @@ def _start_up_lines_to_debug() -> Iterator[None]:
     finally:
         os.close(saved)
         for line in noise:  # also when the import failed
-            _log.debug("%s", line.decode(errors="replace").rstrip())
+            _log.debug("TensorFlow start-up: %s", line.decode(errors="replace").rstrip())
 
 
 def _flush_stderr() -> None:
