@@ -7,8 +7,13 @@
   checkpoints, the artifact recorder), trained once per test session and shared, read-only, by
   the artifact, dashboard, report and rerun tests. A test that writes to the study works on its
   own copy of the database: ``url = built.copy(tmp_path)``.
-- ``pg_url``, ``processes``: a fresh PostgreSQL database per test, and ``hpo`` processes that
-  are killed when the test ends (the helpers behind them are in ``pg.py``).
+- ``pg_url``, ``processes``: a fresh PostgreSQL database per test on the shared server, and
+  ``hpo`` processes that are killed when the test ends (the helpers behind them are in
+  ``pg.py``).
+- ``own_postgres``: a throwaway PostgreSQL server of the test's own (``initdb`` in a temporary
+  directory, a free port), for tests that stop, restart or reconfigure a server; removed at the
+  end. Tests never stop or restart the shared server. Such tests carry the ``own_postgres``
+  marker.
 - ``hpo(...)``: the CLI, invoked in this process.
 
 Helpers are imported by name (``from conftest import make_frame``): ``tests/`` is on sys.path.
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pytest
-from pg import HpoProcesses, pg_database
+from pg import HpoProcesses, OwnPostgres, own_postgres_server, pg_database
 
 if TYPE_CHECKING:
     from click.testing import Result
@@ -44,8 +49,10 @@ SHARED_CSV = ROOT.parent / "shared" / "data" / "jh-simple-dataset.csv"
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's HPO_STORAGE or writes into the repository."""
+    """No test sees the developer's HPO_STORAGE or dashboard token, or writes into the
+    repository."""
     monkeypatch.delenv("HPO_STORAGE", raising=False)
+    monkeypatch.delenv("HPO_DASHBOARD_TOKEN", raising=False)
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data-cache"))
     monkeypatch.chdir(tmp_path)
 
@@ -293,6 +300,26 @@ def pg_url() -> Iterator[str]:
     """A fresh, empty database on the PostgreSQL server (skips when it is not reachable)."""
     with pg_database() as url:
         yield url
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A started PostgreSQL server of this test's own, with an empty database at ``.url``.
+
+    The test may ``stop()``, ``start()`` and ``restart()`` it; at the end it is stopped and its
+    directory removed, pass or fail. Skips when ``initdb`` is missing, unless
+    ``HPO_REQUIRE_OWN_PG=1`` (CI) makes that a failure.
+    """
+    with own_postgres_server() as server:
+        yield server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "own_postgres: starts a throwaway PostgreSQL server of its own (initdb, pg_ctl); skips "
+        "without them unless HPO_REQUIRE_OWN_PG=1",
+    )
 
 
 @pytest.fixture

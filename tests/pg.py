@@ -2,26 +2,39 @@
 
 Every test gets its own database (``hpo_test_<random>``) on the server at 127.0.0.1:5432,
 created through psycopg on the ``postgres`` database and dropped at the end, so tests never see
-each other's studies. ``HpoProcesses`` starts ``python -m hpo ...`` processes (each in its own
-process group, output in a log file) and kills whatever is left when the test ends. The
-fixtures built on these (``pg_url``, ``processes``) are in ``conftest.py``.
+each other's studies. Tests only create and drop databases there: they never stop, restart or
+reconfigure that server, which is the machine's own and may serve other programs.
+
+A test that takes a server down (an outage) or reconfigures it uses ``OwnPostgres`` instead: a
+throwaway cluster that the test creates with ``initdb`` in a temporary directory, on a free
+port, starts and stops with ``pg_ctl`` and removes at the end. When ``initdb`` is missing such
+a test skips, saying why, unless ``HPO_REQUIRE_OWN_PG=1`` (set by ``.ci/run``) makes that a
+failure.
+
+``HpoProcesses`` starts ``python -m hpo ...`` processes (each in its own process group, output
+in a log file) and kills whatever is left when the test ends. The fixtures built on these
+(``pg_url``, ``own_postgres``, ``processes``) are in ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -31,11 +44,13 @@ __all__ = [
     "PG_PORT",
     "HpoProcess",
     "HpoProcesses",
+    "OwnPostgres",
     "admin_connect",
     "hpo_env",
+    "own_postgres_server",
     "pg_available",
-    "pg_ctlcluster",
     "pg_database",
+    "skip_unless_required",
     "tiny_study",
     "wait_until_ready",
 ]
@@ -75,24 +90,6 @@ def wait_until_ready(timeout: float = 60) -> None:
     raise RuntimeError(f"PostgreSQL on {PG_HOST}:{PG_PORT} did not come back in {timeout} s")
 
 
-def _cluster() -> tuple[str, str]:
-    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
-    return versions[-1], "main"
-
-
-def pg_ctlcluster(action: str) -> None:
-    """``pg_ctlcluster VERSION main ACTION`` (start, stop, restart, reload)."""
-    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
-        pytest.skip("pg_ctlcluster is not available: cannot stop and start PostgreSQL here")
-    version, name = _cluster()
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
 @contextlib.contextmanager
 def pg_database() -> Iterator[str]:
     """A fresh, empty database; yields its SQLAlchemy URL (no password: trust auth)."""
@@ -104,13 +101,249 @@ def pg_database() -> Iterator[str]:
     try:
         yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
-        # A test may have stopped the server; bring it back before cleaning up.
-        with contextlib.suppress(Exception):
-            if not pg_available():
-                pg_ctlcluster("start")
-                wait_until_ready()
         with admin_connect() as conn:  # type: ignore[attr-defined]
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- a PostgreSQL server of the test's own ----------------------------------------------------
+
+REQUIRE_OWN_PG = "HPO_REQUIRE_OWN_PG"
+
+
+def skip_unless_required(reason: str) -> NoReturn:
+    """Skip with ``reason``; under ``HPO_REQUIRE_OWN_PG=1`` (CI) fail with it instead."""
+    if os.environ.get(REQUIRE_OWN_PG, "") not in ("", "0"):
+        pytest.fail(f"{reason} ({REQUIRE_OWN_PG} is set: this test must run here)")
+    pytest.skip(reason)
+
+
+def _pg_bindir() -> Path | None:
+    """The directory holding ``initdb`` and ``pg_ctl``: $HPO_TEST_PG_BIN, Debian's, or PATH."""
+    candidates: list[Path] = []
+    if configured := os.environ.get("HPO_TEST_PG_BIN"):
+        candidates.append(Path(configured))
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted(
+        (Path(p) for p in versions),
+        key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.name)] or [0],
+        reverse=True,
+    )
+    if on_path := shutil.which("initdb"):
+        candidates.append(Path(on_path).parent)
+    for directory in candidates:
+        if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
+            return directory
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OwnPostgres:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a temporary directory, on a free port.
+
+    Only this object's test uses it, so the test may stop, start and restart it at will. Trust
+    authentication on 127.0.0.1 (and on any client address passed to ``listen_also``); the unix
+    socket lives in the temporary directory. PostgreSQL refuses to run as root, so as root the
+    binaries run as the ``postgres`` user (``runuser``), who owns the directory.
+    ``remove()`` stops the server (immediate mode) and deletes everything.
+    """
+
+    USER = "postgres"
+    DATABASE = "hpo_test"
+
+    def __init__(self, bindir: Path, *, run_as: str | None) -> None:
+        self.bindir = bindir
+        self.run_as = run_as
+        self.root = Path(tempfile.mkdtemp(prefix="hpo-own-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = _free_port()
+        self.listen = ["127.0.0.1"]
+        self.trusted = ["127.0.0.1"]
+        if run_as is not None:
+            shutil.chown(self.root, user=run_as, group=None)
+        self.root.chmod(0o700)
+
+    # -- paths and URLs
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        """The test database's URL (no password: trust)."""
+        return self.url_for(self.host)
+
+    def url_for(self, host: str, database: str | None = None) -> str:
+        return f"postgresql://{self.USER}@{host}:{self.port}/{database or self.DATABASE}"
+
+    def connect(self, database: str = "postgres", *, timeout: int = 5) -> object:
+        import psycopg
+
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.USER,
+            dbname=database,
+            autocommit=True,
+            connect_timeout=timeout,
+        )
+
+    # -- running the binaries
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        prefix = ["runuser", "-u", self.run_as, "--"] if self.run_as else []
+        done = subprocess.run(
+            [*prefix, str(self.bindir / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
+        if done.returncode != 0:
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            raise RuntimeError(
+                f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
+                f"server log:\n{log}"
+            )
+        return done
+
+    def _write_config(self) -> None:
+        conf = self.data / "postgresql.conf"
+        text = conf.read_text()
+        marker = "# --- hpo test settings\n"
+        text = text.split(marker, 1)[0] + marker
+        text += (
+            f"listen_addresses = '{','.join(self.listen)}'\n"
+            f"port = {self.port}\n"
+            f"unix_socket_directories = '{self.root}'\n"
+            "max_connections = 100\n"
+            "shared_buffers = 32MB\n"
+            "fsync = off\n"
+            "synchronous_commit = off\n"
+            "full_page_writes = off\n"
+            "logging_collector = off\n"
+        )
+        conf.write_text(text)
+        hba = ["local all all trust"]
+        hba += [f"host all all {address}/32 trust" for address in self.trusted]
+        (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
+
+    def init(self) -> None:
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.USER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        self._write_config()  # as the owner of data/: written through runuser below if needed
+        if self.run_as is not None:
+            for name in ("postgresql.conf", "pg_hba.conf"):
+                shutil.chown(self.data / name, user=self.run_as, group=None)
+
+    # -- the server's life
+
+    def is_ready(self) -> bool:
+        try:
+            with self.connect(timeout=3):  # type: ignore[attr-defined]
+                return True
+        except Exception:
+            return False
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """Like ``pg_ctlcluster stop``: fast shutdown, waiting until the server is gone."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def restart(self) -> None:
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "60",
+            "restart",
+        )  # fmt: skip
+
+    def running(self) -> bool:
+        prefix = ["runuser", "-u", self.run_as, "--"] if self.run_as else []
+        done = subprocess.run(
+            [*prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"],
+            capture_output=True,
+            timeout=30,
+            cwd=self.root,
+        )
+        return done.returncode == 0
+
+    def listen_also(self, address: str, client: str) -> None:
+        """Also listen on ``address`` and trust connections from ``client``; restarts."""
+        self.listen.append(address)
+        self.trusted.append(client)
+        self._write_config()
+        self.restart()
+
+    def remove(self) -> None:
+        """Stop the server if it runs (immediate mode) and delete the whole cluster."""
+        try:
+            if self.data.exists() and self.running():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_postgres_server() -> Iterator[OwnPostgres]:
+    """A started throwaway cluster with an empty ``hpo_test`` database; removed afterwards.
+
+    Skips (fails under ``HPO_REQUIRE_OWN_PG=1``) when ``initdb``/``pg_ctl`` are missing, or
+    when running as root without a ``postgres`` user and ``runuser`` to run them as.
+    """
+    bindir = _pg_bindir()
+    if bindir is None:
+        skip_unless_required(
+            "initdb and pg_ctl not found (looked in $HPO_TEST_PG_BIN, /usr/lib/postgresql/*/bin "
+            "and PATH): cannot start a PostgreSQL server of the test's own"
+        )
+    run_as: str | None = None
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        import pwd
+
+        try:
+            pwd.getpwnam(OwnPostgres.USER)
+        except KeyError:
+            skip_unless_required("running as root and there is no `postgres` user to run initdb")
+        if shutil.which("runuser") is None:
+            skip_unless_required("running as root and `runuser` is missing to run initdb")
+        run_as = OwnPostgres.USER
+    server: OwnPostgres | None = None
+    try:
+        for attempt in range(3):  # the free port may be taken between finding it and binding it
+            server = OwnPostgres(bindir, run_as=run_as)
+            server.init()
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                server.remove()
+                server = None
+                if attempt == 2:
+                    raise
+        assert server is not None
+        with server.connect() as conn:  # type: ignore[attr-defined]
+            conn.execute(f'CREATE DATABASE "{OwnPostgres.DATABASE}"')
+        yield server
+    finally:
+        if server is not None:
+            server.remove()
 
 
 # --- hpo processes ---------------------------------------------------------------------------

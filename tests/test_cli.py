@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SHARED_CSV, hpo, one_line_error
 
+from hpo.study.storage import open_storage
+
 COMMANDS = {"best", "check", "create", "dashboard", "report", "rerun", "run", "status", "trials", "worker"}
 
 
@@ -119,7 +121,7 @@ def test_bad_study_file_values(
 def test_bad_epochs_on_the_command_line(write_study: Callable[..., Path]) -> None:
     study = write_study()
     one_line_error(
-        hpo("run", study, "--epochs", "-1"), f"{study}: `epochs > 0` must hold, but got (epochs=-1)"
+        hpo("run", study, "--epochs", "-1"), "--epochs must be a whole number >= 1, but got -1"
     )
 
 
@@ -156,6 +158,7 @@ def test_unreachable_database_hides_the_password(write_study: Callable[..., Path
 
 
 def test_unknown_study_name_lists_what_is_there(tmp_path: Path) -> None:
+    open_storage(f"sqlite:///{tmp_path}/empty.db")  # a database with no study in it
     one_line_error(
         hpo("best", "ghost", "--storage", f"sqlite:///{tmp_path}/empty.db"),
         f"no study named 'ghost' in sqlite:///{tmp_path}/empty.db (it holds no studies)",

@@ -233,10 +233,11 @@ def test_a_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
     result = hpo("dashboard", "--storage", "sqlite:///nothing.db")
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: storage sqlite:///nothing.db: SQLite file nothing.db does not exist; "
-        "run `hpo run` first or pass --storage\n"
+        "Error: storage sqlite:///nothing.db: SQLite file nothing.db does not exist; check the "
+        "path in --storage or HPO_STORAGE, or create the study first with `hpo run` or "
+        "`hpo create`\n"
     )
-    assert not (tmp_path / "nothing.db").exists()
+    assert not any(p.name.startswith("nothing") for p in tmp_path.iterdir())  # nor its lock
 
 
 def test_the_spec_note_keeps_secrets_out(tmp_path: Path) -> None:

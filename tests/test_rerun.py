@@ -236,7 +236,7 @@ def test_rerun_records_its_statistics_on_the_study(built: BuiltStudy, tmp_path: 
             ("--trial", "0", "--top", "2", "--seeds", "2"),
             "give either --trial N or --top K, not both",
         ),
-        (("--top", "2", "--seeds", "0"), "--seeds must be >= 1, but got 0"),
+        (("--top", "2", "--seeds", "0"), "--seeds must be a whole number >= 1, but got 0"),
         (
             ("--trial", "99", "--seeds", "2"),
             "study 'results' has no complete trial 99 with a recorded plan; "

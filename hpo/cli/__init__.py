@@ -1,13 +1,15 @@
 """The ``hpo`` command line: thin commands over the library.
 
 Every user error is an :class:`~hpo.errors.HpoError`, mapped once (in :class:`_Cli`) to one
-line on stderr and exit code 1, with no traceback unless ``--debug``. The commands live in one
+line on stderr and exit code 1, with no traceback unless ``--debug``; a stop signal, at any
+moment, to ``stopped by SIGINT`` and exit code 0 (a second one: 130, or 143 for SIGTERM). The commands live in one
 module per family (``run``: run, best, trials; ``check``: check; ``cluster``: create, worker, status; ``results``:
 dashboard, report, rerun) and are registered here.
 """
 
 from __future__ import annotations
 
+import signal
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from hpo.cli import check, cluster, results, run
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure
+from hpo.study.signals import Stopped, signals_received, stop_on_signals
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -29,13 +32,22 @@ __all__ = ["cli", "main"]
 
 class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except HpoError as exc:
-            if ctx.params.get("debug"):
-                raise
-            click.echo(f"Error: {mask_url(str(exc))}", err=True)
-            ctx.exit(1)
+        # SIGINT/SIGTERM become Stopped for the command's whole life, from start-up to exit:
+        # the first stops it cleanly (exit 0), a second one ends the shutdown (128 + signal).
+        with stop_on_signals():
+            try:
+                return super().invoke(ctx)
+            except HpoError as exc:
+                if ctx.params.get("debug"):
+                    raise
+                click.echo(f"Error: {mask_url(str(exc))}", err=True)
+                ctx.exit(1)
+            except Stopped as exc:
+                if signals_received() > 1:
+                    click.echo(f"stopped again by {exc}: exiting at once", err=True)
+                    ctx.exit(128 + signal.Signals[str(exc)].value)
+                click.echo(f"stopped by {exc}", err=True)
+                ctx.exit(0)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,4 +72,10 @@ for _family in (run, check, cluster, results):
 
 
 def main() -> None:
-    cli(prog_name="hpo")
+    try:
+        cli(prog_name="hpo")
+    finally:
+        # The command is over and has said how it ended: a signal now (during the interpreter's
+        # exit hooks) must not add a traceback or change the exit code.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)

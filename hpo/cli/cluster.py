@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hpo.cli.options import (
+    COUNT,
+    NON_NEGATIVE,
     apply_overrides,
-    at_least_one,
     data_option,
     engine_option,
     epochs_option,
@@ -73,21 +74,21 @@ _ENDED = ("finished", "stopped", "timeout", "crashed")
 @trials_per_batch_option
 @click.option(
     "--heartbeat-interval",
-    type=int,
+    type=COUNT,
     default=10,
     show_default=True,
     help="Seconds between heartbeats of a running trial.",
 )
 @click.option(
     "--grace-period",
-    type=int,
+    type=COUNT,
     default=60,
     show_default=True,
     help="Seconds without a heartbeat before a running trial counts as dead and is retried.",
 )
 @click.option(
     "--max-retries",
-    type=int,
+    type=NON_NEGATIVE,
     default=3,
     show_default=True,
     help="How often a dead or stopped worker's trial is retried with the same parameters.",
@@ -109,7 +110,6 @@ def create(
     Safe to repeat: an existing study is kept (its protocol must match); a changed budget or
     engine is updated.
     """
-    at_least_one("--n-trials", n_trials)
     spec = apply_overrides(
         load_spec(study_file),
         name=name,
@@ -126,7 +126,7 @@ def create(
         )
     except ValueError as exc:
         raise HpoError(f"crash policy: {exc}") from None
-    url = storage_url(storage, announce=True)
+    url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
     study, created = create_or_load_study(spec, open_storage(url), policy=policy)
     if created:
@@ -137,7 +137,9 @@ def create(
             f"{policy.grace_period} s without one (at most {policy.max_retries} times)"
         )
     else:
-        changes = [f"{key}: {old!r} -> {new!r}" for key, old, new in update_stored_spec(study, spec)]
+        changes = [
+            f"{key}: {old!r} -> {new!r}" for key, old, new in update_stored_spec(study, spec)
+        ]
         click.echo(
             f"study {spec.name!r} already exists in {shown} ({len(study.trials)} trials); "
             + ("updated " + ", ".join(changes) if changes else "nothing changed")
@@ -166,10 +168,12 @@ def worker(
     trials are retried by the others; SIGTERM/Ctrl-C fails this worker's trials cleanly and
     exits 0.
     """
-    at_least_one("--n-trials", n_trials)
-    url = storage_url(storage, announce=True)
+    # A worker joins an existing study: it never creates a SQLite file (a typo must fail).
+    url = storage_url(storage, announce=True, access="write")
     _quiet_database_drivers()
-    study, spec = join_study(name, open_storage(url), shown_url=url, worker=worker_id())
+    study, spec = join_study(
+        name, open_storage(url, access="write"), shown_url=url, worker=worker_id()
+    )
     budget = n_trials if n_trials is not None else spec.budget.n_trials
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)

@@ -1,11 +1,13 @@
 """What the commands share: option decorators, the storage URL, loading a study, printing trials.
 
 An option that several commands take is declared once here, so its name, type and help read the
-same everywhere.
+same everywhere. Numeric options are checked where click parses them (:class:`Number`), so every
+command refuses the same value with the same one-line error.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +22,14 @@ from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import ENGINES, StudySpec
 from hpo.study.record import best_trial, read_trial
 from hpo.study.session import train
-from hpo.study.storage import mask_url, normalize_url, open_storage, resolve_storage_url
+from hpo.study.storage import (
+    Access,
+    check_sqlite,
+    mask_url,
+    normalize_url,
+    open_storage,
+    resolve_storage_url,
+)
 from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
@@ -29,8 +38,12 @@ else:
     optuna = lazy_import("optuna")
 
 __all__ = [
+    "COUNT",
+    "NON_NEGATIVE",
+    "PORT",
+    "SECONDS",
+    "Number",
     "apply_overrides",
-    "at_least_one",
     "data_option",
     "engine_option",
     "epochs_option",
@@ -38,13 +51,18 @@ __all__ = [
     "load_study",
     "n_trials_option",
     "name_option",
+    "port_option",
     "print_best",
+    "repeats_option",
+    "seeds_option",
     "show_data_findings",
     "storage_option",
     "storage_url",
     "text_table",
     "timeout_option",
+    "top_option",
     "train_here",
+    "trial_option",
     "trial_record",
     "trials_per_batch_option",
 ]
@@ -56,14 +74,78 @@ STORAGE_HELP = (
     "Default: $HPO_STORAGE, else sqlite:///hpo.db"
 )
 
+
+class Number(click.ParamType):
+    """A number option, checked as click parses it: a bad value is one line naming the option,
+    the rule and the value as typed (an :class:`HpoError`, exit code 1), the same line on
+    every command that takes the option. (click's own ``IntRange`` words it differently, as a
+    usage error with exit code 2, and ``float`` lets ``nan`` and ``inf`` through.)"""
+
+    def __init__(self, kind: type[int] | type[float], rule: str, accept: Callable[[Any], bool]):
+        self.kind = kind
+        self.rule = rule
+        self.accept = accept
+        self.name = "integer" if kind is int else "float"  # the metavar in --help
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number: int | float | None
+        if isinstance(value, self.kind) and not isinstance(value, bool):  # a declared default
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                number = None
+        if number is None or not self.accept(number):
+            name = param.opts[0] if param is not None and param.opts else "value"
+            raise HpoError(f"{name} must be {self.rule}, but got {_as_typed(value)}")
+        return number
+
+
+def _as_typed(value: Any) -> str:
+    # A number as the user typed it (0, -5, nan); anything else quoted, so '' and ' ' show.
+    text = str(value)
+    try:
+        float(text)
+    except ValueError:
+        return repr(text)
+    return text.strip()
+
+
+COUNT = Number(int, "a whole number >= 1", lambda n: n >= 1)
+NON_NEGATIVE = Number(int, "a whole number >= 0", lambda n: n >= 0)
+SECONDS = Number(float, "a finite number of seconds > 0", lambda n: math.isfinite(n) and n > 0)
+PORT = Number(int, "a whole number from 0 to 65535", lambda n: 0 <= n <= 65535)
+
 storage_option = click.option("--storage", help=STORAGE_HELP)
 engine_option = click.option("--engine", type=click.Choice(ENGINES), help="Override [engine] name.")
 name_option = click.option("--name", help="Study name (default: [study] name).")
 timeout_option = click.option(
-    "--timeout", type=float, help="Stop starting new trials after this many seconds."
+    "--timeout", type=SECONDS, help="Stop starting new trials after this many seconds."
 )
 trials_per_batch_option = click.option(
-    "--trials-per-batch", type=int, help="Trials trained together by the stacked engine."
+    "--trials-per-batch", type=COUNT, help="Trials trained together by the stacked engine."
+)
+seeds_option = click.option(
+    "--seeds", type=COUNT, required=True, help="Fresh seeds per trial (2 or more for a CI)."
+)
+top_option = click.option(
+    "--top", type=COUNT, help="Rerun the K best complete trials (default: 3)."
+)
+trial_option = click.option(
+    "--trial", "trial_number", type=NON_NEGATIVE, help="Rerun this trial number."
+)
+repeats_option = click.option(
+    "--repeats",
+    type=COUNT,
+    help="Repeated K-fold: reshuffled splits per seed (default: the study's).",
+)
+port_option = click.option(
+    "--port",
+    type=PORT,
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
 )
 
 
@@ -78,22 +160,23 @@ def data_option(help: str) -> Callable[[_F], _F]:
 
 
 def n_trials_option(help: str) -> Callable[[_F], _F]:
-    return click.option("--n-trials", type=int, help=help)
+    return click.option("--n-trials", type=COUNT, help=help)
 
 
 def epochs_option(help: str) -> Callable[[_F], _F]:
-    return click.option("--epochs", type=int, help=help)
+    return click.option("--epochs", type=COUNT, help=help)
 
 
-def at_least_one(option: str, value: int | None) -> None:
-    """Refuse a count below 1 for ``option`` (click's IntRange words it less plainly)."""
-    if value is not None and value < 1:
-        raise HpoError(f"{option} must be >= 1, but got {value}")
-
-
-def storage_url(storage: str | None, *, announce: bool = False) -> str:
+def storage_url(
+    storage: str | None, *, announce: bool = False, access: Access | None = None
+) -> str:
+    """The storage URL to use (``--storage``, else ``$HPO_STORAGE``, else the default), checked:
+    a malformed URL, and with ``access`` a SQLite file unfit for it, fail here, before any data
+    is read. ``announce`` prints it (masked) on stderr."""
     url, why = resolve_storage_url(storage)
     normalize_url(url)  # fail fast on a malformed URL
+    if access is not None:
+        check_sqlite(url, access)
     if announce:
         note = {
             "default": " (default; choose with --storage or HPO_STORAGE)",
@@ -130,8 +213,9 @@ def train_here(
     return summary
 
 
-def load_study(name: str, storage_url: str) -> optuna.Study:
-    storage = open_storage(storage_url)
+def load_study(name: str, storage_url: str, *, access: Access = "read") -> optuna.Study:
+    """Study ``name``; a reader (the default) creates no database, directory or lock file."""
+    storage = open_storage(storage_url, access=access)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

@@ -10,18 +10,22 @@ from typing import TYPE_CHECKING
 import click
 
 from hpo.cli.options import (
-    at_least_one,
     data_option,
     load_study,
+    port_option,
+    repeats_option,
+    seeds_option,
     storage_option,
     storage_url,
+    top_option,
+    trial_option,
 )
 from hpo.data import load_folds
 from hpo.engines import make_engine
 from hpo.errors import HpoError
 from hpo.log import get_logger
 from hpo.results.artifacts import artifact_dir_for
-from hpo.results.dashboard import serve
+from hpo.results.dashboard import TOKEN_ENV, dashboard_access, is_loopback, serve
 from hpo.results.report import write_report
 from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
 from hpo.spec import ENGINES
@@ -34,35 +38,80 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS"]
 
 _log = get_logger("cli")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @click.command()
 @storage_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
+    "--host",
+    default="127.0.0.1",
     show_default=True,
-    help="Port to listen on (0: any free port).",
+    help="Address to listen on; any but loopback needs --token.",
 )
+@port_option
 @click.option(
     "--artifacts",
     "artifacts_dir",
     type=click.Path(file_okay=False),
     help="Artifact folder (default: the studies' [artifacts] path, else beside the SQLite file).",
 )
-def dashboard(storage: str | None, host: str, port: int, artifacts_dir: str | None) -> None:
-    """Serve optuna-dashboard on the studies' storage and artifacts."""
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    help="Let the dashboard edit notes, rename, create or delete studies and tell trials "
+    "(default: read-only).",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also accept requests for this host name (repeatable; loopback names always work).",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    metavar="TOKEN",
+    help="Require this token on every request (needed for a non-loopback --host); prefer the "
+    "environment variable, which other users cannot see in the process list.",
+)
+def dashboard(
+    storage: str | None,
+    host: str,
+    port: int,
+    artifacts_dir: str | None,
+    allow_writes: bool,
+    allowed_hosts: tuple[str, ...],
+    token: str | None,
+) -> None:
+    """Serve optuna-dashboard on the studies' storage and artifacts, read-only by default."""
+    # Before the storage is opened: a refused bind is one line, at once.
+    access = dashboard_access(
+        host, token=token, allowed_hosts=allowed_hosts, allow_writes=allow_writes
+    )
     url = storage_url(storage)
-    if host not in _LOOPBACK:
+    if not is_loopback(host):
         _log.warning(
-            "the dashboard has no login: anyone who reaches %s:%d can read and edit the studies",
+            "the dashboard on %s:%d speaks plain HTTP: its token and the studies cross the "
+            "network unencrypted; use a trusted network, a TLS proxy or an ssh tunnel",
             host,
             port,
         )
-    serve(url, host=host, port=port, artifacts=artifacts_dir, announce=click.echo)
+        if not allowed_hosts and host in ("", "0.0.0.0", "::"):
+            _log.warning(
+                "no --allowed-host: browsers on other machines are refused until you pass "
+                "--allowed-host NAME with the name or address they use"
+            )
+    serve(
+        url,
+        host=host,
+        port=port,
+        artifacts=artifacts_dir,
+        access=access,
+        announce=click.echo,
+        announce_login=lambda line: click.echo(line, err=True),
+    )
 
 
 @click.command()
@@ -83,7 +132,7 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: str | No
 )
 def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | None) -> None:
     """Write an HTML report with plots of study NAME to --out DIR."""
-    url = storage_url(storage)
+    url = storage_url(storage, access="read")
     study = load_study(name, url)
     artifact_dir = (
         Path(artifacts_dir) if artifacts_dir else artifact_dir_for(url, stored_spec(study))
@@ -133,16 +182,10 @@ def _print_reruns(results: list[RerunStats]) -> None:
 @click.command()
 @click.argument("name")
 @storage_option
-@click.option("--trial", "trial_number", type=int, help="Rerun this trial number.")
-@click.option("--top", type=int, help="Rerun the K best complete trials (default: 3).")
-@click.option(
-    "--seeds", type=int, required=True, help="Fresh seeds per trial (2 or more for a CI)."
-)
-@click.option(
-    "--repeats",
-    type=int,
-    help="Repeated K-fold: reshuffled splits per seed (default: the study's).",
-)
+@trial_option
+@top_option
+@seeds_option
+@repeats_option
 @data_option("Read the data from this CSV instead of the study's stored source.")
 @click.option("--engine", type=click.Choice(ENGINES), help="Override the study's engine.")
 def rerun(
@@ -163,11 +206,10 @@ def rerun(
     """
     if trial_number is not None and top is not None:
         raise HpoError("give either --trial N or --top K, not both")
-    at_least_one("--top", top)
-    at_least_one("--seeds", seeds)
-    at_least_one("--repeats", repeats)
-    url = storage_url(storage)
-    study = load_study(name, url)
+    # A rerun records its results on the study: a database it cannot write fails now, not
+    # after the training; and a mistyped path is named, never created.
+    url = storage_url(storage, access="write")
+    study = load_study(name, url, access="write")
     spec = stored_spec(study)
     if spec is None:
         raise HpoError(

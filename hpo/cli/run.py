@@ -11,7 +11,6 @@ import click
 
 from hpo.cli.options import (
     apply_overrides,
-    at_least_one,
     data_option,
     engine_option,
     epochs_option,
@@ -71,7 +70,6 @@ def run(
     name: str | None,
 ) -> None:
     """Create or resume the study in STUDY_FILE and optimize in this process."""
-    at_least_one("--n-trials", n_trials)
     spec = apply_overrides(
         load_spec(study_file),
         epochs=epochs,
@@ -81,7 +79,8 @@ def run(
         timeout=timeout,
         name=name,
     )
-    storage_url(storage)  # a malformed URL fails before any data is read
+    # A malformed URL or an unusable SQLite path fails before any data is read.
+    storage_url(storage, access="create")
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
     url = storage_url(storage, announce=True)
     rdb = open_storage(url)

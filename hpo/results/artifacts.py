@@ -49,6 +49,7 @@ from hpo.study.record import (
     stored_plan,
     stored_seed,
 )
+from hpo.study.signals import Stopped
 from hpo.study.storage import sqlite_file
 
 if TYPE_CHECKING:
@@ -290,23 +291,31 @@ class ArtifactRecorder:
         ``top_k`` trials that lacks one: the first fold's model (``"fold"``, for trials this
         process trained) or a refit on all rows (``"refit"``). Returns the files written.
         Like the hot path it logs failures (a database gone at the end, say) and never raises."""
+        written: list[str] = []
         try:
-            return self._finalize(study)
+            self._finalize(study, written)
+        except Stopped as exc:
+            # A model file is uploaded whole or not at all (written aside, then stored), so
+            # stopping here leaves no half file, only fewer files.
+            _log.warning(
+                "stopped by %s while saving model files: %d written, the rest skipped",
+                exc,
+                len(written),
+            )
         except Exception as exc:
             _log.warning(
                 "model files not written to %s (%s: %s)", self.directory, type(exc).__name__, exc
             )
-            return 0
+        return len(written)
 
-    def _finalize(self, study: optuna.Study) -> int:
+    def _finalize(self, study: optuna.Study, written: list[str]) -> None:
         ensure_spec_note(study, self.spec)
         self._noted = True
         model, top_k = self.spec.artifacts.model, self.spec.artifacts.top_k
         if model == "none" or top_k == 0:
-            return 0
+            return
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         best = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_k]
-        written = 0
         for trial in best:
             if model == "fold" and trial.number not in self._weights:
                 continue  # trained by another process: its own finalize saves it
@@ -322,6 +331,8 @@ class ArtifactRecorder:
                     else:
                         self._refit(trial, path)
                     self._upload_finished(study, trial, path)
+                except Stopped:
+                    raise
                 except Exception as exc:
                     _log.warning(
                         "trial %d: model file not saved (%s: %s)",
@@ -330,9 +341,8 @@ class ArtifactRecorder:
                         exc,
                     )
                     continue
-            written += 1
+            written.append(name)
             _log.info("trial %d: saved %s to %s", trial.number, name, self.directory)
-        return written
 
     @staticmethod
     def _plan(trial: optuna.trial.FrozenTrial) -> RegularizationPlan:

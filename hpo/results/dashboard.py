@@ -4,15 +4,32 @@ The note is written once per study (never over a note a person has edited), so t
 shows which data, folds, model and search space every trial of the study used. The server is
 optuna-dashboard's own WSGI app in a threaded ``wsgiref`` server we bind ourselves: a busy port
 becomes one clear error instead of a traceback, and the line we print never shows a password.
+
+optuna-dashboard has no login and its API can delete studies, tell running trials and rewrite
+notes, so :class:`Guard` wraps its app (see :class:`Access`):
+
+- every write (any method but GET, HEAD, OPTIONS) is refused with 403 unless ``--allow-writes``;
+- the Host header must name this machine's loopback or an ``--allowed-host``, so a web page
+  cannot reach a loopback dashboard through DNS rebinding;
+- with a token (required to bind a non-loopback address) every request must carry it, as
+  ``Authorization: Bearer TOKEN`` or as the cookie that the printed login URL sets.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
 import socketserver
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo.errors import HpoError
@@ -22,16 +39,29 @@ from hpo.results.artifacts import artifact_dir_for, open_artifact_store
 from hpo.results.spec_text import ensure_spec_note
 from hpo.spec import StudySpec
 from hpo.study.record import stored_spec
-from hpo.study.storage import mask_url, open_storage, sqlite_file
+from hpo.study.signals import Stopped
+from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
     import optuna
     import optuna_dashboard
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 else:
     optuna = lazy_import("optuna")
     optuna_dashboard = lazy_import("optuna_dashboard")
 
-__all__ = ["dashboard_artifact_dir", "ensure_spec_notes", "open_url", "serve"]
+__all__ = [
+    "LOOPBACK_NAMES",
+    "TOKEN_ENV",
+    "Access",
+    "Guard",
+    "dashboard_access",
+    "dashboard_artifact_dir",
+    "ensure_spec_notes",
+    "is_loopback",
+    "open_url",
+    "serve",
+]
 
 _log = get_logger("dashboard")
 
@@ -49,8 +79,11 @@ def ensure_spec_notes(storage: optuna.storages.BaseStorage) -> list[StudySpec]:
         if spec is None:
             continue
         specs.append(spec)
-        if ensure_spec_note(study, spec):
-            _log.info("study %r: wrote the spec as the study's note", spec.name)
+        try:
+            if ensure_spec_note(study, spec):
+                _log.info("study %r: wrote the spec as the study's note", spec.name)
+        except Exception as exc:  # a read-only database: the dashboard shows it without one
+            _log.debug("study %r: spec note not written (%s)", spec.name, exc)
     return specs
 
 
@@ -78,12 +111,208 @@ def open_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/dashboard"
 
 
-def _check_sqlite_file(url: str) -> None:
-    database = sqlite_file(url)
-    if database is not None and not database.exists():
+# --- who may use the dashboard, and how -----------------------------------------------------
+
+TOKEN_ENV = "HPO_DASHBOARD_TOKEN"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+"""Host names a browser on this machine uses; no other site can make a browser send them."""
+
+_MIN_TOKEN = 16  # a shorter token is guessable over the network, one request at a time
+_TOKEN_FORM = re.compile(r"[!-~]+")  # printable ASCII: fits a header, a URL and a terminal
+_MAKE_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe())'"
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_WRITES_OFF = (
+    "hpo dashboard is read-only: restart it with `hpo dashboard --allow-writes` to edit notes, "
+    "rename, create or delete studies, or tell trials"
+)
+# The request log names the path: a login URL's token must not reach it (nor any log).
+_TOKEN_IN_QUERY = re.compile(r"(?i)([?&]token=)[^&\s\"]*")
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the dashboard lets requests do: writes, Host names, token."""
+
+    allow_writes: bool = False
+    hosts: frozenset[str] = LOOPBACK_NAMES
+    """Accepted Host header names, lower case, without port or brackets."""
+    # repr=False: an Access in a traceback or a debug line must not show the token.
+    token: str | None = field(default=None, repr=False)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine ("" and 0.0.0.0 do not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any interface
+        return False
+
+
+def _host_name(value: str) -> str:
+    """``NAME`` of a Host header ``NAME[:PORT]`` (``[::1]:8080`` -> ``::1``), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:  # NAME:PORT; more colons is a bare IPv6 address
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def dashboard_access(
+    host: str, *, token: str | None, allowed_hosts: Iterable[str], allow_writes: bool
+) -> Access:
+    """The :class:`Access` for serving on ``host``; refuses a non-loopback bind without a token.
+
+    Accepted Host names: the loopback names, ``host`` itself when it is one address (not
+    0.0.0.0), and ``allowed_hosts``. Messages never contain the token.
+    """
+    token = token or None  # an empty HPO_DASHBOARD_TOKEN is no token
+    if token is not None and (len(token) < _MIN_TOKEN or not _TOKEN_FORM.fullmatch(token)):
         raise HpoError(
-            f"storage {mask_url(url)}: SQLite file {database} does not exist; "
-            "run `hpo run` first or pass --storage"
+            f"the dashboard token (--token or ${TOKEN_ENV}) must be at least {_MIN_TOKEN} "
+            f"printable characters without spaces; make one with {_MAKE_TOKEN}"
+        )
+    if token is None and not is_loopback(host):
+        raise HpoError(
+            f"--host {host or '(all addresses)'} lets other machines reach the dashboard, so it "
+            f"needs a token: pass --token TOKEN or set ${TOKEN_ENV} (make one with "
+            f"{_MAKE_TOKEN}), or keep --host 127.0.0.1 and tunnel with ssh -L"
+        )
+    names = set(LOOPBACK_NAMES)
+    if host not in ("", "0.0.0.0", "::"):  # a wildcard bind has no name of its own
+        names.add(_host_name(host))
+    names.update(_host_name(name) for name in allowed_hosts)
+    names.discard("")
+    return Access(allow_writes=allow_writes, hosts=frozenset(names), token=token)
+
+
+def _response(
+    start_response: StartResponse,
+    status: str,
+    body: str,
+    *,
+    json_body: bool = False,
+    headers: Iterable[tuple[str, str]] = (),
+) -> list[bytes]:
+    # optuna-dashboard's pages read {"reason": ...} from a failed API call and show it, so a
+    # refused write in the browser says why; other refusals are read by people: plain text.
+    data = (json.dumps({"reason": body}) if json_body else body + "\n").encode()
+    start_response(
+        status,
+        [
+            (
+                "Content-Type",
+                "application/json" if json_body else "text/plain; charset=utf-8",
+            ),
+            ("Content-Length", str(len(data))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),  # the body echoes a Host: never as HTML
+            *headers,
+        ],
+    )
+    return [data]
+
+
+class Guard:
+    """WSGI middleware that applies an :class:`Access` to every request before ``app`` sees it.
+
+    Order: Host (403), then token (401), then writes (403); a login URL (any GET path with
+    ``?token=TOKEN``) sets an HttpOnly cookie and redirects to the same path without the token.
+    """
+
+    def __init__(self, app: WSGIApplication, access: Access, *, port: int, open_at: str) -> None:
+        self._app = app
+        self._access = access
+        self._open_at = open_at  # the address to suggest when a Host is refused
+        # One cookie per port: two dashboards on one machine must not overwrite each other's.
+        self.cookie_name = f"hpo_dashboard_{port}"
+        # The cookie holds a value derived from the token, never the token itself.
+        self._session = (
+            hmac.new(access.token.encode(), b"hpo dashboard session", hashlib.sha256).hexdigest()
+            if access.token is not None
+            else None
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        given = environ.get("HTTP_HOST", "")
+        if _host_name(given) not in self._access.hosts:
+            shown = ascii(given[:100]) if given else "(none)"
+            return _response(
+                start_response,
+                "403 Forbidden",
+                f"hpo dashboard: Host {shown} is not accepted (a page from another site may be "
+                f"trying to reach this dashboard); open {self._open_at}, or restart "
+                f"`hpo dashboard` with --allowed-host NAME for each name browsers use to reach it",
+            )
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if self._access.token is not None:
+            query = parse_qsl(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+            if method in ("GET", "HEAD") and any(key == "token" for key, _ in query):
+                return self._login(environ, start_response, query)
+            if not self._authorized(environ):
+                return _response(
+                    start_response,
+                    "401 Unauthorized",
+                    "hpo dashboard: this dashboard needs its token: open the login URL that "
+                    "`hpo dashboard` printed at start-up (it ends in ?token=...), or send the "
+                    "header `Authorization: Bearer TOKEN`",
+                    headers=[("WWW-Authenticate", 'Bearer realm="hpo dashboard"')],
+                )
+        if method not in _READS and not self._access.allow_writes:
+            return _response(start_response, "403 Forbidden", _WRITES_OFF, json_body=True)
+        return self._app(environ, start_response)
+
+    def _matches(self, given: str, expected: str) -> bool:
+        # Constant time: how long a wrong guess takes must not say how much of it was right.
+        return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+    def _authorized(self, environ: WSGIEnvironment) -> bool:
+        assert self._access.token is not None and self._session is not None
+        scheme, _, credential = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+        if scheme.lower() == "bearer" and self._matches(credential.strip(), self._access.token):
+            return True
+        try:
+            cookies = SimpleCookie(str(environ.get("HTTP_COOKIE", "")))
+        except CookieError:  # a malformed Cookie header is just no cookie
+            return False
+        morsel = cookies.get(self.cookie_name)
+        return morsel is not None and self._matches(morsel.value, self._session)
+
+    def _login(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        query: list[tuple[str, str]],
+    ) -> list[bytes]:
+        assert self._access.token is not None and self._session is not None
+        tokens = [value for key, value in query if key == "token"]
+        if len(tokens) != 1 or not self._matches(tokens[0], self._access.token):
+            return _response(
+                start_response,
+                "401 Unauthorized",
+                "hpo dashboard: wrong token in the login URL; use the one `hpo dashboard` "
+                "printed at start-up",
+            )
+        rest = urlencode([(key, value) for key, value in query if key != "token"])
+        # Redirect to the same page without the token, so it leaves the address bar and history.
+        path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", "/"))
+        # One leading slash: "//evil.example" would redirect to another site.
+        target = "/" + quote(path.lstrip("/"))
+        return _response(
+            start_response,
+            "303 See Other",
+            "logged in",
+            headers=[
+                ("Location", target + (f"?{rest}" if rest else "")),
+                # HttpOnly: page scripts cannot read it; Lax: no cross-site write carries it.
+                (
+                    "Set-Cookie",
+                    f"{self.cookie_name}={self._session}; Path=/; HttpOnly; SameSite=Lax",
+                ),
+                ("Referrer-Policy", "no-referrer"),
+            ],
         )
 
 
@@ -93,19 +322,25 @@ def serve(
     host: str,
     port: int,
     artifacts: str | None,
+    access: Access,
     announce: Callable[[str], None],
+    announce_login: Callable[[str], None],
 ) -> None:
-    """Serve optuna-dashboard for ``url`` until Ctrl-C; ``announce`` gets the one line to show."""
+    """Serve optuna-dashboard for ``url`` until Ctrl-C, behind a :class:`Guard` for ``access``.
+
+    ``announce`` gets the one line to show; ``announce_login`` the login URL when there is a
+    token (the only place the token is ever printed: give it stderr, not a log).
+    """
 
     class ThreadedServer(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True  # Ctrl-C must not wait for a browser's open connection
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
-            _log.debug("dashboard: " + format, *args)
+            _log.debug("dashboard: %s", _TOKEN_IN_QUERY.sub(r"\1***", format % args))
 
-    _check_sqlite_file(url)
-    storage = open_storage(url)
+    # A read-only dashboard opens the storage as a reader: no file, folder, lock or table made.
+    storage = open_storage(url, access="write" if access.allow_writes else "read")
     specs = ensure_spec_notes(storage)
     artifact_dir = dashboard_artifact_dir(url, specs, artifacts)
     app = optuna_dashboard.wsgi(
@@ -124,14 +359,25 @@ def serve(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port"
         ) from None
     bound_port = int(server.server_address[1])
+    open_at = open_url(host, bound_port)
+    # The guard needs the bound port (for --port 0), so it replaces the app after binding,
+    # before the first request is served.
+    server.set_app(Guard(app, access, port=bound_port, open_at=open_at))
+    if access.token is not None:
+        extra = sorted(access.hosts - LOOPBACK_NAMES - {_host_name(host)})
+        login_at = open_url(extra[0], bound_port) if extra else open_at
+        announce_login(
+            f"log in once at {login_at}?token={quote(access.token, safe='')}  "
+            "(sets a cookie in that browser; or send Authorization: Bearer TOKEN)"
+        )
     where = "" if artifact_dir.is_dir() else " (none yet)"
     announce(
         f"optuna-dashboard for {mask_url(url)} (artifacts: {artifact_dir}{where}): "
-        f"open {open_url(host, bound_port)}  (Ctrl-C stops it)"
+        f"open {open_at}  (Ctrl-C stops it)"
     )
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, Stopped):
+        pass  # Ctrl-C is how a dashboard ends
     finally:
         server.server_close()

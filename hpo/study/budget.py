@@ -18,7 +18,6 @@ import contextlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from hpo.lazy import lazy_import
@@ -54,9 +53,9 @@ COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 # Failures worth another try with the same parameters: a dead worker (no FAILURE_ATTR) or a
 # stopped one. Errors and non-finite scores would fail the same way again.
 _RETRYABLE = (None, FAILURE_INTERRUPTED)
-# A trial with no heartbeat at all is judged by its start time, written by the clock of the
-# machine that created it: this margin absorbs clock differences between machines.
-_NO_HEARTBEAT_MARGIN = timedelta(seconds=60)
+# RUNNING trials without any heartbeat, and when this process first saw each, by the database's
+# clock: (storage URL, trial id) -> seconds.
+_FIRST_SEEN: dict[tuple[str, int], float] = {}
 _UNLIMITED = 1 << 30
 _log = get_logger("budget")
 
@@ -140,12 +139,18 @@ def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     # Trials that never got a first heartbeat (their worker died between creating the trial
-    # and beating for it) are invisible to Optuna's check.
-    cutoff = datetime.now() - timedelta(seconds=policy.grace_period) - _NO_HEARTBEAT_MARGIN
+    # and beating for it) are invisible to Optuna's check. Each is failed once this process
+    # has seen it without a heartbeat for a grace period, timed by the database's clock (see
+    # running_without_heartbeat: a start time from another machine may be hours off).
     storage = rdb_of(study)
-    for trial_id, started in running_without_heartbeat(storage, study._study_id):
-        if started is None or started.replace(tzinfo=None) > cutoff:
+    now, trial_ids = running_without_heartbeat(storage, study._study_id)
+    for key in [k for k in _FIRST_SEEN if k[0] == storage.url and k[1] not in trial_ids]:
+        del _FIRST_SEEN[key]  # it got its heartbeat, or ended, since
+    for trial_id in trial_ids:
+        first = _FIRST_SEEN.setdefault((storage.url, trial_id), now)
+        if now - first < policy.grace_period:
             continue
+        del _FIRST_SEEN[(storage.url, trial_id)]
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             if study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
                 log_stale_trial(study, study._storage.get_trial(trial_id))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from hpo.data import FoldSet
 from hpo.engines import make_engine
 from hpo.engines.keras_model import tensorflow_versions
+from hpo.log import get_logger
 from hpo.objective import EvaluationResult
 from hpo.spec import StudySpec
 from hpo.study.signals import stop_on_signals
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Recorder", "train"]
 
+_log = get_logger("session")
+
 
 class Recorder(Protocol):
     """Keeps what a finished trial leaves besides its score (called on the hot path)."""
@@ -31,7 +34,7 @@ class Recorder(Protocol):
     def __call__(self, trial: optuna.Trial, result: EvaluationResult) -> None: ...
 
     def finalize(self, study: optuna.Study) -> int:
-        """End-of-run work; never raises."""
+        """End-of-run work; never raises (a stop signal ends it early, with a line)."""
         ...
 
 
@@ -48,9 +51,9 @@ def train(
     """Train trials of ``study`` in this process until its budget of ``n_trials`` is finished,
     ``timeout`` seconds pass, or SIGINT/SIGTERM stops it (then ``summary.interrupted`` says
     which, and the trials in flight are failed). ``storage_url`` is shown in outage messages."""
-    engine = make_engine(spec.engine)
-    try:
-        with stop_on_signals():
+    with stop_on_signals():
+        engine = make_engine(spec.engine)
+        try:
             summary = optimize(
                 study,
                 spec,
@@ -62,8 +65,15 @@ def train(
                 on_result=recorder,
                 guard=StorageGuard(storage_url),
             )
-    finally:
-        engine.close()
-    if recorder is not None and not summary.interrupted:
-        recorder.finalize(study)
+        finally:
+            engine.close()
+        if recorder is not None:
+            if summary.interrupted:
+                _log.warning(
+                    "stopped by %s: the best trials' model files were not written (their "
+                    "fold tables and confusion matrices are stored)",
+                    summary.interrupted,
+                )
+            else:
+                recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
     return summary

@@ -9,20 +9,27 @@ never be created, or told, with nobody knowing.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["Stopped", "critical", "stop_on_signals"]
+__all__ = ["Stopped", "critical", "signals_received", "stop_on_signals"]
 
 
-class Stopped(Exception):
-    """Raised in the main thread by SIGINT/SIGTERM so in-flight trials can be failed cleanly."""
+class Stopped(BaseException):
+    """Raised in the main thread by SIGINT/SIGTERM so in-flight trials can be failed cleanly.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: the ``except Exception`` that keeps a
+    failed artifact from failing its trial must not swallow a stop as one more error.
+    """
 
 
 class _State:
     depth = 0
     pending: str | None = None
+    received = 0  # stop signals this process got while the handler was in place
+    installed = False
 
 
 def _raise_pending() -> None:
@@ -31,10 +38,23 @@ def _raise_pending() -> None:
         raise Stopped(name)
 
 
+def signals_received() -> int:
+    """How many stop signals arrived so far (a second one means: stop the shutdown too)."""
+    return _State.received
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into :class:`Stopped` for the block. Nested blocks share the outer
+    one's handler, so a command can cover its whole life and the training session still ask
+    for it on its own."""
+    if _State.installed or threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread; an outer block already handles them
+        return
+
     def handler(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        _State.received += 1
         if _State.depth > 0:
             _State.pending = name
             return
@@ -42,12 +62,15 @@ def stop_on_signals() -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     _State.pending = None
+    _State.received = 0
+    _State.installed = True
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
         _State.pending = None
+        _State.installed = False
 
 
 @contextmanager

@@ -6,6 +6,9 @@ workers on several machines share. This module owns everything that depends on w
 * ``open_storage``: Optuna's RDB storage with engine options per backend (a busy timeout for
   SQLite, pre-ping and small pools for PostgreSQL), the schema created under a lock so that
   workers starting together on an empty database never race (Optuna alone does race there).
+* ``check_sqlite`` / ``Access``: a SQLite path unfit for what a command does (missing file or
+  directory, read-only file or directory, not SQLite) is one line naming the path and the fix,
+  before anything is created; readers create no database, directory, lock file or table.
 * ``study_lock`` / ``creation_lock``: one claimer at a time (a PostgreSQL advisory lock, or a
   file lock beside a SQLite file), which makes the global trial budget exact.
 * ``StorageGuard``: runs storage calls through database outages, retrying with backoff and
@@ -25,10 +28,10 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
@@ -48,7 +51,9 @@ else:
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "Access",
     "StorageGuard",
+    "check_sqlite",
     "count_trial_states",
     "creation_lock",
     "is_postgresql",
@@ -59,6 +64,7 @@ __all__ = [
     "rdb_of",
     "resolve_storage_url",
     "running_without_heartbeat",
+    "sqlite_error",
     "sqlite_file",
     "study_lock",
     "unwrap_rdb",
@@ -67,7 +73,21 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 _log = get_logger("storage")
 _SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
-_PASSWORD = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.I)
+# user:PASSWORD@ in a URL. The password runs to the LAST "@" of the URL (no whitespace): a raw "@",
+# ":" or "/" typed inside a password (not percent-encoded) must not leak what follows it.
+_USERINFO_PASSWORD = re.compile(
+    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>\S*)(?P<tail>@)", re.I
+)
+# password=... in a URL's query (libpq reads it there) or in a libpq key=value string. The value
+# ends at "&" or at whitespace (or is quoted; SQLAlchemy passes a raw "#" on as part of it). The closing quote and punctuation of a
+# message around a URL ("at URL: why", "'URL'.") stay visible: at most trailing punctuation of
+# a password, never a letter or digit.
+_PARAM_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)"
+    r"(?P<secret>'(?:[^'\\]|\\.)*'|[^&\s]*?)"
+    r"(?P<tail>(?=&)|['\"]?[,;:.)\]}]*(?=\s|$))",
+    re.I,
+)
 # PostgreSQL advisory locks take two int4 keys: ours are ("hpo", what). What: the schema, the
 # study table (creating and loading studies), or one study's id (claiming its trials).
 _LOCK_CLASS = 0x68706F00
@@ -78,10 +98,27 @@ _CREATION_KEY = 0
 _LOCK_IDLE_TIMEOUT = "120s"
 _T = TypeVar("_T")
 
+Access = Literal["create", "write", "read"]
+"""What a command does with its storage. ``create`` (``run``, ``create``) may create the SQLite
+file, never its directory; ``write`` (``worker``, ``rerun``) writes to an existing database;
+``read`` (``best``, ``trials``, ``status``, ``report``, the dashboard) creates nothing: no
+database, directory or lock file."""
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
 
 def mask_url(text: str) -> str:
-    """``text`` with every URL password replaced by ``***`` (works on whole messages too)."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """``text`` with every URL password replaced by ``***`` (works on whole messages too).
+
+    Covers ``scheme://user:PASSWORD@host`` (percent-encoded or with raw ``@``, ``:`` or ``/``
+    inside) and ``password=PASSWORD`` (a URL query parameter or a libpq connection string).
+
+    >>> mask_url("postgresql://u:p@ss:w@rd@h/db?sslmode=require&password=x&a=1")
+    'postgresql://u:***@h/db?sslmode=require&password=***&a=1'
+    """
+    text = _USERINFO_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _PARAM_PASSWORD.sub(
+        lambda m: f"{m['head']}***{m['tail']}" if m["secret"] else m[0], text
+    )
 
 
 def resolve_storage_url(url: str | None) -> tuple[str, str]:
@@ -96,6 +133,13 @@ def resolve_storage_url(url: str | None) -> tuple[str, str]:
 def normalize_url(url: str) -> str:
     """Check ``url`` and point PostgreSQL at the psycopg 3 driver (the one we install)."""
     hint = "expected sqlite:///FILE.db or postgresql://USER@HOST[:PORT]/DATABASE"
+    if url.startswith("postgres") and url.split("?", 1)[0].count("@") > 1:
+        # libpq and SQLAlchemy end the password at its first "@": the rest would be taken for
+        # the host name (and then shown in clear by "cannot resolve host" errors).
+        raise HpoError(
+            f"storage URL {mask_url(url)!r}: the user name or password contains a raw '@'; "
+            "percent-encode it (@ as %40, : as %3A, / as %2F; a password p@ss is written p%40ss)"
+        )
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
@@ -160,26 +204,185 @@ def _reach_error(url: str, exc: BaseException) -> HpoError:
     return HpoError(f"cannot reach the database at {mask_url(url)}: {mask_url(reason)}")
 
 
-def open_storage(url: str, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for ``url``; one clear error if the database cannot be reached.
+def open_storage(
+    url: str, *, access: Access = "create", **storage_kwargs: Any
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``; one clear error if the database cannot be used.
 
     The schema is created by whichever process gets the schema lock first; the others wait
-    and find it complete.
+    and find it complete. ``access`` says what the caller will do (see :data:`Access`): a
+    reader never creates a SQLite file, its directory, its lock file or Optuna's tables.
     """
     normalized = normalize_url(url)
+    check_sqlite(url, access)
+    reader = access == "read" and sqlite_file(normalized) is not None
     try:
-        with _schema_lock(normalized):
+        with _schema_lock(normalized, create=access != "read"):
+            if reader:
+                _check_study_tables(url)
             return optuna.storages.RDBStorage(
-                normalized, engine_kwargs=_engine_kwargs(normalized), **storage_kwargs
+                normalized,
+                engine_kwargs=_engine_kwargs(normalized),
+                skip_table_creation=reader,
+                **storage_kwargs,
             )
+    except HpoError:
+        raise
     except sqlalchemy.exc.ArgumentError as exc:
         raise HpoError(
             f"storage URL {mask_url(url)!r} is malformed ({mask_url(str(exc))})"
         ) from None
     except Exception as exc:
+        if (error := sqlite_error(url, exc)) is not None:
+            raise error from None
         if outage_reason(exc) is None:
             raise
         raise _reach_error(url, exc) from None
+
+
+# --- SQLite files ------------------------------------------------------------------------------
+
+
+def check_sqlite(url: str, access: Access = "create") -> None:
+    """Refuse a SQLite storage that cannot serve ``access``, with one line naming the path and
+    the fix: a missing file (``read``, ``write``) or directory (always), a file that is not
+    SQLite, a read-only file or directory (``create``, ``write``). Nothing for PostgreSQL.
+
+    Checked up front, before data is loaded or anything is created; SQLite itself would
+    create the file, and fail only at the first write, deep inside Optuna.
+    """
+    database = sqlite_file(url)
+    if database is None:
+        return
+    where = f"storage {mask_url(url)}"
+    folder = database.parent
+    if database.is_dir():
+        raise HpoError(
+            f"{where}: {database} is a directory, not a SQLite file; point --storage at a file, "
+            f"e.g. sqlite:///{database / 'hpo.db'}"
+        )
+    if not database.exists():
+        if access != "create":
+            also = "" if folder.is_dir() else f" (nor does its directory {folder})"
+            raise HpoError(
+                f"{where}: SQLite file {database} does not exist{also}; check the path in "
+                "--storage or HPO_STORAGE, or create the study first with `hpo run` or "
+                "`hpo create`"
+            )
+        if not folder.exists():
+            raise HpoError(
+                f"{where}: directory {folder} does not exist, and hpo creates the database "
+                f"file but no directories; create it (mkdir -p {folder}) or fix the path in "
+                "--storage"
+            )
+        if not folder.is_dir():
+            raise HpoError(f"{where}: {folder} is not a directory; fix the path in --storage")
+        if not _writable_dir(folder):
+            raise HpoError(
+                f"{where}: cannot create {database}: directory {folder} is read-only; make it "
+                "writable or choose another place with --storage"
+            )
+        return
+    _check_sqlite_header(database, where)
+    if access == "read":
+        return
+    if not os.access(database, os.W_OK):
+        raise HpoError(
+            f"{where}: SQLite file {database} is read-only; make it writable, or copy it "
+            "somewhere writable and pass the copy with --storage"
+        )
+    if not _writable_dir(folder):
+        raise HpoError(
+            f"{where}: directory {folder} is read-only, and SQLite writes its journal and "
+            f"lock files beside {database.name}; make the directory writable, or move the "
+            "database to a writable one and pass it with --storage"
+        )
+
+
+def _writable_dir(folder: Path) -> bool:
+    # access() also answers for root: it says no on a read-only mount or an immutable folder.
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _check_sqlite_header(database: Path, where: str) -> None:
+    try:
+        with database.open("rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise HpoError(
+            f"{where}: cannot read SQLite file {database} ({exc.strerror or exc}); check its "
+            "permissions"
+        ) from None
+    # An empty file is an empty SQLite database (SQLite itself creates one like that).
+    if head and head != _SQLITE_HEADER:
+        raise HpoError(
+            f"{where}: {database} is not a SQLite database; check the path in --storage (hpo "
+            "never overwrites a file that is not its own)"
+        )
+
+
+def _check_study_tables(url: str) -> None:
+    """A reader's check that ``url``'s SQLite file holds Optuna's tables, read without writing
+    (a read-only connection), so a wrong but existing file is named instead of initialized."""
+    database = sqlite_file(url)
+    if database is None:
+        return
+    uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=120)
+        try:
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'studies'"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        error = sqlite_error(url, exc)
+        if error is None:
+            raise
+        raise error from None
+    if not rows:
+        raise HpoError(
+            f"storage {mask_url(url)}: SQLite file {database} holds no hpo studies (it is not "
+            "an Optuna database); check the path in --storage or HPO_STORAGE"
+        )
+
+
+def sqlite_error(url: str, exc: BaseException) -> HpoError | None:
+    """The one-line error for a SQLite file problem found in ``exc``'s chain, else ``None``.
+
+    The checks in :func:`check_sqlite` come first; this covers what they cannot see (a file
+    made read-only or replaced while a command runs). Busy databases are outages, not this.
+    """
+    database = sqlite_file(url)
+    if database is None:
+        return None
+    where = f"storage {mask_url(url)}"
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None)
+        error = orig if isinstance(orig, sqlite3.Error) else current
+        if isinstance(error, sqlite3.Error):
+            text = str(error).lower()
+            if "readonly" in text or "read-only" in text:
+                return HpoError(
+                    f"{where}: SQLite file {database} or its directory {database.parent} is "
+                    "read-only; make both writable, or copy the database somewhere writable and "
+                    "pass the copy with --storage"
+                )
+            if "not a database" in text:
+                return HpoError(
+                    f"{where}: {database} is not a SQLite database; check the path in --storage"
+                )
+            if "unable to open" in text:
+                return HpoError(
+                    f"{where}: SQLite cannot open {database}; check that the file and its "
+                    f"directory {database.parent} exist and are readable"
+                )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 # --- locks -------------------------------------------------------------------------------------
@@ -189,11 +392,27 @@ _local_locks_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, *, create: bool = True) -> Iterator[None]:
     # flock (not SQLite's own lock): held by this open file only, so the storage's connections
     # in the same process keep working while we hold it. Released by the kernel if we die.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # flock needs no write access, so a read-only lock file (or folder) is no obstacle.
+    # Never creates the folder: a mistyped path must fail, not appear (check_sqlite says so).
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        if create:
+            raise HpoError(
+                f"directory {path.parent} does not exist; create it (mkdir -p {path.parent}) or "
+                "fix the path in --storage"
+            ) from None
+        # A reader with no lock file: no writer has set this database up, nothing to wait for.
+        yield
+        return
+    except OSError as exc:
+        raise HpoError(
+            f"cannot create the lock file {path} ({exc.strerror or exc}); SQLite storage needs "
+            f"a writable directory: make {path.parent} writable or move the database"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -209,18 +428,19 @@ def _process_lock(url: str) -> Iterator[None]:
         yield
 
 
-def _sqlite_lock(url: str) -> contextlib.AbstractContextManager[None]:
-    """One lock per SQLite file (``FILE.db.lock`` beside it), shared by every key."""
+def _sqlite_lock(url: str, *, create: bool = True) -> contextlib.AbstractContextManager[None]:
+    """One lock per SQLite file (``FILE.db.lock`` beside it), shared by every key; a reader
+    (``create=False``) takes it only if it exists and never creates it."""
     database = sqlite_file(url)
     if database is None:  # in-memory: one process, one lock
         return _process_lock(url)
-    return _file_lock(database.with_name(database.name + ".lock"))
+    return _file_lock(database.with_name(database.name + ".lock"), create=create)
 
 
 @contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
+def _schema_lock(url: str, *, create: bool = True) -> Iterator[None]:
     if not is_postgresql(url):
-        with _sqlite_lock(url):
+        with _sqlite_lock(url, create=create):
             yield
         return
     engine = sqlalchemy.create_engine(
@@ -318,20 +538,30 @@ def count_trial_states(storage: optuna.storages.RDBStorage, study_id: int) -> di
 
 def running_without_heartbeat(
     storage: optuna.storages.RDBStorage, study_id: int
-) -> list[tuple[int, datetime | None]]:
-    """``(trial_id, datetime_start)`` of RUNNING trials that never recorded a heartbeat.
+) -> tuple[float, list[int]]:
+    """The database's clock (seconds since the epoch, UTC) and the ids of RUNNING trials that
+    never recorded a heartbeat.
 
-    Optuna's stale check skips them, so a worker that died between creating a trial and its
-    first heartbeat would leave it RUNNING forever.
+    Optuna's stale check skips such trials, so a worker that died between creating a trial and
+    its first heartbeat would leave it RUNNING forever. Their start times cannot judge them:
+    Optuna writes them in the local time of whichever machine created the trial, and machines
+    in other time zones would read them hours off. The database's own clock is the one clock
+    every worker shares.
     """
     query = sqlalchemy.text(
-        "SELECT t.trial_id, t.datetime_start FROM trials t "
+        "SELECT t.trial_id FROM trials t "
         "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
         "WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL"
     )
+    clock = sqlalchemy.text(
+        "SELECT (julianday('now') - 2440587.5) * 86400.0"
+        if storage.engine.dialect.name == "sqlite"
+        else "SELECT EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)"
+    )
     with storage.engine.connect() as conn:
+        now = float(conn.execute(clock).scalar_one())
         rows = conn.execute(query, {"s": study_id}).all()
-    return [(int(trial_id), start) for trial_id, start in rows]
+    return now, [int(trial_id) for (trial_id,) in rows]
 
 
 # --- outages -----------------------------------------------------------------------------------
