@@ -37,6 +37,7 @@ from pg import (
     tiny_study,
 )
 
+from hpo.results.artifacts import trial_artifacts
 from hpo.study.storage import open_storage
 
 # Every test starts two to four `hpo` processes, each importing TensorFlow and training real
@@ -119,7 +120,12 @@ def test_database_outage_longer_than_the_grace_period_stalls_workers_without_los
         assert worker.finish() == 0, worker.text()
     study = _study(url, "outage")
     # Nothing lost, nothing counted twice: no trial was failed as stale, none dropped.
-    assert _states(study) == {"COMPLETE": 6}
+    assert _states(study) == {"COMPLETE": 6}, [w.text() for w in workers]
+    # Artifacts too: the trials that finished while the database was away stored theirs
+    # once it was back (each trial's per-fold table).
+    for trial in study.get_trials():
+        names = [a.filename for a in trial_artifacts(study, trial)]
+        assert f"trial-{trial.number}-folds.csv" in names, (trial.number, names)
     for worker in workers:
         text = worker.text()
         assert text.count("database unreachable at postgresql://postgres@") == 1, text

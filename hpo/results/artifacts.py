@@ -50,7 +50,7 @@ from hpo.study.record import (
     stored_seed,
 )
 from hpo.study.signals import Stopped
-from hpo.study.storage import sqlite_file
+from hpo.study.storage import outage_reason, sqlite_file
 
 if TYPE_CHECKING:
     import matplotlib.figure as mpl_figure
@@ -222,6 +222,8 @@ class ArtifactRecorder:
         try:
             self._record(trial, result)
         except Exception as exc:
+            if outage_reason(exc) is not None:
+                raise  # the worker's storage guard retries this call once the database is back
             _log.warning(
                 "trial %d: artifacts not saved to %s (%s: %s)",
                 trial.number,

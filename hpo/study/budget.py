@@ -26,6 +26,7 @@ from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import (
     FAILURE_ATTR,
     FAILURE_INTERRUPTED,
+    FAILURE_OVER_BUDGET,
     RETRY_CHAIN_ATTR,
     RETRY_FIRST_ATTR,
     RETRY_OF_ATTR,
@@ -101,7 +102,7 @@ def claim_trials(
     """
     storage = rdb_of(study)
     study_id = study._study_id
-    with critical(), study_lock(storage, study_id):
+    with critical(), study_lock(storage, study_id) as lock:
         if judge_stale:
             _fail_stale(study, policy)
         counts = count_trial_states(storage, study_id)
@@ -112,7 +113,10 @@ def claim_trials(
         room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
         queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
         wanted = min(size, room + counts.get("WAITING", 0))  # queued ones are already in room
+        mine: list[optuna.Trial] = []
         for _ in range(wanted):
+            if not lock.still_held():
+                break  # another worker may be counting now: create no more
             try:
                 trial = _ask(study)
             except Exception as exc:
@@ -121,10 +125,45 @@ def claim_trials(
                 raise
             heartbeat.hold(trial._trial_id, trial.number)
             into.append(trial)
+            mine.append(trial)
             heartbeat.beat(trial._trial_id)
+        if mine and n_trials is not None and not lock.still_held():
+            # Lost between a check and a create, another worker may have counted without our
+            # newest trials: whatever now passes the budget is ours to give back. If the
+            # database itself is away, nobody else can count either: keep them.
+            try:
+                _give_back_excess(study, n_trials, mine, into, heartbeat)
+            except Exception as exc:
+                if outage_reason(exc) is None:
+                    raise
         if queued:
             counts = {**counts, "WAITING": counts.get("WAITING", 0) + queued}
         return Claim(tuple(into), False, counts)
+
+
+def _give_back_excess(
+    study: optuna.Study,
+    n_trials: int,
+    mine: list[optuna.Trial],
+    into: list[optuna.Trial],
+    heartbeat: Heartbeat,
+) -> None:
+    """Fail this claim's newest trials while the study holds more than ``n_trials`` (they have
+    not trained; ``over-budget`` is never retried, so the slots go back to the budget)."""
+    excess = _taken(count_trial_states(rdb_of(study), study._study_id)) - n_trials
+    while excess > 0 and mine:
+        trial = mine.pop()
+        study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, FAILURE_OVER_BUDGET)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        heartbeat.release([trial._trial_id])
+        into.remove(trial)
+        excess -= 1
+        _log.warning(
+            "lost the study lock while claiming (its database session ended): trial %d was "
+            "over the budget of %d and is failed unrun",
+            trial.number,
+            n_trials,
+        )
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:

@@ -51,7 +51,8 @@ Trial user attributes
 Trial system attributes
 
 ================================  ===================================================================
-``hpo:failure``                   why hpo failed the trial: ``interrupted``, ``error``, ``non-finite``;
+``hpo:failure``                   why hpo failed the trial: ``interrupted``, ``error``, ``non-finite``,
+                                  ``over-budget`` (created after its worker lost the study lock);
                                   absent on a trial failed for a stale heartbeat (its worker died)
 ``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
 ``retry_history``                 trial of the chain so far
@@ -86,6 +87,7 @@ __all__ = [
     "FAILURE_ERROR",
     "FAILURE_INTERRUPTED",
     "FAILURE_NON_FINITE",
+    "FAILURE_OVER_BUDGET",
     "FINISHED_ARTIFACT_PREFIX",
     "LIVE_ARTIFACT_PREFIX",
     "PLAN_ATTR",
@@ -143,6 +145,7 @@ FAILURE_ATTR = "hpo:failure"
 FAILURE_INTERRUPTED = "interrupted"
 FAILURE_ERROR = "error"
 FAILURE_NON_FINITE = "non-finite"
+FAILURE_OVER_BUDGET = "over-budget"
 # Optuna's upload_artifact names the files of a live trial with this prefix.
 LIVE_ARTIFACT_PREFIX = "artifacts:"
 RETRY_CHAIN_ATTR = "retry_history"  # as Optuna's RetryHeartbeatStaleTrialCallback writes it

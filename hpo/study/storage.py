@@ -52,6 +52,7 @@ else:
 __all__ = [
     "DEFAULT_STORAGE",
     "Access",
+    "HeldLock",
     "StorageGuard",
     "check_sqlite",
     "count_trial_states",
@@ -467,11 +468,29 @@ def _schema_lock(url: str, *, create: bool = True) -> Iterator[None]:
         engine.dispose()
 
 
+class HeldLock:
+    """A lock this process holds. ``still_held()`` asks the database: a PostgreSQL lock lives
+    in its session, which the server may end (a restart, ``pg_terminate_backend``, the idle
+    limit) while we think we hold it; a SQLite file lock cannot be lost."""
+
+    def __init__(self, conn: Any = None) -> None:
+        self._conn = conn
+
+    def still_held(self) -> bool:
+        if self._conn is None:
+            return True
+        try:
+            self._conn.execute(sqlalchemy.text("SELECT 1"))
+        except Exception:  # the session is gone, and the lock with it
+            return False
+        return True
+
+
 @contextlib.contextmanager
-def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[None]:
+def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[HeldLock]:
     if not is_postgresql(storage.url):
         with _sqlite_lock(storage.url):
-            yield
+            yield HeldLock()
         return
     conn = storage.engine.connect()
     try:
@@ -485,7 +504,7 @@ def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[None]
         conn.execute(
             sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": key}
         )
-        yield
+        yield HeldLock(conn)
     finally:
         with contextlib.suppress(Exception):
             conn.rollback()
@@ -493,7 +512,9 @@ def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[None]
             conn.close()
 
 
-def creation_lock(storage: optuna.storages.RDBStorage) -> contextlib.AbstractContextManager[None]:
+def creation_lock(
+    storage: optuna.storages.RDBStorage,
+) -> contextlib.AbstractContextManager[HeldLock]:
     """Held while a study is created with its attributes, and while one is loaded, so nobody
     sees a study without its spec."""
     return _named_lock(storage, _CREATION_KEY)
@@ -501,7 +522,7 @@ def creation_lock(storage: optuna.storages.RDBStorage) -> contextlib.AbstractCon
 
 def study_lock(
     storage: optuna.storages.RDBStorage, study_id: int
-) -> contextlib.AbstractContextManager[None]:
+) -> contextlib.AbstractContextManager[HeldLock]:
     """Held while a worker counts the budget and claims trials of one study."""
     return _named_lock(storage, study_id)
 

@@ -287,7 +287,12 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
     for trial, result in zip(trials, results, strict=True):
         attrs = result_attrs(result, engine=run.engine.name, versions=run.versions)
         if run.on_result is not None:
-            run.on_result(trial, result)
+            # Artifacts finished during an outage wait for the database like the result does,
+            # instead of being dropped (the recorder raises only outage errors; it is
+            # idempotent: a retry writes the files again).
+            run.guard.call(
+                partial(run.on_result, trial, result), f"storing trial {trial.number}'s artifacts"
+            )
         state, value, failure = _outcome(result)
         final = run.guard.call(
             partial(_tell, run, trial, attrs, state, value, failure),

@@ -1,0 +1,91 @@
+"""A worker whose study lock dies mid-claim never lets the study pass its budget.
+
+The lock is a PostgreSQL advisory lock held by one database session. The test ends that session
+with ``pg_terminate_backend`` in the middle of a claim, lets a second worker claim at that very
+moment (it gets the lock, and counts), then lets the first go on.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+
+import optuna
+import pytest
+from pg import admin_connect
+
+from hpo.study import budget
+from hpo.study.budget import COUNTED_STATES, claim_trials
+from hpo.study.heartbeat import Heartbeat
+from hpo.study.record import FAILURE_ATTR, FAILURE_OVER_BUDGET, CrashPolicy
+from hpo.study.storage import StorageGuard, count_trial_states, open_storage
+
+pytestmark = pytest.mark.postgres
+
+BUDGET = 4
+
+
+def _terminate_lock_session(url: str) -> None:
+    database = urllib.parse.urlsplit(url).path.lstrip("/")
+    with admin_connect() as admin:  # type: ignore[attr-defined]
+        pids = admin.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = %s",
+            (database,),
+        ).fetchall()
+        assert len(pids) == 1, pids  # exactly the first worker's lock
+        admin.execute("SELECT pg_terminate_backend(%s)", (pids[0][0],))
+
+
+@pytest.mark.parametrize("lost_before_ask", [1, 2])
+def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, lost_before_ask: int
+) -> None:
+    storage = open_storage(pg_url)
+    study = optuna.create_study(study_name="lock", storage=storage)
+    policy = CrashPolicy()
+    first: list[optuna.Trial] = []
+    second: list[optuna.Trial] = []
+    real_ask = budget._ask
+    calls = {"n": 0}
+
+    def second_worker() -> None:
+        other = optuna.load_study(study_name="lock", storage=open_storage(pg_url))
+        claim_trials(
+            other,
+            n_trials=BUDGET,
+            size=BUDGET,
+            policy=policy,
+            heartbeat=Heartbeat(other, policy, StorageGuard(pg_url), worker="second"),
+            judge_stale=False,
+            into=second,
+        )
+
+    def ask_then_lose_the_lock(s: optuna.Study) -> optuna.Trial:
+        calls["n"] += 1
+        if threading.current_thread() is threading.main_thread() and calls["n"] == lost_before_ask:
+            # The first worker's session dies after its lock check and before this create;
+            # the second worker claims meanwhile.
+            _terminate_lock_session(pg_url)
+            thread = threading.Thread(target=second_worker)
+            thread.start()
+            thread.join(timeout=60)
+        return real_ask(s)
+
+    monkeypatch.setattr(budget, "_ask", ask_then_lose_the_lock)
+    claim_trials(
+        study,
+        n_trials=BUDGET,
+        size=BUDGET,
+        policy=policy,
+        heartbeat=Heartbeat(study, policy, StorageGuard(pg_url), worker="first"),
+        judge_stale=False,
+        into=first,
+    )
+    counts = count_trial_states(storage, study._study_id)
+    assert sum(counts.get(state, 0) for state in COUNTED_STATES) == BUDGET, counts
+    assert len(first) + len(second) == BUDGET
+    over = [
+        t for t in study.get_trials() if t.system_attrs.get(FAILURE_ATTR) == FAILURE_OVER_BUDGET
+    ]
+    assert len(over) == counts.get("FAIL", 0) == 1  # the one created after the lock was gone
