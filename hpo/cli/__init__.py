@@ -19,7 +19,7 @@ from hpo.cli import check, cluster, results, run
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure
-from hpo.study.signals import Stopped, signals_received, stop_on_signals
+from hpo.study.signals import Stopped, last_signal, signals_received, stop_on_signals
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -36,7 +36,12 @@ class _Cli(click.Group):
         # the first stops it cleanly (exit 0), a second one ends the shutdown (128 + signal).
         with stop_on_signals():
             try:
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+                if signals_received() > 1:  # the second one landed where it could not stop us
+                    name = last_signal() or "SIGINT"
+                    click.echo(f"stopped again by {name}: exiting", err=True)
+                    ctx.exit(128 + signal.Signals[name].value)
+                return result
             except HpoError as exc:
                 if ctx.params.get("debug"):
                     raise

@@ -9,12 +9,13 @@ never be created, or told, with nobody knowing.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["Stopped", "critical", "signals_received", "stop_on_signals"]
+__all__ = ["Stopped", "critical", "last_signal", "signals_received", "stop_on_signals"]
 
 
 class Stopped(BaseException):
@@ -29,6 +30,7 @@ class _State:
     depth = 0
     pending: str | None = None
     received = 0  # stop signals this process got while the handler was in place
+    last: str | None = None  # the name of the latest
     installed = False
 
 
@@ -43,6 +45,11 @@ def signals_received() -> int:
     return _State.received
 
 
+def last_signal() -> str | None:
+    """The name of the latest stop signal (``SIGINT``), if any arrived."""
+    return _State.last
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Turn SIGINT/SIGTERM into :class:`Stopped` for the block. Nested blocks share the outer
@@ -55,12 +62,24 @@ def stop_on_signals() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         _State.received += 1
+        _State.last = name
         if _State.depth > 0:
             _State.pending = name
             return
         raise Stopped(name)
 
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        # A signal that lands while a finalizer runs (TensorFlow frees graphs in __del__) raises
+        # there, where Python can only print and drop it: keep it instead, for the next
+        # critical section's end to raise (every claim and tell is one).
+        if isinstance(info.exc_value, Stopped):
+            _State.pending = str(info.exc_value)
+            return
+        previous_hook(info)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     _State.pending = None
     _State.received = 0
     _State.installed = True
@@ -69,6 +88,7 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        sys.unraisablehook = previous_hook
         _State.pending = None
         _State.installed = False
 
