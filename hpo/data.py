@@ -253,10 +253,13 @@ def _clean_cells(
     return frame, notes
 
 
-def _check_numbers(frame: pd.DataFrame, source: str) -> None:
-    """Refuse a number the network cannot take: infinite, or beyond float32's range."""
+def _check_numbers(frame: pd.DataFrame, source: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Refuse a number the network cannot take: infinite, or beyond float32's range
+    (``skip``: columns that are dropped anyway)."""
     limit = float(np.finfo(np.float32).max)
     for column in frame.columns:
+        if column in skip:
+            continue
         values = frame[column]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             continue
@@ -398,7 +401,7 @@ def load_dataset(spec: DataSpec, *, path_override: str | Path | None = None) -> 
     frame, cell_notes = _clean_cells(frame, spec.na_values)
     notes += cell_notes
     _check_columns(frame, spec, source)
-    _check_numbers(frame.drop(columns=list(spec.drop)), source)
+    _check_numbers(frame, source, skip=spec.drop)
     if frame.empty:
         raise HpoError(f"{source}: the data has a header but no rows")
 
