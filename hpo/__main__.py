@@ -1,4 +1,4 @@
-from hpo.cli import main
+from hpo._entry import main
 
 if __name__ == "__main__":  # spawned child processes import this module too
     main()

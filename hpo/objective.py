@@ -90,10 +90,15 @@ class NullMonitor:
 
 class Engine(Protocol):
     """Trains plans on folds. ``trials_per_batch``: how many plans one ``evaluate`` call should
-    get; the engine knows what it gains from more (the stacked engine trains them together)."""
+    get; the engine knows what it gains from more (the stacked engine trains them together).
+    ``batch_seeded``: every plan of one call trains from the call's first seed (initial weights
+    and batch order), so a plan's result depends on which seed came first, not on its own."""
 
     name: str
     trials_per_batch: int
+
+    @property
+    def batch_seeded(self) -> bool: ...
 
     def evaluate(
         self,

@@ -78,6 +78,7 @@ class ArithmeticEngine:
 
     name = "arithmetic"
     trials_per_batch = 8
+    batch_seeded = False
 
     def __init__(self, plans: Sequence[RegularizationPlan]) -> None:
         self.index = {plan: i for i, plan in enumerate(plans)}

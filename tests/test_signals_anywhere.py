@@ -1,8 +1,9 @@
 """Ctrl-C or SIGTERM at any moment of `hpo run`: no traceback, exit 0, nothing left RUNNING.
 
-Each case starts a real `hpo run` process, waits for the line that marks a stage (start-up,
-the study created, training, a trial told, the final model files, the last line), signals it
-there, and then reads the study back from its SQLite file.
+Each case starts a real `hpo run` process, waits for the line that marks a stage (loading the
+data, the study created, training, a trial told, the final model files, the last line), signals
+it there, and then reads the study back from its SQLite file. The earliest stage, importing the
+command line, prints nothing: it is found by the process's signal mask instead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ WriteStudy = Callable[..., Path]
 
 # (stage, the line to wait for, seconds to wait after it)
 STAGES = [
-    ("start-up", "storage: ", 0.0),
+    ("loading", "storage: ", 0.0),
     ("claim", "': created;", 0.0),
     ("training", "training trials", 0.3),
     ("tell", " accuracy ", 0.0),
@@ -66,6 +67,15 @@ def _signal_at(
     return "".join(seen), process.wait(timeout=120)
 
 
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM: Python has none of its own, so this is
+    hpo's first one, installed before the command line is imported."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
 def _states(db: Path) -> dict[str, int]:
     if not db.exists():
         return {}
@@ -90,6 +100,25 @@ def test_one_signal_at_any_stage_stops_cleanly(
     assert "RUNNING" not in _states(db), (_states(db), output)
     if stage in ("training", "tell"):
         assert f"stopped by {name}" in output, output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_line_is_imported_stops_cleanly(
+    write_study: WriteStudy, tmp_path: Path, sig: int
+) -> None:
+    study = write_study(engine="stacked", epochs=60, n_trials=6)
+    db = tmp_path / "early.db"
+    process = _start(study, db)
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline, "no handler installed"
+        time.sleep(0.002)
+    os.kill(process.pid, sig)
+    output, _ = process.communicate(timeout=60)
+    name = signal.Signals(sig).name
+    assert process.returncode == 0, output
+    assert output == f"stopped by {name}\n"  # nothing had started: no other line, no traceback
+    assert not db.exists()
 
 
 def test_a_second_signal_during_shutdown_exits_with_its_documented_code(

@@ -336,6 +336,7 @@ class _InstantEngine:
 
     name = "instant"
     trials_per_batch = 1
+    batch_seeded = False
 
     def evaluate(
         self,

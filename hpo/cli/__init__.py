@@ -34,7 +34,9 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # SIGINT/SIGTERM become Stopped for the command's whole life, from start-up to exit:
         # the first stops it cleanly (exit 0), a second one ends the shutdown (128 + signal).
-        with stop_on_signals():
+        # Once it has said how it ended, signals are ignored: one during the interpreter's exit
+        # must not add a traceback or change the exit code.
+        with stop_on_signals(then=signal.SIG_IGN):
             try:
                 result = super().invoke(ctx)
                 if signals_received() > 1:  # the second one landed where it could not stop us
@@ -77,10 +79,5 @@ for _family in (run, check, cluster, results):
 
 
 def main() -> None:
-    try:
-        cli(prog_name="hpo")
-    finally:
-        # The command is over and has said how it ended: a signal now (during the interpreter's
-        # exit hooks) must not add a traceback or change the exit code.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+    """Run the command line (the process entry point is :func:`hpo._entry.main`)."""
+    cli(prog_name="hpo")

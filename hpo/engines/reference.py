@@ -107,6 +107,7 @@ class ReferenceEngine:
 
     name = "reference"
     trials_per_batch = 1  # trials train one after another; a larger batch gains nothing
+    batch_seeded = False  # each plan trains from its own seed
 
     def __init__(
         self,

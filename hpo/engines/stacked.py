@@ -768,6 +768,11 @@ class StackedEngine:
         self.keep_probabilities = keep_probabilities
         self.trials_per_batch = trials_per_batch
 
+    @property
+    def batch_seeded(self) -> bool:
+        """With a shared order, a batch trains from its first seed (see the class docstring)."""
+        return self.shared_order
+
     def evaluate(
         self,
         plans: Sequence[RegularizationPlan],

@@ -18,7 +18,7 @@ import contextlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
@@ -31,6 +31,7 @@ from hpo.study.record import (
     RETRY_FIRST_ATTR,
     RETRY_OF_ATTR,
     RETRY_ROOT_ATTR,
+    SEED_ATTR,
     WORKER_ATTR,
     CrashPolicy,
 )
@@ -219,7 +220,7 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
                 state=optuna.trial.TrialState.WAITING,
                 params=trial.params,
                 distributions=trial.distributions,
-                user_attrs={RETRY_OF_ATTR: trial.number, RETRY_ROOT_ATTR: chain[0]},
+                user_attrs=_retry_attrs(trial, chain[0]),
                 system_attrs={RETRY_FIRST_ATTR: chain[0], RETRY_CHAIN_ATTR: chain},
             )
         )
@@ -232,6 +233,15 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
             policy.max_retries,
         )
     return queued
+
+
+def _retry_attrs(failed: optuna.trial.FrozenTrial, root: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {RETRY_OF_ATTR: failed.number, RETRY_ROOT_ATTR: root}
+    # The seed the failed trial trained with (recorded before training), so the retry trains
+    # exactly as it did; absent if it died before it was sampled (then the root's own seed).
+    if SEED_ATTR in failed.user_attrs:
+        attrs[SEED_ATTR] = failed.user_attrs[SEED_ATTR]
+    return attrs
 
 
 def budget_left(study: optuna.Study, n_trials: int | None) -> int:

@@ -29,7 +29,8 @@ Trial user attributes
 
 ================================  ===================================================================
 ``plan``                          the regularization plan: four coefficient lists, one entry a layer
-``seed``                          the seed the trial trained with (a stacked batch: its first seed)
+``seed``                          the seed the trial trains with, recorded before training (a
+                                  stacked batch: its first trial's; a retry: its original's)
 ``worker``                        the worker that trained it (``host:pid``)
 ``fold_accuracies``, ``fold_std`` accuracy of each fold's held-out rows (every repeat's), their std
 ``epochs``                        epochs trained (fewer when pruned)
@@ -44,7 +45,7 @@ Trial user attributes
 ``xla_kernels``                   whether the elementwise kernels ran XLA-compiled (stacked engine)
 ``repeat_accuracies``             out-of-fold accuracy of each repeat of repeated K-fold
 ``retry_of``                      the trial this one retries (same parameters and seed)
-``retry_root``                    the first trial of the retry chain, whose seed is reused
+``retry_root``                    the first trial of the retry chain
 ``interrupted`` / ``error``       why this worker failed the trial: the signal, or the error text
 ================================  ===================================================================
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 __all__ = ["Stopped", "critical", "last_signal", "signals_received", "stop_on_signals"]
 
@@ -51,10 +52,16 @@ def last_signal() -> str | None:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(*, then: Any = None) -> Iterator[None]:
     """Turn SIGINT/SIGTERM into :class:`Stopped` for the block. Nested blocks share the outer
     one's handler, so a command can cover its whole life and the training session still ask
-    for it on its own."""
+    for it on its own.
+
+    ``then``: the handler to leave in place when the block ends (``signal.SIG_IGN`` once a
+    command has said how it ended); by default, the one from before the block. Swapping straight
+    to it leaves no moment with Python's default handler, whose ``KeyboardInterrupt`` would
+    print a traceback during the interpreter's exit.
+    """
     if _State.installed or threading.current_thread() is not threading.main_thread():
         yield  # signals reach only the main thread; an outer block already handles them
         return
@@ -87,7 +94,7 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, old if then is None else then)
         sys.unraisablehook = previous_hook
         _State.pending = None
         _State.installed = False

@@ -36,6 +36,7 @@ from hpo.study.record import (
     FAILURE_ERROR,
     FAILURE_INTERRUPTED,
     FAILURE_NON_FINITE,
+    SEED_ATTR,
     CrashPolicy,
     best_trial,
     result_attrs,
@@ -230,7 +231,7 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
         )
         if claim.trials:
             run.heartbeat.set_state("training", completed=run.summary.completed)
-            _run_batch(run, list(claim.trials), told)
+            _run_claim(run, list(claim.trials), told)
         return claim
     except BaseException as exc:
         # Nothing may stay RUNNING: fail every claimed trial not yet told, then re-raise.
@@ -240,14 +241,46 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
         raise
 
 
-def _prepare(run: _Run, trial: optuna.Trial) -> tuple[RegularizationPlan, int]:
-    """Sample the plan of ``trial`` and record it (idempotent: safe to retry after an outage)."""
+def _seed_groups(
+    run: _Run, trials: list[optuna.Trial]
+) -> list[tuple[list[optuna.Trial], list[int]]]:
+    """The claimed trials as separate ``evaluate`` calls, each with the seeds its trials train
+    with.
+
+    A retry must get the value its original would have had, so it trains with the seed its
+    original trained with (copied onto it when the retry was queued). On an engine that trains
+    a batch from its first seed, that makes it a batch of its own (the retries of one original
+    batch go together, as they were), and fresh trials train from the first fresh one's seed.
+    On other engines each trial trains from its own seed, all in one call.
+    """
+    pinned: dict[int, list[optuna.Trial]] = {}
+    fresh: list[optuna.Trial] = []
+    for trial in trials:
+        seed = trial.user_attrs.get(SEED_ATTR)
+        if seed is None:
+            fresh.append(trial)
+        else:
+            pinned.setdefault(int(seed), []).append(trial)
+
+    def own(trial: optuna.Trial) -> int:
+        seed = trial.user_attrs.get(SEED_ATTR)
+        return run.spec.trial_seed(seed_number(trial)) if seed is None else int(seed)
+
+    if not run.engine.batch_seeded:
+        return [(trials, [own(trial) for trial in trials])]
+    groups = [(members, [seed] * len(members)) for seed, members in pinned.items()]
+    if fresh:
+        groups.append((fresh, [own(fresh[0])] * len(fresh)))
+    return groups
+
+
+def _prepare(run: _Run, trial: optuna.Trial, seed: int) -> RegularizationPlan:
+    """Sample the plan of ``trial`` and record it with the seed it trains with, before training
+    (so a retry can reuse that seed; idempotent: safe to repeat after an outage)."""
     plan = suggest_plan(trial, run.spec.search)
-    # A retry trains with its original's seed: same parameters, same seed, same trial.
-    seed = run.spec.trial_seed(seed_number(trial))
     for key, value in sampled_attrs(plan, seed, run.heartbeat.worker).items():
         trial.set_user_attr(key, value)
-    return plan, seed
+    return plan
 
 
 def _outcome(result: EvaluationResult) -> tuple[optuna.trial.TrialState, float | None, str | None]:
@@ -259,15 +292,19 @@ def _outcome(result: EvaluationResult) -> tuple[optuna.trial.TrialState, float |
     return optuna.trial.TrialState.COMPLETE, result.accuracy, None
 
 
-def _run_batch(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
+def _run_claim(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
+    groups = run.guard.call(partial(_seed_groups, run, trials), "reading the claimed trials")
+    for members, seeds in groups:
+        _run_batch(run, members, seeds, told)
+
+
+def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: set[int]) -> None:
     TrialState = optuna.trial.TrialState
     spec, summary = run.spec, run.summary
-    prepared = [
-        run.guard.call(partial(_prepare, run, trial), f"sampling trial {trial.number}")
-        for trial in trials
+    plans = [
+        run.guard.call(partial(_prepare, run, trial, seed), f"sampling trial {trial.number}")
+        for trial, seed in zip(trials, seeds, strict=True)
     ]
-    plans = [plan for plan, _ in prepared]
-    seeds = [seed for _, seed in prepared]
     _log.info(
         "training trial%s %s (%s engine, %d folds x %d epochs)",
         "s" if len(trials) > 1 else "",
