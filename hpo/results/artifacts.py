@@ -50,7 +50,7 @@ from hpo.study.record import (
     stored_seed,
 )
 from hpo.study.signals import Stopped
-from hpo.study.storage import outage_reason, sqlite_file
+from hpo.study.storage import error_text, outage_reason, sqlite_file
 
 if TYPE_CHECKING:
     import matplotlib.figure as mpl_figure
@@ -225,11 +225,10 @@ class ArtifactRecorder:
             if outage_reason(exc) is not None:
                 raise  # the worker's storage guard retries this call once the database is back
             _log.warning(
-                "trial %d: artifacts not saved to %s (%s: %s)",
+                "trial %d: artifacts not saved to %s (%s)",
                 trial.number,
                 self.directory,
-                type(exc).__name__,
-                exc,
+                error_text(exc),
             )
             _log.debug("artifact failure", exc_info=True)
 
@@ -305,9 +304,7 @@ class ArtifactRecorder:
                 len(written),
             )
         except Exception as exc:
-            _log.warning(
-                "model files not written to %s (%s: %s)", self.directory, type(exc).__name__, exc
-            )
+            _log.warning("model files not written to %s (%s)", self.directory, error_text(exc))
         return len(written)
 
     def _finalize(self, study: optuna.Study, written: list[str]) -> None:
@@ -337,10 +334,7 @@ class ArtifactRecorder:
                     raise
                 except Exception as exc:
                     _log.warning(
-                        "trial %d: model file not saved (%s: %s)",
-                        trial.number,
-                        type(exc).__name__,
-                        exc,
+                        "trial %d: model file not saved (%s)", trial.number, error_text(exc)
                     )
                     continue
             written.append(name)

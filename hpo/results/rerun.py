@@ -326,7 +326,7 @@ def record_reruns(study: optuna.Study, results: Sequence[RerunStats]) -> None:
             try:
                 _write_trial_note(study, trial._trial_id, stats)
             except Exception as exc:  # the note is a convenience; the attr is the record
-                _log.warning("trial %d: rerun note not written (%s)", stats.trial, exc)
+                _log.warning("trial %d: rerun note not written (%s)", stats.trial, error_text(exc))
 
 
 def load_reruns(study: optuna.Study) -> dict[int, RerunStats]:

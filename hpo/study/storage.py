@@ -57,6 +57,7 @@ __all__ = [
     "check_sqlite",
     "count_trial_states",
     "creation_lock",
+    "error_text",
     "is_postgresql",
     "mask_url",
     "normalize_url",
@@ -635,6 +636,16 @@ def outage_reason(exc: BaseException) -> str | None:
             return _first_line(current)
         current = current.__cause__ or current.__context__
     return None
+
+
+def error_text(exc: BaseException) -> str:
+    """``exc`` for a warning line, saying what really happened: Optuna reports a commit that
+    failed because the connection dropped as "invalid data ..., e.g. exceeding max length", so a
+    lost database is named as such (and any URL in the text is masked)."""
+    reason = outage_reason(exc)
+    if reason is not None:
+        return f"database unreachable: {reason}"
+    return mask_url(f"{type(exc).__name__}: {exc}")
 
 
 class StorageGuard:
