@@ -26,6 +26,7 @@ from hpo.log import get_logger
 from hpo.objective import Engine, evaluate_plans
 from hpo.spec import StudySpec
 from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
+from hpo.study.storage import error_text
 
 if TYPE_CHECKING:
     import numpy as np
