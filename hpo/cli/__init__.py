@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -19,7 +19,13 @@ from hpo.cli import check, cluster, results, run
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure
-from hpo.study.signals import Stopped, last_signal, signals_received, stop_on_signals
+from hpo.study.signals import (
+    Stopped,
+    last_signal,
+    signals_received,
+    stop_on_signals,
+    stop_within,
+)
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -50,11 +56,20 @@ class _Cli(click.Group):
                 click.echo(f"Error: {mask_url(str(exc))}", err=True)
                 ctx.exit(1)
             except Stopped as exc:
-                if signals_received() > 1:
-                    click.echo(f"stopped again by {exc}: exiting at once", err=True)
-                    ctx.exit(128 + signal.Signals[str(exc)].value)
-                click.echo(f"stopped by {exc}", err=True)
-                ctx.exit(0)
+                _stopped(ctx, exc)
+            except Exception as exc:
+                stop = stop_within(exc)
+                if stop is None:
+                    raise
+                _stopped(ctx, stop)
+
+
+def _stopped(ctx: click.Context, stop: Stopped) -> NoReturn:
+    if signals_received() > 1:
+        click.echo(f"stopped again by {stop}: exiting at once", err=True)
+        ctx.exit(128 + signal.Signals[str(stop)].value)
+    click.echo(f"stopped by {stop}", err=True)
+    ctx.exit(0)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

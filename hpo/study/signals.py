@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["Stopped", "critical", "last_signal", "signals_received", "stop_on_signals"]
+__all__ = [
+    "Stopped",
+    "critical",
+    "last_signal",
+    "signals_received",
+    "stop_on_signals",
+    "stop_within",
+]
 
 
 class Stopped(BaseException):
@@ -39,6 +46,23 @@ def _raise_pending() -> None:
     if _State.pending is not None:
         name, _State.pending = _State.pending, None
         raise Stopped(name)
+
+
+def stop_within(exc: BaseException) -> Stopped | None:
+    """The stop behind ``exc``, if a signal caused it.
+
+    A signal that lands while a compiled module initializes (pandas, numpy, TensorFlow import
+    lazily, so that is often) comes out as that import's ``ImportError`` or ``SystemError``,
+    with the :class:`Stopped` only in its chain of causes.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Stopped):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def signals_received() -> int:

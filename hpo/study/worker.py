@@ -44,7 +44,7 @@ from hpo.study.record import (
     seed_number,
     stored_policy,
 )
-from hpo.study.signals import Stopped, critical
+from hpo.study.signals import Stopped, critical, stop_within
 from hpo.study.storage import StorageGuard, rdb_of
 
 if TYPE_CHECKING:
@@ -235,9 +235,10 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
         return claim
     except BaseException as exc:
         # Nothing may stay RUNNING: fail every claimed trial not yet told, then re-raise.
-        _fail_untold(run, [t for t in trials if t.number not in told], exc)
-        if isinstance(exc, KeyboardInterrupt):
-            raise Stopped("SIGINT") from None
+        stop = Stopped("SIGINT") if isinstance(exc, KeyboardInterrupt) else stop_within(exc)
+        _fail_untold(run, [t for t in trials if t.number not in told], stop or exc)
+        if stop is not None and stop is not exc:
+            raise stop from None  # a stop that surfaced as another error (see stop_within)
         raise
 
 
