@@ -22,14 +22,14 @@ import tempfile
 import urllib.error
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.seeds import split_seed
+from hpo.seeds import holdout_seed, split_seed
 from hpo.spec import CVSpec, DataSpec
 
 if TYPE_CHECKING:
@@ -53,15 +53,19 @@ __all__ = [
     "Dataset",
     "Fold",
     "FoldSet",
+    "Holdout",
     "Preprocessor",
     "cache_dir",
     "check_classes",
     "fold_rows",
+    "holdout_fold_set",
     "load_dataset",
     "load_folds",
+    "load_holdout",
     "make_fold_set",
     "make_folds",
     "quoted",
+    "split_holdout",
 ]
 
 _log = get_logger("data")
@@ -83,10 +87,43 @@ class Dataset:
     categorical: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    holdout: Holdout | None = None
 
     @property
     def n_rows(self) -> int:
         return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> Dataset:
+        """These rows only, in this order (numbered from 0 again)."""
+        return replace(
+            self,
+            features=self.features.iloc[rows].reset_index(drop=True),
+            labels=self.labels[rows],
+            holdout=None,
+        )
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The rows ``[cv] holdout`` sets aside before the search, as positions in the loaded data.
+
+    ``fingerprint``: a SHA-256 of those positions and their labels, recorded on the study, so a
+    later run on changed data (whose held-out rows would differ, and might then be trained on)
+    is refused.
+    """
+
+    fraction: float
+    search_rows: np.ndarray
+    holdout_rows: np.ndarray
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "fraction": self.fraction,
+            "rows": len(self.holdout_rows),
+            "of": len(self.search_rows) + len(self.holdout_rows),
+            "sha256": self.fingerprint,
+        }
 
 
 @dataclass(frozen=True)
@@ -644,12 +681,97 @@ def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
     return folds
 
 
+def split_holdout(dataset: Dataset, cv: CVSpec) -> Holdout | None:
+    """The rows ``[cv] holdout`` sets aside (stratified when ``[cv] stratified``); None if 0.
+
+    >>> from hpo.spec import CVSpec
+    >>> labels = np.array([0, 1] * 10)
+    >>> data = Dataset(pd.DataFrame({"x": range(20)}), labels, ("a", "b"), "demo")
+    >>> split = split_holdout(data, CVSpec(holdout=0.2, stratified=True))
+    >>> len(split.holdout_rows), np.bincount(labels[split.holdout_rows]).tolist()
+    (4, [2, 2])
+    """
+    if cv.holdout == 0:
+        return None
+    n_rows = dataset.n_rows
+    n_out = int(np.ceil(cv.holdout * n_rows))
+    if n_out >= n_rows or n_rows - n_out < cv.folds:
+        raise HpoError(
+            f"{dataset.source}: holdout={cv.holdout} sets {n_out} of {n_rows} rows aside, "
+            f"leaving too few for folds={cv.folds}; use a smaller holdout"
+        )
+    stratify = dataset.labels if cv.stratified else None
+    if stratify is not None:
+        counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
+        rare = int(np.argmin(counts))
+        if counts[rare] < 2:
+            raise HpoError(
+                f"{dataset.source}: class {dataset.classes[rare]!r} has {counts[rare]} row, "
+                "too few to put some in the holdout and some in the search; drop that class "
+                "or set [cv] stratified = false"
+            )
+    try:
+        search, held = sklearn_splits.train_test_split(
+            np.arange(n_rows),
+            test_size=n_out,
+            random_state=holdout_seed(cv.seed),
+            stratify=stratify,
+        )
+    except ValueError as exc:  # stratified: fewer held-out rows than classes
+        raise HpoError(
+            f"{dataset.source}: holdout={cv.holdout} cannot be stratified ({exc}); "
+            "use a larger holdout or set [cv] stratified = false"
+        ) from None
+    search, held = np.sort(search), np.sort(held)
+    digest = hashlib.sha256(held.astype(np.int64).tobytes())
+    digest.update(dataset.labels[held].astype(np.int64).tobytes())
+    return Holdout(cv.holdout, search, held, digest.hexdigest())
+
+
+def load_holdout(
+    spec: DataSpec, cv: CVSpec, *, path_override: str | Path | None = None
+) -> tuple[Dataset, Dataset]:
+    """The search rows and the held-out rows, both as datasets (the search one carries the
+    :class:`Holdout` to check against the study)."""
+    dataset = load_dataset(spec, path_override=path_override)
+    check_classes(dataset, cv, spec.target)
+    split = split_holdout(dataset, cv)
+    if split is None:
+        raise ValueError("this study has no [cv] holdout")
+    search = replace(dataset.subset(split.search_rows), holdout=split)
+    return search, dataset.subset(split.holdout_rows)
+
+
+def holdout_fold_set(search: Dataset, held: Dataset) -> FoldSet:
+    """One fold that trains on every search row and scores the held-out rows, preprocessed
+    with statistics (and one-hot schema) of the search rows only."""
+    prep = Preprocessor(search.categorical).fit(search.features)
+    n_search, n_held = search.n_rows, held.n_rows
+    fold = Fold(
+        index=0,
+        train_rows=np.arange(n_search),
+        valid_rows=np.arange(n_search, n_search + n_held),
+        x_train=prep.transform(search.features),
+        y_train=search.labels,
+        x_valid=prep.transform(held.features),
+        y_valid=held.labels,
+    )
+    return FoldSet(repeats=((fold,),), classes=search.classes)
+
+
 def load_folds(
     spec: DataSpec, cv: CVSpec, *, path_override: str | Path | None = None
 ) -> tuple[Dataset, FoldSet]:
-    """The rows ``spec`` names and their folds (every repeat), ready to train on."""
+    """The rows ``spec`` names and their folds (every repeat), ready to train on.
+
+    With ``[cv] holdout``, the held-out rows are gone before anything else sees the data: the
+    dataset returned, its folds and every preprocessing statistic are the search rows only.
+    """
     dataset = load_dataset(spec, path_override=path_override)
     check_classes(dataset, cv, spec.target)
+    split = split_holdout(dataset, cv)
+    if split is not None:
+        dataset = replace(dataset.subset(split.search_rows), holdout=split)
     return dataset, make_fold_set(dataset, cv)
 
 

@@ -17,7 +17,9 @@ import zlib
 
 __all__ = [
     "MAX_SEED",
+    "evaluate_seeds",
     "fold_seed",
+    "holdout_seed",
     "repeat_seed",
     "rerun_seeds",
     "split_seed",
@@ -41,6 +43,17 @@ def fold_seed(seed: int, fold: int) -> int:
 def split_seed(cv_seed: int, repeat: int) -> int:
     """The shuffling seed of repeat ``repeat`` of (repeated) K-fold: ``[cv] seed`` for the first."""
     return cv_seed + repeat
+
+
+def holdout_seed(cv_seed: int) -> int:
+    """The seed that draws the rows ``[cv] holdout`` sets aside: ``[cv] seed`` itself."""
+    return cv_seed
+
+
+def evaluate_seeds(base: int, n: int) -> list[int]:
+    """``n`` seeds for ``hpo evaluate``, unlike any trial's or rerun's; every plan evaluated
+    gets the same ones (common random numbers, so plans are compared seed by seed)."""
+    return [(base * 1_000_003 + 555_555_555 + 15_485_863 * (s + 1)) % MAX_SEED for s in range(n)]
 
 
 def repeat_seed(seed: int, repeat: int) -> int:

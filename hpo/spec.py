@@ -89,7 +89,11 @@ class LayerSearchSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSpec:
+    """Per hidden layer, what the search may do. ``baseline``: trial 0 of a new study trains the
+    network with no regularization at all, so every study shows what regularization bought."""
+
     layers: tuple[LayerSearchSpec, ...]
+    baseline: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,13 +169,22 @@ class DataSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class CVSpec:
+    """How trials are scored. ``holdout``: the fraction of rows set aside before the search
+    (stratified when ``stratified``, drawn with ``seed``), seen only by ``hpo evaluate``."""
+
     folds: int = 5
     shuffle: bool = True
     seed: int = 42
     stratified: bool = False
     repeats: int = 1
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.holdout <= 0.5:
+            raise ValueError(
+                f"`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, "
+                f"but got {self.holdout}"
+            )
         if self.folds < 2:
             raise ValueError(f"`folds >= 2` must hold, but got (folds={self.folds})")
         if self.repeats < 1:
@@ -355,7 +368,7 @@ _SECTION_TYPES: dict[str, type] = {
 _TOP_LEVEL = ("study", "search", *_SECTION_TYPES)
 _STUDY_KEYS = ("name", "direction", "description")
 _LAYER_KEYS = ("l1", "l2", "placements", "allow_none")
-_SEARCH_KEYS = (*_LAYER_KEYS, "layers")
+_SEARCH_KEYS = (*_LAYER_KEYS, "layers", "baseline")
 
 # The resolved annotations (``from __future__ import annotations`` leaves only their text) that
 # every value from a file or a stored spec is checked against, element by element for tuples.
@@ -513,11 +526,15 @@ def _layer(
 def _search(raw: Mapping[str, Any], n_hidden: int, origin: str) -> SearchSpec:
     _check_keys("search", raw, _SEARCH_KEYS, origin)
     defaults = _layer(
-        "search", {k: v for k, v in raw.items() if k != "layers"}, LayerSearchSpec(), origin
+        "search",
+        {k: v for k, v in raw.items() if k not in ("layers", "baseline")},
+        LayerSearchSpec(),
+        origin,
     )
+    baseline = _value("search.baseline", bool, raw.get("baseline", True), origin)
     per_layer = raw.get("layers")
     if per_layer is None:
-        return SearchSpec(layers=(defaults,) * n_hidden)
+        return SearchSpec(layers=(defaults,) * n_hidden, baseline=baseline)
     if not isinstance(per_layer, list) or len(per_layer) != n_hidden:
         raise HpoError(
             f"{origin}: `search.layers` must be a list of {n_hidden} tables (one per hidden layer), "
@@ -527,7 +544,8 @@ def _search(raw: Mapping[str, Any], n_hidden: int, origin: str) -> SearchSpec:
         layers=tuple(
             _layer(f"search.layers[{i}]", table, defaults, origin)
             for i, table in enumerate(per_layer)
-        )
+        ),
+        baseline=baseline,
     )
 
 
@@ -606,5 +624,5 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     return {
         "study": {"name": spec.name, "direction": spec.direction, "description": spec.description},
         **{name: plain(getattr(spec, name)) for name in _SECTION_TYPES},
-        "search": {"layers": layers},
+        "search": {"layers": layers, "baseline": spec.search.baseline},
     }

@@ -11,7 +11,19 @@ from conftest import ROOT, SHARED_CSV, hpo, one_line_error
 
 from hpo.study.storage import open_storage
 
-COMMANDS = {"best", "check", "create", "dashboard", "report", "rerun", "run", "status", "trials", "worker"}
+COMMANDS = {
+    "best",
+    "check",
+    "create",
+    "dashboard",
+    "evaluate",
+    "report",
+    "rerun",
+    "run",
+    "status",
+    "trials",
+    "worker",
+}
 
 
 def _listed_commands(help_text: str) -> list[str]:

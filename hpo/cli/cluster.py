@@ -28,6 +28,7 @@ from hpo.cli.options import (
     load_study,
     n_trials_option,
     name_option,
+    rows_text,
     show_data_findings,
     storage_option,
     storage_url,
@@ -38,11 +39,13 @@ from hpo.cli.options import (
 from hpo.data import load_folds
 from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
+from hpo.results.baseline import baseline_gain
 from hpo.spec import StudySpec, load_spec
 from hpo.study.heartbeat import worker_id
 from hpo.study.record import (
     CrashPolicy,
     best_trial,
+    check_holdout,
     create_or_load_study,
     join_study,
     read_trial,
@@ -176,10 +179,11 @@ def worker(
     )
     budget = n_trials if n_trials is not None else spec.budget.n_trials
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
+    check_holdout(study, dataset.holdout)
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     click.echo(
         f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
-        f"data: {dataset.source}, {dataset.n_rows} rows",
+        f"data: {dataset.source}, {rows_text(dataset)}",
         err=True,
     )
     store_data_warnings(study, show_data_findings(dataset, spec))
@@ -235,6 +239,7 @@ def study_status(
             }
         )
     best = best_trial(study)
+    gain = baseline_gain(study)
     return {
         "study": study.study_name,
         "storage": shown_url,
@@ -258,6 +263,9 @@ def study_status(
         "best": None
         if best is None
         else {"number": best.number, "value": best.value, "params": best.params},
+        "baseline": None
+        if gain is None
+        else {**gain.to_dict(), "summary": gain.line(study.study_name)},
     }
 
 
@@ -300,6 +308,8 @@ def _status_text(status: dict[str, Any]) -> str:
         if best is None
         else f"best: trial {best['number']}, accuracy {best['value']:.4f}"
     )
+    if status["baseline"] is not None:
+        lines.append(status["baseline"]["summary"])
     return "\n".join(lines)
 
 

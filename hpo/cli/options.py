@@ -19,8 +19,9 @@ from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.profile import profile_dataset
 from hpo.results.artifacts import ArtifactRecorder
+from hpo.results.baseline import baseline_gain
 from hpo.spec import ENGINES, StudySpec
-from hpo.study.record import best_trial, read_trial
+from hpo.study.record import best_trial, is_baseline, read_trial
 from hpo.study.session import train
 from hpo.study.storage import (
     Access,
@@ -54,6 +55,7 @@ __all__ = [
     "port_option",
     "print_best",
     "repeats_option",
+    "rows_text",
     "seeds_option",
     "show_data_findings",
     "storage_option",
@@ -130,7 +132,9 @@ seeds_option = click.option(
     "--seeds", type=COUNT, required=True, help="Fresh seeds per trial (2 or more for a CI)."
 )
 top_option = click.option(
-    "--top", type=COUNT, help="Rerun the K best complete trials (default: 3)."
+    "--top",
+    type=COUNT,
+    help="Rerun the K best complete trials and the unregularized baseline (default: 3).",
 )
 trial_option = click.option(
     "--trial", "trial_number", type=NON_NEGATIVE, help="Rerun this trial number."
@@ -226,6 +230,14 @@ def load_study(name: str, storage_url: str, *, access: Access = "read") -> optun
         raise HpoError(f"no study named {name!r} in {mask_url(storage_url)}{where}") from None
 
 
+def rows_text(dataset: Dataset) -> str:
+    """``1600 rows (400 more held out)``: the rows searched on, and those set aside."""
+    if dataset.holdout is None:
+        return f"{dataset.n_rows} rows"
+    held = len(dataset.holdout.holdout_rows)
+    return f"{dataset.n_rows} rows ({held} more held out for `hpo evaluate`)"
+
+
 def print_best(study: optuna.Study, shown_url: str) -> None:
     best = best_trial(study)
     if best is None:
@@ -233,8 +245,13 @@ def print_best(study: optuna.Study, shown_url: str) -> None:
         return
     folds = " ".join(f"{a:.3f}" for a in read_trial(best).fold_accuracies)
     click.echo(f"best: trial {best.number}, accuracy {best.value:.4f} (folds {folds})")
+    if is_baseline(best):
+        click.echo("  no regularization (the unregularized baseline)")
     for key, value in best.params.items():
         click.echo(f"  {key} = {value:.3g}" if isinstance(value, float) else f"  {key} = {value}")
+    gain = baseline_gain(study)
+    if gain is not None:
+        click.echo(gain.line(study.study_name))
     click.echo(f"stored in {shown_url} as study {study.study_name!r}")
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hpo.cli.options import (
+    COUNT,
     data_option,
     load_study,
     port_option,
@@ -17,19 +18,30 @@ from hpo.cli.options import (
     seeds_option,
     storage_option,
     storage_url,
+    text_table,
     top_option,
     trial_option,
 )
-from hpo.data import load_folds
+from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
 from hpo.errors import HpoError
 from hpo.log import get_logger
 from hpo.results.artifacts import artifact_dir_for
 from hpo.results.dashboard import TOKEN_ENV, dashboard_access, is_loopback, serve
+from hpo.results.holdout import HoldoutEvaluation, evaluate_on_holdout, record_evaluation
 from hpo.results.report import write_report
 from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
+from hpo.seeds import evaluate_seeds
 from hpo.spec import ENGINES
-from hpo.study.record import PLAN_ATTR, RERUN_ATTR_PREFIX, SPEC_ATTR, stored_spec
+from hpo.study.record import (
+    HOLDOUT_EVALUATION_ATTR,
+    PLAN_ATTR,
+    RERUN_ATTR_PREFIX,
+    SPEC_ATTR,
+    check_holdout,
+    is_baseline,
+    stored_spec,
+)
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -144,7 +156,7 @@ def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | No
 
 
 def _pick_trials(
-    study: optuna.Study, trial_number: int | None, top: int | None
+    study: optuna.Study, trial_number: int | None, top: int | None, verb: str = "rerun"
 ) -> list[optuna.trial.FrozenTrial]:
     complete = [
         t
@@ -161,9 +173,15 @@ def _pick_trials(
             )
         return chosen
     if not complete:
-        raise HpoError(f"study {study.study_name!r} has no complete trial to rerun yet")
+        raise HpoError(f"study {study.study_name!r} has no complete trial to {verb} yet")
     ranked = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))
-    return ranked[: top if top is not None else 3]
+    chosen = ranked[: top if top is not None else 3]
+    # And the unregularized baseline, so `best`, `status` and the report can tell whether
+    # regularization helped beyond noise.
+    baselines = [t for t in complete if is_baseline(t)]
+    if baselines and not any(is_baseline(t) for t in chosen):
+        chosen.append(baselines[-1])
+    return chosen
 
 
 def _print_reruns(results: list[RerunStats]) -> None:
@@ -221,7 +239,8 @@ def rerun(
         cv = replace(spec.cv, repeats=repeats) if repeats is not None else spec.cv
     except ValueError as exc:
         raise HpoError(f"--repeats {repeats}: {exc}") from None
-    _, folds = load_folds(spec.data, cv, path_override=data_path)
+    dataset, folds = load_folds(spec.data, cv, path_override=data_path)
+    check_holdout(study, dataset.holdout)
     # No pruning in a rerun: every seed must run to the end to be comparable.
     engine_impl = make_engine(
         replace(spec.engine, name=engine or spec.engine.name, checkpoint_every=0)
@@ -249,4 +268,91 @@ def rerun(
     )
 
 
-COMMANDS: list[click.Command] = [dashboard, report, rerun]
+@click.command()
+@click.argument("name")
+@storage_option
+@click.option(
+    "--top",
+    type=COUNT,
+    default=3,
+    show_default=True,
+    help="Evaluate the K best complete trials (and the unregularized baseline).",
+)
+@click.option(
+    "--seeds",
+    type=COUNT,
+    default=5,
+    show_default=True,
+    help="Fresh training seeds per plan (2 or more for a CI).",
+)
+@data_option("Read the data from this CSV instead of the study's stored source.")
+def evaluate(name: str, storage: str | None, top: int, seeds: int, data_path: str | None) -> None:
+    """Score the top plans and the baseline on the rows held out from the search.
+
+    Each plan is trained on every search row with S fresh seeds and scored on the [cv] holdout
+    rows, which no trial saw: the honest estimate of what the tuned network scores on new
+    rows, and how much the search's best CV score overstated it.
+    """
+    url = storage_url(storage, access="write")
+    study = load_study(name, url, access="write")
+    spec = stored_spec(study)
+    if spec is None:
+        raise HpoError(
+            f"study {name!r} has no stored spec (user attr {SPEC_ATTR}); only studies created by "
+            "`hpo run` or `hpo create` can be evaluated"
+        )
+    if spec.cv.holdout == 0:
+        raise HpoError(
+            f"study {name!r} has no holdout: rows must be set aside before the search, so start "
+            "a new study with `holdout = 0.2` in its [cv] table; for data too small to spare "
+            "rows, nested cross-validation is the alternative"
+        )
+    search, held = load_holdout(spec.data, spec.cv, path_override=data_path)
+    check_holdout(study, search.holdout)
+    trials = _pick_trials(study, None, top, verb="evaluate")
+    engine_impl = make_engine(replace(spec.engine, checkpoint_every=0))
+    seed_list = evaluate_seeds(spec.base_seed, seeds)
+    click.echo(
+        f"evaluating trial{'s' if len(trials) > 1 else ''} "
+        f"{', '.join(str(t.number) for t in trials)}: trained on the {search.n_rows} search "
+        f"rows with {seeds} fresh seed{'s' if seeds > 1 else ''} each, scored on the "
+        f"{held.n_rows} held-out rows ({engine_impl.name} engine, {spec.model.epochs} epochs)",
+        err=True,
+    )
+    try:
+        evaluation = evaluate_on_holdout(
+            trials, spec, holdout_fold_set(search, held), engine_impl, seeds=seed_list
+        )
+    finally:
+        engine_impl.close()
+    record_evaluation(study, evaluation)
+    _print_evaluation(evaluation)
+    click.echo(
+        f"recorded as study user attr {HOLDOUT_EVALUATION_ATTR} (and as trial notes in "
+        "optuna-dashboard)"
+    )
+
+
+def _print_evaluation(evaluation: HoldoutEvaluation) -> None:
+    columns = ["trial", "search CV", "holdout mean", "95% CI", "optimism"]
+    rows = [
+        dict(
+            zip(
+                columns,
+                [
+                    f"{p.trial}{' (baseline)' if p.baseline else ''}",
+                    f"{p.search_cv:.4f}",
+                    f"{p.mean:.4f}",
+                    p.ci_text(),
+                    f"{p.optimism:+.4f}",
+                ],
+                strict=True,
+            )
+        )
+        for p in sorted(evaluation.plans, key=lambda p: (-p.search_cv, p.trial))
+    ]
+    click.echo(text_table(columns, rows))
+    click.echo(evaluation.verdict())
+
+
+COMMANDS: list[click.Command] = [dashboard, report, rerun, evaluate]

@@ -19,6 +19,7 @@ from hpo.cli.options import (
     n_trials_option,
     name_option,
     print_best,
+    rows_text,
     show_data_findings,
     storage_option,
     storage_url,
@@ -35,6 +36,7 @@ from hpo.spec import load_spec
 from hpo.study.budget import budget_left
 from hpo.study.record import (
     best_trial,
+    check_holdout,
     create_or_load_study,
     read_trial,
     store_data_warnings,
@@ -88,7 +90,7 @@ def run(
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     first = folds.repeats[0][0]
     click.echo(
-        f"data: {dataset.source}: {dataset.n_rows} rows, {dataset.features.shape[1]} feature "
+        f"data: {dataset.source}: {rows_text(dataset)}, {dataset.features.shape[1]} feature "
         f"columns ({first.n_features} network inputs), {len(dataset.classes)} classes; "
         f"{spec.cv.folds}-fold CV"
         + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else ""),
@@ -96,6 +98,7 @@ def run(
     )
     warnings = show_data_findings(dataset, spec)
     study, created = create_or_load_study(spec, rdb)
+    check_holdout(study, dataset.holdout)
     store_data_warnings(study, warnings)
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.

@@ -24,6 +24,7 @@ from hpo.data import FoldSet
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.objective import Engine, evaluate_plans
+from hpo.results.notes import write_trial_note_section
 from hpo.spec import StudySpec
 from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
 from hpo.study.storage import error_text
@@ -31,11 +32,9 @@ from hpo.study.storage import error_text
 if TYPE_CHECKING:
     import numpy as np
     import optuna
-    import optuna_dashboard._note as dashboard_notes
     from scipy import stats as scipy_stats
 else:
     np = lazy_import("numpy")
-    dashboard_notes = lazy_import("optuna_dashboard._note")
     scipy_stats = lazy_import("scipy.stats")
 
 __all__ = [
@@ -43,6 +42,7 @@ __all__ = [
     "Comparison",
     "RerunStats",
     "compare",
+    "compare_pair",
     "load_reruns",
     "record_reruns",
     "rerun_seeds",
@@ -143,27 +143,26 @@ def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def compare_pair(best: RerunStats, other: RerunStats) -> Comparison:
+    """``best`` against ``other``: difference of rerun means, Welch's p, overlap of the CIs."""
+    overlap = None
+    if best.ci95 is not None and other.ci95 is not None:
+        overlap = best.ci95[0] <= other.ci95[1] and other.ci95[0] <= best.ci95[1]
+    return Comparison(
+        best=best.trial,
+        other=other.trial,
+        difference=best.mean - other.mean,
+        p_value=_welch_p(best.accuracies, other.accuracies),
+        cis_overlap=overlap,
+    )
+
+
 def compare(results: Sequence[RerunStats]) -> list[Comparison]:
     """The best trial (highest rerun mean) against each other trial, best-first order."""
     if len(results) < 2:
         return []
     ordered = sorted(results, key=lambda r: (-r.mean, r.trial))
-    best = ordered[0]
-    comparisons = []
-    for other in ordered[1:]:
-        overlap = None
-        if best.ci95 is not None and other.ci95 is not None:
-            overlap = best.ci95[0] <= other.ci95[1] and other.ci95[0] <= best.ci95[1]
-        comparisons.append(
-            Comparison(
-                best=best.trial,
-                other=other.trial,
-                difference=best.mean - other.mean,
-                p_value=_welch_p(best.accuracies, other.accuracies),
-                cis_overlap=overlap,
-            )
-        )
-    return comparisons
+    return [compare_pair(ordered[0], other) for other in ordered[1:]]
 
 
 def verdict(results: Sequence[RerunStats]) -> list[str]:
@@ -305,18 +304,6 @@ def _note_text(stats: RerunStats) -> str:
     )
 
 
-def _write_trial_note(study: optuna.Study, trial_id: int, stats: RerunStats) -> None:
-    # optuna-dashboard keeps trial notes in study system attrs (always writable); its public
-    # save_note() needs a live Trial, which a finished trial is not.
-    storage = study._storage
-    current = dashboard_notes.get_note_from_system_attrs(
-        storage.get_study_system_attrs(study._study_id), trial_id
-    )
-    body = current["body"].split(_NOTE_HEADER)[0].rstrip()
-    body = (body + "\n\n" if body else "") + _note_text(stats)
-    dashboard_notes.save_note_with_version(storage, study._study_id, trial_id, current["version"] + 1, body)
-
-
 def record_reruns(study: optuna.Study, results: Sequence[RerunStats]) -> None:
     """Store each result as study user attr ``rerun:<trial>`` and as the trial's dashboard note."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -325,7 +312,7 @@ def record_reruns(study: optuna.Study, results: Sequence[RerunStats]) -> None:
         trial = by_number.get(stats.trial)
         if trial is not None:
             try:
-                _write_trial_note(study, trial._trial_id, stats)
+                write_trial_note_section(study, trial._trial_id, _NOTE_HEADER, _note_text(stats))
             except Exception as exc:  # the note is a convenience; the attr is the record
                 _log.warning("trial %d: rerun note not written (%s)", stats.trial, error_text(exc))
 

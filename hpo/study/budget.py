@@ -24,6 +24,7 @@ from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import (
+    BASELINE_ATTR,
     FAILURE_ATTR,
     FAILURE_INTERRUPTED,
     FAILURE_OVER_BUDGET,
@@ -34,6 +35,7 @@ from hpo.study.record import (
     SEED_ATTR,
     WORKER_ATTR,
     CrashPolicy,
+    is_baseline,
 )
 from hpo.study.signals import critical
 from hpo.study.storage import (
@@ -207,8 +209,10 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
             break
         if trial.state != optuna.trial.TrialState.FAIL or trial.number in retried:
             continue
-        if trial.system_attrs.get(FAILURE_ATTR) not in _RETRYABLE or not trial.distributions:
+        if trial.system_attrs.get(FAILURE_ATTR) not in _RETRYABLE:
             continue
+        if not trial.distributions and not is_baseline(trial):
+            continue  # died before it was sampled: nothing to repeat, a new trial takes the slot
         chain = [*trial.system_attrs.get(RETRY_CHAIN_ATTR, []), trial.number]
         if len(chain) > policy.max_retries:
             _log.debug(
@@ -241,15 +245,19 @@ def _retry_attrs(failed: optuna.trial.FrozenTrial, root: int) -> dict[str, Any]:
     # exactly as it did; absent if it died before it was sampled (then the root's own seed).
     if SEED_ATTR in failed.user_attrs:
         attrs[SEED_ATTR] = failed.user_attrs[SEED_ATTR]
+    if is_baseline(failed):
+        attrs[BASELINE_ATTR] = True
     return attrs
 
 
 def budget_left(study: optuna.Study, n_trials: int | None) -> int:
-    """Trials still to start: the budget less finished and running or queued ones, counted in
-    the database (a hint for messages; only a claim, under the lock, counts exactly)."""
+    """Trials still to run: the budget less finished and running ones (queued ones, such as the
+    baseline or a retry, are still to run), counted in the database. A hint for messages; only
+    a claim, under the lock, counts exactly."""
     if n_trials is None:
         return _UNLIMITED
-    return max(0, n_trials - _taken(count_trial_states(rdb_of(study), study._study_id)))
+    counts = count_trial_states(rdb_of(study), study._study_id)
+    return max(0, n_trials - _taken(counts) + counts.get("WAITING", 0))
 
 
 def _taken(counts: Mapping[str, int]) -> int:

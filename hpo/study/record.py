@@ -15,6 +15,11 @@ Study user attributes
 ``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
 ``hpo_data_warnings``             the data warnings (identifier, leak, ...) of the latest ``hpo run``
                                   or ``hpo worker`` to load the data: a list of one-line messages
+``holdout:evaluation``            the latest ``hpo evaluate``: seeds, rows, and per plan the search CV,
+                                  holdout accuracies, mean, std, 95% CI, optimism; and the verdict
+``hpo_holdout``                   the rows ``[cv] holdout`` set aside: fraction, rows, of, and a
+                                  SHA-256 of their positions and labels (written by the first
+                                  process to load the data; every later one must match it)
 ================================  ===================================================================
 
 Study system attributes
@@ -44,6 +49,8 @@ Trial user attributes
 ``trials_in_batch``               how many trials trained together (stacked engine)
 ``xla_kernels``                   whether the elementwise kernels ran XLA-compiled (stacked engine)
 ``repeat_accuracies``             out-of-fold accuracy of each repeat of repeated K-fold
+``baseline``                      ``true`` on the unregularized network (trial 0 unless
+                                  ``[search] baseline = false``, and its retries): no params
 ``retry_of``                      the trial this one retries (same parameters and seed)
 ``retry_root``                    the first trial of the retry chain
 ``interrupted`` / ``error``       why this worker failed the trial: the signal, or the error text
@@ -69,6 +76,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from hpo.data import Holdout
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.objective import EvaluationResult
@@ -83,6 +91,7 @@ else:
     optuna = lazy_import("optuna")
 
 __all__ = [
+    "BASELINE_ATTR",
     "DATA_WARNINGS_ATTR",
     "FAILURE_ATTR",
     "FAILURE_ERROR",
@@ -90,6 +99,8 @@ __all__ = [
     "FAILURE_NON_FINITE",
     "FAILURE_OVER_BUDGET",
     "FINISHED_ARTIFACT_PREFIX",
+    "HOLDOUT_ATTR",
+    "HOLDOUT_EVALUATION_ATTR",
     "LIVE_ARTIFACT_PREFIX",
     "PLAN_ATTR",
     "POLICY_ATTR",
@@ -104,9 +115,12 @@ __all__ = [
     "WORKER_ATTR_PREFIX",
     "CrashPolicy",
     "StoredTrial",
+    "baseline_trial",
     "best_trial",
+    "check_holdout",
     "check_same_protocol",
     "create_or_load_study",
+    "is_baseline",
     "join_study",
     "make_sampler",
     "read_trial",
@@ -129,6 +143,8 @@ SPEC_ATTR = "hpo_spec"
 POLICY_ATTR = "hpo_crash_policy"
 RERUN_ATTR_PREFIX = "rerun:"
 DATA_WARNINGS_ATTR = "hpo_data_warnings"
+HOLDOUT_ATTR = "hpo_holdout"
+HOLDOUT_EVALUATION_ATTR = "holdout:evaluation"
 # Study system attributes.
 WORKER_ATTR_PREFIX = "hpo:worker:"
 # optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own
@@ -137,6 +153,7 @@ FINISHED_ARTIFACT_PREFIX = "dashboard:artifacts:"
 # Trial user attributes (the rest are the fields of result_attrs and sampled_attrs).
 PLAN_ATTR = "plan"
 SEED_ATTR = "seed"
+BASELINE_ATTR = "baseline"
 WORKER_ATTR = "worker"
 RETRY_OF_ATTR = "retry_of"
 RETRY_ROOT_ATTR = "retry_root"
@@ -349,6 +366,21 @@ def seed_number(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int:
     return int(trial.user_attrs.get(RETRY_ROOT_ATTR, trial.number))
 
 
+def is_baseline(trial: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
+    """Whether ``trial`` trains the network without any regularization (it has no params)."""
+    return bool(trial.user_attrs.get(BASELINE_ATTR, False))
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's finished unregularized baseline (the latest, if a retry finished it)."""
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if is_baseline(t)
+    ]
+    return done[-1] if done else None
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     try:
         return study.best_trial
@@ -397,6 +429,11 @@ def create_or_load_study(
             else:
                 study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
                 study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
+                if spec.search.baseline:
+                    # Trial 0, queued before any worker can ask: the network with no penalty,
+                    # so every study shows what regularization bought. It has no params, which
+                    # keeps it out of TPE's model (its zeros are outside the log-uniform ranges).
+                    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
                 return study, True
     check_same_protocol(spec, study)
     return study, False
@@ -429,6 +466,25 @@ def join_study(
     sampler = make_sampler(spec, seed_offset=worker_sampler_offset(worker))
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     return study, spec
+
+
+def check_holdout(study: optuna.Study, holdout: Holdout | None) -> None:
+    """Record the held-out rows on the study, or refuse data whose held-out rows differ from
+    the recorded ones: trials on such data could train on rows the holdout has to keep unseen."""
+    if holdout is None:
+        return
+    stored = study.user_attrs.get(HOLDOUT_ATTR)
+    if stored is None:
+        study.set_user_attr(HOLDOUT_ATTR, holdout.to_dict())
+        return
+    if stored.get("sha256") != holdout.fingerprint:
+        raise HpoError(
+            f"study {study.study_name!r}: the rows held out from the search are not the ones "
+            f"recorded on the study ({stored.get('rows')} of {stored.get('of')} rows, sha256 "
+            f"{str(stored.get('sha256'))[:12]}; this data gives {len(holdout.holdout_rows)} of "
+            f"{holdout.to_dict()['of']}, sha256 {holdout.fingerprint[:12]}): the data changed "
+            "since the search began; use the same data, or a new study (--name)"
+        )
 
 
 def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:

@@ -39,6 +39,7 @@ from hpo.study.record import (
     SEED_ATTR,
     CrashPolicy,
     best_trial,
+    is_baseline,
     result_attrs,
     sampled_attrs,
     seed_number,
@@ -278,7 +279,10 @@ def _seed_groups(
 def _prepare(run: _Run, trial: optuna.Trial, seed: int) -> RegularizationPlan:
     """Sample the plan of ``trial`` and record it with the seed it trains with, before training
     (so a retry can reuse that seed; idempotent: safe to repeat after an outage)."""
-    plan = suggest_plan(trial, run.spec.search)
+    if is_baseline(trial):
+        plan = RegularizationPlan.uniform(len(run.spec.search.layers))  # every coefficient 0
+    else:
+        plan = suggest_plan(trial, run.spec.search)
     for key, value in sampled_attrs(plan, seed, run.heartbeat.worker).items():
         trial.set_user_attr(key, value)
     return plan

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from hpo.log import get_logger
 from hpo.results.artifacts import open_artifact_store, trial_artifacts
+from hpo.results.baseline import BaselineGain, baseline_gain
 from hpo.results.rerun import RerunStats, load_reruns
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
@@ -86,6 +87,7 @@ class StudyData:
     n_layers: int
     n_folds: int
     data_warnings: tuple[str, ...] = ()
+    baseline: BaselineGain | None = None
 
     @property
     def best(self) -> Trial | None:
@@ -127,6 +129,7 @@ def collect(study: optuna.Study) -> StudyData:
         n_layers=n_layers,
         n_folds=n_folds,
         data_warnings=tuple(stored_data_warnings(study)),
+        baseline=baseline_gain(study),
     )
 
 

@@ -18,6 +18,7 @@ from string import Template
 from typing import TYPE_CHECKING
 
 from hpo.lazy import lazy_import
+from hpo.results.baseline import BaselineGain
 from hpo.results.report.collect import (
     TOP_N,
     StudyData,
@@ -131,7 +132,13 @@ def render(
         ("pruned / failed", f"{counts['PRUNED']} / {counts['FAIL']}"),
         ("training time", f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"),
     ]
-    sections = [_warnings_section(data.data_warnings), _best_section(best, confusion)]
+    if data.baseline is not None:
+        cards.insert(1, ("over no regularization", f"{data.baseline.gain:+.4f}"))
+    sections = [
+        _warnings_section(data.data_warnings),
+        _best_section(best, confusion),
+        _baseline_section(data.baseline, data.name),
+    ]
     for plot in plots:
         if plot.name == "rerun":
             sections.append(_rerun_section(plot, data.reruns, data.name))
@@ -285,6 +292,18 @@ def _settings_section(spec: StudySpec) -> str:
         '<section id="settings"><h2>Study settings</h2><p class="muted">As stored on the study '
         "when it was created; every trial used them.</p>"
         f'<div class="grid">{"".join(blocks)}</div></section>'
+    )
+
+
+def _baseline_section(gain: BaselineGain | None, name: str) -> str:
+    if gain is None:
+        return ""
+    return (
+        '<section id="baseline"><h2>Regularization against none</h2><p class="how"><b>How to '
+        "read it.</b> The baseline trial trains the same network on the same folds with every "
+        "penalty off. One CV score against another is noisy: the difference counts only when "
+        f"reruns with fresh seeds (<code>hpo rerun {_esc(name)}</code>) put it beyond noise.</p>"
+        f"<p>{_esc(gain.line(name))}</p></section>"
     )
 
 

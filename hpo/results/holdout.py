@@ -1,0 +1,277 @@
+"""``hpo evaluate``: the top plans and the baseline, scored on rows the search never saw.
+
+The search's best CV score is the maximum of many noisy scores, so it flatters the winner. Here
+each plan is trained on every search row (preprocessing fitted on those rows) with S fresh seeds
+and scored on the held-out rows. Every plan gets the same seeds (common random numbers), so two
+plans are compared seed by seed: a paired t-test on the per-seed differences.
+
+The result is stored on the study (user attr ``holdout:evaluation``) and as a section of each
+evaluated trial's dashboard note.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpo.data import FoldSet
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.objective import Engine, evaluate_plans
+from hpo.results.notes import write_trial_note_section
+from hpo.results.rerun import summarize
+from hpo.spec import StudySpec
+from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan
+from hpo.study.storage import error_text
+
+if TYPE_CHECKING:
+    import numpy as np
+    import optuna
+    import scipy.stats as scipy_stats
+else:
+    np = lazy_import("numpy")
+    optuna = lazy_import("optuna")
+    scipy_stats = lazy_import("scipy.stats")
+
+__all__ = [
+    "HoldoutEvaluation",
+    "PlanScore",
+    "evaluate_on_holdout",
+    "load_evaluation",
+    "paired_p",
+    "record_evaluation",
+]
+
+_NOTE_HEADER = "### Holdout"
+_log = get_logger("evaluate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanScore:
+    """One plan's holdout accuracies (one per seed) against its search CV score."""
+
+    trial: int
+    baseline: bool
+    search_cv: float
+    accuracies: tuple[float, ...]
+    mean: float = field(init=False)
+    std: float = field(init=False)
+    ci95: tuple[float, float] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        mean, std, ci = summarize(self.accuracies)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        object.__setattr__(self, "ci95", ci)
+
+    @property
+    def optimism(self) -> float:
+        """How much the search's CV score overstated the holdout mean."""
+        return self.search_cv - self.mean
+
+    def ci_text(self) -> str:
+        if self.ci95 is None:
+            return "no CI (one seed)"
+        return f"[{self.ci95[0]:.4f}, {self.ci95[1]:.4f}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "baseline": self.baseline,
+            "search_cv": round(self.search_cv, 6),
+            "accuracies": [round(a, 6) for a in self.accuracies],
+            "mean": round(self.mean, 6),
+            "std": None if math.isnan(self.std) else round(self.std, 6),
+            "ci95": None if self.ci95 is None else [round(v, 6) for v in self.ci95],
+            "optimism": round(self.optimism, 6),
+        }
+
+
+def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided paired t-test p of ``a - b`` (seed by seed); None below two pairs.
+
+    >>> paired_p([0.70, 0.71, 0.72], [0.60, 0.62, 0.61]) < 0.05
+    True
+    """
+    if len(a) != len(b) or len(a) < 2:
+        return None
+    differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if np.std(differences) == 0:  # t is undefined: the same difference every seed
+        return 1.0 if differences[0] == 0 else 0.0
+    return float(scipy_stats.ttest_rel(a, b).pvalue)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoldoutEvaluation:
+    """Every evaluated plan, best search CV first (the baseline last, if it is not the best)."""
+
+    seeds: tuple[int, ...]
+    train_rows: int
+    holdout_rows: int
+    epochs: int
+    engine: str
+    plans: tuple[PlanScore, ...]
+
+    @property
+    def winner(self) -> PlanScore:
+        """The plan the search would ship: the best search CV score."""
+        return max(self.plans, key=lambda p: (p.search_cv, -p.trial))
+
+    @property
+    def baseline(self) -> PlanScore | None:
+        return next((p for p in self.plans if p.baseline), None)
+
+    def verdict(self) -> str:
+        """One line: the winner on the holdout, the optimism, and regularization against none."""
+        w = self.winner
+        head = (
+            f"trial {w.trial}: holdout {w.mean:.4f} {w.ci_text()}; the search "
+            + (
+                f"overstated it by {w.optimism:.4f}"
+                if w.optimism >= 0
+                else f"understated it by {-w.optimism:.4f}"
+            )
+        )
+        base = self.baseline
+        if base is None or base is w:
+            return head + ("" if base is None else " (the winner is the unregularized baseline)")
+        difference = w.mean - base.mean
+        p = paired_p(w.accuracies, base.accuracies)
+        if p is None:
+            judged = "one seed cannot tell noise: use --seeds 2 or more"
+        elif p >= 0.05:
+            judged = f"within noise, paired p = {p:.3g}"
+        else:
+            judged = f"beyond noise, paired p = {p:.3g}"
+        if difference == 0:
+            return f"{head}; regularization ties with none ({judged})"
+        verb = "beats" if difference > 0 else "loses to"
+        return f"{head}; regularization {verb} none by {abs(difference):.4f} ({judged})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": list(self.seeds),
+            "train_rows": self.train_rows,
+            "holdout_rows": self.holdout_rows,
+            "epochs": self.epochs,
+            "engine": self.engine,
+            "plans": [p.to_dict() for p in self.plans],
+            "verdict": self.verdict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HoldoutEvaluation:
+        return cls(
+            seeds=tuple(int(s) for s in data["seeds"]),
+            train_rows=int(data["train_rows"]),
+            holdout_rows=int(data["holdout_rows"]),
+            epochs=int(data["epochs"]),
+            engine=str(data["engine"]),
+            plans=tuple(
+                PlanScore(
+                    trial=int(p["trial"]),
+                    baseline=bool(p["baseline"]),
+                    search_cv=float(p["search_cv"]),
+                    accuracies=tuple(float(a) for a in p["accuracies"]),
+                )
+                for p in data["plans"]
+            ),
+        )
+
+
+def evaluate_on_holdout(
+    trials: Sequence[optuna.trial.FrozenTrial],
+    spec: StudySpec,
+    holdout: FoldSet,
+    engine: Engine,
+    *,
+    seeds: Sequence[int],
+) -> HoldoutEvaluation:
+    """Train every trial's plan on the search rows with each seed; score the held-out rows.
+
+    ``holdout`` is the one-fold set of :func:`hpo.data.holdout_fold_set`. One engine call per
+    seed and batch, every plan of a call with that seed (see :func:`hpo.results.rerun.rerun_trials`
+    for why seeds are never mixed in a call).
+    """
+    plans = {t.number: stored_plan(t) for t in trials}
+    missing = sorted(n for n, plan in plans.items() if plan is None)
+    if missing:
+        raise ValueError(f"trials {missing} have no recorded plan")
+    scores: dict[int, list[float]] = {t.number: [] for t in trials}
+    size = max(1, engine.trials_per_batch)
+    for s, seed in enumerate(seeds):
+        for start in range(0, len(trials), size):
+            chunk = trials[start : start + size]
+            results = evaluate_plans(
+                engine,
+                [plans[t.number] for t in chunk],  # type: ignore[misc]
+                holdout,
+                model=spec.model,
+                seeds=[seed] * len(chunk),
+            )
+            for trial, result in zip(chunk, results, strict=True):
+                scores[trial.number].append(result.accuracy)
+                _log.info(
+                    "trial %d seed %d/%d: holdout accuracy %.4f",
+                    trial.number,
+                    s + 1,
+                    len(seeds),
+                    result.accuracy,
+                )
+    fold = holdout.repeats[0][0]
+    return HoldoutEvaluation(
+        seeds=tuple(seeds),
+        train_rows=len(fold.train_rows),
+        holdout_rows=len(fold.valid_rows),
+        epochs=spec.model.epochs,
+        engine=engine.name,
+        plans=tuple(
+            PlanScore(
+                trial=t.number,
+                baseline=is_baseline(t),
+                search_cv=float(t.value or 0.0),
+                accuracies=tuple(scores[t.number]),
+            )
+            for t in trials
+        ),
+    )
+
+
+def _note_text(score: PlanScore, evaluation: HoldoutEvaluation) -> str:
+    return (
+        f"{_NOTE_HEADER}\n\n"
+        f"Trained on all {evaluation.train_rows} search rows with {len(score.accuracies)} fresh "
+        f"seed(s) ({evaluation.engine} engine, {evaluation.epochs} epochs), scored on the "
+        f"{evaluation.holdout_rows} held-out rows: mean **{score.mean:.4f}**, 95% CI "
+        f"{score.ci_text()}; the search scored {score.search_cv:.4f} (optimism "
+        f"{score.optimism:+.4f}).\n\n{evaluation.verdict()}\n"
+    )
+
+
+def record_evaluation(study: optuna.Study, evaluation: HoldoutEvaluation) -> None:
+    """Store on the study (``holdout:evaluation``) and as each trial's note section."""
+    study.set_user_attr(HOLDOUT_EVALUATION_ATTR, evaluation.to_dict())
+    ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
+    for score in evaluation.plans:
+        if score.trial not in ids:
+            continue
+        try:
+            write_trial_note_section(
+                study, ids[score.trial], _NOTE_HEADER, _note_text(score, evaluation)
+            )
+        except Exception as exc:  # the note is a convenience; the attr is the record
+            _log.warning("trial %d: holdout note not written (%s)", score.trial, error_text(exc))
+
+
+def load_evaluation(study: optuna.Study) -> HoldoutEvaluation | None:
+    """The study's latest ``hpo evaluate`` result, if any (an unreadable one is ignored)."""
+    raw = study.user_attrs.get(HOLDOUT_EVALUATION_ATTR)
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return HoldoutEvaluation.from_dict(raw)
+    except (KeyError, TypeError, ValueError):
+        _log.warning("study attr %r is not a holdout evaluation; ignored", HOLDOUT_EVALUATION_ATTR)
+        return None

@@ -1,0 +1,235 @@
+"""``[cv] holdout`` and ``hpo evaluate``: rows the search never sees, and the honest score.
+
+The engine is spied on (its ``evaluate`` records the folds it is handed, then trains for real),
+so the tests assert on the very rows and arrays each trial, rerun and evaluation received.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import scipy.stats
+from conftest import hpo, make_frame, one_line_error
+
+from hpo.data import Fold, Preprocessor, load_dataset, split_holdout
+from hpo.engines.stacked import StackedEngine
+from hpo.spec import CVSpec, load_spec
+from hpo.study.storage import open_storage
+
+WriteStudy = Callable[..., Path]
+HOLDOUT = "[cv]\nholdout = 0.25\nstratified = true\n"
+
+
+@pytest.fixture
+def received(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[Fold]]]:
+    """Every fold list the stacked engine is handed, in order."""
+    calls: list[list[Fold]] = []
+    original = StackedEngine.evaluate
+
+    def spy(self: StackedEngine, plans: Any, folds: Any, **kwargs: Any) -> Any:
+        calls.append(list(folds))
+        return original(self, plans, folds, **kwargs)
+
+    monkeypatch.setattr(StackedEngine, "evaluate", spy)
+    yield calls
+
+
+def _held_study(write_study: WriteStudy, *, n_trials: int = 3) -> Path:
+    """The tiny study with a quarter of its rows held out; ``[cv]`` replaced by ours."""
+    path = write_study(engine="stacked", epochs=3, n_trials=n_trials)
+    text = path.read_text().replace("[cv]\n", HOLDOUT, 1)
+    path.write_text(text)
+    return path
+
+
+def _original_rows(study_file: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The loaded features, and the search and held-out rows as positions in them."""
+    spec = load_spec(study_file)
+    dataset = load_dataset(spec.data)
+    split = split_holdout(dataset, spec.cv)
+    assert split is not None
+    return dataset.features, split.search_rows, split.holdout_rows
+
+
+def test_the_split_is_stratified_seeded_and_recorded(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    study_file = _held_study(write_study)
+    spec = load_spec(study_file)
+    dataset = load_dataset(spec.data)
+    split = split_holdout(dataset, spec.cv)
+    assert split is not None
+    assert len(split.holdout_rows) == math.ceil(0.25 * dataset.n_rows)
+    assert set(split.search_rows).isdisjoint(split.holdout_rows)
+    assert len(split.search_rows) + len(split.holdout_rows) == dataset.n_rows
+    # Stratified: each class's share of the holdout is its share of the data (within a row).
+    everywhere = np.bincount(dataset.labels) / dataset.n_rows
+    held = np.bincount(dataset.labels[split.holdout_rows], minlength=3)
+    assert np.all(np.abs(held - everywhere * len(split.holdout_rows)) <= 1)
+    # Seeded by [cv] seed: the same rows again, other rows with another seed.
+    assert split_holdout(dataset, spec.cv).fingerprint == split.fingerprint  # type: ignore[union-attr]
+    other = split_holdout(dataset, CVSpec(folds=3, seed=2, stratified=True, holdout=0.25))
+    assert other is not None and other.fingerprint != split.fingerprint
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    result = hpo("run", study_file, "--storage", url)
+    assert result.exit_code == 0, result.output
+    assert "67 rows (23 more held out for `hpo evaluate`)" in result.stderr
+    attrs = optuna.load_study(study_name="tiny", storage=open_storage(url)).user_attrs
+    assert attrs["hpo_holdout"] == {
+        "fraction": 0.25,
+        "rows": 23,
+        "of": 90,
+        "sha256": split.fingerprint,
+    }
+
+
+def test_no_trial_preprocessing_rerun_or_evaluation_sees_a_held_out_row(
+    write_study: WriteStudy, tmp_path: Path, received: list[list[Fold]]
+) -> None:
+    study_file = _held_study(write_study)
+    features, search_rows, holdout_rows = _original_rows(study_file)
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert hpo("run", study_file, "--storage", url).exit_code == 0
+    assert hpo("rerun", "tiny", "--storage", url, "--top", "1", "--seeds", "2").exit_code == 0
+    searched = len(received)
+    assert searched >= 3  # trials, then reruns
+    for folds in received:
+        for fold in folds:
+            # Positions in the search rows; as rows of the loaded data, none is held out.
+            train = search_rows[fold.train_rows]
+            valid = search_rows[fold.valid_rows]
+            assert set(train).isdisjoint(holdout_rows) and set(valid).isdisjoint(holdout_rows)
+            # The arrays are those rows, preprocessed with statistics of the training rows
+            # alone (the one-hot schema from the search rows alone).
+            schema = Preprocessor().fit(features.iloc[search_rows]).categorical
+            prep = Preprocessor().fit(features.iloc[train], categories=schema)
+            np.testing.assert_allclose(fold.x_train, prep.transform(features.iloc[train]))
+            np.testing.assert_allclose(fold.x_valid, prep.transform(features.iloc[valid]))
+
+    result = hpo("evaluate", "tiny", "--storage", url, "--top", "1", "--seeds", "2")
+    assert result.exit_code == 0, result.output
+    evaluation = received[searched:]
+    assert evaluation, "evaluate trained nothing"
+    for folds in evaluation:
+        (fold,) = folds  # one fold: every search row against the held-out rows
+        assert len(fold.train_rows) == len(search_rows)
+        assert len(fold.valid_rows) == len(holdout_rows)
+        prep = Preprocessor().fit(features.iloc[search_rows])
+        np.testing.assert_allclose(fold.x_train, prep.transform(features.iloc[search_rows]))
+        np.testing.assert_allclose(fold.x_valid, prep.transform(features.iloc[holdout_rows]))
+
+
+def test_evaluate_statistics_match_a_hand_computation(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert hpo("run", _held_study(write_study, n_trials=4), "--storage", url).exit_code == 0
+    result = hpo("evaluate", "tiny", "--storage", url, "--top", "2", "--seeds", "4")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=open_storage(url))
+    stored = study.user_attrs["holdout:evaluation"]
+    assert stored["holdout_rows"] == 23 and stored["train_rows"] == 67
+    plans = stored["plans"]
+    assert len(plans) == 3 and sum(p["baseline"] for p in plans) == 1  # top 2 and the baseline
+    for p in plans:
+        accuracies = np.array(p["accuracies"])
+        assert len(accuracies) == 4
+        # Each accuracy is a whole number of held-out rows.
+        assert np.allclose(accuracies * 23, np.round(accuracies * 23), atol=1e-4)
+        mean = accuracies.mean()
+        std = accuracies.std(ddof=1)
+        half = scipy.stats.t.ppf(0.975, 3) * std / 2  # sqrt(4) = 2
+        assert p["mean"] == pytest.approx(mean, abs=1e-6)
+        assert p["std"] == pytest.approx(std, abs=1e-6)
+        if std > 0:
+            assert p["ci95"] == pytest.approx([mean - half, mean + half], abs=1e-6)
+        trial = study.trials[p["trial"]]
+        assert p["search_cv"] == pytest.approx(trial.value, abs=1e-6)
+        assert p["optimism"] == pytest.approx(trial.value - mean, abs=1e-6)
+    winner = max(plans, key=lambda p: (p["search_cv"], -p["trial"]))
+    baseline = next(p for p in plans if p["baseline"])
+    assert stored["verdict"].startswith(f"trial {winner['trial']}: holdout {winner['mean']:.4f}")
+    if winner is not baseline:
+        d = np.array(winner["accuracies"]) - np.array(baseline["accuracies"])
+        if d.std() > 0:
+            t = d.mean() / (d.std(ddof=1) / 2)
+            p_value = 2 * scipy.stats.t.sf(abs(t), 3)
+            assert f"paired p = {p_value:.3g}" in stored["verdict"]
+    assert stored["verdict"] in result.output
+    # The table: one row per plan, the baseline marked.
+    assert f"{baseline['trial']} (baseline)" in result.output
+    # And each trial's dashboard note has its section.
+    notes = study._storage.get_study_system_attrs(study._study_id)
+    assert sum("### Holdout" in str(v) for v in notes.values()) == 3
+
+
+def test_evaluate_refuses_a_study_without_a_holdout(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert hpo("run", write_study(epochs=1, n_trials=1), "--storage", url).exit_code == 0
+    one_line_error(
+        hpo("evaluate", "tiny", "--storage", url),
+        "study 'tiny' has no holdout: rows must be set aside before the search, so start a new "
+        "study with `holdout = 0.2` in its [cv] table; for data too small to spare rows, nested "
+        "cross-validation is the alternative",
+    )
+
+
+def test_changed_data_is_refused_before_it_can_train_on_held_out_rows(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    study_file = _held_study(write_study, n_trials=1)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert hpo("run", study_file, "--storage", url).exit_code == 0
+    fingerprint = optuna.load_study(study_name="tiny", storage=open_storage(url)).user_attrs[
+        "hpo_holdout"
+    ]["sha256"]
+    changed = tmp_path / "changed.csv"
+    make_frame(n_rows=90, seed=5).to_csv(changed, index=False)  # same shape, other labels
+    spec = load_spec(study_file)
+    other = split_holdout(load_dataset(spec.data, path_override=changed), spec.cv)
+    assert other is not None
+    expected = (
+        "study 'tiny': the rows held out from the search are not the ones recorded on the "
+        f"study (23 of 90 rows, sha256 {fingerprint[:12]}; this data gives 23 of 90, sha256 "
+        f"{other.fingerprint[:12]}): the data changed since the search began; use the same "
+        "data, or a new study (--name)"
+    )
+    for command in (
+        ["run", study_file, "--n-trials", "2"],
+        ["worker", "tiny"],
+        ["rerun", "tiny", "--seeds", "2"],
+        ["evaluate", "tiny"],
+    ):
+        one_line_error(hpo(*command, "--storage", url, "--data", changed), expected)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            "holdout = 0.7",
+            "`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, but got 0.7",
+        ),
+        ("holdout = -0.1", "`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, but got -0.1"),
+        ('holdout = "20%"', "`cv.holdout` must be a number, but got '20%'"),
+    ],
+)
+def test_a_bad_holdout_is_one_line(
+    write_study: WriteStudy, tmp_path: Path, table: str, message: str
+) -> None:
+    path = write_study()
+    path.write_text(path.read_text().replace("[cv]\n", f"[cv]\n{table}\n", 1))
+    result = hpo("run", path, "--storage", f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
