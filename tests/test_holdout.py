@@ -6,6 +6,7 @@ so the tests assert on the very rows and arrays each trial, rerun and evaluation
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,6 +170,13 @@ def test_evaluate_statistics_match_a_hand_computation(
     # And each trial's dashboard note has its section.
     notes = study._storage.get_study_system_attrs(study._study_id)
     assert sum("### Holdout" in str(v) for v in notes.values()) == 3
+    # The report shows the same table and verdict.
+    report = hpo("report", "tiny", "--storage", url, "--out", tmp_path / "report")
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Holdout: what the winner scores on new rows" in page
+    assert html.escape(stored["verdict"]) in page
+    assert f"{winner['mean']:.4f}" in page
 
 
 def test_evaluate_refuses_a_study_without_a_holdout(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hpo.log import get_logger
 from hpo.results.artifacts import open_artifact_store, trial_artifacts
 from hpo.results.baseline import BaselineGain, baseline_gain
+from hpo.results.holdout import HoldoutEvaluation, load_evaluation
 from hpo.results.rerun import RerunStats, load_reruns
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
@@ -88,6 +89,7 @@ class StudyData:
     n_folds: int
     data_warnings: tuple[str, ...] = ()
     baseline: BaselineGain | None = None
+    holdout: HoldoutEvaluation | None = None
 
     @property
     def best(self) -> Trial | None:
@@ -130,6 +132,7 @@ def collect(study: optuna.Study) -> StudyData:
         n_folds=n_folds,
         data_warnings=tuple(stored_data_warnings(study)),
         baseline=baseline_gain(study),
+        holdout=load_evaluation(study),
     )
 
 

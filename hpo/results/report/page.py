@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from hpo.lazy import lazy_import
 from hpo.results.baseline import BaselineGain
+from hpo.results.holdout import HoldoutEvaluation
 from hpo.results.report.collect import (
     TOP_N,
     StudyData,
@@ -138,6 +139,7 @@ def render(
         _warnings_section(data.data_warnings),
         _best_section(best, confusion),
         _baseline_section(data.baseline, data.name),
+        _holdout_section(data.holdout, data.spec, data.name),
     ]
     for plot in plots:
         if plot.name == "rerun":
@@ -292,6 +294,41 @@ def _settings_section(spec: StudySpec) -> str:
         '<section id="settings"><h2>Study settings</h2><p class="muted">As stored on the study '
         "when it was created; every trial used them.</p>"
         f'<div class="grid">{"".join(blocks)}</div></section>'
+    )
+
+
+def _holdout_section(
+    evaluation: HoldoutEvaluation | None, spec: StudySpec | None, name: str
+) -> str:
+    if evaluation is None:
+        if spec is None or spec.cv.holdout == 0:
+            return ""
+        return (
+            '<section id="holdout"><h2>Holdout</h2><p class="missing">This study holds out '
+            f"{spec.cv.holdout:.0%} of its rows; run <code>hpo evaluate {_esc(name)}</code> to "
+            "score the top plans on them, then write the report again.</p></section>"
+        )
+    rows = [
+        [
+            f"#{p.trial}" + (" (baseline)" if p.baseline else ""),
+            f"{p.search_cv:.4f}",
+            f"{p.mean:.4f}",
+            p.ci_text(),
+            f"{p.optimism:+.4f}",
+        ]
+        for p in sorted(evaluation.plans, key=lambda p: (-p.search_cv, p.trial))
+    ]
+    return (
+        '<section id="holdout"><h2>Holdout: what the winner scores on new rows</h2>'
+        '<p class="how"><b>How to read it.</b> Each plan was trained on all '
+        f"{evaluation.train_rows} search rows with {len(evaluation.seeds)} fresh seeds and "
+        f"scored on the {evaluation.holdout_rows} rows set aside before the search, which no "
+        "trial saw. Optimism is the search's CV score minus the holdout mean: how much picking "
+        "the best of many noisy scores flattered it.</p>"
+        + _table(
+            ["trial", "search CV", "holdout mean", "95% CI", "optimism"], rows, numeric={1, 2, 4}
+        )
+        + f"<p>{_esc(evaluation.verdict())}</p></section>"
     )
 
 
