@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.seeds import holdout_seed, split_seed
+from hpo.seeds import holdout_seed, outer_seed, split_seed
 from hpo.spec import CVSpec, DataSpec
 
 if TYPE_CHECKING:
@@ -116,10 +116,11 @@ class Holdout:
     search_rows: np.ndarray
     holdout_rows: np.ndarray
     fingerprint: str
+    outer: tuple[int, int] | None = None  # (fold, of): the outer test fold of ``hpo nested``
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "fraction": self.fraction,
+            "fraction": round(self.fraction, 6),
             "rows": len(self.holdout_rows),
             "of": len(self.search_rows) + len(self.holdout_rows),
             "sha256": self.fingerprint,
@@ -628,17 +629,19 @@ def fold_rows(
     cv: CVSpec,
     *,
     repeat: int = 0,
+    seed: int | None = None,
     source: str = "data",
     class_names: Sequence[str] = (),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(training rows, held-out rows) of each fold, as scikit-learn's (Stratified)KFold cuts
-    them; ``repeat`` reshuffles (seed + repeat)."""
+    them; ``repeat`` reshuffles (seed + repeat); ``seed`` replaces that shuffling seed."""
     n_rows = len(labels)
     if cv.folds > n_rows:
         raise HpoError(
             f"{source}: folds={cv.folds} is more than the {n_rows} rows; use fewer folds"
         )
-    seed = split_seed(cv.seed, repeat) if cv.shuffle else None
+    if seed is None:
+        seed = split_seed(cv.seed, repeat) if cv.shuffle else None
     if cv.stratified:
         classes, counts = np.unique(labels, return_counts=True)
         smallest = int(np.argmin(counts))
@@ -691,6 +694,8 @@ def split_holdout(dataset: Dataset, cv: CVSpec) -> Holdout | None:
     >>> len(split.holdout_rows), np.bincount(labels[split.holdout_rows]).tolist()
     (4, [2, 2])
     """
+    if cv.outer_folds:
+        return _outer_fold(dataset, cv)
     if cv.holdout == 0:
         return None
     n_rows = dataset.n_rows
@@ -722,10 +727,29 @@ def split_holdout(dataset: Dataset, cv: CVSpec) -> Holdout | None:
             f"{dataset.source}: holdout={cv.holdout} cannot be stratified ({exc}); "
             "use a larger holdout or set [cv] stratified = false"
         ) from None
+    return _holdout(cv.holdout, dataset, search, held)
+
+
+def _holdout(fraction: float, dataset: Dataset, search: np.ndarray, held: np.ndarray) -> Holdout:
     search, held = np.sort(search), np.sort(held)
     digest = hashlib.sha256(held.astype(np.int64).tobytes())
     digest.update(dataset.labels[held].astype(np.int64).tobytes())
-    return Holdout(cv.holdout, search, held, digest.hexdigest())
+    return Holdout(fraction, search, held, digest.hexdigest())
+
+
+def _outer_fold(dataset: Dataset, cv: CVSpec) -> Holdout:
+    """Nested cross-validation: outer fold ``cv.outer_fold`` is held out, the rest searched."""
+    outer = replace(cv, folds=cv.outer_folds, shuffle=True, repeats=1, outer_folds=0, outer_fold=0)
+    splits = fold_rows(
+        dataset.labels,
+        outer,
+        seed=outer_seed(cv.seed),
+        source=dataset.source,
+        class_names=dataset.classes,
+    )
+    search, held = splits[cv.outer_fold]
+    split = _holdout(len(held) / dataset.n_rows, dataset, search, held)
+    return replace(split, outer=(cv.outer_fold + 1, cv.outer_folds))
 
 
 def load_holdout(

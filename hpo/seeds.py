@@ -20,6 +20,7 @@ __all__ = [
     "evaluate_seeds",
     "fold_seed",
     "holdout_seed",
+    "outer_seed",
     "repeat_seed",
     "rerun_seeds",
     "split_seed",
@@ -48,6 +49,11 @@ def split_seed(cv_seed: int, repeat: int) -> int:
 def holdout_seed(cv_seed: int) -> int:
     """The seed that draws the rows ``[cv] holdout`` sets aside: ``[cv] seed`` itself."""
     return cv_seed
+
+
+def outer_seed(cv_seed: int) -> int:
+    """The shuffling seed of ``hpo nested``'s outer folds (the inner folds use ``split_seed``)."""
+    return (cv_seed + 10_007) % MAX_SEED
 
 
 def evaluate_seeds(base: int, n: int) -> list[int]:

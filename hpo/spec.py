@@ -170,7 +170,9 @@ class DataSpec:
 @dataclass(frozen=True, kw_only=True)
 class CVSpec:
     """How trials are scored. ``holdout``: the fraction of rows set aside before the search
-    (stratified when ``stratified``, drawn with ``seed``), seen only by ``hpo evaluate``."""
+    (stratified when ``stratified``, drawn with ``seed``), seen only by ``hpo evaluate``.
+    ``outer_folds``/``outer_fold``: in an inner study of ``hpo nested``, the rows set aside are
+    outer fold ``outer_fold`` of ``outer_folds``."""
 
     folds: int = 5
     shuffle: bool = True
@@ -178,8 +180,23 @@ class CVSpec:
     stratified: bool = False
     repeats: int = 1
     holdout: float = 0.0
+    outer_folds: int = 0
+    outer_fold: int = 0
 
     def __post_init__(self) -> None:
+        # ``outer_folds``/``outer_fold``: set by ``hpo nested`` on its inner studies, whose
+        # held-out rows are one outer fold; 0 outside nested cross-validation.
+        if self.outer_folds == 1 or self.outer_folds < 0:
+            raise ValueError(f"`outer_folds` must be 0 or >= 2, but got {self.outer_folds}")
+        if not 0 <= self.outer_fold < max(self.outer_folds, 1):
+            raise ValueError(
+                f"`outer_fold` must be in [0, {max(self.outer_folds - 1, 0)}], "
+                f"but got {self.outer_fold}"
+            )
+        if self.outer_folds and self.holdout:
+            raise ValueError(
+                "`holdout` and nested cross-validation both set rows aside; use one of them"
+            )
         if not 0 <= self.holdout <= 0.5:
             raise ValueError(
                 f"`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, "

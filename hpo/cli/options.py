@@ -235,6 +235,9 @@ def rows_text(dataset: Dataset) -> str:
     if dataset.holdout is None:
         return f"{dataset.n_rows} rows"
     held = len(dataset.holdout.holdout_rows)
+    if dataset.holdout.outer is not None:
+        fold, of = dataset.holdout.outer
+        return f"{dataset.n_rows} rows ({held} more held out: outer fold {fold} of {of})"
     return f"{dataset.n_rows} rows ({held} more held out for `hpo evaluate`)"
 
 

@@ -17,6 +17,8 @@ Study user attributes
                                   or ``hpo worker`` to load the data: a list of one-line messages
 ``holdout:evaluation``            the latest ``hpo evaluate``: seeds, rows, and per plan the search CV,
                                   holdout accuracies, mean, std, 95% CI, optimism; and the verdict
+``nested:summary``                on each inner study of ``hpo nested``: every outer fold's winner,
+                                  plan, search CV, outer score and baseline; their mean, std, CI
 ``hpo_holdout``                   the rows ``[cv] holdout`` set aside: fraction, rows, of, and a
                                   SHA-256 of their positions and labels (written by the first
                                   process to load the data; every later one must match it)
@@ -102,6 +104,7 @@ __all__ = [
     "HOLDOUT_ATTR",
     "HOLDOUT_EVALUATION_ATTR",
     "LIVE_ARTIFACT_PREFIX",
+    "NESTED_SUMMARY_ATTR",
     "PLAN_ATTR",
     "POLICY_ATTR",
     "RERUN_ATTR_PREFIX",
@@ -145,6 +148,7 @@ RERUN_ATTR_PREFIX = "rerun:"
 DATA_WARNINGS_ATTR = "hpo_data_warnings"
 HOLDOUT_ATTR = "hpo_holdout"
 HOLDOUT_EVALUATION_ATTR = "holdout:evaluation"
+NESTED_SUMMARY_ATTR = "nested:summary"
 # Study system attributes.
 WORKER_ATTR_PREFIX = "hpo:worker:"
 # optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own

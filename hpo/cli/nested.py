@@ -1,0 +1,211 @@
+"""``hpo nested``: nested cross-validation, for data too small to spare a holdout."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import click
+
+from hpo.cli.options import (
+    COUNT,
+    apply_overrides,
+    data_option,
+    epochs_option,
+    n_trials_option,
+    rows_text,
+    storage_option,
+    storage_url,
+    text_table,
+    train_here,
+)
+from hpo.data import holdout_fold_set, load_folds, load_holdout
+from hpo.engines import make_engine
+from hpo.errors import HpoError
+from hpo.results.artifacts import ArtifactRecorder
+from hpo.results.holdout import (
+    HoldoutEvaluation,
+    evaluate_on_holdout,
+    load_evaluation,
+    record_evaluation,
+)
+from hpo.results.nested import NestedSummary, OuterResult, outer_spec
+from hpo.seeds import evaluate_seeds
+from hpo.spec import StudySpec, load_spec
+from hpo.study.budget import budget_left
+from hpo.study.record import (
+    NESTED_SUMMARY_ATTR,
+    baseline_trial,
+    best_trial,
+    check_holdout,
+    create_or_load_study,
+)
+from hpo.study.storage import open_storage
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["COMMANDS"]
+
+
+@click.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@storage_option
+@click.option("--outer", type=COUNT, required=True, help="Outer folds K (2 or more).")
+@n_trials_option("Trials of each inner study (default: the study file's budget).")
+@epochs_option("Override [model] epochs.")
+@click.option(
+    "--seeds",
+    type=COUNT,
+    default=3,
+    show_default=True,
+    help="Seeds to retrain each inner winner (and the baseline) on its outer training rows.",
+)
+@data_option("Read the data from this CSV instead of the study file's source.")
+def nested(
+    study_file: str,
+    storage: str | None,
+    outer: int,
+    n_trials: int | None,
+    epochs: int | None,
+    seeds: int,
+    data_path: str | None,
+) -> None:
+    """Nested cross-validation of the whole search in STUDY_FILE.
+
+    Each of K outer folds runs a full inner study (NAME.outer-1, ...) on the other folds' rows,
+    retrains its winner and the baseline there with S seeds, and scores them on its own rows.
+    Run it again to resume; `hpo worker NAME.outer-I` can join an inner study.
+    """
+    spec = apply_overrides(load_spec(study_file), epochs=epochs, n_trials=n_trials)
+    if outer < 2:
+        raise HpoError(f"--outer must be 2 or more, but got {outer}")
+    if spec.cv.holdout:
+        raise HpoError(
+            f"{study_file}: [cv] holdout and nested cross-validation both set rows aside; "
+            "remove holdout for `hpo nested`"
+        )
+    url = storage_url(storage, announce=True, access="create")
+    storage_impl = open_storage(url)
+    results = []
+    for fold in range(1, outer + 1):
+        inner = outer_spec(spec, outer, fold)
+        study = _search(inner, storage_impl, url, fold, outer, data_path)
+        if study is None:
+            return  # stopped: the inner study is intact; run the command again to resume
+        evaluation = _evaluation(study, inner, seeds, data_path)
+        result = OuterResult.from_evaluation(fold, study, evaluation)
+        results.append((study, result))
+        baseline = "" if result.baseline is None else f"; baseline {result.baseline:.4f}"
+        click.echo(
+            f"outer fold {fold}/{outer}: trial {result.winner} (search CV "
+            f"{result.search_cv:.4f}) scores {result.outer:.4f} on its "
+            f"{evaluation.holdout_rows} outer test rows{baseline}",
+            err=True,
+        )
+    summary = NestedSummary(results=tuple(r for _, r in results))
+    for study, _ in results:
+        study.set_user_attr(NESTED_SUMMARY_ATTR, summary.to_dict())
+    _print_summary(summary)
+
+
+def _search(
+    inner: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    url: str,
+    fold: int,
+    outer: int,
+    data_path: str | None,
+) -> optuna.Study | None:
+    """Create or resume fold ``fold``'s inner study and train it to its budget; None if a
+    signal stopped it."""
+    dataset, folds = load_folds(inner.data, inner.cv, path_override=data_path)
+    study, created = create_or_load_study(inner, storage)
+    check_holdout(study, dataset.holdout)
+    left = budget_left(study, inner.budget.n_trials)
+    click.echo(
+        f"outer fold {fold}/{outer}: study {inner.name!r} {'created' if created else 'resumed'}"
+        f"; {rows_text(dataset)}; {left} of {inner.budget.n_trials} trials to run",
+        err=True,
+    )
+    summary = train_here(
+        study,
+        inner,
+        folds,
+        ArtifactRecorder(inner, url, folds, dataset=dataset),
+        url=url,
+        n_trials=inner.budget.n_trials,
+        timeout=inner.budget.timeout,
+        stopped=f"trials in flight marked FAIL; `hpo nested` again resumes at outer fold {fold}",
+    )
+    return None if summary.interrupted else study
+
+
+def _evaluation(
+    study: optuna.Study, inner: StudySpec, seeds: int, data_path: str | None
+) -> HoldoutEvaluation:
+    """The inner winner and the baseline scored on the outer test rows (recorded on the
+    inner study, and reused when it is still about the same winner and seeds)."""
+    best = best_trial(study)
+    if best is None:
+        raise HpoError(
+            f"study {study.study_name!r} has no complete trial: every trial failed; see "
+            f"`hpo status {study.study_name}`"
+        )
+    baseline = baseline_trial(study)
+    trials = [best] + ([baseline] if baseline is not None and baseline.number != best.number else [])
+    seed_list = evaluate_seeds(inner.base_seed, seeds)
+    done = load_evaluation(study)
+    if (
+        done is not None
+        and done.seeds == tuple(seed_list)
+        and {p.trial for p in done.plans} == {t.number for t in trials}
+    ):
+        return done
+    search, held = load_holdout(inner.data, inner.cv, path_override=data_path)
+    check_holdout(study, search.holdout)
+    engine = make_engine(replace(inner.engine, checkpoint_every=0))
+    try:
+        evaluation = evaluate_on_holdout(
+            trials, inner, holdout_fold_set(search, held), engine, seeds=seed_list
+        )
+    finally:
+        engine.close()
+    record_evaluation(study, evaluation)
+    return evaluation
+
+
+def _print_summary(summary: NestedSummary) -> None:
+    columns = ["outer fold", "study", "winner", "search CV", "outer score", "baseline", "plan"]
+    rows = [
+        dict(
+            zip(
+                columns,
+                [
+                    str(r.fold),
+                    r.study,
+                    str(r.winner),
+                    f"{r.search_cv:.4f}",
+                    f"{r.outer:.4f}",
+                    "-" if r.baseline is None else f"{r.baseline:.4f}",
+                    _plan_text(r.params),
+                ],
+                strict=True,
+            )
+        )
+        for r in summary.results
+    ]
+    click.echo(text_table(columns, rows))
+    for line in summary.lines():
+        click.echo(line)
+
+
+def _plan_text(params: dict[str, object] | object) -> str:
+    if not isinstance(params, dict) or not params:
+        return "no regularization"
+    return " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items())
+    )
+
+
+COMMANDS: list[click.Command] = [nested]

@@ -1,0 +1,134 @@
+"""Nested cross-validation: the honest estimate of the whole tuning procedure.
+
+Each of K outer folds holds out its rows and runs a full inner study on the rest (an ordinary
+study, named ``NAME.outer-<i>``, that can be resumed and joined by ``hpo worker``). The inner
+winner, and the baseline, are then trained on the outer training rows with S seeds and scored on
+the outer test rows (:mod:`hpo.results.holdout` does that part). The K outer scores estimate
+what "run this search, ship its winner" scores on new rows; the plans the folds chose show how
+stable the search's answer is.
+
+>>> outer_study_name("jh-simple", 2)
+'jh-simple.outer-2'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from hpo.results.holdout import HoldoutEvaluation
+from hpo.results.rerun import summarize
+from hpo.spec import StudySpec
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "NestedSummary",
+    "OuterResult",
+    "outer_spec",
+    "outer_study_name",
+]
+
+def outer_study_name(name: str, fold: int) -> str:
+    """The inner study of outer fold ``fold`` (1-based)."""
+    return f"{name}.outer-{fold}"
+
+
+def outer_spec(spec: StudySpec, folds: int, fold: int) -> StudySpec:
+    """The inner study's spec for outer fold ``fold`` (1-based) of ``folds``."""
+    return spec.replace(
+        name=outer_study_name(spec.name, fold),
+        cv=replace(spec.cv, outer_folds=folds, outer_fold=fold - 1),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OuterResult:
+    """One outer fold: its inner winner's plan and scores, and the baseline's outer score."""
+
+    fold: int
+    study: str
+    winner: int
+    params: Mapping[str, Any]
+    search_cv: float
+    outer: float
+    baseline: float | None
+
+    @classmethod
+    def from_evaluation(
+        cls, fold: int, study: optuna.Study, evaluation: HoldoutEvaluation
+    ) -> OuterResult:
+        winner = evaluation.winner
+        base = evaluation.baseline
+        return cls(
+            fold=fold,
+            study=study.study_name,
+            winner=winner.trial,
+            params=dict(study.trials[winner.trial].params),
+            search_cv=winner.search_cv,
+            outer=winner.mean,
+            baseline=None if base is None else base.mean,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fold": self.fold,
+            "study": self.study,
+            "winner": self.winner,
+            "params": dict(self.params),
+            "search_cv": round(self.search_cv, 6),
+            "outer": round(self.outer, 6),
+            "baseline": None if self.baseline is None else round(self.baseline, 6),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class NestedSummary:
+    """The K outer scores: mean and 95% CI of the winners, and of the baseline."""
+
+    results: tuple[OuterResult, ...]
+
+    def _stats(self, values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+        mean, _, ci = summarize(values)
+        return mean, ci
+
+    @property
+    def outer_scores(self) -> tuple[float, ...]:
+        return tuple(r.outer for r in self.results)
+
+    def lines(self) -> list[str]:
+        """The estimate, the baseline's, and how much the search overstated itself."""
+        mean, ci = self._stats(self.outer_scores)
+        ci_text = "no CI (one fold)" if ci is None else f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]"
+        search = sum(r.search_cv for r in self.results) / len(self.results)
+        lines = [
+            f"nested CV ({len(self.results)} outer folds): tuned network {mean:.4f}, {ci_text}; "
+            f"the inner searches' best CV averaged {search:.4f} (optimism {search - mean:+.4f})"
+        ]
+        baselines = [r.baseline for r in self.results if r.baseline is not None]
+        if len(baselines) == len(self.results):
+            b_mean, b_ci = self._stats(baselines)
+            b_text = "" if b_ci is None else f", 95% CI [{b_ci[0]:.4f}, {b_ci[1]:.4f}]"
+            lines.append(
+                f"baseline (no regularization) {b_mean:.4f}{b_text}; tuning bought "
+                f"{mean - b_mean:+.4f}"
+            )
+        distinct = {tuple(sorted(r.params.items())) for r in self.results}
+        lines.append(
+            f"plans chosen: {len(distinct)} different in {len(self.results)} folds"
+            + (" (the search's answer is not stable)" if len(distinct) > 1 else "")
+        )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        mean, std, ci = summarize(self.outer_scores)
+        return {
+            "folds": [r.to_dict() for r in self.results],
+            "mean": round(mean, 6),
+            "std": None if math.isnan(std) else round(std, 6),
+            "ci95": None if ci is None else [round(v, 6) for v in ci],
+            "summary": self.lines(),
+        }

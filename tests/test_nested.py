@@ -1,0 +1,113 @@
+"""``hpo nested``: K inner studies on disjoint outer folds, K outer scores, resumable."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import hpo, one_line_error
+from optuna.trial import TrialState
+from pg import HpoProcesses, hpo_env
+
+from hpo.results.rerun import summarize
+from hpo.study.storage import open_storage
+
+WriteStudy = Callable[..., Path]
+pytestmark = pytest.mark.slow  # three inner studies with real training
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def _nested(write_study: WriteStudy) -> Path:
+    return write_study(name="nest", engine="stacked", epochs=3, n_trials=3)
+
+
+def fold_rows(held: list[dict[str, int]], fold: int) -> int:
+    return held[fold - 1]["rows"]
+
+
+def test_nested_records_k_outer_scores_on_disjoint_outer_folds(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    result = hpo("nested", _nested(write_study), "--outer", "3", "--seeds", "2", "--storage", url)
+    assert result.exit_code == 0, result.output
+    names = [f"nest.outer-{i}" for i in (1, 2, 3)]
+    studies = [_study(url, name) for name in names]
+    # The outer test folds partition the 90 rows.
+    held = [s.user_attrs["hpo_holdout"] for s in studies]
+    assert sum(h["rows"] for h in held) == 90 and {h["of"] for h in held} == {90}
+    assert len({h["sha256"] for h in held}) == 3
+    summary = studies[0].user_attrs["nested:summary"]
+    assert all(s.user_attrs["nested:summary"] == summary for s in studies)
+    assert [f["study"] for f in summary["folds"]] == names
+    outer_scores = []
+    for study, fold in zip(studies, summary["folds"], strict=True):
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+        evaluation = study.user_attrs["holdout:evaluation"]
+        winner = max(evaluation["plans"], key=lambda p: (p["search_cv"], -p["trial"]))
+        assert fold["winner"] == winner["trial"] == study.best_trial.number
+        assert fold["outer"] == pytest.approx(winner["mean"], abs=1e-6)
+        assert fold["search_cv"] == pytest.approx(study.best_value, abs=1e-6)
+        assert evaluation["holdout_rows"] == fold_rows(held, fold["fold"])
+        outer_scores.append(fold["outer"])
+    mean, std, ci = summarize(outer_scores)
+    assert summary["mean"] == pytest.approx(mean, abs=1e-6)
+    assert summary["ci95"] == pytest.approx(list(ci), abs=1e-6)  # type: ignore[arg-type]
+    assert f"nested CV (3 outer folds): tuned network {mean:.4f}" in result.output
+    assert "plans chosen:" in result.output
+    assert np.isfinite(std)
+
+
+def test_nested_resumes_after_a_stop_without_redoing_finished_folds(
+    write_study: WriteStudy, processes: HpoProcesses, tmp_path: Path
+) -> None:
+    study_file = write_study(name="nest", engine="stacked", epochs=150, n_trials=3)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    env = hpo_env(url)
+    first = processes.start(
+        ["nested", str(study_file), "--outer", "3", "--seeds", "2"], env=env, log="first.log"
+    )
+    first.wait_for(r"outer fold 2/3: study 'nest.outer-2' created")
+    first.wait_for(r"training trial")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish(timeout=60) == 0, first.text()
+    assert "stopped by SIGTERM" in first.text()
+    assert "`hpo nested` again resumes at outer fold 2" in first.text()
+
+    second = processes.start(
+        ["nested", str(study_file), "--outer", "3", "--seeds", "2"], env=env, log="second.log"
+    )
+    assert second.finish() == 0, second.text()
+    text = second.text()
+    assert "outer fold 1/3: study 'nest.outer-1' resumed" in text
+    assert "0 of 3 trials to run" in text  # fold 1 is not trained again ...
+    assert text.count("holdout accuracy") == 2 * 2 * 2  # ... nor evaluated: folds 2 and 3 only
+    assert "outer fold 2/3: study 'nest.outer-2' resumed" in text
+    for i in (1, 2, 3):
+        states = [t.state for t in _study(url, f"nest.outer-{i}").trials]
+        assert states.count(TrialState.COMPLETE) == 3, (i, states)
+        assert TrialState.RUNNING not in states
+    assert len(_study(url, "nest.outer-3").user_attrs["nested:summary"]["folds"]) == 3
+    assert "Traceback" not in first.text() + text
+
+
+def test_nested_refusals(write_study: WriteStudy, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    one_line_error(
+        hpo("nested", _nested(write_study), "--outer", "1", "--storage", url),
+        "--outer must be 2 or more, but got 1",
+    )
+    held = write_study(name="held")
+    held.write_text(held.read_text().replace("[cv]\n", "[cv]\nholdout = 0.2\n", 1))
+    one_line_error(
+        hpo("nested", held, "--outer", "3", "--storage", url),
+        f"{held}: [cv] holdout and nested cross-validation both set rows aside; remove "
+        "holdout for `hpo nested`",
+    )
