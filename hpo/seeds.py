@@ -22,6 +22,7 @@ __all__ = [
     "holdout_seed",
     "outer_seed",
     "repeat_seed",
+    "replica_seed",
     "rerun_seeds",
     "split_seed",
     "trial_seed",
@@ -65,6 +66,11 @@ def evaluate_seeds(base: int, n: int) -> list[int]:
 def repeat_seed(seed: int, repeat: int) -> int:
     """A trial's seed for repeat ``repeat`` of repeated K-fold (repeat 0 is the seed itself)."""
     return seed + 100_003 * repeat
+
+
+def replica_seed(seed: int, replica: int) -> int:
+    """The seed of replica ``replica`` of a trial under ``[cv] seeds`` (replica 0: the seed)."""
+    return (seed + 300_007 * replica) % MAX_SEED
 
 
 def rerun_seeds(base: int, n: int) -> list[int]:

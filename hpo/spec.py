@@ -171,6 +171,7 @@ class DataSpec:
 class CVSpec:
     """How trials are scored. ``holdout``: the fraction of rows set aside before the search
     (stratified when ``stratified``, drawn with ``seed``), seen only by ``hpo evaluate``.
+    ``seeds``: training seeds per trial; its value is the mean of their accuracies.
     ``outer_folds``/``outer_fold``: in an inner study of ``hpo nested``, the rows set aside are
     outer fold ``outer_fold`` of ``outer_folds``."""
 
@@ -180,10 +181,13 @@ class CVSpec:
     stratified: bool = False
     repeats: int = 1
     holdout: float = 0.0
+    seeds: int = 1
     outer_folds: int = 0
     outer_fold: int = 0
 
     def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"`seeds >= 1` must hold, but got (seeds={self.seeds})")
         # ``outer_folds``/``outer_fold``: set by ``hpo nested`` on its inner studies, whose
         # held-out rows are one outer fold; 0 outside nested cross-validation.
         if self.outer_folds == 1 or self.outer_folds < 0:

@@ -132,7 +132,10 @@ class ReferenceEngine:
         n_classes: int,
         seeds: Sequence[int],
         monitor: Monitor | None = None,
+        weight_seeds: Sequence[int] | None = None,
     ) -> list[EvaluationResult]:
+        # ``weight_seeds`` matters to batch-seeded engines only: every plan here trains from
+        # its own seed already.
         monitor = monitor or NullMonitor()
         return [
             self._evaluate_one(member, plan, folds, model, n_classes, seed, monitor)

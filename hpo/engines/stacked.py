@@ -783,11 +783,17 @@ class StackedEngine:
         seeds: Sequence[int],
         monitor: Monitor | None = None,
         initial_weights: InitialWeights | None = None,
+        weight_seeds: Sequence[int] | None = None,
     ) -> list[EvaluationResult]:
         """Train every plan on every fold together; one result per plan, in order.
 
         ``initial_weights[plan][fold]`` (Keras ``get_weights()`` order) replaces the Glorot draw.
+        ``weight_seeds[plan]`` (shared order only): a plan whose weight seed is not the batch's
+        first seed draws its initial weights from ``fold_seed(weight seed, fold)`` and keeps the
+        shared batch order; that is how one batch trains a plan under several seeds.
         """
+        if weight_seeds is not None and len(weight_seeds) != len(plans):
+            raise ValueError(f"got {len(plans)} plans but {len(weight_seeds)} weight seeds")
         if len(plans) != len(seeds):
             raise ValueError(f"got {len(plans)} plans but {len(seeds)} seeds")
         if not plans:
@@ -802,7 +808,15 @@ class StackedEngine:
                 )
         import_keras(self.threads or 1)
         run = _Run(
-            self, plans, folds, model, n_classes, seeds, monitor or NullMonitor(), initial_weights
+            self,
+            plans,
+            folds,
+            model,
+            n_classes,
+            seeds,
+            monitor or NullMonitor(),
+            initial_weights,
+            weight_seeds,
         )
         return run.execute()
 
@@ -824,6 +838,7 @@ class _Run:
         seeds: Sequence[int],
         monitor: Monitor,
         initial_weights: InitialWeights | None,
+        weight_seeds: Sequence[int] | None = None,
     ) -> None:
         self.engine = engine
         self.plans = list(plans)
@@ -860,6 +875,11 @@ class _Run:
             members = [[list(initial_weights[j][i]) for j in range(len(plans))] for i in range(k)]
         elif shared:
             members = [[drawn[i][0]] * len(plans) for i in range(k)]
+            for j, weight_seed in enumerate(weight_seeds or ()):
+                if weight_seed != self.seeds[0]:  # the batch's own draw comes from its stream
+                    for i, fold in enumerate(folds):
+                        rng = np.random.default_rng(fold_seed(int(weight_seed), fold.index))
+                        members[i][j] = _glorot(rng, widths)
         else:
             members = drawn
         self.layout = self._layout(self.plans)

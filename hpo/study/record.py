@@ -51,6 +51,8 @@ Trial user attributes
 ``trials_in_batch``               how many trials trained together (stacked engine)
 ``xla_kernels``                   whether the elementwise kernels ran XLA-compiled (stacked engine)
 ``repeat_accuracies``             out-of-fold accuracy of each repeat of repeated K-fold
+``seed_accuracies``               with ``[cv] seeds`` above 1: out-of-fold accuracy under each
+                                  training seed (the trial's value is their mean)
 ``baseline``                      ``true`` on the unregularized network (trial 0 unless
                                   ``[search] baseline = false``, and its retries): no params
 ``retry_of``                      the trial this one retries (same parameters and seed)
@@ -313,6 +315,8 @@ def result_attrs(
         attrs["xla_kernels"] = result.xla_kernels
     if result.repeat_accuracies is not None:
         attrs["repeat_accuracies"] = list(result.repeat_accuracies)
+    if result.seed_accuracies is not None:
+        attrs["seed_accuracies"] = list(result.seed_accuracies)
     if result.seed is not None:
         # Trained with another seed than the one drawn for it (a stacked batch trains from
         # its first seed): record that one, so re-training the plan with `seed` reproduces it.

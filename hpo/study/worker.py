@@ -325,6 +325,7 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
         model=spec.model,
         seeds=seeds,
         monitor=_ProgressMonitor(run, trials),
+        replicas=spec.cv.seeds,
     )
     for trial, result in zip(trials, results, strict=True):
         attrs = result_attrs(result, engine=run.engine.name, versions=run.versions)
