@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import optuna_dashboard
 import pandas as pd
 import pytest
 import scipy.stats
@@ -170,6 +171,8 @@ def test_evaluate_statistics_match_a_hand_computation(
     # And each trial's dashboard note has its section.
     notes = study._storage.get_study_system_attrs(study._study_id)
     assert sum("### Holdout" in str(v) for v in notes.values()) == 3
+    # The study's note in optuna-dashboard leads with it.
+    assert f"- holdout (`hpo evaluate`): {stored['verdict']}" in optuna_dashboard.get_note(study)
     # The report shows the same table and verdict.
     report = hpo("report", "tiny", "--storage", url, "--out", tmp_path / "report")
     assert report.exit_code == 0, report.output

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import optuna_dashboard
 import pytest
 from conftest import hpo, one_line_error
 from optuna.trial import TrialState
@@ -61,29 +62,35 @@ def test_nested_records_k_outer_scores_on_disjoint_outer_folds(
     assert summary["mean"] == pytest.approx(mean, abs=1e-6)
     assert summary["ci95"] == pytest.approx(list(ci), abs=1e-6)  # type: ignore[arg-type]
     assert f"nested CV (3 outer folds): tuned network {mean:.4f}" in result.output
+    for study in studies:  # each inner study's dashboard note leads with the summary
+        assert summary["summary"][0] in optuna_dashboard.get_note(study)
     assert "plans chosen:" in result.output
     assert np.isfinite(std)
 
 
-def test_nested_resumes_after_a_stop_without_redoing_finished_folds(
-    write_study: WriteStudy, processes: HpoProcesses, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_nested_resumes_after_a_kill_without_redoing_finished_folds(
+    write_study: WriteStudy, processes: HpoProcesses, tmp_path: Path, sig: int
 ) -> None:
     study_file = write_study(name="nest", engine="stacked", epochs=150, n_trials=3)
     url = f"sqlite:///{tmp_path / 'r.db'}"
     env = hpo_env(url)
-    first = processes.start(
-        ["nested", str(study_file), "--outer", "3", "--seeds", "2"], env=env, log="first.log"
-    )
+    command = [
+        "nested", str(study_file), "--outer", "3", "--seeds", "2",
+        "--heartbeat-interval", "1", "--grace-period", "4",
+    ]  # fmt: skip
+    first = processes.start(command, env=env, log="first.log")
     first.wait_for(r"outer fold 2/3: study 'nest.outer-2' created")
     first.wait_for(r"training trial")
-    first.proc.send_signal(signal.SIGTERM)
-    assert first.finish(timeout=60) == 0, first.text()
-    assert "stopped by SIGTERM" in first.text()
-    assert "`hpo nested` again resumes at outer fold 2" in first.text()
+    if sig == signal.SIGKILL:
+        first.kill_group(sig)  # like a machine dying: its trials stay RUNNING until stale
+    else:
+        first.proc.send_signal(sig)
+        assert first.finish(timeout=60) == 0, first.text()
+        assert "stopped by SIGTERM" in first.text()
+        assert "`hpo nested` again resumes at outer fold 2" in first.text()
 
-    second = processes.start(
-        ["nested", str(study_file), "--outer", "3", "--seeds", "2"], env=env, log="second.log"
-    )
+    second = processes.start(command, env=env, log="second.log")
     assert second.finish() == 0, second.text()
     text = second.text()
     assert "outer fold 1/3: study 'nest.outer-1' resumed" in text

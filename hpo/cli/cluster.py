@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hpo.cli.options import (
-    COUNT,
-    NON_NEGATIVE,
     apply_overrides,
+    crash_policy,
+    crash_policy_options,
     data_option,
     engine_option,
     epochs_option,
@@ -37,7 +37,6 @@ from hpo.cli.options import (
     trials_per_batch_option,
 )
 from hpo.data import load_folds
-from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
 from hpo.spec import StudySpec, load_spec
@@ -75,27 +74,7 @@ _ENDED = ("finished", "stopped", "timeout", "crashed")
 @n_trials_option("Global trial budget, shared by all workers.")
 @engine_option
 @trials_per_batch_option
-@click.option(
-    "--heartbeat-interval",
-    type=COUNT,
-    default=10,
-    show_default=True,
-    help="Seconds between heartbeats of a running trial.",
-)
-@click.option(
-    "--grace-period",
-    type=COUNT,
-    default=60,
-    show_default=True,
-    help="Seconds without a heartbeat before a running trial counts as dead and is retried.",
-)
-@click.option(
-    "--max-retries",
-    type=NON_NEGATIVE,
-    default=3,
-    show_default=True,
-    help="How often a dead or stopped worker's trial is retried with the same parameters.",
-)
+@crash_policy_options
 def create(
     study_file: str,
     storage: str | None,
@@ -121,14 +100,7 @@ def create(
         engine=engine,
         trials_per_batch=trials_per_batch,
     )
-    try:
-        policy = CrashPolicy(
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            max_retries=max_retries,
-        )
-    except ValueError as exc:
-        raise HpoError(f"crash policy: {exc}") from None
+    policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
     study, created = create_or_load_study(spec, open_storage(url), policy=policy)

@@ -10,6 +10,8 @@ import click
 from hpo.cli.options import (
     COUNT,
     apply_overrides,
+    crash_policy,
+    crash_policy_options,
     data_option,
     epochs_option,
     n_trials_option,
@@ -30,15 +32,18 @@ from hpo.results.holdout import (
     record_evaluation,
 )
 from hpo.results.nested import NestedSummary, OuterResult, outer_spec
+from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import evaluate_seeds
 from hpo.spec import StudySpec, load_spec
 from hpo.study.budget import budget_left
 from hpo.study.record import (
     NESTED_SUMMARY_ATTR,
+    CrashPolicy,
     baseline_trial,
     best_trial,
     check_holdout,
     create_or_load_study,
+    stored_spec,
 )
 from hpo.study.storage import open_storage
 
@@ -62,6 +67,7 @@ __all__ = ["COMMANDS"]
     help="Seeds to retrain each inner winner (and the baseline) on its outer training rows.",
 )
 @data_option("Read the data from this CSV instead of the study file's source.")
+@crash_policy_options
 def nested(
     study_file: str,
     storage: str | None,
@@ -70,6 +76,9 @@ def nested(
     epochs: int | None,
     seeds: int,
     data_path: str | None,
+    heartbeat_interval: int,
+    grace_period: int,
+    max_retries: int,
 ) -> None:
     """Nested cross-validation of the whole search in STUDY_FILE.
 
@@ -85,12 +94,13 @@ def nested(
             f"{study_file}: [cv] holdout and nested cross-validation both set rows aside; "
             "remove holdout for `hpo nested`"
         )
+    policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     url = storage_url(storage, announce=True, access="create")
     storage_impl = open_storage(url)
     results = []
     for fold in range(1, outer + 1):
         inner = outer_spec(spec, outer, fold)
-        study = _search(inner, storage_impl, url, fold, outer, data_path)
+        study = _search(inner, storage_impl, policy, url, fold, outer, data_path)
         if study is None:
             return  # stopped: the inner study is intact; run the command again to resume
         evaluation = _evaluation(study, inner, seeds, data_path)
@@ -106,12 +116,14 @@ def nested(
     summary = NestedSummary(results=tuple(r for _, r in results))
     for study, _ in results:
         study.set_user_attr(NESTED_SUMMARY_ATTR, summary.to_dict())
+        ensure_spec_note(study, stored_spec(study) or spec)
     _print_summary(summary)
 
 
 def _search(
     inner: StudySpec,
     storage: optuna.storages.BaseStorage,
+    policy: CrashPolicy,
     url: str,
     fold: int,
     outer: int,
@@ -120,7 +132,7 @@ def _search(
     """Create or resume fold ``fold``'s inner study and train it to its budget; None if a
     signal stopped it."""
     dataset, folds = load_folds(inner.data, inner.cv, path_override=data_path)
-    study, created = create_or_load_study(inner, storage)
+    study, created = create_or_load_study(inner, storage, policy=policy)
     check_holdout(study, dataset.holdout)
     left = budget_left(study, inner.budget.n_trials)
     click.echo(

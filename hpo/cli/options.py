@@ -21,7 +21,7 @@ from hpo.profile import profile_dataset
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
 from hpo.spec import ENGINES, StudySpec
-from hpo.study.record import best_trial, is_baseline, read_trial
+from hpo.study.record import CrashPolicy, best_trial, is_baseline, read_trial
 from hpo.study.session import train
 from hpo.study.storage import (
     Access,
@@ -45,6 +45,8 @@ __all__ = [
     "SECONDS",
     "Number",
     "apply_overrides",
+    "crash_policy",
+    "crash_policy_options",
     "data_option",
     "engine_option",
     "epochs_option",
@@ -131,6 +133,51 @@ trials_per_batch_option = click.option(
 seeds_option = click.option(
     "--seeds", type=COUNT, required=True, help="Fresh seeds per trial (2 or more for a CI)."
 )
+def crash_policy_options(command: _F) -> _F:
+    """``--heartbeat-interval``, ``--grace-period``, ``--max-retries``: for commands that
+    create studies (the policy is stored on the study for every worker to follow)."""
+    for option in reversed(
+        [
+            click.option(
+                "--heartbeat-interval",
+                type=COUNT,
+                default=10,
+                show_default=True,
+                help="Seconds between heartbeats of a running trial.",
+            ),
+            click.option(
+                "--grace-period",
+                type=COUNT,
+                default=60,
+                show_default=True,
+                help="Seconds without a heartbeat before a running trial counts as dead and is "
+                "retried.",
+            ),
+            click.option(
+                "--max-retries",
+                type=NON_NEGATIVE,
+                default=3,
+                show_default=True,
+                help="How often a dead or stopped worker's trial is retried with the same "
+                "parameters.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def crash_policy(heartbeat_interval: int, grace_period: int, max_retries: int) -> CrashPolicy:
+    try:
+        return CrashPolicy(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retries=max_retries,
+        )
+    except ValueError as exc:
+        raise HpoError(f"crash policy: {exc}") from None
+
+
 top_option = click.option(
     "--top",
     type=COUNT,

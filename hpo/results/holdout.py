@@ -11,9 +11,8 @@ evaluated trial's dashboard note.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import FoldSet
@@ -21,26 +20,22 @@ from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.objective import Engine, evaluate_plans
 from hpo.results.notes import write_trial_note_section
-from hpo.results.rerun import summarize
+from hpo.results.spec_text import ensure_spec_note
+from hpo.results.stats import Scores, paired_p
 from hpo.spec import StudySpec
-from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan
+from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan, stored_spec
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:
-    import numpy as np
     import optuna
-    import scipy.stats as scipy_stats
 else:
-    np = lazy_import("numpy")
     optuna = lazy_import("optuna")
-    scipy_stats = lazy_import("scipy.stats")
 
 __all__ = [
     "HoldoutEvaluation",
     "PlanScore",
     "evaluate_on_holdout",
     "load_evaluation",
-    "paired_p",
     "record_evaluation",
 ]
 
@@ -49,58 +44,26 @@ _log = get_logger("evaluate")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlanScore:
+class PlanScore(Scores):
     """One plan's holdout accuracies (one per seed) against its search CV score."""
 
     trial: int
     baseline: bool
     search_cv: float
-    accuracies: tuple[float, ...]
-    mean: float = field(init=False)
-    std: float = field(init=False)
-    ci95: tuple[float, float] | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        mean, std, ci = summarize(self.accuracies)
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-        object.__setattr__(self, "ci95", ci)
 
     @property
     def optimism(self) -> float:
         """How much the search's CV score overstated the holdout mean."""
         return self.search_cv - self.mean
 
-    def ci_text(self) -> str:
-        if self.ci95 is None:
-            return "no CI (one seed)"
-        return f"[{self.ci95[0]:.4f}, {self.ci95[1]:.4f}]"
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "trial": self.trial,
             "baseline": self.baseline,
             "search_cv": round(self.search_cv, 6),
-            "accuracies": [round(a, 6) for a in self.accuracies],
-            "mean": round(self.mean, 6),
-            "std": None if math.isnan(self.std) else round(self.std, 6),
-            "ci95": None if self.ci95 is None else [round(v, 6) for v in self.ci95],
+            **self.stats_dict(),
             "optimism": round(self.optimism, 6),
         }
-
-
-def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided paired t-test p of ``a - b`` (seed by seed); None below two pairs.
-
-    >>> paired_p([0.70, 0.71, 0.72], [0.60, 0.62, 0.61]) < 0.05
-    True
-    """
-    if len(a) != len(b) or len(a) < 2:
-        return None
-    differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if np.std(differences) == 0:  # t is undefined: the same difference every seed
-        return 1.0 if differences[0] == 0 else 0.0
-    return float(scipy_stats.ttest_rel(a, b).pvalue)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +216,7 @@ def _note_text(score: PlanScore, evaluation: HoldoutEvaluation) -> str:
 def record_evaluation(study: optuna.Study, evaluation: HoldoutEvaluation) -> None:
     """Store on the study (``holdout:evaluation``) and as each trial's note section."""
     study.set_user_attr(HOLDOUT_EVALUATION_ATTR, evaluation.to_dict())
+    _refresh_study_note(study)
     ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
     for score in evaluation.plans:
         if score.trial not in ids:
@@ -263,6 +227,17 @@ def record_evaluation(study: optuna.Study, evaluation: HoldoutEvaluation) -> Non
             )
         except Exception as exc:  # the note is a convenience; the attr is the record
             _log.warning("trial %d: holdout note not written (%s)", score.trial, error_text(exc))
+
+
+def _refresh_study_note(study: optuna.Study) -> None:
+    """Bring hpo's own study note (the spec, led by the honest scores) up to date."""
+    spec = stored_spec(study)
+    if spec is None:
+        return
+    try:
+        ensure_spec_note(study, spec)
+    except Exception as exc:  # the note is a convenience; the attr is the record
+        _log.warning("study note not updated (%s)", error_text(exc))
 
 
 def load_evaluation(study: optuna.Study) -> HoldoutEvaluation | None:

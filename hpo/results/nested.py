@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from hpo.results.holdout import HoldoutEvaluation
-from hpo.results.rerun import summarize
+from hpo.results.stats import summarize
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:

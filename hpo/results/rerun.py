@@ -16,26 +16,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo import seeds as seed_formulas
 from hpo.data import FoldSet
-from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.objective import Engine, evaluate_plans
 from hpo.results.notes import write_trial_note_section
+from hpo.results.stats import Scores, summarize, welch_p
 from hpo.spec import StudySpec
 from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:
-    import numpy as np
     import optuna
-    from scipy import stats as scipy_stats
-else:
-    np = lazy_import("numpy")
-    scipy_stats = lazy_import("scipy.stats")
 
 __all__ = [
     "RERUN_ATTR_PREFIX",
@@ -56,27 +51,17 @@ _log = get_logger("rerun")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RerunStats:
+class RerunStats(Scores):
     """One trial's rerun: the scores of its plan under fresh seeds, and their summary."""
 
     trial: int
     original: float | None
-    accuracies: tuple[float, ...]
     seeds: tuple[int, ...]
     repeats: int
     folds: int
     epochs: int
     engine: str
     seconds: float = 0.0
-    mean: float = field(init=False)
-    std: float = field(init=False)
-    ci95: tuple[float, float] | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        mean, std, ci = summarize(self.accuracies)
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-        object.__setattr__(self, "ci95", ci)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,10 +70,7 @@ class RerunStats:
             "folds": self.folds,
             "epochs": self.epochs,
             "engine": self.engine,
-            "accuracies": [round(a, 6) for a in self.accuracies],
-            "mean": round(self.mean, 6),
-            "std": None if math.isnan(self.std) else round(self.std, 6),
-            "ci95": None if self.ci95 is None else [round(v, 6) for v in self.ci95],
+            **self.stats_dict(),
             "original": self.original,
             "seconds": round(self.seconds, 3),
         }
@@ -108,17 +90,6 @@ class RerunStats:
         )
 
 
-def summarize(accuracies: Sequence[float]) -> tuple[float, float, tuple[float, float] | None]:
-    """Mean, sample standard deviation and 95% t-interval of the mean (None below 2 values)."""
-    values = np.asarray(accuracies, dtype=np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, None
-    std = float(values.std(ddof=1))
-    half = float(scipy_stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
-    return mean, std, (mean - half, mean + half)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Comparison:
     """The best rerun trial against one other: difference of means and Welch's t-test."""
@@ -135,14 +106,6 @@ class Comparison:
         return None if self.p_value is None else self.p_value < 0.05
 
 
-def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
-    if len(a) < 2 or len(b) < 2:
-        return None
-    if np.std(a) == 0 and np.std(b) == 0:  # t is undefined; identical runs differ or they don't
-        return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def compare_pair(best: RerunStats, other: RerunStats) -> Comparison:
     """``best`` against ``other``: difference of rerun means, Welch's p, overlap of the CIs."""
     overlap = None
@@ -152,7 +115,7 @@ def compare_pair(best: RerunStats, other: RerunStats) -> Comparison:
         best=best.trial,
         other=other.trial,
         difference=best.mean - other.mean,
-        p_value=_welch_p(best.accuracies, other.accuracies),
+        p_value=welch_p(best.accuracies, other.accuracies),
         cis_overlap=overlap,
     )
 

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 from hpo.data import quoted
 from hpo.lazy import lazy_import
 from hpo.spec import DataSpec, StudySpec
-from hpo.study.record import SPEC_ATTR, stored_data_warnings
+from hpo.study.record import (
+    HOLDOUT_EVALUATION_ATTR,
+    NESTED_SUMMARY_ATTR,
+    SPEC_ATTR,
+    stored_data_warnings,
+)
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -185,14 +190,21 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def spec_markdown(spec: StudySpec, warnings: Sequence[str] = ()) -> str:
-    """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings."""
+def spec_markdown(
+    spec: StudySpec, warnings: Sequence[str] = (), scores: Sequence[str] = ()
+) -> str:
+    """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings
+    and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary)."""
     lines = [f"## Study `{spec.name}`", ""]
     if spec.description:
         lines += [f"> {_md_cell(spec.description)}", ""]
     if warnings:
         lines += ["### Data warnings", ""]
         lines += [f"- ⚠ {_md_cell(w)}" for w in warnings]
+        lines += [""]
+    if scores:
+        lines += ["### On rows the search never saw", ""]
+        lines += [f"- {_md_cell(line)}" for line in scores]
         lines += [""]
     lines += [
         f"Each trial trains the network below on every one of the {spec.cv.folds} folds "
@@ -215,6 +227,18 @@ def spec_markdown(spec: StudySpec, warnings: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _score_lines(study: optuna.Study) -> list[str]:
+    attrs = study.user_attrs
+    lines = []
+    evaluation = attrs.get(HOLDOUT_EVALUATION_ATTR)
+    if isinstance(evaluation, dict) and evaluation.get("verdict"):
+        lines.append(f"holdout (`hpo evaluate`): {evaluation['verdict']}")
+    nested = attrs.get(NESTED_SUMMARY_ATTR)
+    if isinstance(nested, dict):
+        lines += [str(line) for line in nested.get("summary", [])]
+    return lines
+
+
 def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
     """Write the spec note on ``study`` unless a person wrote its note; True when written.
 
@@ -222,7 +246,7 @@ def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
     study's note shows the data warnings of the data it trains on now.
     """
     current = optuna_dashboard.get_note(study)
-    ours = spec_markdown(spec, stored_data_warnings(study))
+    ours = spec_markdown(spec, stored_data_warnings(study), _score_lines(study))
     if current == ours:
         return False
     if current.strip() and not current.rstrip().endswith(_SIGNATURE.format(attr=SPEC_ATTR)):
