@@ -12,8 +12,9 @@ import pytest
 from conftest import hpo
 from optuna.trial import TrialState
 
-from hpo.results.baseline import BaselineGain
-from hpo.results.rerun import RerunStats, compare_pair
+from hpo.results.baseline import BaselineGain, Evidence
+from hpo.results.rerun import RerunStats
+from hpo.results.stats import paired_p
 from hpo.space import RegularizationPlan
 from hpo.study.record import is_baseline, stored_plan
 from hpo.study.storage import open_storage
@@ -48,7 +49,8 @@ def test_trial_0_trains_the_network_with_no_penalty_and_is_kept_out_of_tpe(
         assert (
             f"baseline: regularization {gain:+.4f} over the unregularized network "
             f"(trial 0, {zero.value:.4f}); not yet judged against noise: `hpo rerun tiny` "
-            "reruns the best trials and the baseline with fresh seeds"
+            "reruns the best trials and the baseline with fresh seeds (or `hpo evaluate` with a "
+            "holdout)"
         ) in result.output
 
 
@@ -98,39 +100,44 @@ def test_rerun_includes_the_baseline_and_best_and_status_judge_the_gain_by_it(
         return
     a = RerunStats.from_dict(best.number, reruns[best.number])
     b = RerunStats.from_dict(0, reruns[0])
-    p = compare_pair(a, b).p_value
-    assert status["baseline"]["rerun_p_value"] == pytest.approx(p)
+    assert a.seeds == b.seeds  # rerun together: compared seed by seed
+    p = paired_p(a.accuracies, b.accuracies)
+    assert status["baseline"]["judged_by"] == "reruns"
+    assert status["baseline"]["p_value"] == pytest.approx(p)
     line = hpo("best", "tiny", "--storage", url).output
-    assert f"reruns: {a.mean - b.mean:+.4f}, Welch p = {p:.3g} -> " in line
-
-
-def _stats(trial: int, accuracies: tuple[float, ...]) -> RerunStats:
-    return RerunStats(
-        trial=trial,
-        original=None,
-        accuracies=accuracies,
-        seeds=tuple(range(len(accuracies))),
-        repeats=1,
-        folds=5,
-        epochs=10,
-        engine="stacked",
-    )
+    assert f"reruns: {a.mean - b.mean:+.4f}, paired over seeds p = {p:.3g} -> " in line
 
 
 @pytest.mark.parametrize(
-    ("best", "baseline", "verdict"),
+    ("difference", "p_value", "verdict"),
     [
-        ((0.70, 0.71, 0.72, 0.71), (0.60, 0.61, 0.62, 0.61), "beyond noise"),
-        ((0.60, 0.70, 0.65, 0.62), (0.61, 0.69, 0.66, 0.60), "within noise"),
-        ((0.60, 0.61, 0.62, 0.61), (0.70, 0.71, 0.72, 0.71), "the baseline is better, beyond noise"),
+        (0.1, 0.001, "beyond noise"),
+        (0.01, 0.4, "within noise"),
+        (-0.1, 0.001, "the baseline is better, beyond noise"),
     ],
 )
-def test_the_verdict_follows_the_reruns(
-    best: tuple[float, ...], baseline: tuple[float, ...], verdict: str
-) -> None:
-    comparison = compare_pair(_stats(5, best), _stats(0, baseline))
-    gain = BaselineGain(best=5, best_value=0.7, baseline=0, baseline_value=0.65, rerun=comparison)
+def test_the_verdict_follows_the_evidence(difference: float, p_value: float, verdict: str) -> None:
+    evidence = Evidence(source="reruns", test="Welch", difference=difference, p_value=p_value)
+    gain = BaselineGain(best=5, best_value=0.7, baseline=0, baseline_value=0.65, evidence=evidence)
     assert gain.line("s") == (
         "baseline: regularization +0.0500 over the unregularized network (trial 0, 0.6500); "
-        f"reruns: {comparison.difference:+.4f}, Welch p = {comparison.p_value:.3g} -> {verdict}"
+        f"reruns: {difference:+.4f}, Welch p = {p_value:.3g} -> {verdict}"
     )
+    assert gain.beyond_noise is (p_value < 0.05)
+
+
+def test_a_study_stored_before_the_new_keys_existed_resumes(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    study_file = write_study(epochs=1, n_trials=1)
+    assert hpo("run", study_file, "--storage", url).exit_code == 0
+    study = _study(url)
+    stored = study.user_attrs["hpo_spec"]
+    for key in ("holdout", "seeds", "outer_folds", "outer_fold"):
+        del stored["cv"][key]  # as an earlier hpo stored it
+    del stored["search"]["baseline"]
+    study.set_user_attr("hpo_spec", stored)
+    result = hpo("run", study_file, "--storage", url, "--n-trials", "2")
+    assert result.exit_code == 0, result.output
+    assert "study 'tiny': resumed; 2 trials budgeted, 1 to run" in result.stderr

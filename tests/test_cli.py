@@ -287,3 +287,14 @@ def test_course_study_on_the_shared_data_set(tmp_path: Path) -> None:
     assert len(listed) == 2
     assert all(len(t["user_attrs"]["fold_accuracies"]) == 5 for t in listed)
     assert all(0.3 < t["value"] < 0.8 for t in listed)
+
+
+def test_an_in_process_call_gives_the_callers_signal_handlers_back(tmp_path: Path) -> None:
+    """Only `hpo` as a process of its own ignores signals once its command is over; a caller
+    in the same process (a notebook, these tests) keeps Ctrl-C."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    result = hpo("best", "nothing", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
+    assert result.exit_code == 1
+    assert {sig: signal.getsignal(sig) for sig in before} == before

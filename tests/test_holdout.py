@@ -130,10 +130,20 @@ def test_no_trial_preprocessing_rerun_or_evaluation_sees_a_held_out_row(
 
 
 def test_evaluate_statistics_match_a_hand_computation(
-    write_study: WriteStudy, tmp_path: Path
+    write_study: WriteStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     assert hpo("run", _held_study(write_study, n_trials=4), "--storage", url).exit_code == 0
+    # Keep what the engine returns to `evaluate`: each plan's predictions of the held-out rows.
+    returned: list[tuple[Fold, list[Any]]] = []
+    original = StackedEngine.evaluate
+
+    def spy(self: StackedEngine, plans: Any, folds: Any, **kwargs: Any) -> Any:
+        results = original(self, plans, folds, **kwargs)
+        returned.append((folds[0], results))
+        return results
+
+    monkeypatch.setattr(StackedEngine, "evaluate", spy)
     result = hpo("evaluate", "tiny", "--storage", url, "--top", "2", "--seeds", "4")
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="tiny", storage=open_storage(url))
@@ -141,18 +151,25 @@ def test_evaluate_statistics_match_a_hand_computation(
     assert stored["holdout_rows"] == 23 and stored["train_rows"] == 67
     plans = stored["plans"]
     assert len(plans) == 3 and sum(p["baseline"] for p in plans) == 1  # top 2 and the baseline
+    # Per plan (in the order evaluated) and seed: which held-out rows it got right.
+    order = [p["trial"] for p in plans]
+    hits: dict[int, list[np.ndarray]] = {n: [] for n in order}
+    flat = [(fold, r) for fold, results in returned for r in results]  # seed by seed, in order
+    assert len(flat) == 4 * len(order)
+    for k, (fold, r) in enumerate(flat):
+        hits[order[k % len(order)]].append(r.predictions[fold.valid_rows] == fold.y_valid)
+    per_row = {n: np.mean(np.stack(h), axis=0) for n, h in hits.items()}
     for p in plans:
         accuracies = np.array(p["accuracies"])
         assert len(accuracies) == 4
-        # Each accuracy is a whole number of held-out rows.
-        assert np.allclose(accuracies * 23, np.round(accuracies * 23), atol=1e-4)
-        mean = accuracies.mean()
-        std = accuracies.std(ddof=1)
-        half = scipy.stats.t.ppf(0.975, 3) * std / 2  # sqrt(4) = 2
+        assert accuracies == pytest.approx([h.mean() for h in hits[p["trial"]]], abs=1e-6)
+        mean, std = accuracies.mean(), accuracies.std(ddof=1)
+        row_se = per_row[p["trial"]].std(ddof=1) / math.sqrt(23)
+        half = 1.959964 * math.sqrt(std**2 / 4 + row_se**2)
         assert p["mean"] == pytest.approx(mean, abs=1e-6)
         assert p["std"] == pytest.approx(std, abs=1e-6)
-        if std > 0:
-            assert p["ci95"] == pytest.approx([mean - half, mean + half], abs=1e-6)
+        assert p["row_se"] == pytest.approx(row_se, abs=1e-6)
+        assert p["ci95"] == pytest.approx([mean - half, mean + half], abs=1e-6)
         trial = study.trials[p["trial"]]
         assert p["search_cv"] == pytest.approx(trial.value, abs=1e-6)
         assert p["optimism"] == pytest.approx(trial.value - mean, abs=1e-6)
@@ -160,11 +177,16 @@ def test_evaluate_statistics_match_a_hand_computation(
     baseline = next(p for p in plans if p["baseline"])
     assert stored["verdict"].startswith(f"trial {winner['trial']}: holdout {winner['mean']:.4f}")
     if winner is not baseline:
-        d = np.array(winner["accuracies"]) - np.array(baseline["accuracies"])
+        d = per_row[winner["trial"]] - per_row[baseline["trial"]]
         if d.std() > 0:
-            t = d.mean() / (d.std(ddof=1) / 2)
-            p_value = 2 * scipy.stats.t.sf(abs(t), 3)
-            assert f"paired p = {p_value:.3g}" in stored["verdict"]
+            t = d.mean() / (d.std(ddof=1) / math.sqrt(23))
+            p_value = 2 * scipy.stats.t.sf(abs(t), 22)
+            assert winner["p_vs_baseline"] == pytest.approx(p_value, rel=1e-6)
+            assert f"paired over rows p = {p_value:.3g}" in stored["verdict"]
+            # `best` (and status, the report) judge the gain over the baseline by it now.
+            shown = hpo("best", "tiny", "--storage", url).output
+            difference = winner["mean"] - baseline["mean"]
+            assert f"holdout: {difference:+.4f}, paired over rows p = {p_value:.3g}" in shown
     assert stored["verdict"] in result.output
     # The table: one row per plan, the baseline marked.
     assert f"{baseline['trial']} (baseline)" in result.output

@@ -36,13 +36,18 @@ else:
 __all__ = ["cli", "main"]
 
 
+_PROCESS = "hpo:process"  # in click's context object: this command is the whole process
+
+
 class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # SIGINT/SIGTERM become Stopped for the command's whole life, from start-up to exit:
         # the first stops it cleanly (exit 0), a second one ends the shutdown (128 + signal).
-        # Once it has said how it ended, signals are ignored: one during the interpreter's exit
-        # must not add a traceback or change the exit code.
-        with stop_on_signals(then=signal.SIG_IGN):
+        # As a process of its own, once it has said how it ended, signals are ignored: one
+        # during the interpreter's exit must not add a traceback or change the exit code.
+        # Called in-process (tests, a notebook), the caller's handlers come back.
+        as_process = isinstance(ctx.obj, dict) and ctx.obj.get(_PROCESS, False)
+        with stop_on_signals(then=signal.SIG_IGN if as_process else None):
             try:
                 result = super().invoke(ctx)
                 if signals_received() > 1:  # the second one landed where it could not stop us
@@ -94,5 +99,5 @@ for _family in (run, check, cluster, results, nested):
 
 
 def main() -> None:
-    """Run the command line (the process entry point is :func:`hpo._entry.main`)."""
-    cli(prog_name="hpo")
+    """Run the command line as this process (its entry point is :func:`hpo._entry.main`)."""
+    cli(prog_name="hpo", obj={_PROCESS: True})

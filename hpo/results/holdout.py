@@ -2,8 +2,11 @@
 
 The search's best CV score is the maximum of many noisy scores, so it flatters the winner. Here
 each plan is trained on every search row (preprocessing fitted on those rows) with S fresh seeds
-and scored on the held-out rows. Every plan gets the same seeds (common random numbers), so two
-plans are compared seed by seed: a paired t-test on the per-seed differences.
+and scored on the held-out rows. Every plan gets the same seeds (common random numbers).
+
+Each plan's 95% interval combines the seeds' spread with the sampling error of the held-out
+rows (which more seeds cannot shrink); the winner is compared with the baseline row by row
+(paired t-test over held-out rows, each row's correctness averaged over the seeds).
 
 The result is stored on the study (user attr ``holdout:evaluation``) and as a section of each
 evaluated trial's dashboard note.
@@ -21,14 +24,16 @@ from hpo.log import get_logger
 from hpo.objective import Engine, evaluate_plans
 from hpo.results.notes import write_trial_note_section
 from hpo.results.spec_text import ensure_spec_note
-from hpo.results.stats import Scores, paired_p
+from hpo.results.stats import Scores, combined_ci, rows_paired_p
 from hpo.spec import StudySpec
 from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan, stored_spec
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:
+    import numpy as np
     import optuna
 else:
+    np = lazy_import("numpy")
     optuna = lazy_import("optuna")
 
 __all__ = [
@@ -50,6 +55,15 @@ class PlanScore(Scores):
     trial: int
     baseline: bool
     search_cv: float
+    row_se: float = 0.0
+    p_vs_baseline: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The seeds' interval alone would shrink with more seeds however few rows are held
+        # out; the rows' sampling error is the larger part on a holdout of a few hundred.
+        ci = combined_ci(self.mean, self.std, len(self.accuracies), self.row_se)
+        object.__setattr__(self, "ci95", ci)
 
     @property
     def optimism(self) -> float:
@@ -62,6 +76,8 @@ class PlanScore(Scores):
             "baseline": self.baseline,
             "search_cv": round(self.search_cv, 6),
             **self.stats_dict(),
+            "row_se": round(self.row_se, 6),
+            "p_vs_baseline": self.p_vs_baseline,
             "optimism": round(self.optimism, 6),
         }
 
@@ -101,13 +117,13 @@ class HoldoutEvaluation:
         if base is None or base is w:
             return head + ("" if base is None else " (the winner is the unregularized baseline)")
         difference = w.mean - base.mean
-        p = paired_p(w.accuracies, base.accuracies)
+        p = w.p_vs_baseline
         if p is None:
-            judged = "one seed cannot tell noise: use --seeds 2 or more"
+            judged = "not judged against noise"
         elif p >= 0.05:
-            judged = f"within noise, paired p = {p:.3g}"
+            judged = f"within noise, paired over rows p = {p:.3g}"
         else:
-            judged = f"beyond noise, paired p = {p:.3g}"
+            judged = f"beyond noise, paired over rows p = {p:.3g}"
         if difference == 0:
             return f"{head}; regularization ties with none ({judged})"
         verb = "beats" if difference > 0 else "loses to"
@@ -138,6 +154,8 @@ class HoldoutEvaluation:
                     baseline=bool(p["baseline"]),
                     search_cv=float(p["search_cv"]),
                     accuracies=tuple(float(a) for a in p["accuracies"]),
+                    row_se=float(p.get("row_se", 0.0)),
+                    p_vs_baseline=p.get("p_vs_baseline"),
                 )
                 for p in data["plans"]
             ),
@@ -163,6 +181,8 @@ def evaluate_on_holdout(
     if missing:
         raise ValueError(f"trials {missing} have no recorded plan")
     scores: dict[int, list[float]] = {t.number: [] for t in trials}
+    hits: dict[int, list[np.ndarray]] = {t.number: [] for t in trials}
+    fold = holdout.repeats[0][0]
     size = max(1, engine.trials_per_batch)
     for s, seed in enumerate(seeds):
         for start in range(0, len(trials), size):
@@ -176,6 +196,7 @@ def evaluate_on_holdout(
             )
             for trial, result in zip(chunk, results, strict=True):
                 scores[trial.number].append(result.accuracy)
+                hits[trial.number].append(result.predictions[fold.valid_rows] == fold.y_valid)
                 _log.info(
                     "trial %d seed %d/%d: holdout accuracy %.4f",
                     trial.number,
@@ -183,7 +204,10 @@ def evaluate_on_holdout(
                     len(seeds),
                     result.accuracy,
                 )
-    fold = holdout.repeats[0][0]
+    # Per held-out row, the share of seeds that got it right: the unit the rows' sampling
+    # error and the paired comparison with the baseline are computed over.
+    per_row = {n: np.mean(np.stack(h), axis=0) for n, h in hits.items()}
+    base = next((t.number for t in trials if is_baseline(t)), None)
     return HoldoutEvaluation(
         seeds=tuple(seeds),
         train_rows=len(fold.train_rows),
@@ -196,6 +220,10 @@ def evaluate_on_holdout(
                 baseline=is_baseline(t),
                 search_cv=float(t.value or 0.0),
                 accuracies=tuple(scores[t.number]),
+                row_se=float(np.std(per_row[t.number], ddof=1) / np.sqrt(len(fold.valid_rows))),
+                p_vs_baseline=None
+                if base is None or base == t.number
+                else rows_paired_p(per_row[t.number], per_row[base]),
             )
             for t in trials
         ),

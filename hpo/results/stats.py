@@ -20,7 +20,7 @@ else:
     np = lazy_import("numpy")
     scipy_stats = lazy_import("scipy.stats")
 
-__all__ = ["Scores", "paired_p", "summarize", "welch_p"]
+__all__ = ["Scores", "combined_ci", "paired_p", "rows_paired_p", "summarize", "welch_p"]
 
 
 def summarize(accuracies: Sequence[float]) -> tuple[float, float, tuple[float, float] | None]:
@@ -55,6 +55,35 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     if np.std(differences) == 0:  # t is undefined: the same difference every seed
         return 1.0 if differences[0] == 0 else 0.0
     return float(scipy_stats.ttest_rel(a, b).pvalue)
+
+
+def rows_paired_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided paired t-test p over rows of two plans' per-row scores (1 when they never
+    differ, 0 when they differ by the same amount on every row).
+
+    >>> rows_paired_p([1, 1, 0, 1], [1, 1, 0, 1])
+    1.0
+    """
+    differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if np.std(differences) == 0:
+        return 1.0 if differences[0] == 0 else 0.0
+    return float(scipy_stats.ttest_1samp(differences, 0.0).pvalue)
+
+
+def combined_ci(
+    mean: float, seed_std: float, n_seeds: int, row_se: float
+) -> tuple[float, float]:
+    """95% interval (normal approximation) for a score averaged over ``n_seeds`` training seeds
+    on one fixed set of rows: the seeds' spread shrinks with more seeds, the rows' sampling
+    error (``row_se``, the standard error over the scored rows) does not.
+
+    >>> lo, hi = combined_ci(0.70, 0.01, 4, 0.02)
+    >>> round(hi - lo, 4)
+    0.0808
+    """
+    seed_var = 0.0 if n_seeds < 2 or math.isnan(seed_std) else seed_std**2 / n_seeds
+    half = 1.959964 * math.sqrt(seed_var + row_se**2)
+    return mean - half, mean + half
 
 
 @dataclass(frozen=True, kw_only=True)

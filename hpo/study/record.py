@@ -76,6 +76,7 @@ Intermediate values are the out-of-fold accuracies at pruning checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -262,6 +263,10 @@ def spec_changes(
     """``(section.key, stored value, new value)`` for every setting of ``sections`` in which
     ``spec`` differs from the stored spec (plain data, as :func:`spec_to_dict` gives)."""
     current = spec_to_dict(spec)
+    # Read the stored spec back through today's validation first: keys added since it was
+    # stored (say [cv] holdout) take their defaults instead of counting as changed.
+    with contextlib.suppress(HpoError):  # else compare the raw data; a difference shows as such
+        stored = spec_to_dict(spec_from_dict(stored, origin=f"study {spec.name!r}"))
     changes = []
     for section in sections:
         old_section = stored.get(section, {})

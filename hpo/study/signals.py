@@ -55,6 +55,10 @@ def stop_within(exc: BaseException) -> Stopped | None:
     lazily, so that is often) comes out as that import's ``ImportError`` or ``SystemError``,
     with the :class:`Stopped` only in its chain of causes.
     """
+    if isinstance(exc, Stopped):
+        return exc
+    if not isinstance(exc, ImportError | SystemError):
+        return None  # any other error is itself, even if it happened while stopping
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
