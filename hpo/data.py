@@ -727,7 +727,23 @@ def split_holdout(dataset: Dataset, cv: CVSpec) -> Holdout | None:
             f"{dataset.source}: holdout={cv.holdout} cannot be stratified ({exc}); "
             "use a larger holdout or set [cv] stratified = false"
         ) from None
+    if stratify is not None:
+        _check_left_for_folds(dataset, search, cv, f"holdout={cv.holdout} sets")
     return _holdout(cv.holdout, dataset, search, held)
+
+
+def _check_left_for_folds(dataset: Dataset, search: np.ndarray, cv: CVSpec, what: str) -> None:
+    """Stratified folds need every class ``folds`` times among the rows left to search."""
+    total = np.bincount(dataset.labels, minlength=len(dataset.classes))
+    left = np.bincount(dataset.labels[search], minlength=len(dataset.classes))
+    short = [i for i in range(len(total)) if left[i] < cv.folds]
+    if short:
+        i = short[0]
+        raise HpoError(
+            f"{dataset.source}: class {dataset.classes[i]!r} has {total[i]} rows; {what} "
+            f"{total[i] - left[i]} of them aside, leaving {left[i]}, fewer than folds={cv.folds}; "
+            "use fewer folds, a smaller holdout, or [cv] stratified = false"
+        )
 
 
 def _holdout(fraction: float, dataset: Dataset, search: np.ndarray, held: np.ndarray) -> Holdout:
@@ -748,6 +764,8 @@ def _outer_fold(dataset: Dataset, cv: CVSpec) -> Holdout:
         class_names=dataset.classes,
     )
     search, held = splits[cv.outer_fold]
+    if cv.stratified:
+        _check_left_for_folds(dataset, search, cv, f"outer fold {cv.outer_fold + 1} sets")
     split = _holdout(len(held) / dataset.n_rows, dataset, search, held)
     return replace(split, outer=(cv.outer_fold + 1, cv.outer_folds))
 

@@ -209,12 +209,18 @@ def _evaluate_repeat(
 
 class _ReplicaMonitor:
     """Shows the engine's members (plan x replica) to ``inner`` as plans: fold accuracies and
-    checkpoint scores are the replicas' means, and a pruned plan stops all its replicas."""
+    checkpoint scores are the replicas' means, and a pruned plan stops all its replicas.
+
+    A plan's checkpoint is passed on once every replica has reached it: the stacked engine
+    reports all replicas at once, the reference engine one replica after another (then the
+    decision is taken at the last replica's checkpoints, on the mean of all).
+    """
 
     def __init__(self, inner: Monitor, replicas: int) -> None:
         self.inner = inner
         self.replicas = replicas
         self._folds: dict[tuple[int, int], list[float]] = {}
+        self._steps: dict[tuple[int, int], dict[int, float]] = {}
 
     def on_fold_end(self, member: int, fold: int, accuracy: float) -> None:
         plan = member // self.replicas
@@ -224,12 +230,17 @@ class _ReplicaMonitor:
             self.inner.on_fold_end(plan, fold, float(np.mean(seen)))
 
     def on_checkpoint(self, step: int, accuracies: Mapping[int, float]) -> set[int]:
-        by_plan: dict[int, list[float]] = {}
+        complete: dict[int, float] = {}
         for member, accuracy in accuracies.items():
-            by_plan.setdefault(member // self.replicas, []).append(accuracy)
-        pruned = self.inner.on_checkpoint(
-            step, {plan: float(np.mean(values)) for plan, values in by_plan.items()}
-        )
+            plan = member // self.replicas
+            seen = self._steps.setdefault((plan, step), {})
+            seen[member] = accuracy
+            if len(seen) == self.replicas:
+                complete[plan] = float(np.mean(list(seen.values())))
+                del self._steps[(plan, step)]
+        if not complete:
+            return set()
+        pruned = self.inner.on_checkpoint(step, complete)
         return {plan * self.replicas + k for plan in pruned for k in range(self.replicas)}
 
 

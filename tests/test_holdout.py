@@ -266,3 +266,24 @@ def test_a_bad_holdout_is_one_line(
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_holdout_that_leaves_a_class_too_few_rows_for_the_folds_is_refused_by_check_and_run(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    kinds = ["x"] * 40 + ["y"] * 40 + ["z"] * 5
+    csv = tmp_path / "rare.csv"
+    pd.DataFrame({"size": rng.normal(size=85), "kind": kinds}).to_csv(csv, index=False)
+    study = tmp_path / "rare.toml"
+    study.write_text(
+        f'[study]\nname = "rare"\n[data]\npath = "{csv}"\ntarget = "kind"\n'
+        "[cv]\nfolds = 5\nstratified = true\nholdout = 0.2\n[model]\nhidden = [4]\nepochs = 1\n"
+        "[search]\nbaseline = false\n"
+    )
+    expected = (
+        f"{csv}: class 'z' has 5 rows; holdout=0.2 sets 1 of them aside, leaving 4, fewer "
+        "than folds=5; use fewer folds, a smaller holdout, or [cv] stratified = false"
+    )
+    one_line_error(hpo("check", study, "--no-estimate"), expected)
+    one_line_error(hpo("run", study, "--storage", f"sqlite:///{tmp_path / 'r.db'}"), expected)

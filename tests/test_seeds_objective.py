@@ -93,6 +93,13 @@ def test_the_monitor_sees_plans_means_and_prunes_every_replica() -> None:
     stopped = monitor.on_checkpoint(10, {0: 0.5, 1: 0.7, 2: 0.2, 3: 0.4})
     assert inner.checkpoints == [{0: pytest.approx(0.6), 1: pytest.approx(0.3)}]
     assert stopped == {2, 3}  # plan 1's two replicas
+    # One replica after another (the reference engine): passed on once all have reported.
+    inner.checkpoints.clear()
+    inner.prune = set()
+    assert monitor.on_checkpoint(20, {0: 0.4}) == set()
+    assert inner.checkpoints == []
+    assert monitor.on_checkpoint(20, {1: 0.6}) == set()  # plan 0 is not among the pruned
+    assert inner.checkpoints == [{0: pytest.approx(0.5)}]
     monitor.on_fold_end(0, 0, 0.5)
     assert inner.folds == []  # waits for the other replica
     monitor.on_fold_end(1, 0, 0.7)

@@ -13,7 +13,14 @@ from hpo.cli.options import (
     text_table,
     trials_per_batch_option,
 )
-from hpo.data import check_classes, fold_rows, load_dataset, make_fold_set, quoted
+from hpo.data import (
+    check_classes,
+    fold_rows,
+    load_dataset,
+    make_fold_set,
+    quoted,
+    split_holdout,
+)
 from hpo.engines.timing import time_trial
 from hpo.profile import DataProfile, profile_dataset
 from hpo.results.spec_text import search_rows
@@ -53,8 +60,11 @@ def check(
     )
     dataset = load_dataset(spec.data, path_override=data_path)
     check_classes(dataset, spec.cv, spec.data.target)
-    # The split alone: the preprocessed folds (a copy of the data each) only for the timing.
-    fold_rows(dataset.labels, spec.cv, source=dataset.source, class_names=dataset.classes)
+    # The splits alone (the held-out rows, then the folds of the rest): the preprocessed folds
+    # (a copy of the data each) only for the timing.
+    split = split_holdout(dataset, spec.cv)
+    searched = dataset if split is None else dataset.subset(split.search_rows)
+    fold_rows(searched.labels, spec.cv, source=dataset.source, class_names=dataset.classes)
     profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
     _print_data(profile, spec)
     click.echo("")
@@ -66,7 +76,7 @@ def check(
     click.echo("")
     if estimate:
         click.echo("timing a few epochs of the engine (skip with --no-estimate) ...", err=True)
-        measured = time_trial(spec, make_fold_set(dataset, spec.cv))
+        measured = time_trial(spec, make_fold_set(searched, spec.cv))
         n_trials = spec.budget.n_trials
         total = (
             f"; {n_trials} trials: about {_duration(measured.startup + measured.seconds * n_trials)}"
@@ -77,7 +87,8 @@ def check(
             f"time: about {_duration(measured.seconds)} per trial on this machine, after "
             f"{_duration(measured.startup)} of start-up ({spec.engine.name} engine, "
             f"{measured.trials_per_batch} trials per batch, {spec.cv.folds} folds x "
-            f"{spec.model.epochs} epochs x {spec.cv.repeats} repeat(s); from "
+            f"{spec.model.epochs} epochs x {spec.cv.repeats} repeat(s) x {spec.cv.seeds} "
+            f"seed(s); from "
             f"{measured.measured_epochs} timed epochs){total}"
         )
     verdict = f"{len(profile.warnings)} warning(s) above" if profile.warnings else "no warnings"

@@ -15,6 +15,7 @@ from hpo.cli.options import (
     data_option,
     epochs_option,
     n_trials_option,
+    name_option,
     rows_text,
     storage_option,
     storage_url,
@@ -44,6 +45,7 @@ from hpo.study.record import (
     check_holdout,
     create_or_load_study,
     stored_spec,
+    update_stored_spec,
 )
 from hpo.study.storage import open_storage
 
@@ -56,6 +58,7 @@ __all__ = ["COMMANDS"]
 @click.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @storage_option
+@name_option
 @click.option("--outer", type=COUNT, required=True, help="Outer folds K (2 or more).")
 @n_trials_option("Trials of each inner study (default: the study file's budget).")
 @epochs_option("Override [model] epochs.")
@@ -71,6 +74,7 @@ __all__ = ["COMMANDS"]
 def nested(
     study_file: str,
     storage: str | None,
+    name: str | None,
     outer: int,
     n_trials: int | None,
     epochs: int | None,
@@ -86,7 +90,7 @@ def nested(
     retrains its winner and the baseline there with S seeds, and scores them on its own rows.
     Run it again to resume; `hpo worker NAME.outer-I` can join an inner study.
     """
-    spec = apply_overrides(load_spec(study_file), epochs=epochs, n_trials=n_trials)
+    spec = apply_overrides(load_spec(study_file), name=name, epochs=epochs, n_trials=n_trials)
     if outer < 2:
         raise HpoError(f"--outer must be 2 or more, but got {outer}")
     if spec.cv.holdout:
@@ -134,6 +138,8 @@ def _search(
     dataset, folds = load_folds(inner.data, inner.cv, path_override=data_path)
     study, created = create_or_load_study(inner, storage, policy=policy)
     check_holdout(study, dataset.holdout)
+    if not created:
+        update_stored_spec(study, inner)  # a new --n-trials: workers and status follow it
     left = budget_left(study, inner.budget.n_trials)
     click.echo(
         f"outer fold {fold}/{outer}: study {inner.name!r} {'created' if created else 'resumed'}"

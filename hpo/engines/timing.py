@@ -74,5 +74,6 @@ def _seconds(
         folds,
         model=replace(spec.model, epochs=epochs),
         seeds=[spec.trial_seed(i) for i in range(len(plans))],
+        replicas=spec.cv.seeds,  # a trial of a `[cv] seeds = S` study trains S times
     )
     return time.perf_counter() - start

@@ -18,16 +18,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from hpo.lazy import lazy_import
 from hpo.results.holdout import HoldoutEvaluation
 from hpo.results.stats import summarize
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
     import optuna
+    from scipy import stats as scipy_stats
+else:
+    scipy_stats = lazy_import("scipy.stats")
 
 __all__ = [
     "NestedSummary",
     "OuterResult",
+    "corrected_interval",
     "outer_spec",
     "outer_study_name",
 ]
@@ -43,6 +48,25 @@ def outer_spec(spec: StudySpec, folds: int, fold: int) -> StudySpec:
         name=outer_study_name(spec.name, fold),
         cv=replace(spec.cv, outer_folds=folds, outer_fold=fold - 1),
     )
+
+
+def corrected_interval(values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """Mean and 95% interval of K outer scores, widened for their overlapping training sets.
+
+    The K outer training sets share most of their rows, so the scores are correlated and a
+    plain t-interval is too narrow. Nadeau and Bengio's correction multiplies the variance of
+    the mean by (1/K + n_test/n_train) instead of 1/K; for K-fold, n_test/n_train = 1/(K-1).
+
+    >>> mean, (lo, hi) = corrected_interval([0.70, 0.72, 0.68, 0.71, 0.69])
+    >>> round(hi - lo, 4)
+    0.0589
+    """
+    mean, std, _ = summarize(values)
+    k = len(values)
+    if k < 2 or math.isnan(std):
+        return mean, None
+    half = float(scipy_stats.t.ppf(0.975, k - 1)) * std * math.sqrt(1 / k + 1 / (k - 1))
+    return mean, (mean - half, mean + half)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,8 +116,7 @@ class NestedSummary:
     results: tuple[OuterResult, ...]
 
     def _stats(self, values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
-        mean, _, ci = summarize(values)
-        return mean, ci
+        return corrected_interval(values)
 
     @property
     def outer_scores(self) -> tuple[float, ...]:
@@ -102,7 +125,11 @@ class NestedSummary:
     def lines(self) -> list[str]:
         """The estimate, the baseline's, and how much the search overstated itself."""
         mean, ci = self._stats(self.outer_scores)
-        ci_text = "no CI (one fold)" if ci is None else f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]"
+        ci_text = (
+            "no CI (one fold)"
+            if ci is None
+            else f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}] (corrected for overlapping folds)"
+        )
         search = sum(r.search_cv for r in self.results) / len(self.results)
         lines = [
             f"nested CV ({len(self.results)} outer folds): tuned network {mean:.4f}, {ci_text}; "
@@ -124,7 +151,8 @@ class NestedSummary:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        mean, std, ci = summarize(self.outer_scores)
+        mean, std, _ = summarize(self.outer_scores)
+        _, ci = corrected_interval(self.outer_scores)
         return {
             "folds": [r.to_dict() for r in self.results],
             "mean": round(mean, 6),

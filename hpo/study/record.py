@@ -29,7 +29,9 @@ Study system attributes
 =========================================  ==========================================================
 ``hpo:worker:<host>:<pid>``                a worker's own record: state, held trials, done, last seen
 ``dashboard:artifacts:<trial>:<file id>``  a file attached to a finished trial (optuna-dashboard's)
-(optuna-dashboard's note keys)             the spec as the study's note; rerun results as trial notes
+(optuna-dashboard's note keys)             the spec as the study's note (led by data warnings and the
+                                           holdout / nested scores); ``### Rerun`` and ``### Holdout``
+                                           sections of trial notes
 =========================================  ==========================================================
 
 Trial user attributes
