@@ -17,6 +17,7 @@ COMMANDS = {
     "create",
     "dashboard",
     "evaluate",
+    "nested",
     "report",
     "rerun",
     "run",
@@ -214,7 +215,10 @@ def test_run_resume_best_and_trials(write_study: Callable[..., Path], tmp_path: 
         assert set(attrs["plan"]) == {"l1_activity", "l2_activity", "l1_kernel", "l2_kernel"}
         assert {"seed", "fold_std", "seconds", "tensorflow", "keras"} <= set(attrs)
         assert t["value"] == pytest.approx(sum(attrs["fold_accuracies"]) / 3, abs=0.02)
-        assert {"h1_placement", "h1_penalty", "h2_placement", "h2_penalty"} <= set(t["params"])
+        if t["number"] == 0:  # the unregularized baseline: no params
+            assert attrs["baseline"] is True and t["params"] == {}
+        else:
+            assert {"h1_placement", "h1_penalty", "h2_placement", "h2_penalty"} <= set(t["params"])
 
     best = json.loads(hpo("best", "tiny", "--storage", storage, "--format", "json").stdout)
     assert best["value"] == max(t["value"] for t in listed)

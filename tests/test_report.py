@@ -88,7 +88,7 @@ def test_report_is_one_offline_page_with_every_plot(built: BuiltStudy, tmp_path:
 
     text = (out / "report.html").read_text()
     page = Page(text)
-    assert page.sections == ["best", *PLOTS, "top", "settings"]
+    assert page.sections == ["best", "baseline", *PLOTS, "top", "settings"]
     assert page.fetched == [] and "script" not in page.tags and "link" not in page.tags
     titles = {
         "Optimization history": "history",

@@ -36,7 +36,7 @@ from hpo.results.nested import NestedSummary, OuterResult, outer_spec
 from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import evaluate_seeds
 from hpo.spec import StudySpec, load_spec
-from hpo.study.budget import budget_left
+from hpo.study.budget import trials_to_run
 from hpo.study.record import (
     NESTED_SUMMARY_ATTR,
     CrashPolicy,
@@ -140,7 +140,7 @@ def _search(
     check_holdout(study, dataset.holdout)
     if not created:
         update_stored_spec(study, inner)  # a new --n-trials: workers and status follow it
-    left = budget_left(study, inner.budget.n_trials)
+    left = trials_to_run(study, inner.budget.n_trials)
     click.echo(
         f"outer fold {fold}/{outer}: study {inner.name!r} {'created' if created else 'resumed'}"
         f"; {rows_text(dataset)}; {left} of {inner.budget.n_trials} trials to run",

@@ -33,7 +33,7 @@ from hpo.data import load_folds
 from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import load_spec
-from hpo.study.budget import budget_left
+from hpo.study.budget import trials_to_run
 from hpo.study.record import (
     best_trial,
     check_holdout,
@@ -103,7 +103,7 @@ def run(
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.
         update_stored_spec(study, spec)
-    left = budget_left(study, spec.budget.n_trials)
+    left = trials_to_run(study, spec.budget.n_trials)
     click.echo(
         f"study {spec.name!r}: {'created' if created else 'resumed'}; "
         f"{spec.budget.n_trials} trials budgeted, {left} to run",

@@ -130,8 +130,8 @@ def _holdout_evidence(study: optuna.Study, best: int, baseline: int) -> Evidence
     if evaluation is None:
         return None
     scores = {p.trial: p for p in evaluation.plans}
-    if best not in scores or baseline not in scores:
-        return None
+    if best not in scores or baseline not in scores or scores[best].p_vs_baseline is None:
+        return None  # not both evaluated (or by an hpo that did not compare them row by row)
     return Evidence(
         source="holdout",
         test="paired over rows",

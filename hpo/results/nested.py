@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
 from hpo.results.holdout import HoldoutEvaluation
-from hpo.results.stats import summarize
+from hpo.results.stats import clip_accuracy, summarize
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def corrected_interval(values: Sequence[float]) -> tuple[float, tuple[float, flo
     if k < 2 or math.isnan(std):
         return mean, None
     half = float(scipy_stats.t.ppf(0.975, k - 1)) * std * math.sqrt(1 / k + 1 / (k - 1))
-    return mean, (mean - half, mean + half)
+    return mean, clip_accuracy((mean - half, mean + half))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,15 @@ else:
     np = lazy_import("numpy")
     scipy_stats = lazy_import("scipy.stats")
 
-__all__ = ["Scores", "combined_ci", "paired_p", "rows_paired_p", "summarize", "welch_p"]
+__all__ = [
+    "Scores",
+    "clip_accuracy",
+    "combined_ci",
+    "paired_p",
+    "rows_paired_p",
+    "summarize",
+    "welch_p",
+]
 
 
 def summarize(accuracies: Sequence[float]) -> tuple[float, float, tuple[float, float] | None]:
@@ -83,7 +91,12 @@ def combined_ci(
     """
     seed_var = 0.0 if n_seeds < 2 or math.isnan(seed_std) else seed_std**2 / n_seeds
     half = 1.959964 * math.sqrt(seed_var + row_se**2)
-    return mean - half, mean + half
+    return clip_accuracy((mean - half, mean + half))
+
+
+def clip_accuracy(interval: tuple[float, float]) -> tuple[float, float]:
+    """An interval for an accuracy, cut to [0, 1] (the normal approximation can overshoot)."""
+    return max(0.0, interval[0]), min(1.0, interval[1])
 
 
 @dataclass(frozen=True, kw_only=True)

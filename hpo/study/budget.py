@@ -51,7 +51,14 @@ if TYPE_CHECKING:
 else:
     optuna = lazy_import("optuna")
 
-__all__ = ["COUNTED_STATES", "Claim", "budget_left", "claim_trials", "log_stale_trial"]
+__all__ = [
+    "COUNTED_STATES",
+    "Claim",
+    "budget_left",
+    "claim_trials",
+    "log_stale_trial",
+    "trials_to_run",
+]
 
 COUNTED_STATES = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 # Failures worth another try with the same parameters: a dead worker (no FAILURE_ATTR) or a
@@ -251,13 +258,19 @@ def _retry_attrs(failed: optuna.trial.FrozenTrial, root: int) -> dict[str, Any]:
 
 
 def budget_left(study: optuna.Study, n_trials: int | None) -> int:
-    """Trials still to run: the budget less finished and running ones (queued ones, such as the
-    baseline or a retry, are still to run), counted in the database. A hint for messages; only
-    a claim, under the lock, counts exactly."""
+    """Budget slots still free: the budget less finished, running and queued trials, counted
+    in the database (a hint for messages; only a claim, under the lock, counts exactly)."""
+    if n_trials is None:
+        return _UNLIMITED
+    return max(0, n_trials - _taken(count_trial_states(rdb_of(study), study._study_id)))
+
+
+def trials_to_run(study: optuna.Study, n_trials: int | None) -> int:
+    """Trials still to train: the free slots and the queued trials (the baseline, retries)."""
     if n_trials is None:
         return _UNLIMITED
     counts = count_trial_states(rdb_of(study), study._study_id)
-    return max(0, n_trials - _taken(counts) + counts.get("WAITING", 0))
+    return max(0, n_trials - _taken(counts)) + counts.get("WAITING", 0)
 
 
 def _taken(counts: Mapping[str, int]) -> int:
