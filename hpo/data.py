@@ -107,9 +107,9 @@ class Dataset:
 class Holdout:
     """The rows ``[cv] holdout`` sets aside before the search, as positions in the loaded data.
 
-    ``fingerprint``: a SHA-256 of those positions and their labels, recorded on the study, so a
-    later run on changed data (whose held-out rows would differ, and might then be trained on)
-    is refused.
+    ``fingerprint``: a SHA-256 of those positions, their labels, the feature columns' names and
+    the held-out rows' values, recorded on the study, so a later run on changed data (whose
+    held-out rows could differ, and might then be trained on) is refused.
     """
 
     fraction: float
@@ -750,6 +750,10 @@ def _holdout(fraction: float, dataset: Dataset, search: np.ndarray, held: np.nda
     search, held = np.sort(search), np.sort(held)
     digest = hashlib.sha256(held.astype(np.int64).tobytes())
     digest.update(dataset.labels[held].astype(np.int64).tobytes())
+    # And what the held-out rows hold: a column dropped or a value edited is other data too.
+    digest.update("\x1f".join(map(str, dataset.features.columns)).encode())
+    rows = dataset.features.iloc[held]
+    digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
     return Holdout(fraction, search, held, digest.hexdigest())
 
 

@@ -93,6 +93,7 @@ def test_the_split_is_stratified_seeded_and_recorded(
     }
 
 
+@pytest.mark.slow  # a study, then reruns or evaluations with real training
 def test_no_trial_preprocessing_rerun_or_evaluation_sees_a_held_out_row(
     write_study: WriteStudy, tmp_path: Path, received: list[list[Fold]]
 ) -> None:
@@ -129,6 +130,7 @@ def test_no_trial_preprocessing_rerun_or_evaluation_sees_a_held_out_row(
         np.testing.assert_allclose(fold.x_valid, prep.transform(features.iloc[holdout_rows]))
 
 
+@pytest.mark.slow  # a study, then reruns or evaluations with real training
 def test_evaluate_statistics_match_a_hand_computation(
     write_study: WriteStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,6 +220,7 @@ def test_evaluate_refuses_a_study_without_a_holdout(
     )
 
 
+@pytest.mark.slow  # a study, then reruns or evaluations with real training
 def test_changed_data_is_refused_before_it_can_train_on_held_out_rows(
     write_study: WriteStudy, tmp_path: Path
 ) -> None:
@@ -235,8 +238,8 @@ def test_changed_data_is_refused_before_it_can_train_on_held_out_rows(
     expected = (
         "study 'tiny': the rows held out from the search are not the ones recorded on the "
         f"study (23 of 90 rows, sha256 {fingerprint[:12]}; this data gives 23 of 90, sha256 "
-        f"{other.fingerprint[:12]}): the data changed since the search began; use the same "
-        "data, or a new study (--name)"
+        f"{other.fingerprint[:12]}): the data changed since the search began; use the data "
+        "the study was searched on"
     )
     for command in (
         ["run", study_file, "--n-trials", "2"],
@@ -245,6 +248,17 @@ def test_changed_data_is_refused_before_it_can_train_on_held_out_rows(
         ["evaluate", "tiny"],
     ):
         one_line_error(hpo(*command, "--storage", url, "--data", changed), expected)
+    # The same labels with one feature column gone, or one held-out value edited: refused too.
+    original = pd.read_csv(spec.data.path)  # type: ignore[arg-type]
+    split = split_holdout(load_dataset(spec.data), spec.cv)
+    assert split is not None
+    edited = original.copy()
+    edited.loc[int(split.holdout_rows[0]), "size"] += 1.0
+    for variant in (original.drop(columns=["weight"]), edited):
+        variant.to_csv(changed, index=False)
+        result = hpo("evaluate", "tiny", "--storage", url, "--data", changed)
+        assert result.exit_code == 1
+        assert "the rows held out from the search are not the ones recorded" in result.stderr
 
 
 @pytest.mark.parametrize(

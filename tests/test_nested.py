@@ -116,7 +116,7 @@ def test_nested_resumes_after_a_kill_without_redoing_finished_folds(
         2 * len(_study(url, f"nest.outer-{i}").user_attrs["holdout:evaluation"]["plans"])
         for i in (2, 3)
     )
-    assert text.count("holdout accuracy") == evaluated
+    assert text.count("on the held-out rows") == evaluated
     assert "outer fold 2/3: study 'nest.outer-2' resumed" in text
     for i in (1, 2, 3):
         states = [t.state for t in _study(url, f"nest.outer-{i}").trials]

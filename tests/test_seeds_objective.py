@@ -106,6 +106,7 @@ def test_the_monitor_sees_plans_means_and_prunes_every_replica() -> None:
     assert inner.folds == [(0, 0, pytest.approx(0.6))]
 
 
+@pytest.mark.slow  # a study with real training
 def test_a_study_with_seeds_records_each_seeds_accuracy(
     write_study: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ from hpo.study.record import (
     stored_spec,
     update_stored_spec,
 )
+from hpo.study.signals import signals_received
 from hpo.study.storage import open_storage
 
 if TYPE_CHECKING:
@@ -105,8 +106,12 @@ def nested(
     for fold in range(1, outer + 1):
         inner = outer_spec(spec, outer, fold)
         study = _search(inner, storage_impl, policy, url, fold, outer, data_path)
-        if study is None:
-            return  # stopped: the inner study is intact; run the command again to resume
+        if study is None or signals_received():
+            # Stopped (in training, or while the model files were saved, which the recorder
+            # takes as "skip the rest"): the inner study is intact; run again to resume.
+            if study is not None:
+                click.echo(f"stopped: `hpo nested` again resumes at outer fold {fold}", err=True)
+            return
         evaluation = _evaluation(study, inner, seeds, data_path)
         result = OuterResult.from_evaluation(fold, study, evaluation)
         results.append((study, result))

@@ -28,11 +28,16 @@ from hpo.errors import HpoError
 from hpo.log import get_logger
 from hpo.results.artifacts import artifact_dir_for
 from hpo.results.dashboard import TOKEN_ENV, dashboard_access, is_loopback, serve
-from hpo.results.holdout import HoldoutEvaluation, evaluate_on_holdout, record_evaluation
+from hpo.results.holdout import (
+    HoldoutEvaluation,
+    evaluate_on_holdout,
+    load_evaluation,
+    record_evaluation,
+)
 from hpo.results.report import write_report
 from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
 from hpo.seeds import evaluate_seeds
-from hpo.spec import ENGINES
+from hpo.spec import ENGINES, StudySpec
 from hpo.study.record import (
     HOLDOUT_EVALUATION_ATTR,
     PLAN_ATTR,
@@ -155,6 +160,18 @@ def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | No
     click.echo(f"wrote {written.html_path} with {len(written.pngs)} plots; open it in a browser")
 
 
+def _writable_study(name: str, url: str, verb: str) -> tuple[optuna.Study, StudySpec]:
+    """Study ``name`` opened for writing its results, and its stored spec."""
+    study = load_study(name, url, access="write")
+    spec = stored_spec(study)
+    if spec is None:
+        raise HpoError(
+            f"study {name!r} has no stored spec (user attr {SPEC_ATTR}); only studies created by "
+            f"`hpo run` or `hpo create` can be {verb}"
+        )
+    return study, spec
+
+
 def _pick_trials(
     study: optuna.Study, trial_number: int | None, top: int | None, verb: str = "rerun"
 ) -> list[optuna.trial.FrozenTrial]:
@@ -174,7 +191,10 @@ def _pick_trials(
         return chosen
     if not complete:
         raise HpoError(f"study {study.study_name!r} has no complete trial to {verb} yet")
-    ranked = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))
+    # The K best regularized plans; the baseline, below, comes on top of them.
+    ranked = sorted(
+        (t for t in complete if not is_baseline(t)), key=lambda t: (-(t.value or 0.0), t.number)
+    )
     chosen = ranked[: top if top is not None else 3]
     # And the unregularized baseline, so `best`, `status` and the report can tell whether
     # regularization helped beyond noise.
@@ -227,13 +247,7 @@ def rerun(
     # A rerun records its results on the study: a database it cannot write fails now, not
     # after the training; and a mistyped path is named, never created.
     url = storage_url(storage, access="write")
-    study = load_study(name, url, access="write")
-    spec = stored_spec(study)
-    if spec is None:
-        raise HpoError(
-            f"study {name!r} has no stored spec (user attr {SPEC_ATTR}); only studies created by "
-            "`hpo run` or `hpo create` can be rerun"
-        )
+    study, spec = _writable_study(name, url, "rerun")
     trials = _pick_trials(study, trial_number, top)
     try:
         cv = replace(spec.cv, repeats=repeats) if repeats is not None else spec.cv
@@ -283,7 +297,7 @@ def rerun(
     type=COUNT,
     default=5,
     show_default=True,
-    help="Fresh training seeds per plan (2 or more for a CI).",
+    help="Fresh training seeds per plan (more seeds narrow the seeds' part of the CI).",
 )
 @data_option("Read the data from this CSV instead of the study's stored source.")
 def evaluate(name: str, storage: str | None, top: int, seeds: int, data_path: str | None) -> None:
@@ -294,13 +308,7 @@ def evaluate(name: str, storage: str | None, top: int, seeds: int, data_path: st
     rows, and how much the search's best CV score overstated it.
     """
     url = storage_url(storage, access="write")
-    study = load_study(name, url, access="write")
-    spec = stored_spec(study)
-    if spec is None:
-        raise HpoError(
-            f"study {name!r} has no stored spec (user attr {SPEC_ATTR}); only studies created by "
-            "`hpo run` or `hpo create` can be evaluated"
-        )
+    study, spec = _writable_study(name, url, "evaluated")
     if spec.cv.holdout == 0:
         raise HpoError(
             f"study {name!r} has no holdout: rows must be set aside before the search, so start "
@@ -325,7 +333,14 @@ def evaluate(name: str, storage: str | None, top: int, seeds: int, data_path: st
         )
     finally:
         engine_impl.close()
+    previous = load_evaluation(study)
     record_evaluation(study, evaluation)
+    if previous is not None:
+        click.echo(
+            f"replaced the previous evaluation ({len(previous.seeds)} seed(s), trials "
+            f"{', '.join(str(p.trial) for p in previous.plans)})",
+            err=True,
+        )
     _print_evaluation(evaluation)
     click.echo(
         f"recorded as study user attr {HOLDOUT_EVALUATION_ATTR} (and as trial notes in "

@@ -198,7 +198,7 @@ def evaluate_on_holdout(
                 scores[trial.number].append(result.accuracy)
                 hits[trial.number].append(result.predictions[fold.valid_rows] == fold.y_valid)
                 _log.info(
-                    "trial %d seed %d/%d: holdout accuracy %.4f",
+                    "trial %d seed %d/%d: accuracy %.4f on the held-out rows",
                     trial.number,
                     s + 1,
                     len(seeds),

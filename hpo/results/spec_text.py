@@ -129,6 +129,17 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                 ("folds", f"{cv.folds}-fold {'StratifiedKFold' if cv.stratified else 'KFold'}"),
                 ("shuffle", f"yes, seed {cv.seed}" if cv.shuffle else "no"),
                 ("repeats", str(cv.repeats)),
+                *([("training seeds", f"{cv.seeds} per trial (its value: their mean)")] if cv.seeds > 1 else []),
+                *(
+                    [("holdout", f"{cv.holdout:.0%} of the rows, set aside for `hpo evaluate`")]
+                    if cv.holdout
+                    else []
+                ),
+                *(
+                    [("outer fold", f"{cv.outer_fold + 1} of {cv.outer_folds} (`hpo nested`)")]
+                    if cv.outer_folds
+                    else []
+                ),
                 ("score", "out-of-fold accuracy (every row predicted once, scored once)"),
             ],
         ),

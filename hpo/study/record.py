@@ -20,8 +20,8 @@ Study user attributes
 ``nested:summary``                on each inner study of ``hpo nested``: every outer fold's winner,
                                   plan, search CV, outer score and baseline; their mean, std, CI
 ``hpo_holdout``                   the rows ``[cv] holdout`` set aside: fraction, rows, of, and a
-                                  SHA-256 of their positions and labels (written by the first
-                                  process to load the data; every later one must match it)
+                                  SHA-256 of their positions, labels and values (written by the
+                                  first process to load the data; every later one must match it)
 ================================  ===================================================================
 
 Study system attributes
@@ -498,7 +498,7 @@ def check_holdout(study: optuna.Study, holdout: Holdout | None) -> None:
             f"recorded on the study ({stored.get('rows')} of {stored.get('of')} rows, sha256 "
             f"{str(stored.get('sha256'))[:12]}; this data gives {len(holdout.holdout_rows)} of "
             f"{holdout.to_dict()['of']}, sha256 {holdout.fingerprint[:12]}): the data changed "
-            "since the search began; use the same data, or a new study (--name)"
+            "since the search began; use the data the study was searched on"
         )
 
 

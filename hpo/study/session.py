@@ -68,12 +68,14 @@ def train(
         finally:
             engine.close()
         if recorder is not None:
-            if summary.interrupted:
+            if summary.interrupted and summary.completed:
                 _log.warning(
                     "stopped by %s: the best trials' model files were not written (their "
                     "fold tables and confusion matrices are stored)",
                     summary.interrupted,
                 )
+            elif summary.interrupted:
+                pass  # nothing finished here, so no model file was due
             else:
                 recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
     return summary

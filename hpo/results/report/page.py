@@ -339,7 +339,8 @@ def _baseline_section(gain: BaselineGain | None, name: str) -> str:
         '<section id="baseline"><h2>Regularization against none</h2><p class="how"><b>How to '
         "read it.</b> The baseline trial trains the same network on the same folds with every "
         "penalty off. One CV score against another is noisy: the difference counts only when "
-        f"reruns with fresh seeds (<code>hpo rerun {_esc(name)}</code>) put it beyond noise.</p>"
+        f"the holdout (<code>hpo evaluate {_esc(name)}</code>) or reruns with fresh seeds "
+        f"(<code>hpo rerun {_esc(name)}</code>) put it beyond noise.</p>"
         f"<p>{_esc(gain.line(name))}</p></section>"
     )
 
