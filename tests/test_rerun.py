@@ -190,11 +190,14 @@ def _note_body(study: Any, trial_id: int) -> str:
 @pytest.mark.slow  # real reruns: 2 trials x 2 seeds x 3 folds, in a training process
 def test_rerun_records_its_statistics_on_the_study(built: BuiltStudy, tmp_path: Path) -> None:
     url = built.copy(tmp_path)
-    ranked = sorted(load(url).get_trials(), key=lambda t: (-t.value, t.number))[:2]
+    trials = load(url).get_trials()
+    # --top 2: the two best regularized trials, then the unregularized baseline (trial 0).
+    top = sorted((t for t in trials if t.number != 0), key=lambda t: (-t.value, t.number))[:2]
+    ranked = [*top, trials[0]]
     result = hpo("rerun", NAME, "--storage", url, "--top", 2, "--seeds", 2)
     assert result.exit_code == 0, result.output
     assert (
-        f"rerunning trials {ranked[0].number}, {ranked[1].number} with 2 fresh seeds x 1 repeat "
+        f"rerunning trials {top[0].number}, {top[1].number}, 0 with 2 fresh seeds x 1 repeat "
         "of 3-fold CV (reference engine, 2 epochs)"
     ) in result.stderr
 
@@ -221,11 +224,12 @@ def test_rerun_records_its_statistics_on_the_study(built: BuiltStudy, tmp_path: 
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["trial", "search", "rerun", "mean", "std", "95%", "CI"]
     order = sorted(ranked, key=lambda t: (-records[t.number]["mean"], t.number))
-    assert [int(line.split()[0]) for line in lines[1:3]] == [t.number for t in order]
-    assert lines[3].startswith(f"trial {order[0].number} vs trial {order[1].number}: ")
-    assert lines[4].startswith("verdict: ")
-    assert lines[5] == (
-        f"recorded as study user attrs rerun:{ranked[0].number}, rerun:{ranked[1].number} "
+    assert [int(line.split()[0]) for line in lines[1:4]] == [t.number for t in order]
+    assert lines[4].startswith(f"trial {order[0].number} vs trial {order[1].number}: ")
+    assert lines[5].startswith(f"trial {order[0].number} vs trial {order[2].number}: ")
+    assert lines[6].startswith("verdict: ")
+    assert lines[7] == (
+        f"recorded as study user attrs rerun:{top[0].number}, rerun:{top[1].number}, rerun:0 "
         "(and as trial notes in optuna-dashboard)"
     )
 

@@ -34,6 +34,18 @@ class Stopped(BaseException):
     """
 
 
+_RETRY_SECONDS = 0.05
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an import (the import machinery is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _State:
     depth = 0
     pending: str | None = None
@@ -101,7 +113,22 @@ def stop_on_signals(*, then: Any = None) -> Iterator[None]:
         if _State.depth > 0:
             _State.pending = name
             return
+        if _importing(frame):
+            # An exception raised inside a module's import can come out as that import's
+            # ImportError, which libraries catch for optional dependencies: the stop would be
+            # swallowed. Raise it just after the import instead (checked every 50 ms).
+            _State.pending = name
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+            return
         raise Stopped(name)
+
+    def retry(signum: int, frame: FrameType | None) -> None:
+        if _State.pending is None or _State.depth > 0:
+            return  # raised already, or a critical section's end will raise it
+        if _importing(frame):
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
+            return
+        _raise_pending()
 
     def unraisable(info: sys.UnraisableHookArgs) -> None:
         # A signal that lands while a finalizer runs (TensorFlow frees graphs in __del__) raises
@@ -113,6 +140,7 @@ def stop_on_signals(*, then: Any = None) -> Iterator[None]:
         previous_hook(info)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_alarm = signal.signal(signal.SIGALRM, retry)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     _State.pending = None
@@ -123,6 +151,8 @@ def stop_on_signals(*, then: Any = None) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if then is None else then)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
         sys.unraisablehook = previous_hook
         _State.pending = None
         _State.installed = False
