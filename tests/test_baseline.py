@@ -54,6 +54,7 @@ def test_trial_0_trains_the_network_with_no_penalty_and_is_kept_out_of_tpe(
         ) in result.output
 
 
+@pytest.mark.slow  # a study with real training
 def test_baseline_false_turns_it_off(write_study: WriteStudy, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'off.db'}"
     study_file = write_study("[search]\nbaseline = false\n", epochs=2, n_trials=2)

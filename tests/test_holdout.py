@@ -60,6 +60,7 @@ def _original_rows(study_file: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarr
     return dataset.features, split.search_rows, split.holdout_rows
 
 
+@pytest.mark.slow  # a study with real training
 def test_the_split_is_stratified_seeded_and_recorded(
     write_study: WriteStudy, tmp_path: Path
 ) -> None:
@@ -207,6 +208,7 @@ def test_evaluate_statistics_match_a_hand_computation(
     assert f"{winner['mean']:.4f}" in page
 
 
+@pytest.mark.slow  # a study with real training
 def test_evaluate_refuses_a_study_without_a_holdout(
     write_study: WriteStudy, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ def _fold_set(n_rows: int = 90) -> FoldSet:
     return FoldSet(repeats=(tuple(synthetic_folds(n_rows, seed=3)),), classes=("a", "b", "c"))
 
 
+@pytest.mark.slow  # seven stacked-engine trainings
 def test_stacked_replicas_equal_the_runs_they_stand_for() -> None:
     folds = _fold_set(120)
     plans = random_plans(2, seed=4)
