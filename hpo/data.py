@@ -93,6 +93,16 @@ class Dataset:
     def n_rows(self) -> int:
         return len(self.labels)
 
+    def rows_text(self) -> str:
+        """``1600 rows (400 more held out ...)``: the rows searched on, and those set aside."""
+        if self.holdout is None:
+            return f"{self.n_rows} rows"
+        held = len(self.holdout.holdout_rows)
+        if self.holdout.outer is not None:
+            fold, of = self.holdout.outer
+            return f"{self.n_rows} rows ({held} more held out: outer fold {fold} of {of})"
+        return f"{self.n_rows} rows ({held} more held out for `hpo evaluate`)"
+
     def subset(self, rows: np.ndarray) -> Dataset:
         """These rows only, in this order (numbered from 0 again)."""
         return replace(
@@ -254,9 +264,7 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _clean_cells(
-    frame: pd.DataFrame, na_values: tuple[str, ...]
-) -> tuple[pd.DataFrame, list[str]]:
+def _clean_cells(frame: pd.DataFrame, na_values: tuple[str, ...]) -> tuple[pd.DataFrame, list[str]]:
     """Text cells stripped of surrounding whitespace, then the missing-value markers applied
     again; a column that is all numbers once stripped becomes numeric.
 
@@ -423,9 +431,21 @@ def _check_columns(frame: pd.DataFrame, spec: DataSpec, source: str) -> None:
             )
 
 
-def load_dataset(spec: DataSpec, *, path_override: str | Path | None = None) -> Dataset:
-    """Load and check the rows ``spec`` names (``path_override`` wins over path/url/dataset)."""
-    if path_override is not None:
+def load_dataset(
+    spec: DataSpec,
+    *,
+    path_override: str | Path | None = None,
+    frame: pd.DataFrame | None = None,
+) -> Dataset:
+    """Load and check the rows ``spec`` names. ``path_override`` (a CSV) or ``frame`` (a pandas
+    DataFrame, as in a notebook) win over path/url/dataset; a frame goes through the same
+    checks as a CSV's rows (names stripped, markers in ``na_values`` made missing, ...)."""
+    if frame is not None:
+        if not isinstance(frame, pd.DataFrame):
+            raise HpoError(f"data must be a CSV path or a pandas DataFrame, but got {type(frame)}")
+        source = f"DataFrame ({frame.shape[0]} rows x {frame.shape[1]} columns)"
+        frame = frame.reset_index(drop=True)
+    elif path_override is not None:
         source = str(path_override)
         frame = _read_csv(Path(path_override), spec.na_values)
     elif spec.dataset is not None:
@@ -775,11 +795,15 @@ def _outer_fold(dataset: Dataset, cv: CVSpec) -> Holdout:
 
 
 def load_holdout(
-    spec: DataSpec, cv: CVSpec, *, path_override: str | Path | None = None
+    spec: DataSpec,
+    cv: CVSpec,
+    *,
+    path_override: str | Path | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The search rows and the held-out rows, both as datasets (the search one carries the
     :class:`Holdout` to check against the study)."""
-    dataset = load_dataset(spec, path_override=path_override)
+    dataset = load_dataset(spec, path_override=path_override, frame=frame)
     check_classes(dataset, cv, spec.target)
     split = split_holdout(dataset, cv)
     if split is None:
@@ -806,14 +830,18 @@ def holdout_fold_set(search: Dataset, held: Dataset) -> FoldSet:
 
 
 def load_folds(
-    spec: DataSpec, cv: CVSpec, *, path_override: str | Path | None = None
+    spec: DataSpec,
+    cv: CVSpec,
+    *,
+    path_override: str | Path | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[Dataset, FoldSet]:
     """The rows ``spec`` names and their folds (every repeat), ready to train on.
 
     With ``[cv] holdout``, the held-out rows are gone before anything else sees the data: the
     dataset returned, its folds and every preprocessing statistic are the search rows only.
     """
-    dataset = load_dataset(spec, path_override=path_override)
+    dataset = load_dataset(spec, path_override=path_override, frame=frame)
     check_classes(dataset, cv, spec.target)
     split = split_holdout(dataset, cv)
     if split is not None:

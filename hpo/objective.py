@@ -202,9 +202,7 @@ def _evaluate_repeat(
         monitor=None if monitor is None else _ReplicaMonitor(monitor, replicas),
         **extra,
     )
-    return [
-        _combine_seeds(results[i * replicas : (i + 1) * replicas]) for i in range(len(plans))
-    ]
+    return [_combine_seeds(results[i * replicas : (i + 1) * replicas]) for i in range(len(plans))]
 
 
 class _ReplicaMonitor:

@@ -10,6 +10,9 @@ Parameters suggested for hidden layer ``n`` (1-based):
 ``h{n}_penalty``    l1 | l2 | l1l2 | none      (only when more than one is allowed)
 ``h{n}_l1``         L1 alpha, log-uniform      (only when the penalty uses L1)
 ``h{n}_l2``         L2 alpha, log-uniform      (only when the penalty uses L2)
+
+With ``[model] builder`` the layers are the user's, and ``h{n}`` is the Keras layer's name
+(``wide_placement``, ``wide_l1``); the plan then carries those names.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "penalty_choices",
     "plan_from_params",
     "suggest_plan",
+    "zero_plan",
 ]
 
 
@@ -58,18 +62,38 @@ class LayerPenalty:
 
 @dataclass(frozen=True)
 class RegularizationPlan:
-    layers: tuple[LayerPenalty, ...]
+    """Per searched layer, its penalties. ``names``: the Keras layer names of a builder's model
+    (parallel to ``layers``); empty for the built-in network, whose layers go by position."""
 
-    def to_dict(self) -> dict[str, list[float]]:
-        """Column form, as stored on trials: ``{"l1_activity": [layer1, layer2, ...], ...}``."""
+    layers: tuple[LayerPenalty, ...]
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.names and len(self.names) != len(self.layers):
+            raise ValueError(f"{len(self.names)} layer names for {len(self.layers)} layers")
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Column form, as stored on trials: ``{"l1_activity": [layer1, layer2, ...], ...}``,
+        plus ``"layers": [name, ...]`` for a builder's model."""
         keys = ("l1_activity", "l2_activity", "l1_kernel", "l2_kernel")
-        return {key: [float(getattr(layer, key)) for layer in self.layers] for key in keys}
+        data: dict[str, list[Any]] = {
+            key: [float(getattr(layer, key)) for layer in self.layers] for key in keys
+        }
+        if self.names:
+            data["layers"] = list(self.names)
+        return data
+
+    def by_name(self) -> dict[str, LayerPenalty]:
+        """``{layer name: penalties}`` (names ``h1``, ``h2`` ... for the built-in network)."""
+        names = self.names or tuple(f"h{n}" for n in range(1, len(self.layers) + 1))
+        return dict(zip(names, self.layers, strict=True))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Sequence[float]]) -> RegularizationPlan:
+    def from_dict(cls, data: Mapping[str, Sequence[Any]]) -> RegularizationPlan:
         n = len(data["l1_activity"])
         return cls(
-            tuple(
+            names=tuple(str(name) for name in data.get("layers", ())),
+            layers=tuple(
                 LayerPenalty(
                     l1_activity=float(data["l1_activity"][i]),
                     l2_activity=float(data["l2_activity"][i]),
@@ -77,15 +101,26 @@ class RegularizationPlan:
                     l2_kernel=float(data["l2_kernel"][i]),
                 )
                 for i in range(n)
-            )
+            ),
         )
 
     @classmethod
     def uniform(
-        cls, n_layers: int, *, l1: float = 0.0, l2: float = 0.0, placement: str = "activity"
+        cls,
+        n_layers: int,
+        *,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        placement: str = "activity",
+        names: tuple[str, ...] = (),
     ) -> RegularizationPlan:
         """The same penalty on every hidden layer (the course's plan is ``uniform(2, l1=1e-4)``)."""
-        return cls((_layer_penalty(placement, l1, l2),) * n_layers)
+        return cls((_layer_penalty(placement, l1, l2),) * n_layers, names=names)
+
+
+def zero_plan(search: SearchSpec) -> RegularizationPlan:
+    """No regularization on any searched layer: the baseline trial's plan."""
+    return RegularizationPlan.uniform(len(search.layers), names=search.names)
 
 
 def penalty_choices(layer: LayerSearchSpec) -> tuple[str, ...]:
@@ -121,15 +156,18 @@ def plan_from_params(
     search: SearchSpec, params: Mapping[str, Any] | _Suggester
 ) -> RegularizationPlan:
     """Rebuild a plan from a trial's stored params (or, internally, from live suggestions)."""
+    if not search.resolved:
+        raise ValueError("the searched layers of a builder's model are not resolved yet")
     ask = params if isinstance(params, _Suggester) else _Lookup(params)
     layers = []
-    for n, layer in enumerate(search.layers, start=1):
-        placement = ask.categorical(f"h{n}_placement", layer.placements)
-        penalty = ask.categorical(f"h{n}_penalty", penalty_choices(layer))
-        l1 = ask.log_float(f"h{n}_l1", layer.l1) if penalty in ("l1", "l1l2") else 0.0
-        l2 = ask.log_float(f"h{n}_l2", layer.l2) if penalty in ("l2", "l1l2") else 0.0
+    for i, layer in enumerate(search.layers):
+        name = search.param_prefix(i)
+        placement = ask.categorical(f"{name}_placement", layer.placements)
+        penalty = ask.categorical(f"{name}_penalty", penalty_choices(layer))
+        l1 = ask.log_float(f"{name}_l1", layer.l1) if penalty in ("l1", "l1l2") else 0.0
+        l2 = ask.log_float(f"{name}_l2", layer.l2) if penalty in ("l2", "l1l2") else 0.0
         layers.append(_layer_penalty(placement, l1, l2))
-    return RegularizationPlan(tuple(layers))
+    return RegularizationPlan(tuple(layers), names=search.names)
 
 
 class _Suggester:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = [
     "SamplerSpec",
     "SearchSpec",
     "StudySpec",
+    "apply_overrides",
     "load_spec",
     "spec_from_dict",
     "spec_to_dict",
@@ -89,11 +91,43 @@ class LayerSearchSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSpec:
-    """Per hidden layer, what the search may do. ``baseline``: trial 0 of a new study trains the
-    network with no regularization at all, so every study shows what regularization bought."""
+    """Per searched layer, what the search may do. ``baseline``: trial 0 of a new study trains
+    the network with no regularization at all, so every study shows what regularization bought.
+
+    With ``[model] builder`` the layers are the user's Keras layers, named: ``names`` are their
+    Keras names, parallel to ``layers`` (the parameters are ``{name}_l1`` ...). Before the model
+    is built ``names`` may be empty, meaning every Dense/Conv layer but the output one, less
+    ``exclude``, each searched as ``default`` says; ``hpo.engines.builder.resolve`` fills them
+    in, and a stored spec always holds them. Without a builder ``names`` is empty and the
+    parameters are ``h1_l1`` ... by position.
+    """
 
     layers: tuple[LayerSearchSpec, ...]
     baseline: bool = True
+    names: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    default: LayerSearchSpec = LayerSearchSpec()
+
+    def __post_init__(self) -> None:
+        if self.names and len(self.names) != len(self.layers):
+            raise ValueError(f"{len(self.names)} layer names for {len(self.layers)} layers")
+        for key in ("names", "exclude"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                twice = next(n for n in names if names.count(n) > 1)
+                raise ValueError(f"`{key}` names layer {twice!r} twice")
+        both = [name for name in self.exclude if name in self.names]
+        if both:
+            raise ValueError(f"layer {both[0]!r} is both searched (`layers`) and in `exclude`")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the searched layers are known (always, without a builder)."""
+        return bool(self.layers)
+
+    def param_prefix(self, index: int) -> str:
+        """The name the parameters of searched layer ``index`` (0-based) start with."""
+        return self.names[index] if self.names else f"h{index + 1}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,16 +254,33 @@ class CVSpec:
             )
 
 
+_BUILDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
+    """The network. Either the built-in Dense stack (``hidden``, ``activation``) or the user's
+    own: ``builder = "module:function"``, called with ``(n_features, n_classes)``, returns a
+    Keras model; ``builder_path`` is the folder its module is imported from first (then
+    ``sys.path``), by default the study file's. ``optimizer``/``learning_rate`` compile a
+    builder's model only when it comes back uncompiled.
+    """
+
     hidden: tuple[int, ...] = (50, 25)
     activation: str = "relu"
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     epochs: int = 500
     batch_size: int = 32
+    builder: str | None = None
+    builder_path: str | None = None
 
     def __post_init__(self) -> None:
+        if self.builder is not None and not _BUILDER.fullmatch(self.builder):
+            raise ValueError(
+                "`builder` must be 'module:function' (e.g. 'mymodels:build', a function taking "
+                f"n_features and n_classes), but got {self.builder!r}"
+            )
         if not self.hidden:
             raise ValueError("`hidden` must list at least one layer width, e.g. [50, 25]")
         for units in self.hidden:
@@ -355,7 +406,12 @@ class StudySpec:
             raise ValueError(
                 f"`direction` must be 'maximize' (the objective is accuracy), but got {self.direction!r}"
             )
-        if len(self.search.layers) != len(self.model.hidden):
+        if self.model.builder is None and (self.search.names or self.search.exclude):
+            raise ValueError(
+                "[search] names layers (`layers` by name or `exclude`), which needs "
+                "[model] builder; the built-in network's layers are searched by position"
+            )
+        if self.model.builder is None and len(self.search.layers) != len(self.model.hidden):
             raise ValueError(
                 f"[search] describes {len(self.search.layers)} layers but [model] hidden has "
                 f"{len(self.model.hidden)}"
@@ -375,6 +431,32 @@ class StudySpec:
         return seeds.trial_seed(self.base_seed, trial_number)
 
 
+def apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
+    """``spec`` with the command line's (or the API's) overrides: ``name``, ``epochs``,
+    ``engine``, ``trials_per_batch``, ``n_trials``, ``timeout``; ``None`` keeps the study
+    file's value. The dataclasses re-validate every value."""
+
+    def changed(section: Any, **values: Any) -> Any:
+        values = {k: v for k, v in values.items() if v is not None}
+        return dataclasses.replace(section, **values) if values else section
+
+    try:
+        return spec.replace(
+            name=overrides.get("name") or spec.name,
+            model=changed(spec.model, epochs=overrides.get("epochs")),
+            engine=changed(
+                spec.engine,
+                name=overrides.get("engine"),
+                trials_per_batch=overrides.get("trials_per_batch"),
+            ),
+            budget=changed(
+                spec.budget, n_trials=overrides.get("n_trials"), timeout=overrides.get("timeout")
+            ),
+        )
+    except ValueError as exc:
+        raise HpoError(f"{spec.source}: {exc}") from None
+
+
 # --- parsing -------------------------------------------------------------------------------
 
 _SECTION_TYPES: dict[str, type] = {
@@ -389,7 +471,7 @@ _SECTION_TYPES: dict[str, type] = {
 _TOP_LEVEL = ("study", "search", *_SECTION_TYPES)
 _STUDY_KEYS = ("name", "direction", "description")
 _LAYER_KEYS = ("l1", "l2", "placements", "allow_none")
-_SEARCH_KEYS = (*_LAYER_KEYS, "layers", "baseline")
+_SEARCH_KEYS = (*_LAYER_KEYS, "layers", "baseline", "exclude")
 
 # The resolved annotations (``from __future__ import annotations`` leaves only their text) that
 # every value from a file or a stored spec is checked against, element by element for tuples.
@@ -544,18 +626,25 @@ def _layer(
     return layer
 
 
-def _search(raw: Mapping[str, Any], n_hidden: int, origin: str) -> SearchSpec:
+def _search(raw: Mapping[str, Any], n_hidden: int, origin: str, *, named: bool) -> SearchSpec:
     _check_keys("search", raw, _SEARCH_KEYS, origin)
     defaults = _layer(
         "search",
-        {k: v for k, v in raw.items() if k not in ("layers", "baseline")},
+        {k: v for k, v in raw.items() if k not in ("layers", "baseline", "exclude")},
         LayerSearchSpec(),
         origin,
     )
     baseline = _value("search.baseline", bool, raw.get("baseline", True), origin)
+    if named:
+        return _named_search(raw, defaults, baseline, origin)
+    if "exclude" in raw:
+        raise HpoError(
+            f"{origin}: `search.exclude` needs [model] builder (it leaves layers of your own "
+            "model out by name); the built-in network's layers are set in `search.layers`"
+        )
     per_layer = raw.get("layers")
     if per_layer is None:
-        return SearchSpec(layers=(defaults,) * n_hidden, baseline=baseline)
+        return SearchSpec(layers=(defaults,) * n_hidden, baseline=baseline, default=defaults)
     if not isinstance(per_layer, list) or len(per_layer) != n_hidden:
         raise HpoError(
             f"{origin}: `search.layers` must be a list of {n_hidden} tables (one per hidden layer), "
@@ -567,7 +656,46 @@ def _search(raw: Mapping[str, Any], n_hidden: int, origin: str) -> SearchSpec:
             for i, table in enumerate(per_layer)
         ),
         baseline=baseline,
+        default=defaults,
     )
+
+
+def _named_search(
+    raw: Mapping[str, Any], defaults: LayerSearchSpec, baseline: bool, origin: str
+) -> SearchSpec:
+    """``[search]`` of a builder study: ``layers`` is absent (every Dense/Conv layer but the
+    output one), a list of Keras layer names, or a table keyed by layer name whose values
+    override the section's settings for that layer."""
+    exclude = _value("search.exclude", tuple[str, ...], raw.get("exclude", []), origin)
+    per_layer = raw.get("layers")
+    if per_layer is None:
+        names: tuple[str, ...] = ()
+        layers: tuple[LayerSearchSpec, ...] = ()
+    elif isinstance(per_layer, list) and all(isinstance(n, str) for n in per_layer):
+        names = tuple(per_layer)
+        layers = (defaults,) * len(names)
+    elif isinstance(per_layer, Mapping):
+        names = tuple(per_layer)
+        layers = tuple(
+            _layer(f"search.layers.{name}", table, defaults, origin)
+            for name, table in per_layer.items()
+        )
+    else:
+        raise HpoError(
+            f"{origin}: with [model] builder, `search.layers` names the layers to search: a list "
+            '(layers = ["wide", "deep"]) or a table per layer ([search.layers.wide]), '
+            f"but got {per_layer!r}"
+        )
+    if per_layer is not None and not names:
+        raise HpoError(
+            f"{origin}: `search.layers` is empty: name at least one layer, or leave it out"
+        )
+    try:
+        return SearchSpec(
+            layers=layers, names=names, exclude=exclude, default=defaults, baseline=baseline
+        )
+    except ValueError as exc:
+        raise HpoError(f"{origin}: [search] {exc}") from None
 
 
 def spec_from_dict(raw: Mapping[str, Any], *, origin: str = "<study>") -> StudySpec:
@@ -590,7 +718,10 @@ def spec_from_dict(raw: Mapping[str, Any], *, origin: str = "<study>") -> StudyS
     sections = {
         name: _coerce(name, cls, raw.get(name, {}), origin) for name, cls in _SECTION_TYPES.items()
     }
-    search = _search(raw.get("search", {}), len(sections["model"].hidden), origin)
+    model = sections["model"]
+    search = _search(
+        raw.get("search", {}), len(model.hidden), origin, named=model.builder is not None
+    )
     try:
         return StudySpec(**top, search=search, source=origin, **sections)
     except ValueError as exc:
@@ -610,7 +741,13 @@ def load_spec(path: str | Path) -> StudySpec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HpoError(f"{path}: not valid TOML ({exc})") from None
-    return spec_from_dict(raw, origin=str(path))
+    spec = spec_from_dict(raw, origin=str(path))
+    if spec.model.builder is None:
+        return spec
+    # The builder's module is looked for next to the study file (or in the folder it names,
+    # relative to the study file), whatever the current directory.
+    folder = path.resolve().parent / (spec.model.builder_path or ".")
+    return spec.replace(model=dataclasses.replace(spec.model, builder_path=str(folder.resolve())))
 
 
 def _alpha_to_plain(alpha: AlphaRange | None) -> Any:
@@ -633,17 +770,28 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    layers = [
-        {
+    def layer_table(layer: LayerSearchSpec) -> dict[str, Any]:
+        return {
             "l1": _alpha_to_plain(layer.l1),
             "l2": _alpha_to_plain(layer.l2),
             "placements": list(layer.placements),
             "allow_none": layer.allow_none,
         }
-        for layer in spec.search.layers
-    ]
+
+    search: dict[str, Any] = {"baseline": spec.search.baseline}
+    if spec.model.builder is None:
+        search["layers"] = [layer_table(layer) for layer in spec.search.layers]
+    else:
+        search.update(layer_table(spec.search.default))
+        if spec.search.names:
+            search["layers"] = {
+                name: layer_table(layer)
+                for name, layer in zip(spec.search.names, spec.search.layers, strict=True)
+            }
+        if spec.search.exclude:
+            search["exclude"] = list(spec.search.exclude)
     return {
         "study": {"name": spec.name, "direction": spec.direction, "description": spec.description},
         **{name: plain(getattr(spec, name)) for name in _SECTION_TYPES},
-        "search": {"layers": layers, "baseline": spec.search.baseline},
+        "search": search,
     }

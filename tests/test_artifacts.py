@@ -167,7 +167,8 @@ def _regularizers(layer: Any) -> tuple[Any, Any]:
 
 def test_fold_model_is_the_first_folds_trained_network(built: BuiltStudy, tmp_path: Path) -> None:
     from hpo.data import load_dataset, make_fold_set
-    from hpo.engines.keras_model import build_model, import_keras
+    from hpo.engines.keras_model import import_keras
+    from hpo.engines.network import build_model
     from hpo.space import RegularizationPlan
 
     keras = import_keras()

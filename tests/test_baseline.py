@@ -63,9 +63,10 @@ def test_baseline_false_turns_it_off(write_study: WriteStudy, tmp_path: Path) ->
     trials = _study(url).get_trials(deepcopy=False)
     assert not any(is_baseline(t) for t in trials) and all(t.params for t in trials)
     assert "baseline:" not in result.output
-    assert json.loads(hpo("status", "tiny", "--storage", url, "--format", "json").stdout)[
-        "baseline"
-    ] is None
+    assert (
+        json.loads(hpo("status", "tiny", "--storage", url, "--format", "json").stdout)["baseline"]
+        is None
+    )
 
 
 def test_a_wrong_baseline_value_is_one_line(write_study: WriteStudy, tmp_path: Path) -> None:
@@ -92,9 +93,7 @@ def test_rerun_includes_the_baseline_and_best_and_status_judge_the_gain_by_it(
     expected = {top.number, 0}
     assert set(map(int, re.findall(r"^\s*(\d+)\s", rerun.output, re.MULTILINE))) >= expected
     reruns = {
-        int(k.split(":")[1]): v
-        for k, v in _study(url).user_attrs.items()
-        if k.startswith("rerun:")
+        int(k.split(":")[1]): v for k, v in _study(url).user_attrs.items() if k.startswith("rerun:")
     }
     assert set(reruns) == expected
     status = json.loads(hpo("status", "tiny", "--storage", url, "--format", "json").stdout)

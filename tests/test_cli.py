@@ -17,7 +17,9 @@ COMMANDS = {
     "create",
     "dashboard",
     "evaluate",
+    "export",
     "nested",
+    "predict",
     "report",
     "rerun",
     "run",
@@ -107,7 +109,7 @@ def test_stratified_class_smaller_than_folds(
         (
             "epochs = 3",
             "epochs = 3\nepoch = 4",
-            "unknown key `model.epoch` (did you mean `epochs`?); allowed: hidden, activation, optimizer, learning_rate, epochs, batch_size",
+            "unknown key `model.epoch` (did you mean `epochs`?); allowed: hidden, activation, optimizer, learning_rate, epochs, batch_size, builder, builder_path",
         ),
         ("epochs = 3", "epochs = 0", "[model] `epochs > 0` must hold, but got (epochs=0)"),
         ("folds = 3", "folds = 1", "[cv] `folds >= 2` must hold, but got (folds=1)"),
@@ -286,7 +288,9 @@ def test_course_study_on_the_shared_data_set(tmp_path: Path) -> None:
         "reference",
     )
     assert result.exit_code == 0, result.output
-    assert "2000 rows, 12 feature columns (47 network inputs), 7 classes; 5-fold CV" in result.stderr
+    assert (
+        "2000 rows, 12 feature columns (47 network inputs), 7 classes; 5-fold CV" in result.stderr
+    )
     listed = json.loads(hpo("trials", "jh-simple", "--storage", storage, "--format", "json").stdout)
     assert len(listed) == 2
     assert all(len(t["user_attrs"]["fold_accuracies"]) == 5 for t in listed)

@@ -270,7 +270,10 @@ def test_changed_data_is_refused_before_it_can_train_on_held_out_rows(
             "holdout = 0.7",
             "`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, but got 0.7",
         ),
-        ("holdout = -0.1", "`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, but got -0.1"),
+        (
+            "holdout = -0.1",
+            "`holdout` is the fraction of rows set aside, 0 (none) to 0.5, e.g. 0.2, but got -0.1",
+        ),
         ('holdout = "20%"', "`cv.holdout` must be a number, but got '20%'"),
     ],
 )

@@ -5,16 +5,23 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("numpy", "pandas", "sklearn", "scipy", "optuna", "sqlalchemy", "tensorflow", "keras",
-         "matplotlib", "optuna_dashboard")
+HEAVY = (
+    "numpy",
+    "pandas",
+    "sklearn",
+    "scipy",
+    "optuna",
+    "sqlalchemy",
+    "tensorflow",
+    "keras",
+    "matplotlib",
+    "optuna_dashboard",
+)
 
 
 def test_the_command_line_loads_no_heavy_library_until_a_command_needs_it() -> None:
     """``hpo --help`` and one-line errors must not wait for TensorFlow, Optuna or numpy."""
-    code = (
-        "import sys, hpo.cli\n"
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, hpo.cli\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()

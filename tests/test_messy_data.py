@@ -91,7 +91,9 @@ def test_a_text_column_with_gaps_trains_end_to_end(
     result = hpo("run", study)
     assert result.exit_code == 0, result.output
     assert "ran 2 trials (0 pruned, 0 failed)" in result.output
-    assert "120 rows, 3 feature columns (6 network inputs), 3 classes" in result.stderr  # 2 numbers, 3 colours, a gap
+    assert (
+        "120 rows, 3 feature columns (6 network inputs), 3 classes" in result.stderr
+    )  # 2 numbers, 3 colours, a gap
 
 
 def test_numbers_read_as_text_because_of_an_undeclared_marker(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hpo.data import load_dataset, make_folds
-from hpo.engines.keras_model import build_model
+from hpo.engines.network import build_model
 from hpo.engines.reference import ReferenceEngine
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import CVSpec, DataSpec, ModelSpec

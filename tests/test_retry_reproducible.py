@@ -62,7 +62,11 @@ def test_a_retried_trial_gets_the_value_its_original_would_have_had(
     plans = [stored_plan(t) for t in originals]
     assert None not in plans
     as_it_was = evaluate_plans(
-        StackedEngine(), plans, folds, model=spec.model, seeds=[batch_seed] * 4  # type: ignore[arg-type]
+        StackedEngine(),
+        plans,
+        folds,
+        model=spec.model,
+        seeds=[batch_seed] * 4,  # type: ignore[arg-type]
     )
     for number, result in enumerate(as_it_was):
         retry = retry_of[number]

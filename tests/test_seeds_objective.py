@@ -34,7 +34,9 @@ def test_stacked_replicas_equal_the_runs_they_stand_for() -> None:
     folds = _fold_set(120)
     plans = random_plans(2, seed=4)
     model = replace(MODEL, epochs=8)
-    together = evaluate_plans(StackedEngine(), plans, folds, model=model, seeds=[11, 12], replicas=3)
+    together = evaluate_plans(
+        StackedEngine(), plans, folds, model=model, seeds=[11, 12], replicas=3
+    )
     widths = (folds.repeats[0][0].n_features, *model.hidden, N_CLASSES)
     for plan, result in zip(plans, together, strict=True):
         assert result.seed_accuracies is not None and len(result.seed_accuracies) == 3

@@ -20,7 +20,8 @@ import pytest
 
 from hpo.data import Fold, load_dataset, make_folds
 from hpo.engines import stacked as stacked_module
-from hpo.engines.keras_model import build_model, import_keras
+from hpo.engines.keras_model import import_keras
+from hpo.engines.network import build_model
 from hpo.engines.reference import ReferenceEngine
 from hpo.engines.stacked import StackedEngine, clear_graph_cache
 from hpo.objective import EvaluationResult

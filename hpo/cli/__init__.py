@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from hpo.cli import check, cluster, nested, results, run
+from hpo.cli import check, cluster, export, nested, results, run
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure
@@ -93,7 +93,7 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     )
 
 
-for _family in (run, check, cluster, results, nested):
+for _family in (run, check, cluster, results, nested, export):
     for _command in _family.COMMANDS:
         cli.add_command(_command)
 

@@ -21,6 +21,7 @@ from hpo.data import (
     quoted,
     split_holdout,
 )
+from hpo.engines.builder import resolve as resolve_builder
 from hpo.engines.timing import time_trial
 from hpo.profile import DataProfile, profile_dataset
 from hpo.results.spec_text import search_rows
@@ -66,6 +67,8 @@ def check(
     searched = dataset if split is None else dataset.subset(split.search_rows)
     fold_rows(searched.labels, spec.cv, source=dataset.source, class_names=dataset.classes)
     profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    # A builder's model is built (and checked) for this input width before anything is said.
+    spec = resolve_builder(spec, profile.input_width, len(profile.classes))
     _print_data(profile, spec)
     click.echo("")
     click.echo("search space:")

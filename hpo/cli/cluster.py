@@ -35,6 +35,7 @@ from hpo.cli.options import (
     timeout_option,
     train_here,
     trials_per_batch_option,
+    with_model,
 )
 from hpo.data import load_folds
 from hpo.results.artifacts import ArtifactRecorder
@@ -101,6 +102,9 @@ def create(
         trials_per_batch=trials_per_batch,
     )
     policy = crash_policy(heartbeat_interval, grace_period, max_retries)
+    if spec.model.builder is not None:
+        # The searched layers are the builder's, known once its model is built for this data.
+        spec = with_model(spec, load_folds(spec.data, spec.cv)[1])
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
     study, created = create_or_load_study(spec, open_storage(url), policy=policy)
@@ -151,6 +155,7 @@ def worker(
     )
     budget = n_trials if n_trials is not None else spec.budget.n_trials
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
+    spec = with_model(spec, folds)  # checks the builder imports and builds on this machine
     check_holdout(study, dataset.holdout)
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     click.echo(

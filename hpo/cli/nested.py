@@ -21,6 +21,7 @@ from hpo.cli.options import (
     storage_url,
     text_table,
     train_here,
+    with_model,
 )
 from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
@@ -105,7 +106,7 @@ def nested(
     results = []
     for fold in range(1, outer + 1):
         inner = outer_spec(spec, outer, fold)
-        study = _search(inner, storage_impl, policy, url, fold, outer, data_path)
+        study, inner = _search(inner, storage_impl, policy, url, fold, outer, data_path)
         if study is None or signals_received():
             # Stopped (in training, or while the model files were saved, which the recorder
             # takes as "skip the rest"): the inner study is intact; run again to resume.
@@ -137,10 +138,11 @@ def _search(
     fold: int,
     outer: int,
     data_path: str | None,
-) -> optuna.Study | None:
-    """Create or resume fold ``fold``'s inner study and train it to its budget; None if a
-    signal stopped it."""
+) -> tuple[optuna.Study | None, StudySpec]:
+    """Create or resume fold ``fold``'s inner study and train it to its budget (None if a
+    signal stopped it), with its spec as trained (a builder's layers resolved)."""
     dataset, folds = load_folds(inner.data, inner.cv, path_override=data_path)
+    inner = with_model(inner, folds)
     study, created = create_or_load_study(inner, storage, policy=policy)
     check_holdout(study, dataset.holdout)
     if not created:
@@ -161,7 +163,7 @@ def _search(
         timeout=inner.budget.timeout,
         stopped=f"trials in flight marked FAIL; `hpo nested` again resumes at outer fold {fold}",
     )
-    return None if summary.interrupted else study
+    return (None if summary.interrupted else study), inner
 
 
 def _evaluation(
@@ -176,7 +178,9 @@ def _evaluation(
             f"`hpo status {study.study_name}`"
         )
     baseline = baseline_trial(study)
-    trials = [best] + ([baseline] if baseline is not None and baseline.number != best.number else [])
+    trials = [best] + (
+        [baseline] if baseline is not None and baseline.number != best.number else []
+    )
     seed_list = evaluate_seeds(inner.base_seed, seeds)
     done = load_evaluation(study)
     if (

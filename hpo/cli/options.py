@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from hpo.api import data_findings
+from hpo.api import with_model as api_with_model
 from hpo.data import Dataset, FoldSet
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
-from hpo.profile import profile_dataset
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
-from hpo.spec import ENGINES, StudySpec
-from hpo.study.record import CrashPolicy, best_trial, is_baseline, read_trial
+from hpo.spec import ENGINES, StudySpec, apply_overrides
+from hpo.study.record import CrashPolicy, best_trial, is_baseline, load_study, read_trial
 from hpo.study.session import train
 from hpo.study.storage import (
     Access,
     check_sqlite,
     mask_url,
     normalize_url,
-    open_storage,
     resolve_storage_url,
 )
 from hpo.study.worker import RunSummary
@@ -48,6 +47,7 @@ __all__ = [
     "crash_policy",
     "crash_policy_options",
     "data_option",
+    "echo_err",
     "engine_option",
     "epochs_option",
     "format_option",
@@ -69,6 +69,7 @@ __all__ = [
     "trial_option",
     "trial_record",
     "trials_per_batch_option",
+    "with_model",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -133,6 +134,8 @@ trials_per_batch_option = click.option(
 seeds_option = click.option(
     "--seeds", type=COUNT, required=True, help="Fresh seeds per trial (2 or more for a CI)."
 )
+
+
 def crash_policy_options(command: _F) -> _F:
     """``--heartbeat-interval``, ``--grace-period``, ``--max-retries``: for commands that
     create studies (the policy is stored on the study for every worker to follow)."""
@@ -237,6 +240,11 @@ def storage_url(
     return url
 
 
+def with_model(spec: StudySpec, folds: FoldSet) -> StudySpec:
+    """``spec`` with a builder's searched layers resolved (see :func:`hpo.api.with_model`)."""
+    return api_with_model(spec, folds, echo_err)
+
+
 def train_here(
     study: optuna.Study,
     spec: StudySpec,
@@ -264,28 +272,8 @@ def train_here(
     return summary
 
 
-def load_study(name: str, storage_url: str, *, access: Access = "read") -> optuna.Study:
-    """Study ``name``; a reader (the default) creates no database, directory or lock file."""
-    storage = open_storage(storage_url, access=access)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = sorted(
-            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        )
-        where = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
-        raise HpoError(f"no study named {name!r} in {mask_url(storage_url)}{where}") from None
-
-
 def rows_text(dataset: Dataset) -> str:
-    """``1600 rows (400 more held out)``: the rows searched on, and those set aside."""
-    if dataset.holdout is None:
-        return f"{dataset.n_rows} rows"
-    held = len(dataset.holdout.holdout_rows)
-    if dataset.holdout.outer is not None:
-        fold, of = dataset.holdout.outer
-        return f"{dataset.n_rows} rows ({held} more held out: outer fold {fold} of {of})"
-    return f"{dataset.n_rows} rows ({held} more held out for `hpo evaluate`)"
+    return dataset.rows_text()
 
 
 def print_best(study: optuna.Study, shown_url: str) -> None:
@@ -319,38 +307,13 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
 
 
-def apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
-    """``spec`` with the command line's overrides; the dataclasses re-validate every value."""
-
-    def changed(section: Any, **values: Any) -> Any:
-        values = {k: v for k, v in values.items() if v is not None}
-        return replace(section, **values) if values else section
-
-    try:
-        return spec.replace(
-            name=overrides.get("name") or spec.name,
-            model=changed(spec.model, epochs=overrides.get("epochs")),
-            engine=changed(
-                spec.engine,
-                name=overrides.get("engine"),
-                trials_per_batch=overrides.get("trials_per_batch"),
-            ),
-            budget=changed(
-                spec.budget, n_trials=overrides.get("n_trials"), timeout=overrides.get("timeout")
-            ),
-        )
-    except ValueError as exc:
-        raise HpoError(f"{spec.source}: {exc}") from None
-
-
 def show_data_findings(dataset: Dataset, spec: StudySpec) -> list[str]:
     """Print what loading changed and the data warnings (stderr); return the warnings."""
-    for note in dataset.notes:
-        click.echo(f"note: {note}", err=True)
-    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
-    for warning in profile.warnings:
-        click.echo(f"warning: {warning.message}", err=True)
-    return [w.message for w in profile.warnings]
+    return data_findings(dataset, spec, echo_err)
+
+
+def echo_err(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _cell(value: Any) -> str:

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from hpo.api import run_study
 from hpo.cli.options import (
     apply_overrides,
     data_option,
+    echo_err,
     engine_option,
     epochs_option,
     format_option,
@@ -19,30 +21,20 @@ from hpo.cli.options import (
     n_trials_option,
     name_option,
     print_best,
-    rows_text,
-    show_data_findings,
     storage_option,
     storage_url,
     text_table,
     timeout_option,
-    train_here,
     trial_record,
     trials_per_batch_option,
 )
-from hpo.data import load_folds
 from hpo.errors import HpoError
-from hpo.results.artifacts import ArtifactRecorder
 from hpo.spec import load_spec
-from hpo.study.budget import trials_to_run
 from hpo.study.record import (
     best_trial,
-    check_holdout,
-    create_or_load_study,
     read_trial,
-    store_data_warnings,
-    update_stored_spec,
 )
-from hpo.study.storage import mask_url, open_storage
+from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -81,44 +73,8 @@ def run(
         timeout=timeout,
         name=name,
     )
-    # A malformed URL or an unusable SQLite path fails before any data is read.
-    storage_url(storage, access="create")
-    dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
-    url = storage_url(storage, announce=True)
-    rdb = open_storage(url)
-    # A bad [artifacts] path fails here, before any training.
-    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
-    first = folds.repeats[0][0]
-    click.echo(
-        f"data: {dataset.source}: {rows_text(dataset)}, {dataset.features.shape[1]} feature "
-        f"columns ({first.n_features} network inputs), {len(dataset.classes)} classes; "
-        f"{spec.cv.folds}-fold CV"
-        + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else ""),
-        err=True,
-    )
-    warnings = show_data_findings(dataset, spec)
-    study, created = create_or_load_study(spec, rdb)
-    check_holdout(study, dataset.holdout)
-    store_data_warnings(study, warnings)
-    if not created:
-        # `hpo status` and workers read the budget stored on the study: keep it the one in use.
-        update_stored_spec(study, spec)
-    left = trials_to_run(study, spec.budget.n_trials)
-    click.echo(
-        f"study {spec.name!r}: {'created' if created else 'resumed'}; "
-        f"{spec.budget.n_trials} trials budgeted, {left} to run",
-        err=True,
-    )
-    summary = train_here(
-        study,
-        spec,
-        folds,
-        recorder,
-        url=url,
-        n_trials=spec.budget.n_trials,
-        timeout=spec.budget.timeout,
-        stopped="trials in flight marked FAIL; the study is intact",
-    )
+    outcome = run_study(spec, data=data_path, storage=storage, say=echo_err)
+    summary, study, url = outcome.summary, outcome.study, outcome.storage_url
     click.echo(
         f"ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} failed) "
         f"in {summary.seconds:.1f} s"

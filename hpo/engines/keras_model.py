@@ -5,9 +5,10 @@ both are set here, by whichever engine gets there first. Its start-up lines (abs
 logging is not initialised yet, oneDNN's INFO line) come out while its libraries load, before
 ``TF_CPP_MIN_LOG_LEVEL`` applies, so the import runs with fd 2 held: those lines go to the
 ``hpo`` log at DEBUG (``hpo -v`` shows them), anything else it printed is passed through.
-``build_model`` is the network of one trial as the study file describes it, with real
-``keras.regularizers`` where the plan puts them; the reference engine fits it, the artifacts
-save it, and the stacked engine is checked against it.
+``dense_model`` is the built-in network of one trial as the study file describes it, with real
+``keras.regularizers`` where the plan puts them; the reference engine fits it (through
+``hpo.engines.network``, which also builds a user's own model), the artifacts save it, and the
+stacked engine is checked against it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from hpo.log import get_logger
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import ModelSpec
 
-__all__ = ["build_model", "import_keras", "regularizer", "tensorflow_versions", "tf"]
+__all__ = [
+    "compile_model",
+    "dense_model",
+    "import_keras",
+    "regularizer",
+    "tensorflow_versions",
+    "tf",
+]
 
 _log = get_logger("tensorflow")
 
@@ -164,10 +172,11 @@ def regularizer(l1: float, l2: float) -> Any:
     return None
 
 
-def build_model(
+def dense_model(
     plan: RegularizationPlan, model: ModelSpec, *, n_features: int, n_classes: int
 ) -> Any:
-    """The compiled Keras model of one trial: Dense hidden layers as the plan regularizes them."""
+    """The compiled built-in model of one trial: Dense hidden layers as the plan regularizes
+    them."""
     import_keras()
     if len(plan.layers) != len(model.hidden):
         raise ValueError(
@@ -178,12 +187,18 @@ def build_model(
         layers.append(_dense(units, model.activation, penalty))
     layers.append(keras.layers.Dense(n_classes, activation="softmax"))
     net = keras.Sequential(layers)
+    compile_model(net, model)
+    return net
+
+
+def compile_model(net: Any, model: ModelSpec, *, optimizer: Any = None) -> None:
+    """Compile for the objective: integer class labels, probabilities out, accuracy.
+    ``optimizer``: one the user's model came with, else the study's."""
     net.compile(
-        optimizer=_optimizer(model),
+        optimizer=optimizer if optimizer is not None else _optimizer(model),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    return net
 
 
 def _dense(units: int, activation: str, penalty: LayerPenalty) -> Any:

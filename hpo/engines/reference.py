@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hpo.data import Fold
-from hpo.engines.keras_model import build_model, import_keras
+from hpo.engines.keras_model import import_keras
+from hpo.engines.network import build_model
 from hpo.lazy import lazy_import
 from hpo.log import configure, get_logger
 from hpo.objective import EvaluationResult, Monitor, NullMonitor, oof_accuracy

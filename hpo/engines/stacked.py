@@ -800,6 +800,8 @@ class StackedEngine:
             return []
         if not folds:
             raise ValueError("no folds to train on")
+        if model.builder is not None:
+            raise ValueError("the stacked engine trains the built-in network only, not a builder's")
         for plan in plans:
             if len(plan.layers) != len(model.hidden):
                 raise ValueError(

@@ -42,7 +42,7 @@ def time_trial(spec: StudySpec, folds: FoldSet) -> TrialTime:
     try:
         n = engine.trials_per_batch
         plan = RegularizationPlan.uniform(
-            len(spec.model.hidden), l1=1e-4, l2=1e-4, placement="both"
+            len(spec.search.layers), l1=1e-4, l2=1e-4, placement="both", names=spec.search.names
         )
         epochs = spec.model.epochs
         first = _seconds(engine, spec, folds, [plan] * n, 1)  # start-up and compilation

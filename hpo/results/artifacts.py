@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import Dataset, FoldSet, Preprocessor
-from hpo.engines.keras_model import build_model, import_keras
+from hpo.engines.keras_model import import_keras
+from hpo.engines.network import build_model
 from hpo.engines.reference import fit_fold
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
@@ -264,7 +265,9 @@ class ArtifactRecorder:
         return True
 
     def _upload_live(self, trial: optuna.Trial, path: Path) -> None:
-        optuna_artifacts.upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+        optuna_artifacts.upload_artifact(
+            artifact_store=self.store, file_path=str(path), study_or_trial=trial
+        )
 
     def _write_folds_csv(self, folder: Path, number: int, result: EvaluationResult) -> Path:
         path = folder / f"trial-{number}-folds.csv"
@@ -392,8 +395,7 @@ class ArtifactRecorder:
         y = self._dataset.labels
         keras.utils.set_random_seed(fold_seed(stored_seed(trial, self.spec), 0))
         net = build_model(
-            self._plan(trial),
-            self.spec.model, n_features=x.shape[1], n_classes=len(self._classes)
+            self._plan(trial), self.spec.model, n_features=x.shape[1], n_classes=len(self._classes)
         )
         _log.info(
             "trial %d: refitting on all %d rows (%d epochs)",

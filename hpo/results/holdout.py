@@ -105,13 +105,10 @@ class HoldoutEvaluation:
     def verdict(self) -> str:
         """One line: the winner on the holdout, the optimism, and regularization against none."""
         w = self.winner
-        head = (
-            f"trial {w.trial}: holdout {w.mean:.4f} {w.ci_text()}; the search "
-            + (
-                f"overstated it by {w.optimism:.4f}"
-                if w.optimism >= 0
-                else f"understated it by {-w.optimism:.4f}"
-            )
+        head = f"trial {w.trial}: holdout {w.mean:.4f} {w.ci_text()}; the search " + (
+            f"overstated it by {w.optimism:.4f}"
+            if w.optimism >= 0
+            else f"understated it by {-w.optimism:.4f}"
         )
         base = self.baseline
         if base is None or base is w:

@@ -37,6 +37,7 @@ __all__ = [
     "outer_study_name",
 ]
 
+
 def outer_study_name(name: str, fold: int) -> str:
     """The inner study of outer fold ``fold`` (1-based)."""
     return f"{name}.outer-{fold}"

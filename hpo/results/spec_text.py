@@ -59,22 +59,26 @@ def _alpha_text(alpha: Any) -> str:
 
 
 def search_rows(spec: StudySpec) -> list[tuple[str, ...]]:
-    """The search space, one row per hidden layer (header first)."""
+    """The search space, one row per searched layer (header first)."""
     rows: list[tuple[str, ...]] = [
         (
             "layer",
-            "units",
+            "units" if spec.model.builder is None else "Keras layer",
             "L1 alpha (log-uniform)",
             "L2 alpha (log-uniform)",
             "placements",
             "may be unregularized",
         )
     ]
-    for n, (units, layer) in enumerate(zip(spec.model.hidden, spec.search.layers, strict=True), 1):
+    if spec.model.builder is None:
+        what = [str(units) for units in spec.model.hidden]
+    else:
+        what = list(spec.search.names)
+    for n, (label, layer) in enumerate(zip(what, spec.search.layers, strict=True), 1):
         rows.append(
             (
                 str(n),
-                str(units),
+                label,
                 _alpha_text(layer.l1),
                 _alpha_text(layer.l2),
                 ", ".join(layer.placements),
@@ -111,11 +115,7 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                     "rows without a target",
                     "dropped" if data.missing_target == "drop" else "refused",
                 ),
-                *(
-                    [("target kind", "declared classes")]
-                    if data.target_kind == "classes"
-                    else []
-                ),
+                *([("target kind", "declared classes")] if data.target_kind == "classes" else []),
                 *(
                     [("warnings silenced for", quoted(data.ignore_warnings))]
                     if data.ignore_warnings
@@ -129,7 +129,11 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                 ("folds", f"{cv.folds}-fold {'StratifiedKFold' if cv.stratified else 'KFold'}"),
                 ("shuffle", f"yes, seed {cv.seed}" if cv.shuffle else "no"),
                 ("repeats", str(cv.repeats)),
-                *([("training seeds", f"{cv.seeds} per trial (its value: their mean)")] if cv.seeds > 1 else []),
+                *(
+                    [("training seeds", f"{cv.seeds} per trial (its value: their mean)")]
+                    if cv.seeds > 1
+                    else []
+                ),
                 *(
                     [("holdout", f"{cv.holdout:.0%} of the rows, set aside for `hpo evaluate`")]
                     if cv.holdout
@@ -146,8 +150,21 @@ def spec_sections(spec: StudySpec) -> list[Section]:
         (
             "Model",
             [
-                ("layers", f"inputs → {hidden} → Dense softmax"),
-                ("optimizer", f"{model.optimizer}, learning rate {model.learning_rate:g}"),
+                *(
+                    [("layers", f"inputs → {hidden} → Dense softmax")]
+                    if model.builder is None
+                    else [
+                        ("builder", f"{model.builder} (your own Keras model)"),
+                        ("searched layers", ", ".join(spec.search.names) or "resolved at run"),
+                    ]
+                ),
+                (
+                    "optimizer",
+                    f"{model.optimizer}, learning rate {model.learning_rate:g}"
+                    + (
+                        " (when the builder's model comes back uncompiled)" if model.builder else ""
+                    ),
+                ),
                 ("training", f"{model.epochs} epochs, batch size {model.batch_size}"),
             ],
         ),
@@ -201,9 +218,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def spec_markdown(
-    spec: StudySpec, warnings: Sequence[str] = (), scores: Sequence[str] = ()
-) -> str:
+def spec_markdown(spec: StudySpec, warnings: Sequence[str] = (), scores: Sequence[str] = ()) -> str:
     """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings
     and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary)."""
     lines = [f"## Study `{spec.name}`", ""]

@@ -78,9 +78,7 @@ def rows_paired_p(a: Sequence[float], b: Sequence[float]) -> float:
     return float(scipy_stats.ttest_1samp(differences, 0.0).pvalue)
 
 
-def combined_ci(
-    mean: float, seed_std: float, n_seeds: int, row_se: float
-) -> tuple[float, float]:
+def combined_ci(mean: float, seed_std: float, n_seeds: int, row_se: float) -> tuple[float, float]:
     """95% interval (normal approximation) for a score averaged over ``n_seeds`` training seeds
     on one fixed set of rows: the seeds' spread shrinks with more seeds, the rows' sampling
     error (``row_se``, the standard error over the scored rows) does not.

@@ -37,7 +37,8 @@ Study system attributes
 Trial user attributes
 
 ================================  ===================================================================
-``plan``                          the regularization plan: four coefficient lists, one entry a layer
+``plan``                          the regularization plan: four coefficient lists, one entry a layer;
+                                  with ``[model] builder`` also ``layers``, the Keras layer names
 ``seed``                          the seed the trial trains with, recorded before training (a
                                   stacked batch: its first trial's; a retry: its original's)
 ``worker``                        the worker that trained it (``host:pid``)
@@ -90,7 +91,7 @@ from hpo.objective import EvaluationResult
 from hpo.seeds import worker_sampler_offset
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec, spec_from_dict, spec_to_dict
-from hpo.study.storage import creation_lock, mask_url, unwrap_rdb
+from hpo.study.storage import Access, creation_lock, mask_url, open_storage, unwrap_rdb
 
 if TYPE_CHECKING:
     import optuna
@@ -130,6 +131,7 @@ __all__ = [
     "create_or_load_study",
     "is_baseline",
     "join_study",
+    "load_study",
     "make_sampler",
     "read_trial",
     "result_attrs",
@@ -273,6 +275,8 @@ def spec_changes(
     for section in sections:
         old_section = stored.get(section, {})
         for key, value in current[section].items():
+            if (section, key) == ("model", "builder_path"):
+                continue  # where the builder's module sits on this machine, not the protocol
             if old_section.get(key) != value:
                 changes.append((f"{section}.{key}", old_section.get(key), value))
     return changes
@@ -394,6 +398,20 @@ def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         if is_baseline(t)
     ]
     return done[-1] if done else None
+
+
+def load_study(name: str, storage_url: str, *, access: Access = "read") -> optuna.Study:
+    """Study ``name``; a reader (the default) creates no database, directory or lock file.
+    A missing study is one line naming the studies the storage does hold."""
+    storage = open_storage(storage_url, access=access)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        )
+        where = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
+        raise HpoError(f"no study named {name!r} in {mask_url(storage_url)}{where}") from None
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

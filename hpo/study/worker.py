@@ -27,7 +27,7 @@ from hpo.data import FoldSet
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.objective import Engine, EvaluationResult, evaluate_plans
-from hpo.space import RegularizationPlan, suggest_plan
+from hpo.space import RegularizationPlan, suggest_plan, zero_plan
 from hpo.spec import StudySpec
 from hpo.study.budget import Claim, claim_trials, log_stale_trial
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
@@ -280,7 +280,7 @@ def _prepare(run: _Run, trial: optuna.Trial, seed: int) -> RegularizationPlan:
     """Sample the plan of ``trial`` and record it with the seed it trains with, before training
     (so a retry can reuse that seed; idempotent: safe to repeat after an outage)."""
     if is_baseline(trial):
-        plan = RegularizationPlan.uniform(len(run.spec.search.layers))  # every coefficient 0
+        plan = zero_plan(run.spec.search)  # every coefficient 0
     else:
         plan = suggest_plan(trial, run.spec.search)
     for key, value in sampled_attrs(plan, seed, run.heartbeat.worker).items():

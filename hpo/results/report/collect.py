@@ -118,7 +118,7 @@ def collect(study: optuna.Study) -> StudyData:
     trials = tuple(_trial(t) for t in study.get_trials(deepcopy=False))
     with_plan = [t for t in complete_trials(trials) if t.plan is not None]
     if spec is not None:
-        n_layers = len(spec.model.hidden)
+        n_layers = len(spec.search.layers)
     else:
         first = with_plan[0].plan if with_plan else None
         n_layers = len(first.layers) if first is not None else 1

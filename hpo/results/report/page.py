@@ -217,11 +217,11 @@ def _plan_summary(plan: RegularizationPlan | None) -> str:
     if plan is None:
         return "-"
     parts = []
-    for i, p in enumerate(plan.layers, 1):
+    for name, p in plan.by_name().items():
         l1, l2 = l1_alpha(p), l2_alpha(p)
         terms = [f"L1 {l1:.1e}" if l1 else "", f"L2 {l2:.1e}" if l2 else ""]
         body = " + ".join(t for t in terms if t) or "none"
-        parts.append(f"h{i}: {body} ({placement_of(p)})")
+        parts.append(f"{name}: {body} ({placement_of(p)})")
     return "; ".join(parts)
 
 

@@ -1,0 +1,343 @@
+"""hpo from Python: the same studies as the command line, for notebooks and scripts.
+
+``optimize`` is what ``hpo run`` does (``hpo run`` is a thin command over :func:`run_study`):
+the same storage default, budget, records and artifacts, so a study started here can be
+resumed, joined by ``hpo worker``, viewed in the dashboard and reported like any other.
+Progress goes to the ``hpo`` logger (``logging.getLogger("hpo")``; nothing is printed) and every
+user error raises :class:`hpo.HpoError` with the command line's message.
+
+>>> import hpo, pandas as pd                                        # doctest: +SKIP
+>>> frame = pd.read_csv("jh-simple-dataset.csv")                    # doctest: +SKIP
+>>> study = hpo.optimize("studies/jh-simple.toml", data=frame, n_trials=20)  # doctest: +SKIP
+>>> plan = hpo.best_plan("jh-simple")                               # doctest: +SKIP
+>>> hpo.evaluate_plan("studies/jh-simple.toml", plan, frame).accuracy  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo.data import Dataset, FoldSet, load_folds
+from hpo.engines import make_engine
+from hpo.engines.builder import resolve
+from hpo.engines.network import build_model as _network
+from hpo.errors import HpoError
+from hpo.lazy import lazy_import
+from hpo.log import get_logger
+from hpo.objective import EvaluationResult, evaluate_plans
+from hpo.profile import profile_dataset
+from hpo.results.artifacts import ArtifactRecorder
+from hpo.space import RegularizationPlan, plan_from_params, zero_plan
+from hpo.spec import StudySpec, apply_overrides, load_spec, spec_from_dict
+from hpo.study.budget import trials_to_run
+from hpo.study.record import (
+    best_trial,
+    check_holdout,
+    create_or_load_study,
+    load_study,
+    read_trial,
+    store_data_warnings,
+    update_stored_spec,
+)
+from hpo.study.session import train
+from hpo.study.storage import (
+    check_sqlite,
+    mask_url,
+    normalize_url,
+    open_storage,
+    resolve_storage_url,
+)
+from hpo.study.worker import RunSummary
+
+if TYPE_CHECKING:
+    import keras
+    import optuna
+    import pandas as pd
+else:
+    optuna = lazy_import("optuna")
+
+__all__ = [
+    "PlanScore",
+    "RunOutcome",
+    "StudyInput",
+    "best_plan",
+    "build_model",
+    "evaluate_plan",
+    "optimize",
+    "run_study",
+    "study_spec",
+]
+
+_log = get_logger("api")
+
+StudyInput = str | Path | StudySpec | Mapping[str, Any]
+"""A study: a study file's path, a :class:`StudySpec`, or a dict shaped like a study file."""
+
+
+def study_spec(study: StudyInput) -> StudySpec:
+    """The validated spec of ``study`` (a path, a spec, or a dict shaped like a study file).
+
+    >>> study_spec({"study": {"name": "wine"},
+    ...             "data": {"dataset": "sklearn:wine", "target": "target"}}).cv.folds
+    5
+    """
+    if isinstance(study, StudySpec):
+        return study
+    if isinstance(study, str | Path):
+        return load_spec(study)
+    if isinstance(study, Mapping):
+        return spec_from_dict(study, origin="<dict>")
+    raise HpoError(
+        f"study must be a study file's path, a StudySpec or a dict, but got {type(study).__name__}"
+    )
+
+
+def _data(spec: StudySpec, data: Any) -> tuple[Dataset, FoldSet]:
+    """The search rows and their folds: from ``data`` (a CSV path or a DataFrame), else the
+    study's own source."""
+    if data is None or isinstance(data, str | Path):
+        return load_folds(spec.data, spec.cv, path_override=data)
+    return load_folds(spec.data, spec.cv, frame=data)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What :func:`run_study` did: the study, whether it was created, and the session."""
+
+    study: optuna.Study
+    spec: StudySpec
+    created: bool
+    summary: RunSummary
+    storage_url: str
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    data: Any = None,
+    storage: str | None = None,
+    say: Callable[[str], None] = _log.info,
+    stopped: str = "trials in flight marked FAIL; the study is intact",
+) -> RunOutcome:
+    """Create or resume ``spec``'s study and train it here to its budget (``hpo run``).
+
+    ``say`` receives each progress line (storage, data, model, warnings, study); the engine's
+    per-trial lines go to the ``hpo`` logger.
+    """
+    url, why = resolve_storage_url(storage)
+    normalize_url(url)  # a malformed URL or an unusable SQLite path fails before any data is read
+    check_sqlite(url, "create")
+    dataset, folds = _data(spec, data)
+    note = {
+        "default": " (default; choose with --storage or HPO_STORAGE)",
+        "HPO_STORAGE": " (from HPO_STORAGE)",
+    }
+    say(f"storage: {mask_url(url)}{note.get(why, '')}")
+    spec = with_model(spec, folds, say)
+    rdb = open_storage(url)
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)  # a bad path fails here
+    first = folds.repeats[0][0]
+    say(
+        f"data: {dataset.source}: {dataset.rows_text()}, {dataset.features.shape[1]} feature "
+        f"columns ({first.n_features} network inputs), {len(dataset.classes)} classes; "
+        f"{spec.cv.folds}-fold CV"
+        + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else "")
+    )
+    warnings = data_findings(dataset, spec, say)
+    study, created = create_or_load_study(spec, rdb)
+    check_holdout(study, dataset.holdout)
+    store_data_warnings(study, warnings)
+    if not created:
+        # `hpo status` and workers read the budget stored on the study: keep it the one in use.
+        update_stored_spec(study, spec)
+    left = trials_to_run(study, spec.budget.n_trials)
+    say(
+        f"study {spec.name!r}: {'created' if created else 'resumed'}; "
+        f"{spec.budget.n_trials} trials budgeted, {left} to run"
+    )
+    summary = train(
+        study,
+        spec,
+        folds,
+        storage_url=url,  # outage lines show the URL as the user gave it
+        n_trials=spec.budget.n_trials,
+        timeout=spec.budget.timeout,
+        recorder=recorder,
+    )
+    if summary.interrupted:
+        say(f"stopped by {summary.interrupted}: {stopped}")
+    return RunOutcome(study, spec, created, summary, url)
+
+
+def with_model(spec: StudySpec, folds: FoldSet, say: Callable[[str], None]) -> StudySpec:
+    """``spec`` with a builder's searched layers resolved on this data's shape (the model
+    checked before any training), said in one line; a spec without a builder as is."""
+    resolved = resolve(spec, folds.repeats[0][0].n_features, folds.n_classes)
+    if resolved is not spec:
+        switched = (
+            " (the stacked engine trains only the built-in network)"
+            if spec.engine.name != resolved.engine.name
+            else ""
+        )
+        say(
+            f"model: {spec.model.builder} (your own); searching layers "
+            f"{', '.join(map(repr, resolved.search.names))}; reference engine{switched}"
+        )
+    return resolved
+
+
+def data_findings(dataset: Dataset, spec: StudySpec, say: Callable[[str], None]) -> list[str]:
+    """Say what loading changed and the data's warnings; return the warnings."""
+    for note in dataset.notes:
+        say(f"note: {note}")
+    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    for warning in profile.warnings:
+        say(f"warning: {warning.message}")
+    return [w.message for w in profile.warnings]
+
+
+def optimize(
+    study: StudyInput,
+    *,
+    data: str | Path | pd.DataFrame | None = None,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    epochs: int | None = None,
+    engine: str | None = None,
+    name: str | None = None,
+    timeout: float | None = None,
+) -> optuna.Study:
+    """Create or resume a study and train it in this process until its budget is done.
+
+    Args:
+        study: a study file's path, a :class:`StudySpec`, or a dict shaped like a study file.
+        data: a CSV path or a pandas DataFrame with the target column named as in the study;
+            default: the study's own ``[data]`` source.
+        storage: an Optuna storage URL; default ``$HPO_STORAGE``, else ``sqlite:///hpo.db``.
+        n_trials: the study's global budget (finished plus running trials), as ``--n-trials``.
+        epochs, engine, name, timeout: as the command line's options of the same names.
+
+    Returns:
+        The Optuna study (``study.best_trial``, ``study.trials_dataframe()``, ...).
+
+    Raises:
+        HpoError: with the message ``hpo run`` would print, for any bad input.
+    """
+    spec = apply_overrides(
+        study_spec(study),
+        n_trials=n_trials,
+        epochs=epochs,
+        engine=engine,
+        name=name,
+        timeout=timeout,
+    )
+    with warnings.catch_warnings():
+        # TPE's `group` option is hpo's choice, not the caller's: its warning is noise here.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        outcome = run_study(spec, data=data, storage=storage)
+    summary = outcome.summary
+    _log.info(
+        "ran %d trial%s (%d pruned, %d failed) in %.1f s",
+        summary.completed,
+        "" if summary.completed == 1 else "s",
+        summary.pruned,
+        summary.failed,
+        summary.seconds,
+    )
+    return outcome.study
+
+
+@dataclass(frozen=True)
+class PlanScore:
+    """One plan's cross-validated score: ``accuracy`` out of fold (every row predicted once by
+    the model that did not train on it), ``fold_accuracies`` per fold, and the engine's full
+    :class:`~hpo.objective.EvaluationResult`."""
+
+    accuracy: float
+    fold_accuracies: tuple[float, ...]
+    seed: int
+    result: EvaluationResult
+
+
+def _plan(spec: StudySpec, plan: RegularizationPlan | Mapping[str, Any]) -> RegularizationPlan:
+    if isinstance(plan, RegularizationPlan):
+        return plan
+    if isinstance(plan, Mapping):  # a trial's params, e.g. study.best_params
+        if not plan:  # the baseline trial has none
+            return zero_plan(spec.search)
+        try:
+            return plan_from_params(spec.search, plan)
+        except KeyError as exc:
+            raise HpoError(
+                f"plan parameters lack {exc.args[0]!r}; give a trial's params (e.g. "
+                "study.best_params) or a RegularizationPlan"
+            ) from None
+    raise HpoError(
+        f"plan must be a RegularizationPlan or a dict of trial params, not {type(plan).__name__}"
+    )
+
+
+def evaluate_plan(
+    study: StudyInput,
+    plan: RegularizationPlan | Mapping[str, Any],
+    data: str | Path | pd.DataFrame | None = None,
+    *,
+    seed: int | None = None,
+    epochs: int | None = None,
+) -> PlanScore:
+    """Score one plan with the study's cross-validation, on the study's search rows (held-out
+    rows stay unseen), trained with ``seed`` (default: trial 0's seed).
+
+    ``plan``: a :class:`RegularizationPlan` (e.g. from :func:`best_plan`) or a trial's params
+    (``study.best_params``).
+    """
+    spec = apply_overrides(study_spec(study), epochs=epochs)
+    _, folds = _data(spec, data)
+    spec = resolve(spec, folds.repeats[0][0].n_features, folds.n_classes)
+    chosen = _plan(spec, plan)
+    trial_seed = spec.trial_seed(0) if seed is None else seed
+    engine = make_engine(spec.engine)
+    try:
+        (result,) = evaluate_plans(
+            engine, [chosen], folds, model=spec.model, seeds=[trial_seed], replicas=spec.cv.seeds
+        )
+    finally:
+        engine.close()
+    return PlanScore(result.accuracy, result.fold_accuracies, trial_seed, result)
+
+
+def build_model(
+    study: StudyInput,
+    plan: RegularizationPlan | Mapping[str, Any],
+    n_features: int,
+    n_classes: int,
+) -> keras.Model:
+    """The compiled Keras model of ``plan`` (untrained), to train the winner your own way.
+
+    It takes ``n_features`` preprocessed inputs (one-hot and z-scored as hpo does) and gives
+    ``n_classes`` probabilities; ``hpo export`` makes one that takes the raw columns.
+    """
+    spec = study_spec(study)
+    if not isinstance(plan, RegularizationPlan) or (spec.model.builder and not plan.names):
+        spec = resolve(spec, n_features, n_classes)
+    return _network(_plan(spec, plan), spec.model, n_features=n_features, n_classes=n_classes)
+
+
+def best_plan(name: str, *, storage: str | None = None) -> RegularizationPlan:
+    """The plan of study ``name``'s best trial, as stored (layer names included for a
+    builder's model)."""
+    url, _ = resolve_storage_url(storage)
+    normalize_url(url)
+    check_sqlite(url, "read")
+    study = load_study(name, url)
+    trial = best_trial(study)
+    if trial is None:
+        raise HpoError(f"study {name!r} has no complete trial yet")
+    plan = read_trial(trial).plan
+    if plan is None:
+        raise HpoError(f"study {name!r}: trial {trial.number} has no stored plan")
+    return plan

@@ -1,0 +1,139 @@
+"""The Python API: `hpo.optimize` on a DataFrame does what `hpo run` does on the CSV, scored
+plans can be re-scored, built and loaded from Python, and errors are the CLI's messages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+
+import hpo
+from tests.conftest import hpo as hpo_cli
+
+# Differ between two runs of the same trials: wall time, and where/how the process ran.
+_VOLATILE = {"seconds", "worker", "tensorflow", "keras"}
+
+
+def _trials(url: str, name: str) -> list[dict[str, Any]]:
+    study = optuna.load_study(study_name=name, storage=url)
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "attrs": {k: v for k, v in t.user_attrs.items() if k not in _VOLATILE},
+        }
+        for t in study.get_trials()
+    ]
+
+
+@pytest.mark.slow
+def test_optimize_on_a_dataframe_stores_what_the_cli_stores_from_the_csv(
+    tmp_path: Path, tiny_csv: Path, write_study: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = write_study(engine="reference", n_trials=3, epochs=2)
+    cli = hpo_cli("run", path, "--storage", "sqlite:///cli.db")
+    assert cli.exit_code == 0, cli.output
+    capfd.readouterr()
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("hpo")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        study = hpo.optimize(path, data=pd.read_csv(tiny_csv), storage="sqlite:///api.db")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    assert isinstance(study, optuna.Study)
+    api_trials = _trials("sqlite:///api.db", "tiny")
+    assert [t["state"] for t in api_trials] == ["COMPLETE"] * 3
+    assert api_trials == _trials("sqlite:///cli.db", "tiny")
+    # Progress went to the library logger, not to stdout.
+    assert capfd.readouterr().out == ""
+    assert "study 'tiny': created; 3 trials budgeted, 3 to run" in records
+    assert any(r.startswith("data: DataFrame (90 rows x 5 columns): 90 rows") for r in records)
+    assert "ran 3 trials (0 pruned, 0 failed)" in " ".join(records)
+
+    # The best plan, re-scored from Python with its trial's seed, gives the stored folds.
+    best = study.best_trial
+    plan = hpo.best_plan("tiny", storage="sqlite:///api.db")
+    assert plan.to_dict() == best.user_attrs["plan"]
+    score = hpo.evaluate_plan(path, plan, tiny_csv, seed=best.user_attrs["seed"])
+    assert score.fold_accuracies == pytest.approx(best.user_attrs["fold_accuracies"], abs=1e-6)
+    assert score.accuracy == pytest.approx(best.value, abs=1e-6)
+    by_params = hpo.evaluate_plan(path, best.params, tiny_csv, seed=best.user_attrs["seed"])
+    assert by_params.fold_accuracies == score.fold_accuracies
+
+
+def test_build_model_gives_the_plans_network(write_study: Any) -> None:
+    path = write_study()
+    params = {
+        "h1_placement": "kernel",
+        "h1_penalty": "l1",
+        "h1_l1": 1e-3,
+        "h2_placement": "both",
+        "h2_penalty": "l2",
+        "h2_l2": 1e-4,
+    }
+    net = hpo.build_model(path, params, n_features=5, n_classes=3)
+    dense = [layer for layer in net.layers if type(layer).__name__ == "Dense"]
+    assert [layer.units for layer in dense] == [8, 4, 3]
+    assert dense[0].kernel_regularizer.get_config()["l1"] == pytest.approx(1e-3)
+    assert dense[0].activity_regularizer is None
+    assert dense[1].kernel_regularizer.get_config()["l2"] == pytest.approx(1e-4)
+    assert dense[1].activity_regularizer.get_config()["l2"] == pytest.approx(1e-4)
+    assert net.loss == "sparse_categorical_crossentropy"
+
+
+def test_a_dict_is_a_study(tmp_path: Path) -> None:
+    spec = hpo.api.study_spec(
+        {
+            "study": {"name": "from-dict"},
+            "data": {"dataset": "sklearn:wine", "target": "target"},
+            "model": {"hidden": [4]},
+        }
+    )
+    assert spec.name == "from-dict" and spec.model.hidden == (4,)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            lambda p, csv: hpo.optimize(p, data=csv, n_trials=0),
+            "{path}: `n_trials >= 1` must hold, but got (n_trials=0)",
+        ),
+        (
+            lambda p, csv: hpo.optimize(p, data=pd.DataFrame({"a": [1, 2]})),
+            "DataFrame (2 rows x 1 columns): target column 'kind' not found; columns are 'a'",
+        ),
+        (
+            lambda p, csv: hpo.optimize({"study": {"name": "x"}}),
+            "<dict>: the [data] table is required (path, url or dataset, and target)",
+        ),
+        (
+            lambda p, csv: hpo.best_plan("nope"),
+            "no study named 'nope' in sqlite:///hpo.db; studies there: other",
+        ),
+    ],
+    ids=["bad-budget", "frame-without-target", "dict-without-data", "no-study"],
+)
+def test_errors_raise_hpoerror_with_the_clis_message(
+    write_study: Any, tiny_csv: Path, call: Any, expected: str
+) -> None:
+    path = write_study()
+    if "nope" in expected:
+        optuna.create_study(study_name="other", storage="sqlite:///hpo.db")
+    with pytest.raises(hpo.HpoError) as raised:
+        call(path, tiny_csv)
+    assert str(raised.value) == expected.format(path=path)

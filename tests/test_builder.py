@@ -1,0 +1,394 @@
+"""`[model] builder = "module:function"`: the user's own Keras model, searched by layer name.
+
+Each model trains 2 real trials (reference engine, real SQLite storage); the model each trial
+saved is loaded back and every searched layer must carry exactly the trial's alphas where its
+placement says, and nothing where it does not.
+"""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import hpo, one_line_error, tiny_data_table
+
+# make_frame: 'size', 'weight' (with gaps), 'color' (3 values, one-hot) -> 5 inputs, 3 classes
+N_FEATURES, N_CLASSES = 5, 3
+
+SKIP = """
+import keras
+
+def build(n_features, n_classes):
+    inputs = keras.Input(shape=(n_features,))
+    wide = keras.layers.Dense(16, activation="relu", name="wide")(inputs)
+    deep = keras.layers.Dense(16, activation="relu", name="deep")(wide)
+    joined = keras.layers.Add(name="skip")([wide, deep])
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="out")(joined)
+    return keras.Model(inputs, outputs)
+"""
+
+CONV = """
+import keras
+
+def build(n_features, n_classes):
+    inputs = keras.Input(shape=(n_features,))
+    column = keras.layers.Reshape((n_features, 1), name="as_sequence")(inputs)
+    conv = keras.layers.Conv1D(4, 2, activation="relu", name="conv")(column)
+    flat = keras.layers.Flatten(name="flat")(conv)
+    hidden = keras.layers.Dense(8, activation="relu", name="dense")(flat)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="out")(hidden)
+    return keras.Model(inputs, outputs)
+"""
+
+SEQUENTIAL = """
+import keras
+
+def build(n_features, n_classes):
+    return keras.Sequential(
+        [
+            keras.Input(shape=(n_features,)),
+            keras.layers.Dense(16, activation="relu", name="first"),
+            keras.layers.BatchNormalization(name="norm"),
+            keras.layers.Dropout(0.2, name="drop"),
+            keras.layers.Dense(8, activation="relu", name="second"),
+            keras.layers.Dense(n_classes, activation="softmax", name="out"),
+        ]
+    )
+"""
+
+
+def write_builder_study(
+    tmp_path: Path,
+    tiny_csv: Path,
+    module: str,
+    source: str,
+    *,
+    function: str = "build",
+    search: str = "",
+    n_trials: int = 2,
+    name: str = "own",
+) -> Path:
+    """A study over the tiny table whose model is ``module:function`` (written next to it).
+    Module names differ per test: a module once imported stays in ``sys.modules``."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    text = textwrap.dedent(
+        f"""
+        [study]
+        name = "{name}"
+
+        {tiny_data_table(tiny_csv)}
+        [cv]
+        folds = 3
+        seed = 1
+
+        [model]
+        builder = "{module}:{function}"
+        epochs = 2
+        batch_size = 16
+
+        [sampler]
+        seed = 3
+        n_startup_trials = 2
+
+        [search]
+        baseline = false
+        {search}
+
+        [budget]
+        n_trials = {n_trials}
+        """
+    )
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _keras_config(regularizer: object) -> dict[str, float] | None:
+    if regularizer is None:
+        return None
+    config = regularizer.get_config()  # type: ignore[attr-defined]
+    return {k: float(v) for k, v in config.items() if k in ("l1", "l2") and float(v) > 0}
+
+
+def _approx(alphas: dict[str, float] | None) -> object:
+    return None if alphas is None else pytest.approx(alphas, rel=1e-6)
+
+
+def _expected(params: dict[str, object], layer: str) -> tuple[dict[str, float] | None, ...]:
+    """(kernel, activity) coefficients a trial's params put on ``layer``."""
+    penalty = str(params.get(f"{layer}_penalty", "l1l2"))
+    alphas = {
+        key: float(params[f"{layer}_{key}"])  # type: ignore[arg-type]
+        for key in ("l1", "l2")
+        if key in penalty
+    }
+    placement = params[f"{layer}_placement"]
+    kernel = alphas if placement in ("kernel", "both") else None
+    activity = alphas if placement in ("activity", "both") else None
+    return kernel, activity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "source", "searched", "left_alone"),
+    [
+        ("skip_model", SKIP, ["wide", "deep"], ["skip", "out"]),
+        ("conv_model", CONV, ["conv", "dense"], ["out"]),
+        ("seq_model", SEQUENTIAL, ["first", "second"], ["norm", "out"]),
+    ],
+    ids=["functional-skip", "conv1d", "sequential-batchnorm-dropout"],
+)
+def test_each_trial_trains_the_users_model_with_its_alphas_on_the_named_layers(
+    tmp_path: Path,
+    tiny_csv: Path,
+    module: str,
+    source: str,
+    searched: list[str],
+    left_alone: list[str],
+) -> None:
+    import keras
+
+    from hpo.results.artifacts import trial_artifacts
+
+    path = write_builder_study(tmp_path, tiny_csv, module, source)
+    result = hpo("run", path)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"model: {module}:build (your own); searching layers "
+        f"{', '.join(map(repr, searched))}; reference engine "
+        "(the stacked engine trains only the built-in network)"
+    ) in result.stderr
+
+    study = optuna.load_study(study_name="own", storage="sqlite:///hpo.db")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for trial in trials:
+        assert {p.rsplit("_", 1)[0] for p in trial.params} == set(searched)
+        assert trial.user_attrs["plan"]["layers"] == searched
+        assert trial.user_attrs["engine"] == "reference"
+        # The network this trial trained on its first fold, as the artifacts saved it.
+        (model_file,) = [a for a in trial_artifacts(study, trial) if a.filename.endswith(".keras")]
+        copy = tmp_path / f"trial-{trial.number}.keras"  # Keras goes by the extension
+        shutil.copy(tmp_path / "hpo-artifacts" / model_file.artifact_id, copy)
+        saved = keras.models.load_model(copy, compile=False)
+        layers = {layer.name: layer for layer in saved.layers}
+        assert saved.output_shape == (None, N_CLASSES)
+        for name in searched:
+            kernel, activity = _expected(trial.params, name)
+            # Keras keeps a coefficient as float32.
+            assert _keras_config(layers[name].kernel_regularizer) == _approx(kernel), name
+            assert _keras_config(layers[name].activity_regularizer) == _approx(activity), name
+        for name in left_alone:
+            assert getattr(layers[name], "kernel_regularizer", None) is None
+            assert getattr(layers[name], "activity_regularizer", None) is None
+
+
+@pytest.mark.slow
+def test_search_layers_by_name_and_exclude(tmp_path: Path, tiny_csv: Path) -> None:
+    from hpo.engines.builder import resolve
+    from hpo.spec import load_spec
+
+    path = write_builder_study(
+        tmp_path,
+        tiny_csv,
+        "named_model",
+        SEQUENTIAL,
+        search="""
+        [search.layers.second]
+        placements = ["kernel"]
+        l2 = "off"
+        """,
+    )
+    spec = resolve(load_spec(path), N_FEATURES, N_CLASSES)
+    assert spec.search.names == ("second",)
+    assert spec.search.layers[0].placements == ("kernel",)
+    assert spec.search.layers[0].l2 is None
+    assert spec.engine.name == "reference"
+
+    path = write_builder_study(
+        tmp_path, tiny_csv, "excluded_model", SKIP, search='exclude = ["deep"]'
+    )
+    assert resolve(load_spec(path), N_FEATURES, N_CLASSES).search.names == ("wide",)
+
+
+def test_a_compiled_model_keeps_its_optimizer(tmp_path: Path, tiny_csv: Path) -> None:
+    from hpo.engines.builder import resolve
+    from hpo.engines.network import build_model
+    from hpo.space import RegularizationPlan
+    from hpo.spec import load_spec
+
+    source = SKIP.replace(
+        "    return keras.Model(inputs, outputs)",
+        "    model = keras.Model(inputs, outputs)\n"
+        "    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss='mse')\n"
+        "    return model",
+    )
+    spec = resolve(
+        load_spec(write_builder_study(tmp_path, tiny_csv, "compiled_model", source)),
+        N_FEATURES,
+        N_CLASSES,
+    )
+    plan = RegularizationPlan.uniform(2, l1=1e-3, names=spec.search.names)
+    net = build_model(plan, spec.model, n_features=N_FEATURES, n_classes=N_CLASSES)
+    assert type(net.optimizer).__name__ == "SGD"
+    assert float(net.optimizer.learning_rate) == pytest.approx(0.05)
+    assert net.loss == "sparse_categorical_crossentropy"
+    uncompiled = resolve(
+        load_spec(write_builder_study(tmp_path, tiny_csv, "plain_model", SKIP, name="plain")),
+        N_FEATURES,
+        N_CLASSES,
+    )
+    net = build_model(plan, uncompiled.model, n_features=N_FEATURES, n_classes=N_CLASSES)
+    assert type(net.optimizer).__name__ == "Adam"  # the study's [model] optimizer
+
+
+# --- bad input: one line each, naming the file, function or layer ------------------------------
+
+
+BAD = {
+    "returns-list": (
+        "def build(n_features, n_classes):\n    return [n_features]\n",
+        "build",
+        "{study}: [model] builder '{module}:build': build(n_features=5, n_classes=3) returned "
+        "list, not a Keras model (return keras.Model(inputs, outputs) or a keras.Sequential)",
+    ),
+    "raises": (
+        "def build(n_features, n_classes):\n    raise RuntimeError('no GPU\\n here')\n",
+        "build",
+        "{study}: [model] builder '{module}:build': build(n_features=5, n_classes=3) raised "
+        "RuntimeError: no GPU here",
+    ),
+    "missing-function": (
+        "def build_model(n_features, n_classes):\n    pass\n",
+        "biuld",
+        "{study}: [model] builder '{module}:biuld': module {file} has no function 'biuld'",
+    ),
+    "no-searchable-layer": (
+        "import keras\n\ndef build(n_features, n_classes):\n"
+        "    inputs = keras.Input(shape=(n_features,))\n"
+        "    return keras.Model(inputs, keras.layers.Dense(n_classes, activation='softmax')(inputs))\n",
+        "build",
+        "{study}: [model] builder '{module}:build': the model has no Dense, Conv1D, Conv2D layer "
+        "to regularize besides its output layer",
+    ),
+    "duplicate-names": (
+        "import keras\n\ndef build(n_features, n_classes):\n"
+        "    inputs = keras.Input(shape=(n_features,))\n"
+        "    a = keras.layers.Dense(4, name='same')(inputs)\n"
+        "    b = keras.layers.Dense(n_classes, activation='softmax', name='same')(a)\n"
+        "    return keras.Model(inputs, b)\n",
+        "build",
+        "{study}: [model] builder '{module}:build': build(n_features=5, n_classes=3) raised "
+        'ValueError: The name "same" is used 2 times in the model. All operation names should '
+        "be unique. (layer names must be unique: the search's parameters are named after them)",
+    ),
+    "output-width": (
+        SKIP.replace('Dense(n_classes, activation="softmax"', 'Dense(4, activation="softmax"'),
+        "build",
+        "{study}: [model] builder '{module}:build': the model's output has 4 units but the data "
+        "has 3 classes: end it with Dense(n_classes, activation='softmax')",
+    ),
+    "not-probabilities": (
+        SKIP.replace(
+            'Dense(n_classes, activation="softmax"', 'Dense(n_classes, activation="linear"'
+        ),
+        "build",
+        "{study}: [model] builder '{module}:build': the model's output is not a probability per "
+        "class (its rows sum to {sum}): end it with activation='softmax' (the loss is sparse "
+        "categorical crossentropy on probabilities)",
+    ),
+    "subclassed": (
+        "import keras\n\nclass Net(keras.Model):\n"
+        "    def __init__(self, n_classes):\n        super().__init__()\n"
+        "        self.out = keras.layers.Dense(n_classes, activation='softmax')\n"
+        "    def call(self, x):\n        return self.out(x)\n\n"
+        "def build(n_features, n_classes):\n    return Net(n_classes)\n",
+        "build",
+        "{study}: [model] builder '{module}:build': build(n_features=5, n_classes=3) returned a "
+        "subclassed model (Net); hpo rebuilds the model from its config to attach regularizers, "
+        "so build it with the functional API or keras.Sequential",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_builder_is_one_line_naming_it(tmp_path: Path, tiny_csv: Path, case: str) -> None:
+    source, function, expected = BAD[case]
+    module = f"bad_{case.replace('-', '_')}"
+    path = write_builder_study(tmp_path, tiny_csv, module, source, function=function)
+    result = hpo("check", path, "--no-estimate")
+    if case == "not-probabilities":
+        # The sum depends on the random initial weights: read it back, check the rest exactly.
+        line = result.stderr.strip().splitlines()[-1]
+        total = line.split("its rows sum to ")[1].split(")")[0]
+        expected = expected.replace("{sum}", total)
+    one_line_error(
+        result,
+        expected.format(study=path, module=module, file=tmp_path / f"{module}.py"),
+    )
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_a_missing_module_is_named_with_where_it_was_looked_for(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    path = write_builder_study(tmp_path, tiny_csv, "present", SKIP)
+    text = path.read_text().replace('builder = "present:build"', 'builder = "absent_models:build"')
+    path.write_text(text)
+    one_line_error(
+        hpo("run", path),
+        f"{path}: [model] builder 'absent_models:build': no module 'absent_models' in "
+        f"{tmp_path} or on sys.path",
+    )
+    assert not (tmp_path / "hpo.db").exists()
+
+
+def test_a_search_layer_that_does_not_exist_is_named(tmp_path: Path, tiny_csv: Path) -> None:
+    path = write_builder_study(
+        tmp_path, tiny_csv, "typo_model", SKIP, search='layers = ["wide", "deeep"]'
+    )
+    one_line_error(
+        hpo("check", path, "--no-estimate"),
+        f"{path}: [model] builder 'typo_model:build': [search] layers names 'deeep', which is "
+        "not a layer of the model (did you mean 'deep'?); its searchable layers are 'wide', "
+        "'deep'",
+    )
+    path = write_builder_study(
+        tmp_path, tiny_csv, "norm_model", SEQUENTIAL, search='exclude = ["norm"]', name="norm"
+    )
+    one_line_error(
+        hpo("check", path, "--no-estimate"),
+        f"{path}: [model] builder 'norm_model:build': [search] exclude names 'norm', a "
+        "BatchNormalization layer; only Dense, Conv1D, Conv2D layers are searched",
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            'builder = "models"',
+            "`builder` must be 'module:function' (e.g. 'mymodels:build', a function taking "
+            "n_features and n_classes), but got 'models'",
+        ),
+    ],
+)
+def test_builder_spelling_is_checked_where_it_enters(
+    tmp_path: Path, tiny_csv: Path, toml: str, expected: str
+) -> None:
+    path = write_builder_study(tmp_path, tiny_csv, "spelled", SKIP)
+    path.write_text(path.read_text().replace('builder = "spelled:build"', toml))
+    one_line_error(hpo("check", path, "--no-estimate"), f"{path}: [model] {expected}")
+
+
+def test_search_by_name_needs_a_builder(write_study) -> None:  # type: ignore[no-untyped-def]
+    path = write_study('[search]\nexclude = ["h1"]\n')
+    one_line_error(
+        hpo("check", path, "--no-estimate"),
+        f"{path}: `search.exclude` needs [model] builder (it leaves layers of your own model "
+        "out by name); the built-in network's layers are set in `search.layers`",
+    )
