@@ -65,6 +65,7 @@ __all__ = [
     "make_fold_set",
     "make_folds",
     "quoted",
+    "row_count",
     "split_holdout",
 ]
 
@@ -370,6 +371,11 @@ def _load_package_dataset(name: str) -> pd.DataFrame:
     return frame
 
 
+def row_count(n: float) -> str:
+    """``1 row``, ``2 rows``, ``1.5 rows``."""
+    return f"{n:g} row" if n == 1 else f"{n:g} rows"
+
+
 def quoted(names: Iterable[object]) -> str:
     """Column names as the user must type them: quoted, so whitespace shows."""
     return ", ".join(repr(str(n)) for n in names)
@@ -669,7 +675,7 @@ def fold_rows(
             label = int(classes[smallest])
             name = class_names[label] if class_names else label
             raise HpoError(
-                f"{source}: class {name!r} has {counts[smallest]} rows, "
+                f"{source}: class {name!r} has {row_count(counts[smallest])}, "
                 f"fewer than folds={cv.folds}; use fewer folds or set [cv] stratified = false"
             )
         splitter: sklearn_splits.KFold | sklearn_splits.StratifiedKFold = (
@@ -760,7 +766,7 @@ def _check_left_for_folds(dataset: Dataset, search: np.ndarray, cv: CVSpec, what
     if short:
         i = short[0]
         raise HpoError(
-            f"{dataset.source}: class {dataset.classes[i]!r} has {total[i]} rows; {what} "
+            f"{dataset.source}: class {dataset.classes[i]!r} has {row_count(total[i])}; {what} "
             f"{total[i] - left[i]} of them aside, leaving {left[i]}, fewer than folds={cv.folds}; "
             "use fewer folds, a smaller holdout, or [cv] stratified = false"
         )

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hpo.data import Dataset, Preprocessor, fold_rows, quoted
+from hpo.data import Dataset, Preprocessor, fold_rows, quoted, row_count
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.seeds import split_seed
@@ -251,7 +251,7 @@ def _warning(
             name,
             "many-categories",
             f"column {name!r} has {column.distinct} distinct values in {n_rows} rows (a "
-            f"median of {per_value:g} rows each){cost}; {fix}",
+            f"median of {row_count(per_value)} each){cost}; {fix}",
         )
     return None
 
