@@ -6,15 +6,19 @@ resumed, joined by ``hpo worker``, viewed in the dashboard and reported like any
 Progress goes to the ``hpo`` logger (``logging.getLogger("hpo")``; nothing is printed) and every
 user error raises :class:`hpo.HpoError` with the command line's message.
 
->>> import hpo, pandas as pd                                        # doctest: +SKIP
->>> frame = pd.read_csv("jh-simple-dataset.csv")                    # doctest: +SKIP
->>> study = hpo.optimize("studies/jh-simple.toml", data=frame, n_trials=20)  # doctest: +SKIP
->>> plan = hpo.best_plan("jh-simple")                               # doctest: +SKIP
->>> hpo.evaluate_plan("studies/jh-simple.toml", plan, frame).accuracy  # doctest: +SKIP
+Example (``examples/notebook.py`` is a complete one)::
+
+    import hpo, pandas as pd
+
+    frame = pd.read_csv("jh-simple-dataset.csv")
+    study = hpo.optimize("studies/jh-simple.toml", data=frame, n_trials=20)
+    plan = hpo.best_plan("jh-simple")
+    hpo.evaluate_plan("studies/jh-simple.toml", plan, frame).accuracy
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -121,12 +125,13 @@ def run_study(
     data: Any = None,
     storage: str | None = None,
     say: Callable[[str], None] = _log.info,
+    warn: Callable[[str], None] = _log.warning,
     stopped: str = "trials in flight marked FAIL; the study is intact",
 ) -> RunOutcome:
     """Create or resume ``spec``'s study and train it here to its budget (``hpo run``).
 
-    ``say`` receives each progress line (storage, data, model, warnings, study); the engine's
-    per-trial lines go to the ``hpo`` logger.
+    ``say`` receives each progress line (storage, data, model, study), ``warn`` the data's
+    notes and warnings; the engine's per-trial lines go to the ``hpo`` logger.
     """
     url, why = resolve_storage_url(storage)
     normalize_url(url)  # a malformed URL or an unusable SQLite path fails before any data is read
@@ -147,10 +152,10 @@ def run_study(
         f"{spec.cv.folds}-fold CV"
         + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else "")
     )
-    warnings = data_findings(dataset, spec, say)
+    found = data_findings(dataset, spec, warn)
     study, created = create_or_load_study(spec, rdb)
     check_holdout(study, dataset.holdout)
-    store_data_warnings(study, warnings)
+    store_data_warnings(study, found)
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.
         update_stored_spec(study, spec)
@@ -200,6 +205,20 @@ def data_findings(dataset: Dataset, spec: StudySpec, say: Callable[[str], None])
     return [w.message for w in profile.warnings]
 
 
+def _refuse_reentry(what: str) -> None:
+    """Refuse to train inside the reference engine's training process while it imports the
+    user's script again (a spawned process imports ``__main__`` as ``__mp_main__``): an
+    unguarded call there would join the study as a second worker and wait on the first."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__mp_main__" and frame.f_code.co_name == "<module>":
+            raise HpoError(
+                f"{what} ran again inside hpo's training process, which imports your script: "
+                'call it under `if __name__ == "__main__":`'
+            )
+        frame = frame.f_back  # type: ignore[assignment]
+
+
 def optimize(
     study: StudyInput,
     *,
@@ -227,6 +246,7 @@ def optimize(
     Raises:
         HpoError: with the message ``hpo run`` would print, for any bad input.
     """
+    _refuse_reentry("hpo.optimize")
     spec = apply_overrides(
         study_spec(study),
         n_trials=n_trials,
@@ -235,11 +255,22 @@ def optimize(
         name=name,
         timeout=timeout,
     )
-    with warnings.catch_warnings():
-        # TPE's `group` option is hpo's choice, not the caller's: its warning is noise here.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        outcome = run_study(spec, data=data, storage=storage)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpo says what Optuna would
+    try:
+        with warnings.catch_warnings():
+            # TPE's `group` option is hpo's choice, not the caller's: its warning is noise.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            outcome = run_study(spec, data=data, storage=storage)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     summary = outcome.summary
+    if summary.interrupted == "SIGINT":
+        # Cleaned up (trials in flight failed, nothing left RUNNING): now stop the caller as
+        # Ctrl-C would have without hpo.
+        raise KeyboardInterrupt
+    if summary.interrupted:
+        raise SystemExit(128 + 15)
     _log.info(
         "ran %d trial%s (%d pruned, %d failed) in %.1f s",
         summary.completed,
@@ -295,6 +326,7 @@ def evaluate_plan(
     ``plan``: a :class:`RegularizationPlan` (e.g. from :func:`best_plan`) or a trial's params
     (``study.best_params``).
     """
+    _refuse_reentry("hpo.evaluate_plan")
     spec = apply_overrides(study_spec(study), epochs=epochs)
     _, folds = _data(spec, data)
     spec = resolve(spec, folds.repeats[0][0].n_features, folds.n_classes)

@@ -263,7 +263,9 @@ class ModelSpec:
     own: ``builder = "module:function"``, called with ``(n_features, n_classes)``, returns a
     Keras model; ``builder_path`` is the folder its module is imported from first (then
     ``sys.path``), by default the study file's. ``optimizer``/``learning_rate`` compile a
-    builder's model only when it comes back uncompiled.
+    builder's model only when it comes back uncompiled. ``builder_signature``: set by hpo once
+    the model is built, its layers' types and settings, so a changed builder is a changed
+    protocol.
     """
 
     hidden: tuple[int, ...] = (50, 25)
@@ -274,6 +276,7 @@ class ModelSpec:
     batch_size: int = 32
     builder: str | None = None
     builder_path: str | None = None
+    builder_signature: str | None = None
 
     def __post_init__(self) -> None:
         if self.builder is not None and not _BUILDER.fullmatch(self.builder):
@@ -471,6 +474,7 @@ _SECTION_TYPES: dict[str, type] = {
 _TOP_LEVEL = ("study", "search", *_SECTION_TYPES)
 _STUDY_KEYS = ("name", "direction", "description")
 _LAYER_KEYS = ("l1", "l2", "placements", "allow_none")
+_BUILT_IN_ONLY = ("hidden", "activation")  # [model] keys a builder's model has no use for
 _SEARCH_KEYS = (*_LAYER_KEYS, "layers", "baseline", "exclude")
 
 # The resolved annotations (``from __future__ import annotations`` leaves only their text) that
@@ -668,6 +672,11 @@ def _named_search(
     override the section's settings for that layer."""
     exclude = _value("search.exclude", tuple[str, ...], raw.get("exclude", []), origin)
     per_layer = raw.get("layers")
+    if per_layer is not None and exclude:
+        raise HpoError(
+            f"{origin}: [search] has both `layers` (search only these) and `exclude` (search "
+            "all but these); use one of them"
+        )
     if per_layer is None:
         names: tuple[str, ...] = ()
         layers: tuple[LayerSearchSpec, ...] = ()
@@ -698,6 +707,20 @@ def _named_search(
         raise HpoError(f"{origin}: [search] {exc}") from None
 
 
+def _check_builder_keys(raw: Mapping[str, Any], origin: str) -> None:
+    """Keys that only one kind of model uses are refused with the other, never ignored."""
+    if "builder" in raw:
+        given = [key for key in ("hidden", "activation") if key in raw]
+        if given:
+            raise HpoError(
+                f"{origin}: [model] `{given[0]}` describes the built-in network, but `builder` "
+                "names your own function, which builds the model: remove one of them"
+            )
+    elif "builder_path" in raw or "builder_signature" in raw:
+        key = "builder_path" if "builder_path" in raw else "builder_signature"
+        raise HpoError(f"{origin}: [model] `{key}` needs `builder` (the module's function)")
+
+
 def spec_from_dict(raw: Mapping[str, Any], *, origin: str = "<study>") -> StudySpec:
     """Validate plain data (parsed TOML or a stored spec) into a :class:`StudySpec`."""
     if not isinstance(raw, Mapping):
@@ -719,6 +742,7 @@ def spec_from_dict(raw: Mapping[str, Any], *, origin: str = "<study>") -> StudyS
         name: _coerce(name, cls, raw.get(name, {}), origin) for name, cls in _SECTION_TYPES.items()
     }
     model = sections["model"]
+    _check_builder_keys(raw.get("model", {}), origin)
     search = _search(
         raw.get("search", {}), len(model.hidden), origin, named=model.builder is not None
     )
@@ -793,5 +817,10 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     return {
         "study": {"name": spec.name, "direction": spec.direction, "description": spec.description},
         **{name: plain(getattr(spec, name)) for name in _SECTION_TYPES},
+        **(
+            {"model": {k: v for k, v in plain(spec.model).items() if k not in _BUILT_IN_ONLY}}
+            if spec.model.builder is not None
+            else {}
+        ),
         "search": search,
     }

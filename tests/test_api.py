@@ -4,6 +4,10 @@ plans can be re-scored, built and loaded from Python, and errors are the CLI's m
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +141,92 @@ def test_errors_raise_hpoerror_with_the_clis_message(
     with pytest.raises(hpo.HpoError) as raised:
         call(path, tiny_csv)
     assert str(raised.value) == expected.format(path=path)
+
+
+_SCRIPT = """
+import logging, sys
+import hpo
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+{body}
+"""
+
+
+def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "script.py").write_text(_SCRIPT.format(body=textwrap.dedent(body)))
+    return subprocess.run(
+        [sys.executable, "script.py"],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_fails_with_the_fix_instead_of_hanging(
+    tmp_path: Path, write_study: Any
+) -> None:
+    path = write_study(engine="reference", n_trials=1, epochs=1)
+    done = _script(tmp_path, f"hpo.optimize({str(path)!r})\n")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert (
+        "hpo.optimize ran again inside hpo's training process, which imports your script: "
+        'call it under `if __name__ == "__main__":`'
+    ) in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1] == (
+        "hpo.errors.HpoError: the reference engine's training process ended before finishing "
+        "a fold (killed, out of memory, or it failed at start-up: a script that calls "
+        'hpo.optimize must do so under `if __name__ == "__main__":`, since the training '
+        "process imports the script again)"
+    )
+    guarded = _script(
+        tmp_path, f'if __name__ == "__main__":\n    hpo.optimize({str(path)!r}, name="guarded")\n'
+    )
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_optimize_as_it_would_stop_the_script(
+    tmp_path: Path, write_study: Any
+) -> None:
+    path = write_study(engine="stacked", n_trials=500, epochs=200)
+    done = _script(
+        tmp_path,
+        f"""
+        import os, signal, threading
+        threading.Timer(8, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            hpo.optimize({str(path)!r})
+        except KeyboardInterrupt:
+            print("interrupted")
+        study = __import__("optuna").load_study(study_name="tiny", storage="sqlite:///hpo.db")
+        print(sorted({{t.state.name for t in study.trials}}))
+        """,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "interrupted"
+    assert "RUNNING" not in lines[1]
+
+
+def test_data_warnings_reach_a_script_that_only_shows_warnings(
+    tmp_path: Path, write_study: Any
+) -> None:
+    from tests.conftest import make_frame
+
+    frame = make_frame()
+    frame["leak"] = frame["kind"].map({"x": 0, "y": 1, "z": 2})
+    frame.to_csv(tmp_path / "leaky.csv", index=False)
+    path = write_study(engine="stacked", n_trials=1, epochs=1)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("hpo").addHandler(handler)
+    try:
+        hpo.optimize(path, data=tmp_path / "leaky.csv")
+    finally:
+        logging.getLogger("hpo").removeHandler(handler)
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any(m.startswith("warning: column 'leak' alone predicts the target") for m in warned)

@@ -7,6 +7,7 @@ placement says, and nothing where it does not.
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -342,7 +343,8 @@ def test_a_missing_module_is_named_with_where_it_was_looked_for(
     one_line_error(
         hpo("run", path),
         f"{path}: [model] builder 'absent_models:build': no module 'absent_models' in "
-        f"{tmp_path} or on sys.path",
+        f"{tmp_path} or on sys.path (a worker on another machine needs the module there too: "
+        "copy it, or name its folder in PYTHONPATH)",
     )
     assert not (tmp_path / "hpo.db").exists()
 
@@ -392,3 +394,104 @@ def test_search_by_name_needs_a_builder(write_study) -> None:  # type: ignore[no
         f"{path}: `search.exclude` needs [model] builder (it leaves layers of your own model "
         "out by name); the built-in network's layers are set in `search.layers`",
     )
+
+
+def test_a_searched_layer_without_a_name_is_refused(tmp_path: Path, tiny_csv: Path) -> None:
+    source = SKIP.replace(', name="deep"', "")
+    path = write_builder_study(tmp_path, tiny_csv, "unnamed_model", source)
+    result = hpo("check", path, "--no-estimate")
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error")]
+    first = line.split("layer '")[1].split("'")[0]
+    assert first.startswith("dense")  # Keras' automatic name, whatever its number
+    one_line_error(
+        result,
+        f"{path}: [model] builder 'unnamed_model:build': layer {first!r} is named by Keras, and "
+        f"its name changes from one build to the next ({first!r}, then "
+        f"{line.split('then ')[1].split(')')[0]}): give every Dense and Conv layer a name "
+        "(name='wide'), since the search's parameters are named after them",
+    )
+
+
+def test_the_output_layer_is_never_searched(tmp_path: Path, tiny_csv: Path) -> None:
+    path = write_builder_study(tmp_path, tiny_csv, "out_model", SKIP, search='layers = ["out"]')
+    one_line_error(
+        hpo("check", path, "--no-estimate"),
+        f"{path}: [model] builder 'out_model:build': [search] layers names 'out', the output "
+        "layer, which is never searched (its penalty would act on the class probabilities)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "search", "expected"),
+    [
+        (
+            'builder = "keys_model:build"\nhidden = [8]',
+            "",
+            "[model] `hidden` describes the built-in network, but `builder` names your own "
+            "function, which builds the model: remove one of them",
+        ),
+        (
+            'hidden = [8]\nbuilder_path = "src"',
+            "",
+            "[model] `builder_path` needs `builder` (the module's function)",
+        ),
+        (
+            'builder = "keys_model:build"',
+            'layers = ["wide"]\nexclude = ["deep"]',
+            "[search] has both `layers` (search only these) and `exclude` (search all but "
+            "these); use one of them",
+        ),
+    ],
+    ids=["hidden-with-builder", "path-without-builder", "layers-and-exclude"],
+)
+def test_keys_of_the_other_kind_of_model_are_refused(
+    tmp_path: Path, tiny_csv: Path, model: str, search: str, expected: str
+) -> None:
+    path = write_builder_study(tmp_path, tiny_csv, "keys_model", SKIP, search=search)
+    path.write_text(path.read_text().replace('builder = "keys_model:build"', model))
+    one_line_error(hpo("check", path, "--no-estimate"), f"{path}: {expected}")
+
+
+def test_each_study_gets_its_own_module_and_an_edited_one_is_reloaded(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    """One process (a notebook): two studies whose modules share a name, then an edit."""
+    from hpo.engines.builder import resolve
+    from hpo.spec import load_spec
+
+    specs = []
+    for folder, layer in (("one", "first_layer"), ("two", "second_layer")):
+        (tmp_path / folder).mkdir()
+        source = SKIP.replace('name="wide"', f'name="{layer}"')
+        specs.append(
+            write_builder_study(tmp_path / folder, tiny_csv, "shared_name", source, name=folder)
+        )
+    first = resolve(load_spec(specs[0]), N_FEATURES, N_CLASSES)
+    second = resolve(load_spec(specs[1]), N_FEATURES, N_CLASSES)
+    assert first.search.names == ("first_layer", "deep")
+    assert second.search.names == ("second_layer", "deep")
+
+    module = tmp_path / "two" / "shared_name.py"
+    module.write_text(module.read_text().replace("second_layer", "edited_layer"))
+    stat = module.stat()
+    os.utime(module, (stat.st_atime, stat.st_mtime + 5))  # a later save, whatever the clock
+    edited = resolve(load_spec(specs[1]), N_FEATURES, N_CLASSES)
+    assert edited.search.names == ("edited_layer", "deep")
+
+
+def test_a_changed_builder_is_a_changed_protocol(tmp_path: Path, tiny_csv: Path) -> None:
+    path = write_builder_study(tmp_path, tiny_csv, "changing_model", SKIP)
+    created = hpo("create", path)
+    assert created.exit_code == 0, created.output
+    again = hpo("create", path)
+    assert again.exit_code == 0, again.output  # same code: the same study
+    module = tmp_path / "changing_model.py"
+    module.write_text(module.read_text().replace("Dense(16", "Dense(24"))
+    stat = module.stat()
+    os.utime(module, (stat.st_atime, stat.st_mtime + 5))
+    changed = hpo("create", path)
+    assert changed.exit_code == 1, changed.output
+    (error,) = [line for line in changed.stderr.splitlines() if line.startswith("Error")]
+    assert "model.builder_signature" in error
+    assert "InputLayer > Dense > Dense > Add > Dense" in error

@@ -109,7 +109,7 @@ def test_stratified_class_smaller_than_folds(
         (
             "epochs = 3",
             "epochs = 3\nepoch = 4",
-            "unknown key `model.epoch` (did you mean `epochs`?); allowed: hidden, activation, optimizer, learning_rate, epochs, batch_size, builder, builder_path",
+            "unknown key `model.epoch` (did you mean `epochs`?); allowed: hidden, activation, optimizer, learning_rate, epochs, batch_size, builder, builder_path, builder_signature",
         ),
         ("epochs = 3", "epochs = 0", "[model] `epochs > 0` must hold, but got (epochs=0)"),
         ("folds = 3", "folds = 1", "[cv] `folds >= 2` must hold, but got (folds=1)"),

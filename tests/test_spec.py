@@ -263,7 +263,8 @@ def test_wrong_value_types_are_one_line_errors(
         (
             _raw(model={"hiden": [8]}),
             "f.toml: unknown key `model.hiden` (did you mean `hidden`?); allowed: hidden, "
-            "activation, optimizer, learning_rate, epochs, batch_size, builder, builder_path",
+            "activation, optimizer, learning_rate, epochs, batch_size, builder, builder_path, "
+            "builder_signature",
         ),
     ],
 )

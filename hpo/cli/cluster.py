@@ -38,6 +38,7 @@ from hpo.cli.options import (
     with_model,
 )
 from hpo.data import load_folds
+from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
 from hpo.spec import StudySpec, load_spec
@@ -75,6 +76,7 @@ _ENDED = ("finished", "stopped", "timeout", "crashed")
 @n_trials_option("Global trial budget, shared by all workers.")
 @engine_option
 @trials_per_batch_option
+@data_option("With [model] builder: the CSV to build the model for (default: the study's source).")
 @crash_policy_options
 def create(
     study_file: str,
@@ -84,6 +86,7 @@ def create(
     n_trials: int | None,
     engine: str | None,
     trials_per_batch: int | None,
+    data_path: str | None,
     heartbeat_interval: int,
     grace_period: int,
     max_retries: int,
@@ -104,7 +107,7 @@ def create(
     policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     if spec.model.builder is not None:
         # The searched layers are the builder's, known once its model is built for this data.
-        spec = with_model(spec, load_folds(spec.data, spec.cv)[1])
+        spec = with_model(spec, load_folds(spec.data, spec.cv, path_override=data_path)[1])
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
     study, created = create_or_load_study(spec, open_storage(url), policy=policy)
@@ -155,7 +158,14 @@ def worker(
     )
     budget = n_trials if n_trials is not None else spec.budget.n_trials
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
-    spec = with_model(spec, folds)  # checks the builder imports and builds on this machine
+    resolved = with_model(spec, folds)  # the builder imports and builds on this machine
+    if spec.model.builder_signature not in (None, resolved.model.builder_signature):
+        raise HpoError(
+            f"study {name!r}: [model] builder {spec.model.builder!r} builds another model on "
+            f"this machine ({resolved.model.builder_signature}) than the study's "
+            f"({spec.model.builder_signature}); give the workers the same module"
+        )
+    spec = resolved
     check_holdout(study, dataset.holdout)
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     click.echo(

@@ -73,7 +73,7 @@ def run(
         timeout=timeout,
         name=name,
     )
-    outcome = run_study(spec, data=data_path, storage=storage, say=echo_err)
+    outcome = run_study(spec, data=data_path, storage=storage, say=echo_err, warn=echo_err)
     summary, study, url = outcome.summary, outcome.study, outcome.storage_url
     click.echo(
         f"ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} failed) "

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib
+import importlib.machinery
+import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -64,17 +68,53 @@ def _import_path(folder: str | None) -> Iterator[None]:
             sys.path.remove(folder)
 
 
+# The file and modification time each builder module was loaded from: a long-lived process (a
+# notebook, two studies in one script) gets the module a study names, as it is now on disk.
+_LOADED: dict[str, tuple[str, float]] = {}
+
+
+def _mtime(path: str | None) -> float:
+    try:
+        return os.stat(path).st_mtime if path else 0.0
+    except OSError:
+        return 0.0
+
+
+def _fresh_module(name: str) -> Any:
+    """``name`` imported from the current ``sys.path``; re-imported when the copy in
+    ``sys.modules`` came from another file (another study's folder) or the file changed since
+    (a builder edited in a notebook)."""
+    cached = sys.modules.get(name)
+    if cached is not None and "." not in name:
+        found = importlib.machinery.PathFinder.find_spec(name, sys.path)
+        origin = found.origin if found is not None else None
+        if origin is not None and (
+            getattr(cached, "__file__", None) != origin
+            or _LOADED.get(name, (origin, _mtime(origin))) != (origin, _mtime(origin))
+        ):
+            del sys.modules[name]
+    module = importlib.import_module(name)
+    file = getattr(module, "__file__", None)
+    if file:
+        _LOADED[name] = (file, _mtime(file))
+    return module
+
+
 def _function(model: ModelSpec, origin: str) -> Callable[..., Any]:
     assert model.builder is not None
     module_name, _, function_name = model.builder.partition(":")
     where = f"{origin}: {_where(model)}"
     try:
         with _import_path(model.builder_path):
-            module = importlib.import_module(module_name)
+            module = _fresh_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
             places = f"{model.builder_path} or on sys.path" if model.builder_path else "sys.path"
-            raise HpoError(f"{where}: no module {exc.name!r} in {places}") from None
+            raise HpoError(
+                f"{where}: no module {missing!r} in {places} (a worker on another machine "
+                "needs the module there too: copy it, or name its folder in PYTHONPATH)"
+            ) from None
         raise HpoError(f"{where}: importing {module_name!r} failed: {exc}") from None
     except Exception as exc:
         raise HpoError(
@@ -99,7 +139,8 @@ def call_builder(model: ModelSpec, n_features: int, n_classes: int, origin: str 
     where = f"{origin}: {_where(model)}".lstrip(": ")
     call = f"{model.builder.partition(':')[2]}(n_features={n_features}, n_classes={n_classes})"  # type: ignore[union-attr]
     try:
-        net = function(n_features, n_classes)
+        with _import_path(model.builder_path):  # for imports the function itself makes
+            net = function(n_features, n_classes)
     except Exception as exc:
         hint = ""
         if "unique" in str(exc) and "name" in str(exc):
@@ -215,6 +256,19 @@ def resolve(spec: StudySpec, n_features: int, n_classes: int) -> StudySpec:
     net = call_builder(spec.model, n_features, n_classes, spec.source)
     _check_output(net, n_features, n_classes, where)
     names = _searched_names(net, spec.search, where)
+    # Only the searched layers' names matter: the output layer, or a Dropout, may be unnamed.
+    first_names = [layer.name for layer in _searchable(net)[:-1]]
+    again = [layer.name for layer in _searchable(call_builder(spec.model, n_features, n_classes))]
+    changed = [(a, b) for a, b in zip(first_names, again, strict=False) if a != b and a in names]
+    if changed:
+        # Keras numbers unnamed layers per process (dense, dense_1, ...): the training process
+        # would build other names than the ones searched here.
+        first, second = changed[0]
+        raise HpoError(
+            f"{where}: layer {first!r} is named by Keras, and its name changes from one build "
+            f"to the next ({first!r}, then {second!r}): give every Dense and Conv layer a "
+            "name (name='wide'), since the search's parameters are named after them"
+        )
     given = dict(zip(spec.search.names, spec.search.layers, strict=True))
     search = dataclasses.replace(
         spec.search,
@@ -228,13 +282,38 @@ def resolve(spec: StudySpec, n_features: int, n_classes: int) -> StudySpec:
     if getattr(net, "compiled", False):
         _log.info(
             "%s: the model comes back compiled, so its optimizer (%s) is kept; "
-            "[model] optimizer and learning_rate are not used",
+            "[model] optimizer and learning_rate are not used (the loss is still sparse "
+            "categorical crossentropy, the metric accuracy)",
             _where(spec.model),
             type(net.optimizer).__name__,
         )
-    del net
-    import_keras().backend.clear_session()
-    return spec.replace(search=search, engine=engine)
+    model = dataclasses.replace(spec.model, builder_signature=architecture(net))
+    return spec.replace(search=search, engine=engine, model=model)
+
+
+# Per-layer settings that make two models different networks (names aside: Keras numbers
+# unnamed layers per process). Regularizers are left out: they are what the search sets.
+_IGNORED_CONFIG = {"name", "kernel_regularizer", "activity_regularizer", "dtype", "trainable"}
+
+
+def architecture(net: Any) -> str:
+    """A short fingerprint of the model's layers in order (type and settings), stored with the
+    study so that resuming it with a changed builder is refused, not silently mixed."""
+    layers = [
+        [
+            type(layer).__name__,
+            {k: v for k, v in layer.get_config().items() if k not in _IGNORED_CONFIG},
+        ]
+        for layer in net.layers
+    ]
+    text = json.dumps(layers, sort_keys=True, default=lambda value: type(value).__name__)
+    summary = " > ".join(f"{type(layer).__name__}" for layer in net.layers)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return (
+        f"{len(net.layers)} layers ({summary}) #{digest}"
+        if len(summary) < 120
+        else f"{len(net.layers)} layers #{digest}"
+    )
 
 
 def regularized_model(

@@ -15,12 +15,14 @@ import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hpo.data import Fold
 from hpo.engines.keras_model import import_keras
 from hpo.engines.network import build_model
+from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure, get_logger
 from hpo.objective import EvaluationResult, Monitor, NullMonitor, oof_accuracy
@@ -213,6 +215,14 @@ class ReferenceEngine:
             )
         try:
             return self._pool.submit(fit_fold, *args).result()
+        except BrokenProcessPool:
+            self.close()
+            raise HpoError(
+                "the reference engine's training process ended before finishing a fold "
+                "(killed, out of memory, or it failed at start-up: a script that calls "
+                'hpo.optimize must do so under `if __name__ == "__main__":`, since the '
+                "training process imports the script again)"
+            ) from None
         except BaseException:
             self.close()  # a signal or a dead child: never leave a training process behind
             raise

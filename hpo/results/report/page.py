@@ -202,14 +202,14 @@ def _alpha(value: float) -> str:
 def _plan_rows(plan: RegularizationPlan) -> list[list[str]]:
     return [
         [
-            str(i),
+            name.removeprefix("h") if not plan.names else name,
             placement_of(p),
             _alpha(p.l1_activity),
             _alpha(p.l2_activity),
             _alpha(p.l1_kernel),
             _alpha(p.l2_kernel),
         ]
-        for i, p in enumerate(plan.layers, 1)
+        for name, p in plan.by_name().items()
     ]
 
 

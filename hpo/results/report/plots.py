@@ -202,6 +202,12 @@ def importances_figure(trials: Sequence[Trial], n_layers: int) -> Figure | str:
     return fig
 
 
+def _layer_title(trials: Sequence[Trial], index: int) -> str:
+    """``hidden layer 2``, or a builder model's Keras layer name (``layer 'wide'``)."""
+    names = next((t.plan.names for t in trials if t.plan is not None and t.plan.names), ())
+    return f"layer {names[index]!r}" if index < len(names) else f"hidden layer {index + 1}"
+
+
 def placement_figure(trials: Sequence[Trial], n_layers: int) -> Figure | str:
     """Per hidden layer, the scores grouped by where the penalty sits."""
     complete = [t for t in complete_trials(trials) if t.plan is not None]
@@ -235,7 +241,7 @@ def placement_figure(trials: Sequence[Trial], n_layers: int) -> Figure | str:
                 zorder=3,
             )
         ax.set_xticks(range(len(names)), [f"{p}\n(n={len(groups[p])})" for p in names])
-        ax.set_title(f"hidden layer {i + 1}")
+        ax.set_title(_layer_title(complete, i))
         if i == 0:
             ax.set_ylabel("out-of-fold accuracy")
     fig.suptitle("Accuracy by where the penalty sits")
@@ -286,7 +292,7 @@ def alphas_figure(trials: Sequence[Trial], n_layers: int) -> Figure | str:
             axis_line(off * 10**0.4, color="#bbbbbb", linestyle="--", linewidth=0.8)
         ax.set_xlabel("L1 alpha (left of the dashed line: off)")
         ax.set_ylabel("L2 alpha (below the dashed line: off)")
-        ax.set_title(f"hidden layer {i + 1}")
+        ax.set_title(_layer_title(complete, i))
         ax.legend(loc="upper right", frameon=False, fontsize=8)
     assert scatter is not None
     fig.colorbar(scatter, ax=list(axes), label="out-of-fold accuracy", shrink=0.9)
