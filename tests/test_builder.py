@@ -495,3 +495,45 @@ def test_a_changed_builder_is_a_changed_protocol(tmp_path: Path, tiny_csv: Path)
     (error,) = [line for line in changed.stderr.splitlines() if line.startswith("Error")]
     assert "model.builder_signature" in error
     assert "InputLayer > Dense > Dense > Add > Dense" in error
+
+
+def test_resuming_with_other_searched_layers_names_them(tmp_path: Path, tiny_csv: Path) -> None:
+    path = write_builder_study(tmp_path, tiny_csv, "resumed_model", SKIP)
+    assert hpo("create", path).exit_code == 0
+    path.write_text(
+        path.read_text().replace("baseline = false", 'baseline = false\nexclude = ["deep"]')
+    )
+    one_line_error(
+        hpo("create", path),
+        "study 'own' was created with search.layers (searched layers)=['wide', 'deep'], but "
+        "this run has ['wide']; use the study's settings or a new name (--name)",
+    )
+
+
+@pytest.mark.slow
+def test_optimize_stores_what_the_cli_stores_for_a_builder_study(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    import pandas as pd
+
+    import hpo as hpo_api
+
+    path = write_builder_study(tmp_path, tiny_csv, "same_model", SKIP)
+    assert hpo("run", path, "--storage", "sqlite:///cli.db").exit_code == 0
+    hpo_api.optimize(path, data=pd.read_csv(tiny_csv), storage="sqlite:///api.db")
+
+    def trials(url: str) -> list[tuple[object, ...]]:
+        volatile = {"seconds", "worker", "tensorflow", "keras"}
+        return [
+            (
+                t.state.name,
+                t.value,
+                t.params,
+                {k: v for k, v in t.user_attrs.items() if k not in volatile},
+            )
+            for t in optuna.load_study(study_name="own", storage=url).get_trials()
+        ]
+
+    from_api = trials("sqlite:///api.db")
+    assert [t[0] for t in from_api] == ["COMPLETE", "COMPLETE"]
+    assert from_api == trials("sqlite:///cli.db")

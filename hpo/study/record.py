@@ -520,6 +520,17 @@ def check_holdout(study: optuna.Study, holdout: Holdout | None) -> None:
         )
 
 
+def _layer_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, Any, Any]:
+    """The first difference between two ``search.layers`` tables keyed by layer name."""
+    if list(old) != list(new):
+        return "search.layers (searched layers)", list(old), list(new)
+    for name in old:
+        for key in old[name]:
+            if old[name][key] != new[name].get(key):
+                return f"search.layers.{name}.{key}", old[name][key], new[name].get(key)
+    return "search.layers", old, new
+
+
 def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
@@ -527,6 +538,9 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
     changes = spec_changes(stored, spec, _PROTOCOL_SECTIONS)
     if changes:
         key, old, new = changes[0]
+        if key == "search.layers" and isinstance(old, Mapping) and isinstance(new, Mapping):
+            # A builder's layers by name: say which, not two whole tables.
+            key, old, new = _layer_change(old, new)
         raise HpoError(
             f"study {spec.name!r} was created with {key}={old!r}, but this run "
             f"has {new!r}; use the study's settings or a new name (--name)"
