@@ -2,6 +2,9 @@
 
 Run it as a script (`python examples/notebook.py`) or paste the cells into Jupyter. It uses
 scikit-learn's wine data as a DataFrame, so it runs offline in about a minute on 2 cores.
+(The built-in model trains in this process. A study on the reference engine, or with your own
+`[model] builder`, trains in a child process that imports this file again: in a script, put
+the calls under `if __name__ == "__main__":`.)
 """
 
 # %% A DataFrame, as you would have it in a notebook

@@ -36,7 +36,7 @@ from hpo.objective import EvaluationResult, evaluate_plans
 from hpo.profile import profile_dataset
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
-from hpo.spec import StudySpec, apply_overrides, load_spec, spec_from_dict
+from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
 from hpo.study.record import (
     best_trial,
@@ -247,6 +247,8 @@ def optimize(
         HpoError: with the message ``hpo run`` would print, for any bad input.
     """
     _refuse_reentry("hpo.optimize")
+    if engine is not None and engine not in ENGINES:
+        raise HpoError(f"engine must be one of {', '.join(map(repr, ENGINES))}, but got {engine!r}")
     spec = apply_overrides(
         study_spec(study),
         n_trials=n_trials,

@@ -241,7 +241,9 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
         )
     except FileNotFoundError:
         raise HpoError(
-            f"{path}: data file not found; fix [data] path or pass --data PATH"
+            f"{path}: data file not found"
+            + ("" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})")
+            + "; fix [data] path or pass --data PATH"
         ) from None
     except PermissionError:
         raise HpoError(f"{path}: data file is not readable (permission denied)") from None

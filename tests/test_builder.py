@@ -364,8 +364,8 @@ def test_a_search_layer_that_does_not_exist_is_named(tmp_path: Path, tiny_csv: P
     )
     one_line_error(
         hpo("check", path, "--no-estimate"),
-        f"{path}: [model] builder 'norm_model:build': [search] exclude names 'norm', a "
-        "BatchNormalization layer; only Dense, Conv1D, Conv2D layers are searched",
+        f"{path}: [model] builder 'norm_model:build': [search] exclude names 'norm', a layer "
+        "of type BatchNormalization; only Dense, Conv1D, Conv2D layers are searched",
     )
 
 

@@ -190,7 +190,7 @@ def test_a_run_neither_prints_nor_stores_a_silenced_warning(
     study = write_study(data=_table(path, ignore_warnings=["id"]), engine="stacked")
     result = hpo("run", study, "--n-trials", 1, "--epochs", 1)
     assert result.exit_code == 0, result.output
-    assert "ran 1 trials" in result.output
+    assert "ran 1 trial (0 pruned, 0 failed)" in result.output
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warned == [f"warning: {_constant_warning()}"]
     assert "'id'" not in result.stderr

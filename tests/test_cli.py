@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import ROOT, SHARED_CSV, hpo, one_line_error
 
@@ -64,9 +65,15 @@ def test_missing_data_file(write_study: Callable[..., Path], tmp_path: Path) -> 
     )
 
 
-def test_missing_data_file_given_on_command_line(write_study: Callable[..., Path]) -> None:
+def test_missing_data_file_given_on_command_line(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
     result = hpo("run", write_study(), "--data", "nowhere.csv")
-    one_line_error(result, "nowhere.csv: data file not found; fix [data] path or pass --data PATH")
+    one_line_error(
+        result,
+        f"nowhere.csv: data file not found (relative to the working directory {tmp_path}); "
+        "fix [data] path or pass --data PATH",
+    )
 
 
 def test_missing_target_column(write_study: Callable[..., Path], tiny_csv: Path) -> None:
@@ -306,3 +313,17 @@ def test_an_in_process_call_gives_the_callers_signal_handlers_back(tmp_path: Pat
     result = hpo("best", "nothing", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
     assert result.exit_code == 1
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_resumed_seeded_study_explores_on_instead_of_repeating_itself(
+    write_study: Callable[..., Path],
+) -> None:
+    """With `[sampler] seed`, each resume must not replay the random start-up proposals."""
+    path = write_study(engine="stacked", epochs=1, n_trials=1)
+    # Random start-up proposals throughout: the ones a restarted random stream would repeat.
+    path.write_text(path.read_text().replace("n_startup_trials = 2", "n_startup_trials = 10"))
+    for n in (2, 3, 4):
+        assert hpo("run", path, "--n-trials", n).exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///hpo.db")
+    proposed = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(proposed) == 3 and len(set(proposed)) == 3, proposed

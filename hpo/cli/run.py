@@ -76,7 +76,8 @@ def run(
     outcome = run_study(spec, data=data_path, storage=storage, say=echo_err, warn=echo_err)
     summary, study, url = outcome.summary, outcome.study, outcome.storage_url
     click.echo(
-        f"ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} failed) "
+        f"ran {summary.completed} trial{'' if summary.completed == 1 else 's'} "
+        f"({summary.pruned} pruned, {summary.failed} failed) "
         f"in {summary.seconds:.1f} s"
     )
     print_best(study, mask_url(url))

@@ -215,7 +215,7 @@ def _searched_names(net: Any, search: SearchSpec, where: str) -> tuple[str, ...]
         if name in layers and name not in allowed:
             kind = type(layers[name]).__name__
             raise HpoError(
-                f"{where}: [search] {key} names {name!r}, a {kind} layer; only "
+                f"{where}: [search] {key} names {name!r}, a layer of type {kind}; only "
                 f"{', '.join(SEARCHABLE)} layers are searched"
             )
         if name not in layers:

@@ -469,6 +469,12 @@ def create_or_load_study(
                     study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
                 return study, True
     check_same_protocol(spec, study)
+    # A seeded sampler starts its random stream afresh in every process: resumed with the
+    # offset it was created with, it would propose the trials it proposed then. Offset by the
+    # trials stored so far, a resume explores on and stays reproducible.
+    study.sampler = make_sampler(
+        spec, seed_offset=seed_offset + len(study.get_trials(deepcopy=False))
+    )
     return study, False
 
 
