@@ -74,3 +74,19 @@ def test_one_class_past_the_limit_drops_the_cell_texts() -> None:
     ax = confusion_figure(_counts(n), _classes(n), "just past").axes[0]
     assert len(ax.texts) == 0
     assert len(ax.get_xticklabels()) <= CONFUSION_MAX_WRITTEN
+
+
+def test_numbered_classes_are_shown_in_numeric_order() -> None:
+    """Labels are numbered in text order ('10' before '2'); the figure reads 0, 1, 2, 10, 11."""
+    classes = ["0", "1", "10", "11", "2"]
+    counts = _counts(len(classes), seed=3)
+    ax = confusion_figure(counts, classes, "numbered").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "10", "11"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2", "10", "11"]
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in ax.texts}
+    order = [0, 1, 4, 2, 3]  # shown position -> label index
+    assert all(
+        written[i, j].get_text() == str(counts[order[i], order[j]])
+        for i in range(5)
+        for j in range(5)
+    )

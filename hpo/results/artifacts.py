@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import mimetypes
+import re
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -140,10 +141,24 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, n_classes: int
 CONFUSION_MAX_WRITTEN = 30
 
 
+def _natural_key(text: str) -> tuple[tuple[int, int, str], ...]:
+    """Digits compare as numbers, the rest as text."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> Figure:
     """A confusion matrix, colour = share of the true class's rows; up to
     ``CONFUSION_MAX_WRITTEN`` classes the counts are written in the cells, beyond that every
-    k-th class is labelled. One image whatever the class count, so drawing stays cheap."""
+    k-th class is labelled. One image whatever the class count, so drawing stays cheap.
+    Classes are shown in natural order (``2`` before ``10``, ``class-2`` before ``class-10``),
+    whatever order the labels were numbered in."""
+    order = sorted(range(len(classes)), key=lambda i: _natural_key(classes[i]))
+    counts = counts[np.ix_(order, order)]
+    classes = [classes[i] for i in order]
     n = len(classes)
     size = min(11.0, 3.2 + 0.65 * n)  # inches: bounded, however many classes
     fig = mpl_figure.Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
