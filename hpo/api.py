@@ -48,13 +48,7 @@ from hpo.study.record import (
     update_stored_spec,
 )
 from hpo.study.session import train
-from hpo.study.storage import (
-    check_sqlite,
-    mask_url,
-    normalize_url,
-    open_storage,
-    resolve_storage_url,
-)
+from hpo.study.storage import checked_storage_url, open_storage
 from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
@@ -133,15 +127,10 @@ def run_study(
     ``say`` receives each progress line (storage, data, model, study), ``warn`` the data's
     notes and warnings; the engine's per-trial lines go to the ``hpo`` logger.
     """
-    url, why = resolve_storage_url(storage)
-    normalize_url(url)  # a malformed URL or an unusable SQLite path fails before any data is read
-    check_sqlite(url, "create")
+    # A malformed URL or an unusable SQLite path fails before any data is read.
+    url, line = checked_storage_url(storage, "create")
     dataset, folds = _data(spec, data)
-    note = {
-        "default": " (default; choose with --storage or HPO_STORAGE)",
-        "HPO_STORAGE": " (from HPO_STORAGE)",
-    }
-    say(f"storage: {mask_url(url)}{note.get(why, '')}")
+    say(line)
     spec = with_model(spec, folds, say)
     rdb = open_storage(url)
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)  # a bad path fails here
@@ -364,9 +353,7 @@ def build_model(
 def best_plan(name: str, *, storage: str | None = None) -> RegularizationPlan:
     """The plan of study ``name``'s best trial, as stored (layer names included for a
     builder's model)."""
-    url, _ = resolve_storage_url(storage)
-    normalize_url(url)
-    check_sqlite(url, "read")
+    url, _ = checked_storage_url(storage, "read")
     study = load_study(name, url)
     trial = best_trial(study)
     if trial is None:

@@ -56,7 +56,10 @@ __all__ = [
     "Holdout",
     "Preprocessor",
     "cache_dir",
+    "category_text",
     "check_classes",
+    "check_numbers",
+    "clean_table",
     "fold_rows",
     "holdout_fold_set",
     "load_dataset",
@@ -65,6 +68,7 @@ __all__ = [
     "make_fold_set",
     "make_folds",
     "quoted",
+    "read_csv",
     "row_count",
     "split_holdout",
 ]
@@ -216,7 +220,7 @@ def _resolve_csv(spec: DataSpec) -> Path:
     return cached
 
 
-def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
+def read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     """The CSV's rows, with the header's cells exactly as written (pandas would rename a
     repeated name to ``name.1`` and hide it; :func:`_clean_names` decides instead).
 
@@ -302,7 +306,7 @@ def _clean_cells(frame: pd.DataFrame, na_values: tuple[str, ...]) -> tuple[pd.Da
     return frame, notes
 
 
-def _check_numbers(frame: pd.DataFrame, source: str, *, skip: tuple[str, ...] = ()) -> None:
+def check_numbers(frame: pd.DataFrame, source: str, *, skip: tuple[str, ...] = ()) -> None:
     """Refuse a number the network cannot take: infinite, or beyond float32's range
     (``skip``: columns that are dropped anyway)."""
     limit = float(np.finfo(np.float32).max)
@@ -354,6 +358,17 @@ def _clean_names(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[s
     frame = frame.copy(deep=False)
     frame.columns = names
     return frame, notes
+
+
+def clean_table(
+    frame: pd.DataFrame, na_values: tuple[str, ...], source: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """A raw table cleaned as every study's rows are (names and text values stripped, a name
+    twice refused, ``na_values`` markers made gaps, all-number text made numeric), and notes
+    saying what that changed. ``hpo predict`` cleans new rows with it too."""
+    frame, notes = _clean_names(frame, source)
+    frame, cell_notes = _clean_cells(frame, na_values)
+    return frame, notes + cell_notes
 
 
 def _load_package_dataset(name: str) -> pd.DataFrame:
@@ -455,19 +470,17 @@ def load_dataset(
         frame = frame.reset_index(drop=True)
     elif path_override is not None:
         source = str(path_override)
-        frame = _read_csv(Path(path_override), spec.na_values)
+        frame = read_csv(Path(path_override), spec.na_values)
     elif spec.dataset is not None:
         source = spec.dataset
         frame = _load_package_dataset(spec.dataset)
     else:
         csv = _resolve_csv(spec)
         source = str(csv)
-        frame = _read_csv(csv, spec.na_values)
-    frame, notes = _clean_names(frame, source)
-    frame, cell_notes = _clean_cells(frame, spec.na_values)
-    notes += cell_notes
+        frame = read_csv(csv, spec.na_values)
+    frame, notes = clean_table(frame, spec.na_values, source)
     _check_columns(frame, spec, source)
-    _check_numbers(frame, source, skip=spec.drop)
+    check_numbers(frame, source, skip=spec.drop)
     if frame.empty:
         raise HpoError(f"{source}: the data has a header but no rows")
 
@@ -554,7 +567,7 @@ def _number_text(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _as_text(values: pd.Series) -> pd.Series:
+def category_text(values: pd.Series) -> pd.Series:
     """A categorical column's values as strings (gaps stay missing): ``2.0`` reads ``"2"``.
 
     Each number is written on its own, so any subset of rows (a fold) spells a value as the
@@ -612,7 +625,7 @@ class Preprocessor:
             elif categories and column in categories:
                 self.categorical[column] = categories[column]
             else:
-                text = _as_text(values)
+                text = category_text(values)
                 self.categorical[column] = Categories(
                     values=tuple(sorted(text.dropna().unique())), missing=bool(text.isna().any())
                 )
@@ -642,7 +655,7 @@ class Preprocessor:
     @staticmethod
     def _one_hot(values: pd.Series, categories: Categories) -> np.ndarray:
         """Rows of 0/1; a value outside the schema is all zeros, a gap is ``(missing)``."""
-        text = _as_text(values)
+        text = category_text(values)
         codes = pd.Categorical(text, categories=list(categories.values)).codes
         out = np.zeros((len(values), categories.width), dtype=np.float64)
         known = codes >= 0

@@ -28,7 +28,6 @@ from hpo.cli.options import (
     load_study,
     n_trials_option,
     name_option,
-    rows_text,
     show_data_findings,
     storage_option,
     storage_url,
@@ -170,7 +169,7 @@ def worker(
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
     click.echo(
         f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
-        f"data: {dataset.source}, {rows_text(dataset)}",
+        f"data: {dataset.source}, {dataset.rows_text()}",
         err=True,
     )
     store_data_warnings(study, show_data_findings(dataset, spec))

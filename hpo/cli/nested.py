@@ -16,7 +16,6 @@ from hpo.cli.options import (
     epochs_option,
     n_trials_option,
     name_option,
-    rows_text,
     storage_option,
     storage_url,
     text_table,
@@ -150,7 +149,7 @@ def _search(
     left = trials_to_run(study, inner.budget.n_trials)
     click.echo(
         f"outer fold {fold}/{outer}: study {inner.name!r} {'created' if created else 'resumed'}"
-        f"; {rows_text(dataset)}; {left} of {inner.budget.n_trials} trials to run",
+        f"; {dataset.rows_text()}; {left} of {inner.budget.n_trials} trials to run",
         err=True,
     )
     summary = train_here(

@@ -23,13 +23,7 @@ from hpo.results.baseline import baseline_gain
 from hpo.spec import ENGINES, StudySpec, apply_overrides
 from hpo.study.record import CrashPolicy, best_trial, is_baseline, load_study, read_trial
 from hpo.study.session import train
-from hpo.study.storage import (
-    Access,
-    check_sqlite,
-    mask_url,
-    normalize_url,
-    resolve_storage_url,
-)
+from hpo.study.storage import Access, checked_storage_url
 from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
@@ -57,7 +51,6 @@ __all__ = [
     "port_option",
     "print_best",
     "repeats_option",
-    "rows_text",
     "seeds_option",
     "show_data_findings",
     "storage_option",
@@ -227,16 +220,9 @@ def storage_url(
     """The storage URL to use (``--storage``, else ``$HPO_STORAGE``, else the default), checked:
     a malformed URL, and with ``access`` a SQLite file unfit for it, fail here, before any data
     is read. ``announce`` prints it (masked) on stderr."""
-    url, why = resolve_storage_url(storage)
-    normalize_url(url)  # fail fast on a malformed URL
-    if access is not None:
-        check_sqlite(url, access)
+    url, line = checked_storage_url(storage, access)
     if announce:
-        note = {
-            "default": " (default; choose with --storage or HPO_STORAGE)",
-            "HPO_STORAGE": " (from HPO_STORAGE)",
-        }
-        click.echo(f"storage: {mask_url(url)}{note.get(why, '')}", err=True)
+        click.echo(line, err=True)
     return url
 
 
@@ -270,10 +256,6 @@ def train_here(
     if summary.interrupted:
         click.echo(f"stopped by {summary.interrupted}: {stopped}", err=True)
     return summary
-
-
-def rows_text(dataset: Dataset) -> str:
-    return dataset.rows_text()
 
 
 def print_best(study: optuna.Study, shown_url: str) -> None:

@@ -202,8 +202,9 @@ def _searched_names(net: Any, search: SearchSpec, where: str) -> tuple[str, ...]
             f"{where}: two layers are named {twice!r}: layer names must be unique, since the "
             "search's parameters are named after them"
         )
-    candidates = _searchable(net)[:-1]
-    output = _searchable(net)[-1].name if _searchable(net) else None
+    searchable = _searchable(net)
+    candidates = searchable[:-1]
+    output = searchable[-1].name if searchable else None
     allowed = [layer.name for layer in candidates]
 
     def check(name: str, key: str) -> None:

@@ -47,14 +47,13 @@ from hpo.data import (
     Dataset,
     Fold,
     Preprocessor,
-    _as_text,
-    _check_numbers,
-    _clean_cells,
-    _clean_names,
-    _read_csv,
+    category_text,
     check_classes,
+    check_numbers,
+    clean_table,
     load_dataset,
     quoted,
+    read_csv,
     split_holdout,
 )
 from hpo.engines.keras_model import import_keras, tensorflow_versions, tf
@@ -609,7 +608,7 @@ def read_rows(path: str | Path, exported: ExportedModel) -> tuple[pd.DataFrame, 
     source = str(path)
     if not Path(path).exists():
         raise HpoError(f"{source}: no such file")
-    return select_rows(_read_csv(Path(path), exported.na_values), exported, source=source)
+    return select_rows(read_csv(Path(path), exported.na_values), exported, source=source)
 
 
 def select_rows(
@@ -622,9 +621,7 @@ def select_rows(
     that is absent, or one it was never trained on, is an error naming them all (one line: a
     renamed column shows as both). A number float32 cannot hold is refused as in training.
     """
-    frame, notes = _clean_names(frame, source)
-    frame, cell_notes = _clean_cells(frame, exported.na_values)
-    notes += cell_notes
+    frame, notes = clean_table(frame, exported.na_values, source)
     names = [c.name for c in exported.columns]
     missing = [n for n in names if n not in frame.columns]
     unexpected = [
@@ -644,7 +641,7 @@ def select_rows(
     if frame.empty:
         raise HpoError(f"{source}: the data has a header but no rows")
     frame = frame[names]
-    _check_numbers(frame, source)
+    check_numbers(frame, source)
     return frame, notes
 
 
@@ -662,7 +659,7 @@ def model_inputs(
     for column in columns:
         values = frame[column.name]
         if column.dtype == "string":
-            text = _as_text(values).fillna("")
+            text = category_text(values).fillna("")
             inputs[column.input] = text.to_numpy(dtype=str)[:, None]
             continue
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)

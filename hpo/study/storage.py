@@ -55,6 +55,7 @@ __all__ = [
     "HeldLock",
     "StorageGuard",
     "check_sqlite",
+    "checked_storage_url",
     "count_trial_states",
     "creation_lock",
     "error_text",
@@ -243,6 +244,21 @@ def open_storage(
 
 
 # --- SQLite files ------------------------------------------------------------------------------
+
+
+def checked_storage_url(storage: str | None, access: Access | None = None) -> tuple[str, str]:
+    """The storage URL to use and the line that names it: ``storage``, else ``$HPO_STORAGE``,
+    else the SQLite default, checked before any data is read (a malformed URL; with ``access``,
+    a SQLite file unfit for it)."""
+    url, why = resolve_storage_url(storage)
+    normalize_url(url)
+    if access is not None:
+        check_sqlite(url, access)
+    note = {
+        "default": " (default; choose with --storage or HPO_STORAGE)",
+        "HPO_STORAGE": " (from HPO_STORAGE)",
+    }
+    return url, f"storage: {mask_url(url)}{note.get(why, '')}"
 
 
 def check_sqlite(url: str, access: Access = "create") -> None:
