@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.data import Dataset, FoldSet, load_folds
 from hpo.engines import make_engine
+from hpo.engines.batching import FALLBACK
 from hpo.engines.builder import resolve
 from hpo.engines.network import build_model as _network
 from hpo.errors import HpoError
@@ -38,6 +39,7 @@ from hpo.results.artifacts import ArtifactRecorder
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
 from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
+from hpo.study.pool import WorkerPool, workers_for
 from hpo.study.record import (
     best_trial,
     check_holdout,
@@ -121,12 +123,20 @@ def run_study(
     say: Callable[[str], None] = _log.info,
     warn: Callable[[str], None] = _log.warning,
     stopped: str = "trials in flight marked FAIL; the study is intact",
+    workers: int = 1,
 ) -> RunOutcome:
     """Create or resume ``spec``'s study and train it here to its budget (``hpo run``).
 
     ``say`` receives each progress line (storage, data, model, study), ``warn`` the data's
-    notes and warnings; the engine's per-trial lines go to the ``hpo`` logger.
+    notes and warnings; the engine's per-trial lines go to the ``hpo`` logger. ``workers``:
+    training processes, this one and ``workers - 1`` ``hpo worker`` processes on the study
+    (fewer when the trials left would not keep them busy).
     """
+    if workers > 1 and not (data is None or isinstance(data, str | Path)):
+        raise HpoError(
+            f"workers={workers} needs the data as a CSV file (the other processes read it "
+            "themselves); give data a path, or use workers=1 with a DataFrame"
+        )
     # A malformed URL or an unusable SQLite path fails before any data is read.
     url, line = checked_storage_url(storage, "create")
     dataset, folds = _data(spec, data)
@@ -153,18 +163,60 @@ def run_study(
         f"study {spec.name!r}: {'created' if created else 'resumed'}; "
         f"{spec.budget.n_trials} trials budgeted, {left} to run"
     )
-    summary = train(
-        study,
-        spec,
-        folds,
-        storage_url=url,  # outage lines show the URL as the user gave it
-        n_trials=spec.budget.n_trials,
-        timeout=spec.budget.timeout,
-        recorder=recorder,
-    )
+    pool = _pool(spec, url, data, workers, left, say)
+    try:
+        if pool is not None:
+            pool.start()
+        summary = train(
+            study,
+            spec,
+            folds,
+            storage_url=url,  # outage lines show the URL as the user gave it
+            n_trials=spec.budget.n_trials,
+            timeout=spec.budget.timeout,
+            recorder=recorder,
+            pool=pool,
+        )
+    finally:
+        if pool is not None:
+            pool.close()  # whatever ended this process's training: no worker outlives it
     if summary.interrupted:
         say(f"stopped by {summary.interrupted}: {stopped}")
     return RunOutcome(study, spec, created, summary, url)
+
+
+def _pool(
+    spec: StudySpec,
+    url: str,
+    data: Any,
+    workers: int,
+    left: int,
+    say: Callable[[str], None],
+) -> WorkerPool | None:
+    """The other training processes of this run, if more than one is worth starting."""
+    setting = spec.engine.trials_per_batch
+    per_process = (
+        1 if spec.engine.name == "reference" else FALLBACK if setting == "auto" else int(setting)
+    )
+    count = workers_for(workers, left, per_process)
+    if workers > 1:
+        cut = (
+            f" (of {workers}: {left} trial{'' if left == 1 else 's'} to run, {per_process} a batch)"
+            if count < workers
+            else ""
+        )
+        say(f"workers: {count} training process{'es' if count > 1 else ''}{cut}")
+    if count == 1:
+        return None
+    builder_home = [str(Path(spec.source).resolve().parent)] if spec.model.builder else []
+    return WorkerPool(
+        spec.name,
+        url,
+        count - 1,
+        data_path=None if data is None else str(data),
+        timeout=spec.budget.timeout,
+        import_paths=builder_home,
+    )
 
 
 def with_model(spec: StudySpec, folds: FoldSet, say: Callable[[str], None]) -> StudySpec:
@@ -218,8 +270,10 @@ def optimize(
     engine: str | None = None,
     name: str | None = None,
     timeout: float | None = None,
+    workers: int = 1,
 ) -> optuna.Study:
-    """Create or resume a study and train it in this process until its budget is done.
+    """Create or resume a study and train it until its budget is done, in this process (and
+    ``workers - 1`` ``hpo worker`` processes).
 
     Args:
         study: a study file's path, a :class:`StudySpec`, or a dict shaped like a study file.
@@ -228,6 +282,8 @@ def optimize(
         storage: an Optuna storage URL; default ``$HPO_STORAGE``, else ``sqlite:///hpo.db``.
         n_trials: the study's global budget (finished plus running trials), as ``--n-trials``.
         epochs, engine, name, timeout: as the command line's options of the same names.
+        workers: training processes, as ``hpo run --workers`` (default 1 here: a notebook's
+            DataFrame cannot reach other processes; with a CSV path, more use more cores).
 
     Returns:
         The Optuna study (``study.best_trial``, ``study.trials_dataframe()``, ...).
@@ -252,7 +308,7 @@ def optimize(
         with warnings.catch_warnings():
             # TPE's `group` option is hpo's choice, not the caller's: its warning is noise.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            outcome = run_study(spec, data=data, storage=storage)
+            outcome = run_study(spec, data=data, storage=storage, workers=workers)
     finally:
         optuna.logging.set_verbosity(verbosity)
     summary = outcome.summary

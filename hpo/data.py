@@ -10,7 +10,10 @@ whitespace in names and text values) it reports in :attr:`Dataset.notes`.
 
 The preprocessing (one-hot for text columns, median fill and z-score for numbers) is fitted on
 each fold's training rows only, so nothing about the held-out rows leaks into training. Output is
-plain numpy, ready for any engine.
+plain numpy, ready for any engine, and memory grows with the rows, not with folds x copies: the
+folds of every repeat are row positions in one float32 :class:`Table`, each with its own
+:class:`Scaling` (its training rows' statistics), applied where a fold's rows are formed (by the
+stacked engine in its graph, batch by batch; by :attr:`Fold.x_train` for ``model.fit``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ __all__ = [
     "FoldSet",
     "Holdout",
     "Preprocessor",
+    "Scaling",
+    "Table",
+    "aligned_empty",
     "cache_dir",
     "category_text",
     "check_classes",
@@ -62,6 +68,7 @@ __all__ = [
     "clean_table",
     "fold_rows",
     "holdout_fold_set",
+    "is_aligned",
     "load_dataset",
     "load_folds",
     "load_holdout",
@@ -142,26 +149,189 @@ class Holdout:
         }
 
 
-@dataclass(frozen=True)
+# Where a matrix starts: 64 bytes is the alignment TensorFlow needs to use numpy memory in place.
+_ALIGN_BYTES = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: type | np.dtype | None = None) -> np.ndarray:
+    """An uninitialized C-contiguous array (float32 unless ``dtype`` says) whose first byte
+    sits on a 64-byte boundary, so an engine can hand it to TensorFlow without copying it (see
+    :func:`is_aligned`)."""
+    dtype = np.float32 if dtype is None else dtype  # not a default: numpy loads lazily
+    itemsize = np.dtype(dtype).itemsize
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(count * itemsize + _ALIGN_BYTES, dtype=np.uint8)
+    start = -raw.ctypes.data % _ALIGN_BYTES
+    return raw[start : start + count * itemsize].view(dtype).reshape(shape)
+
+
+def is_aligned(array: np.ndarray) -> bool:
+    """C-contiguous and on a 64-byte boundary: what :func:`aligned_empty` gives."""
+    return bool(array.flags.c_contiguous) and array.ctypes.data % _ALIGN_BYTES == 0
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """The rows every fold of a :class:`FoldSet` reads: one float32 matrix, one label vector.
+
+    ``x`` ``[rows, features]`` is the network's input columns in :attr:`Preprocessor.feature_names`
+    order: one-hot columns as 0/1, numeric columns as ``(value - center) / spread`` with a gap left
+    as NaN. ``center`` and ``spread`` are the mean and standard deviation of the rows the folds
+    train on (all rows of a K-fold split); they only keep float32's precision where the values
+    are (a year column, 2000 +- 10, would lose its decimals around 2000) and cancel out of what
+    a fold sees, which its :class:`Scaling` decides from its own training rows. One matrix
+    serves every fold and repeat, so memory grows with the rows, not with folds x copies.
+
+    ``x`` is 64-byte aligned (engines may use it in place) and never written after it is built.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def gaps(self) -> bool:
+        """Whether any cell is a gap (NaN), to be filled per fold."""
+        return bool(np.isnan(self.x).any())
+
+
+@dataclass(frozen=True, eq=False)
+class Scaling:
+    """A fold's preprocessing of :attr:`Table.x`, fitted on its training rows: a column's value
+    becomes ``(x - shift) / scale`` (float32, two roundings), a gap becomes ``fill`` (the fold's
+    median, standardized). One-hot columns pass through (shift 0, scale 1).
+
+    Each is a float32 vector over the table's columns; :meth:`apply` is the formula, and the
+    stacked engine computes the same float32 operations on each batch it forms.
+    """
+
+    shift: np.ndarray
+    scale: np.ndarray
+    fill: np.ndarray
+
+    @classmethod
+    def identity(cls, n_features: int) -> Scaling:
+        zeros = np.zeros(n_features, np.float32)
+        return cls(zeros, np.ones(n_features, np.float32), zeros)
+
+    def apply(self, x: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+        """The fold's network input for raw table rows ``x``: a new float32 array, or ``x``
+        itself rewritten with ``in_place`` (a fresh gather of rows, so a fold's matrix is made
+        without a second temporary of its size)."""
+        gaps = np.isnan(x)
+        z = x if in_place else np.empty_like(x)
+        np.subtract(x, self.shift, out=z)
+        np.divide(z, self.scale, out=z)
+        if gaps.any():
+            np.copyto(z, np.broadcast_to(self.fill, z.shape), where=gaps)
+        return z
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class Fold:
-    """One fold, preprocessed with statistics of its own training rows."""
+    """One fold: which rows of the shared :class:`Table` it trains on and holds out, and its
+    :class:`Scaling`, fitted on its own training rows.
+
+    ``train_rows`` and ``valid_rows`` are positions in the rows the folds were cut from (and in
+    the table, which holds those rows in that order). The fold holds no matrix of its own:
+    :attr:`x_train` and :attr:`x_valid` are made on each access (rare callers: the reference
+    engine's ``model.fit``, export, tests), while the stacked engine forms its batches from the
+    table. The arrays-in form ``Fold(index, train_rows, valid_rows, x_train, y_train, x_valid,
+    y_valid)`` still works (see :meth:`from_arrays`).
+    """
 
     index: int
     train_rows: np.ndarray
     valid_rows: np.ndarray
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_valid: np.ndarray
-    y_valid: np.ndarray
+    table: Table
+    scaling: Scaling
+
+    def __init__(
+        self,
+        index: int,
+        train_rows: np.ndarray,
+        valid_rows: np.ndarray,
+        *arrays: np.ndarray,
+        table: Table | None = None,
+        scaling: Scaling | None = None,
+    ) -> None:
+        if arrays:
+            if len(arrays) != 4 or table is not None or scaling is not None:
+                raise TypeError(
+                    "Fold takes (index, train_rows, valid_rows, table=, scaling=) or "
+                    "(index, train_rows, valid_rows, x_train, y_train, x_valid, y_valid)"
+                )
+            made = Fold.from_arrays(index, train_rows, valid_rows, *arrays)
+            table, scaling = made.table, made.scaling
+        if table is None or scaling is None:
+            raise TypeError("Fold needs a table and a scaling (or the four arrays)")
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "train_rows", train_rows)
+        object.__setattr__(self, "valid_rows", valid_rows)
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "scaling", scaling)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        index: int,
+        train_rows: np.ndarray,
+        valid_rows: np.ndarray,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_valid: np.ndarray,
+        y_valid: np.ndarray,
+    ) -> Fold:
+        """A fold over ready-made network inputs (already preprocessed: the scaling is the
+        identity). The rows go into a table at their positions ``train_rows`` and
+        ``valid_rows``; a row in both (``hpo export`` trains and scores on every row) is written
+        once from each, so both must agree."""
+        train_rows = np.asarray(train_rows)
+        valid_rows = np.asarray(valid_rows)
+        n_rows = 1 + max(int(train_rows.max(initial=-1)), int(valid_rows.max(initial=-1)))
+        n_features = int(np.shape(x_train)[1])
+        x = aligned_empty((n_rows, n_features))
+        x[...] = 0.0
+        labels = np.zeros(n_rows, np.int32)
+        x[train_rows], labels[train_rows] = x_train, y_train
+        x[valid_rows], labels[valid_rows] = x_valid, y_valid
+        table = Table(x=x, labels=labels)
+        return cls(index, train_rows, valid_rows, table=table, scaling=Scaling.identity(n_features))
+
+    @property
+    def x_train(self) -> np.ndarray:
+        """The training rows as the network sees them (a new float32 array, made now)."""
+        return self.scaling.apply(self.table.x[self.train_rows], in_place=True)
+
+    @property
+    def x_valid(self) -> np.ndarray:
+        """The held-out rows as the network sees them (a new float32 array, made now)."""
+        return self.scaling.apply(self.table.x[self.valid_rows], in_place=True)
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return self.table.labels[self.train_rows]
+
+    @property
+    def y_valid(self) -> np.ndarray:
+        return self.table.labels[self.valid_rows]
 
     @property
     def n_features(self) -> int:
-        return int(self.x_train.shape[1])
+        return self.table.n_features
 
 
 @dataclass(frozen=True)
 class FoldSet:
-    """The K folds of every repeat (repeated K-fold reshuffles the rows once per repeat)."""
+    """The K folds of every repeat (repeated K-fold reshuffles the rows once per repeat), all
+    reading one :class:`Table`."""
 
     repeats: tuple[tuple[Fold, ...], ...]
     classes: tuple[str, ...]
@@ -609,10 +779,16 @@ class Preprocessor:
         )
 
     def fit(
-        self, frame: pd.DataFrame, *, categories: dict[str, Categories] | None = None
+        self,
+        frame: pd.DataFrame,
+        *,
+        categories: dict[str, Categories] | None = None,
+        rows: np.ndarray | None = None,
     ) -> Preprocessor:
+        """Fit on ``frame``'s rows, or on its rows at positions ``rows`` only (taken column by
+        column, so a fold's statistics never need a copy of its whole training table)."""
         for column in frame.columns:
-            values = frame[column]
+            values = frame[column] if rows is None else frame[column].iloc[rows]
             if self.is_numeric(values):
                 self.numeric.append(column)
                 median = values.median()
@@ -644,25 +820,68 @@ class Preprocessor:
         return len(self.numeric) + sum(c.width for c in self.categorical.values())
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        blocks = []
-        for column in self.numeric:
-            values = frame[column].fillna(self.medians[column]).to_numpy(dtype=np.float64)
-            blocks.append(((values - self.means[column]) / self.stds[column])[:, None])
+        """The network's input for ``frame``: float32, gaps filled with the medians, numbers
+        standardized (each column computed in float64 and rounded once, written straight into
+        the float32 result: no float64 copy of the whole table)."""
+        return self._encode(frame, fill=True)
+
+    def table_matrix(self, frame: pd.DataFrame, out: np.ndarray | None = None) -> np.ndarray:
+        """``frame`` as a :class:`Table` matrix: numeric columns ``(value - mean) / std`` with
+        these statistics, gaps left NaN (each fold fills them with its own median); one-hot
+        columns as :meth:`transform` writes them. Written into ``out`` when given, else into a
+        new aligned array (:func:`aligned_empty`)."""
+        return self._encode(frame, fill=False, out=out)
+
+    def _encode(
+        self, frame: pd.DataFrame, *, fill: bool, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        if out is None:
+            out = aligned_empty((len(frame), self.width))
+        for j, column in enumerate(self.numeric):
+            values = frame[column]
+            if fill:
+                values = values.fillna(self.medians[column])
+            numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            out[:, j] = (numbers - self.means[column]) / self.stds[column]
+        start = len(self.numeric)
         for column, categories in self.categorical.items():
-            blocks.append(self._one_hot(frame[column], categories))
-        return np.hstack(blocks).astype(np.float32)
+            block = out[:, start : start + categories.width]
+            self._one_hot(frame[column], categories, block)
+            start += categories.width
+        return out
+
+    def scaling(self, table: Preprocessor) -> Scaling:
+        """This fold's statistics as a :class:`Scaling` of a table made by
+        :meth:`table_matrix` of ``table`` (same columns): ``(v - c) / s`` stored, so the fold's
+        ``(v - mean) / std`` is ``(x - (mean - c) / s) / (std / s)``; a gap is the median's
+        ``(median - mean) / std``, computed in float64 as :meth:`transform` computes it."""
+        n = self.width
+        shift, scale, fill = np.zeros(n), np.ones(n), np.zeros(n)
+        if self.numeric != table.numeric:
+            raise ValueError("the fold's numeric columns differ from the table's")
+        for j, column in enumerate(self.numeric):
+            center, spread = table.means[column], table.stds[column]
+            mean, std = self.means[column], self.stds[column]
+            shift[j] = (mean - center) / spread
+            scale[j] = std / spread
+            fill[j] = (self.medians[column] - mean) / std
+        return Scaling(
+            shift=shift.astype(np.float32),
+            scale=scale.astype(np.float32),
+            fill=fill.astype(np.float32),
+        )
 
     @staticmethod
-    def _one_hot(values: pd.Series, categories: Categories) -> np.ndarray:
-        """Rows of 0/1; a value outside the schema is all zeros, a gap is ``(missing)``."""
+    def _one_hot(values: pd.Series, categories: Categories, out: np.ndarray) -> None:
+        """Rows of 0/1 into ``out``; a value outside the schema is all zeros, a gap is
+        ``(missing)``."""
         text = category_text(values)
         codes = pd.Categorical(text, categories=list(categories.values)).codes
-        out = np.zeros((len(values), categories.width), dtype=np.float64)
+        out[...] = 0.0
         known = codes >= 0
         out[np.flatnonzero(known), codes[known]] = 1.0
         if categories.missing:
             out[text.isna().to_numpy(), len(categories.values)] = 1.0
-        return out
 
 
 def fold_rows(
@@ -698,28 +917,53 @@ def fold_rows(
         )
     else:
         splitter = sklearn_splits.KFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
-    return list(splitter.split(np.zeros((n_rows, 1)), labels))
+    # int32 positions as each fold is cut (scikit-learn's are int64: K of them per repeat).
+    return [
+        (_index(train), _index(valid))
+        for train, valid in splitter.split(np.zeros((n_rows, 1)), labels)
+    ]
 
 
 def make_folds(dataset: Dataset, cv: CVSpec, *, repeat: int = 0) -> list[Fold]:
     """K folds as scikit-learn's (Stratified)KFold cuts them; ``repeat`` reshuffles (seed + repeat)."""
+    table_prep, table = _table(dataset)
+    return _folds(dataset, cv, repeat, table_prep, table)
+
+
+def _table(dataset: Dataset) -> tuple[Preprocessor, Table]:
+    """The one matrix of ``dataset``'s rows every fold reads, and the statistics it is stored
+    with (all rows: each row is a training row of some fold). The one-hot schema comes from all
+    rows too, so every fold has the same input width."""
+    prep = Preprocessor(dataset.categorical).fit(dataset.features)
+    labels = np.ascontiguousarray(dataset.labels, dtype=np.int32)
+    return prep, Table(x=prep.table_matrix(dataset.features), labels=labels)
+
+
+def _index(rows: np.ndarray) -> np.ndarray:
+    """Row positions as int32 (half of scikit-learn's int64: K of them per repeat)."""
+    return rows.astype(np.int32) if rows.max(initial=0) < np.iinfo(np.int32).max else rows
+
+
+def _folds(
+    dataset: Dataset, cv: CVSpec, repeat: int, table_prep: Preprocessor, table: Table
+) -> list[Fold]:
+    """One repeat's folds over ``table``, each scaled by statistics of its own training rows."""
     rows = fold_rows(
         dataset.labels, cv, repeat=repeat, source=dataset.source, class_names=dataset.classes
     )
-    schema = Preprocessor(dataset.categorical).fit(dataset.features).categorical
+    schema = table_prep.categorical
     folds = []
     for i, (train_rows, valid_rows) in enumerate(rows):
-        train = dataset.features.iloc[train_rows]
-        prep = Preprocessor(dataset.categorical).fit(train, categories=schema)
+        prep = Preprocessor(dataset.categorical).fit(
+            dataset.features, categories=schema, rows=train_rows
+        )
         folds.append(
             Fold(
-                index=i,
-                train_rows=train_rows,
-                valid_rows=valid_rows,
-                x_train=prep.transform(train),
-                y_train=dataset.labels[train_rows],
-                x_valid=prep.transform(dataset.features.iloc[valid_rows]),
-                y_valid=dataset.labels[valid_rows],
+                i,
+                train_rows,
+                valid_rows,
+                table=table,
+                scaling=prep.scaling(table_prep),
             )
         )
     return folds
@@ -835,17 +1079,22 @@ def load_holdout(
 
 def holdout_fold_set(search: Dataset, held: Dataset) -> FoldSet:
     """One fold that trains on every search row and scores the held-out rows, preprocessed
-    with statistics (and one-hot schema) of the search rows only."""
+    with statistics (and one-hot schema) of the search rows only.
+
+    The table stores both with the search rows' statistics, so the fold's scaling is the
+    identity and its inputs are exactly :meth:`Preprocessor.transform`'s."""
     prep = Preprocessor(search.categorical).fit(search.features)
     n_search, n_held = search.n_rows, held.n_rows
+    x = aligned_empty((n_search + n_held, prep.width))
+    prep.table_matrix(search.features, out=x[:n_search])
+    prep.table_matrix(held.features, out=x[n_search:])
+    labels = np.concatenate([search.labels, held.labels]).astype(np.int32)
     fold = Fold(
-        index=0,
-        train_rows=np.arange(n_search),
-        valid_rows=np.arange(n_search, n_search + n_held),
-        x_train=prep.transform(search.features),
-        y_train=search.labels,
-        x_valid=prep.transform(held.features),
-        y_valid=held.labels,
+        0,
+        _index(np.arange(n_search)),
+        _index(np.arange(n_search, n_search + n_held)),
+        table=Table(x=x, labels=labels),
+        scaling=prep.scaling(prep),
     )
     return FoldSet(repeats=((fold,),), classes=search.classes)
 
@@ -871,6 +1120,8 @@ def load_folds(
 
 
 def make_fold_set(dataset: Dataset, cv: CVSpec) -> FoldSet:
-    """Every repeat's folds, each preprocessed on its own training rows."""
-    repeats = tuple(tuple(make_folds(dataset, cv, repeat=r)) for r in range(cv.repeats))
+    """Every repeat's folds, each preprocessed on its own training rows, all reading one
+    :class:`Table` of the rows (a repeat is another cut of the same rows)."""
+    table_prep, table = _table(dataset)
+    repeats = tuple(tuple(_folds(dataset, cv, r, table_prep, table)) for r in range(cv.repeats))
     return FoldSet(repeats=repeats, classes=dataset.classes)

@@ -26,9 +26,12 @@ __all__ = [
     "ACTIVATIONS",
     "ARTIFACT_MODELS",
     "ENGINES",
+    "MIN_SAMPLER_HISTORY",
     "MISSING_TARGET",
     "OPTIMIZERS",
     "PLACEMENTS",
+    "PRUNERS",
+    "PRUNER_KEYS",
     "TARGET_KINDS",
     "AlphaRange",
     "ArtifactsSpec",
@@ -38,6 +41,7 @@ __all__ = [
     "EngineSpec",
     "LayerSearchSpec",
     "ModelSpec",
+    "PrunerSpec",
     "SamplerSpec",
     "SearchSpec",
     "StudySpec",
@@ -310,14 +314,21 @@ class EngineSpec:
     """How trials are trained. ``trials_per_batch`` only matters to the stacked engine."""
 
     name: str = "stacked"
-    trials_per_batch: int = 8
+    # "auto": measured on this machine for the data's shape when training starts
+    # (hpo.engines.batching), then cached.
+    trials_per_batch: int | str = "auto"
     checkpoint_every: int = 0
     threads: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in ENGINES:
             raise ValueError(f"`name` must be one of {', '.join(ENGINES)}, but got {self.name!r}")
-        if self.trials_per_batch < 1:
+        if isinstance(self.trials_per_batch, str) and self.trials_per_batch != "auto":
+            raise ValueError(
+                '`trials_per_batch` must be "auto" or a whole number >= 1, but got '
+                f"{self.trials_per_batch!r}"
+            )
+        if isinstance(self.trials_per_batch, int) and self.trials_per_batch < 1:
             raise ValueError(
                 f"`trials_per_batch >= 1` must hold, but got (trials_per_batch={self.trials_per_batch})"
             )
@@ -329,17 +340,150 @@ class EngineSpec:
             )
 
 
+PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "wilcoxon")
+# The settings each pruner takes (Optuna 5's constructor arguments that make sense here).
+PRUNER_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": (
+        "percentile",
+        "n_startup_trials",
+        "n_warmup_steps",
+        "interval_steps",
+        "n_min_trials",
+    ),
+    "successive_halving": (
+        "min_resource",
+        "reduction_factor",
+        "min_early_stopping_rate",
+        "bootstrap_count",
+    ),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
+    "wilcoxon": (),
+}
+# Why Wilcoxon is refused rather than offered: its test pairs a trial's values with the best
+# trial's at the same steps as independent instances (one score per fold or data set) whose mean
+# is the objective; a checkpoint reports the running out-of-fold accuracy, a learning curve.
+_WILCOXON = (
+    "the Wilcoxon pruner does not fit hpo's checkpoints: it treats steps as independent instances "
+    "(one score each, the objective their mean), but a checkpoint reports the running "
+    "out-of-fold accuracy of a learning curve; use "
+    '"median", "percentile", "successive_halving" or "hyperband"'
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrunerSpec:
+    """Which Optuna pruner stops poor trials at the engine's checkpoints, and its settings.
+
+    A setting left out (None) takes the pruner's default (``make_pruner`` in
+    ``hpo.study.record``), so a stored spec holds only what the study file said and a setting
+    of another pruner is refused instead of ignored. Steps are epochs on the stacked engine and
+    folds on the reference engine; ``min_resource`` defaults to ``[engine] checkpoint_every``
+    (the first checkpoint) and ``max_resource`` to the whole training. Pruning changes what a
+    study costs, not what a complete trial's score means, so a resumed study may change it.
+
+    The default is no pruning: ``bench/pruning.py`` found no pruner reaching a plan within one
+    noise std of the no-pruning best sooner on the course study (the first batch of random
+    start-up plans usually holds one already), while pruning lowered the final best.
+    """
+
+    name: str = "none"
+    n_startup_trials: int | None = None
+    n_warmup_steps: int | None = None
+    interval_steps: int | None = None
+    n_min_trials: int | None = None
+    percentile: float | None = None
+    min_resource: int | None = None
+    max_resource: int | None = None
+    reduction_factor: int | None = None
+    min_early_stopping_rate: int | None = None
+    bootstrap_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name == "wilcoxon":
+            raise ValueError(f'`name = "wilcoxon"`: {_WILCOXON}')
+        if self.name not in PRUNERS:
+            choices = ", ".join(repr(p) for p in PRUNERS if p != "wilcoxon")
+            raise ValueError(f"`name` must be one of {choices}, but got {self.name!r}")
+        own = PRUNER_KEYS[self.name]
+        for key in self.given():
+            if key not in own:
+                owners = [repr(p) for p, keys in PRUNER_KEYS.items() if key in keys]
+                settings = f"its settings: {', '.join(own)}" if own else "it has no settings"
+                raise ValueError(
+                    f"`{key}` is not a setting of the {self.name!r} pruner ({settings}); "
+                    f"remove it, or set `name` to {' or '.join(owners)}"
+                )
+        if self.name == "percentile" and self.percentile is None:
+            raise ValueError(
+                '`name = "percentile"` needs `percentile`: the top share of trials kept at '
+                "each checkpoint, in percent (e.g. 25.0 keeps the best quarter)"
+            )
+        lowest = {
+            "n_startup_trials": 0,
+            "n_warmup_steps": 0,
+            "interval_steps": 1,
+            "n_min_trials": 1,
+            "min_resource": 1,
+            "max_resource": 1,
+            "reduction_factor": 2,
+            "min_early_stopping_rate": 0,
+            "bootstrap_count": 0,
+        }
+        for key, low in lowest.items():
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ValueError(f"`{key} >= {low}` must hold, but got ({key}={value})")
+        if self.percentile is not None and not 0 < self.percentile < 100:
+            raise ValueError(
+                "`percentile` is the top share of trials kept, in percent: "
+                f"`0 < percentile < 100` must hold, but got (percentile={self.percentile})"
+            )
+        if (
+            self.min_resource is not None
+            and self.max_resource is not None
+            and self.max_resource < self.min_resource
+        ):
+            raise ValueError(
+                "`max_resource >= min_resource` must hold, but got "
+                f"(max_resource={self.max_resource}, min_resource={self.min_resource})"
+            )
+
+    def given(self) -> tuple[str, ...]:
+        """The settings the spec sets (the rest take the pruner's defaults)."""
+        return tuple(
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name != "name" and getattr(self, f.name) is not None
+        )
+
+
+# TPE's "good" set is the best min(ceil(n / 10), 25) trials: a bounded history of at least
+# 250 trials always holds exactly that set (hpo.study.sampler).
+MIN_SAMPLER_HISTORY = 250
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplerSpec:
+    """TPE's settings. ``max_history``: past this many finished trials, TPE is fitted on the
+    best 25 and the most recent others (0: on all), which keeps its cost per trial flat."""
+
     seed: int | None = None
     n_startup_trials: int = 10
     multivariate: bool = True
     group: bool = True
     constant_liar: bool = True
+    max_history: int = 1000
 
     def __post_init__(self) -> None:
         if self.n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials >= 0` must hold, but got {self.n_startup_trials}")
+        if self.max_history and self.max_history < MIN_SAMPLER_HISTORY:
+            raise ValueError(
+                f"`max_history` must be 0 (no bound) or at least {MIN_SAMPLER_HISTORY}, but "
+                f"got (max_history={self.max_history})"
+            )
         if self.seed is not None and not 0 <= self.seed <= seeds.MAX_SEED:
             raise ValueError(
                 f"`0 <= seed <= {seeds.MAX_SEED}` must hold, but got (seed={self.seed})"
@@ -369,12 +513,15 @@ class ArtifactsSpec:
 
     ``model``: "fold" saves the model trained on the first fold, "refit" retrains the plan on all
     rows, "none" saves no model. ``path``: the artifact store folder (default: next to a SQLite
-    study file, else ``./artifacts``); shared workers need a path they all reach.
+    study file, else ``./artifacts``); shared workers need a path they all reach. ``live``: a
+    per-fold table for every trial and a confusion matrix for each trial among the best as it
+    finishes, during the run (default: files for the final best ``top_k`` at the end).
     """
 
     path: str | None = None
     top_k: int = 3
     model: str = "fold"
+    live: bool = False
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
@@ -394,6 +541,7 @@ class StudySpec:
     cv: CVSpec = CVSpec()
     model: ModelSpec = ModelSpec()
     engine: EngineSpec = EngineSpec()
+    pruner: PrunerSpec = PrunerSpec()
     search: SearchSpec = field(default_factory=lambda: SearchSpec(layers=(LayerSearchSpec(),) * 2))
     sampler: SamplerSpec = SamplerSpec()
     budget: BudgetSpec = BudgetSpec()
@@ -418,6 +566,14 @@ class StudySpec:
             raise ValueError(
                 f"[search] describes {len(self.search.layers)} layers but [model] hidden has "
                 f"{len(self.model.hidden)}"
+            )
+        if self.pruner.name != "none" and not self.engine.checkpoint_every:
+            # A pruner acts only on the engine's checkpoints: without them it would be a
+            # setting silently ignored.
+            raise ValueError(
+                f'[pruner] name = "{self.pruner.name}" acts at checkpoints, but [engine] '
+                "checkpoint_every is 0 (none); set it (in epochs on the stacked engine, e.g. 25; "
+                'in folds on the reference engine, e.g. 1) or use name = "none"'
             )
 
     def replace(self, **sections: Any) -> StudySpec:
@@ -467,6 +623,7 @@ _SECTION_TYPES: dict[str, type] = {
     "cv": CVSpec,
     "model": ModelSpec,
     "engine": EngineSpec,
+    "pruner": PrunerSpec,
     "sampler": SamplerSpec,
     "budget": BudgetSpec,
     "artifacts": ArtifactsSpec,
@@ -533,7 +690,13 @@ def _value(where: str, hint: Any, value: Any, origin: str) -> Any:
     options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
     if value is None and type(None) in options:
         return None
-    (expected,) = (option for option in options if option is not type(None))
+    kinds = [option for option in options if option is not type(None)]
+    if len(kinds) > 1:  # scalars of either type (say "auto" or a number): the section checks
+        if not any(_is_a(value, kind) for kind in kinds):
+            names = " or ".join(_NAMES[kind][0] for kind in kinds)
+            raise HpoError(f"{origin}: `{where}` must be {names}, but got {value!r}")
+        return value
+    (expected,) = kinds
     if get_origin(expected) is tuple:
         item = get_args(expected)[0]
         if not isinstance(value, list | tuple) or not all(_is_a(v, item) for v in value):

@@ -1,7 +1,7 @@
 """Fixtures and helpers shared by the test modules.
 
 - ``_isolated_env`` (autouse): no test sees the developer's HPO_STORAGE or writes into the
-  repository.
+  repository; ``hpo run`` trains in one process (``HPO_WORKERS=1``) unless a test says otherwise.
 - ``tiny_csv``, ``write_study``: a 90-row learnable table and a study file over it.
 - ``built`` (session): one small real study (reference engine, 2 epochs, 5 trials, pruning
   checkpoints, the artifact recorder), trained once per test session and shared, read-only, by
@@ -50,7 +50,9 @@ SHARED_CSV = ROOT.parent / "shared" / "data" / "jh-simple-dataset.csv"
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's HPO_STORAGE or dashboard token, or writes into the
-    repository."""
+    repository. ``hpo run`` trains in one process unless a test asks for more (its default,
+    one process per core, would make trial order depend on the machine)."""
+    monkeypatch.setenv("HPO_WORKERS", "1")
     monkeypatch.delenv("HPO_STORAGE", raising=False)
     monkeypatch.delenv("HPO_DASHBOARD_TOKEN", raising=False)
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "data-cache"))

@@ -351,8 +351,11 @@ def own_postgres_server() -> Iterator[OwnPostgres]:
 HPO = [sys.executable, "-m", "hpo"]
 
 
-def tiny_study(directory: Path, name: str, *, n_trials: int, epochs: int = 2) -> Path:
-    """A study over a 90-row CSV that trains in about a second a trial (reference engine)."""
+def tiny_study(
+    directory: Path, name: str, *, n_trials: int, epochs: int = 2, extra: str = ""
+) -> Path:
+    """A study over a 90-row CSV that trains in about a second a trial (reference engine);
+    ``extra`` is appended to the file."""
     from conftest import make_frame
 
     csv = directory / "tiny.csv"
@@ -390,6 +393,7 @@ def tiny_study(directory: Path, name: str, *, n_trials: int, epochs: int = 2) ->
             n_trials = {n_trials}
             """
         )
+        + textwrap.dedent(extra)
     )
     return path
 
@@ -398,6 +402,7 @@ def hpo_env(storage: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
     env.update(
         HPO_STORAGE=storage,
+        HPO_WORKERS="1",  # `hpo run` in one process unless a test asks for more
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONUNBUFFERED="1",
         PYTHONWARNINGS="ignore",

@@ -81,7 +81,8 @@ def test_an_artifact_failure_is_logged_not_raised(
     from hpo.data import load_dataset, make_fold_set
     from hpo.objective import EvaluationResult
 
-    spec = load_spec(write_results_spec(tmp_path))
+    # Live artifacts: the ones written on the hot path, as each trial finishes.
+    spec = load_spec(write_results_spec(tmp_path, extra="[artifacts]\nlive = true\n"))
     folds = make_fold_set(load_dataset(spec.data), spec.cv)
     recorder = ArtifactRecorder(spec, f"sqlite:///{tmp_path}/x.db", folds)
     shutil.rmtree(recorder.directory)
@@ -106,32 +107,59 @@ def _expected_among_best(values: list[float]) -> set[int]:
     }
 
 
-def test_every_trial_gets_its_per_fold_table(built: BuiltStudy) -> None:
+def _check_folds_table(directory: Path, study: Any, trial: Any) -> None:
+    tables = [a for a in trial_artifacts(study, trial) if a.filename.endswith("-folds.csv")]
+    assert [a.filename for a in tables] == [f"trial-{trial.number}-folds.csv"]
+    assert tables[0].mimetype == "text/csv"
+    rows = list(
+        csv.DictReader(io.StringIO(read_artifact(directory, tables[0].artifact_id).decode()))
+    )
+    assert [int(r["fold"]) for r in rows] == [1, 2, 3]
+    assert sum(int(r["rows"]) for r in rows) == 90
+    assert [float(r["accuracy"]) for r in rows] == pytest.approx(
+        trial.user_attrs["fold_accuracies"], abs=1e-6
+    )
+
+
+def _check_png(directory: Path, study: Any, trial: Any) -> None:
+    from PIL import Image
+
+    png = next(a for a in trial_artifacts(study, trial) if a.filename.endswith(".png"))
+    assert png.mimetype == "image/png"
+    image = Image.open(io.BytesIO(read_artifact(directory, png.artifact_id)))
+    assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+    assert len(set(image.convert("RGB").getdata())) > 50  # drawn cells and text, not blank
+
+
+def test_only_the_final_best_get_files_table_matrix_and_model(built: BuiltStudy) -> None:
     study = load(built.url)
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * N_TRIALS
+    final_top = {t.number for t in sorted(trials, key=lambda t: (-t.value, t.number))[:TOP_K]}
     for trial in trials:
-        tables = [a for a in trial_artifacts(study, trial) if a.filename.endswith("-folds.csv")]
-        assert [a.filename for a in tables] == [f"trial-{trial.number}-folds.csv"]
-        assert tables[0].mimetype == "text/csv"
-        rows = list(
-            csv.DictReader(
-                io.StringIO(read_artifact(built.artifact_dir, tables[0].artifact_id).decode())
-            )
+        n = trial.number
+        names = sorted(a.filename for a in trial_artifacts(study, trial))
+        expected = (
+            [f"trial-{n}-confusion.png", f"trial-{n}-fold1.keras", f"trial-{n}-folds.csv"]
+            if n in final_top
+            else []
         )
-        assert [int(r["fold"]) for r in rows] == [1, 2, 3]
-        assert sum(int(r["rows"]) for r in rows) == 90
-        assert [float(r["accuracy"]) for r in rows] == pytest.approx(
-            trial.user_attrs["fold_accuracies"], abs=1e-6
-        )
+        assert names == expected, n
+    for number in final_top:
+        _check_folds_table(built.artifact_dir, study, study.trials[number])
+    _check_png(built.artifact_dir, study, study.best_trial)
 
 
-def test_confusion_matrices_for_the_best_as_they_finish_models_for_the_final_best(
-    built: BuiltStudy,
+@pytest.mark.slow  # trains a second study
+def test_live_artifacts_give_every_trial_its_table_and_the_best_so_far_their_matrix(
+    tmp_path: Path,
 ) -> None:
-    from PIL import Image
-
-    study = load(built.url)
+    spec = load_spec(
+        write_results_spec(
+            tmp_path, name="live", extra=f"[artifacts]\ntop_k = {TOP_K}\nlive = true\n"
+        )
+    )
+    study, _ = train_study(spec, f"sqlite:///{tmp_path}/live.db", artifact_dir=tmp_path / "store")
     trials = study.get_trials()
     among_best = _expected_among_best([t.value for t in trials])
     final_top = {t.number for t in sorted(trials, key=lambda t: (-t.value, t.number))[:TOP_K]}
@@ -146,12 +174,8 @@ def test_confusion_matrices_for_the_best_as_they_finish_models_for_the_final_bes
         if n in final_top:
             expected.append(f"trial-{n}-fold1.keras")
         assert names == sorted(expected), n
-    best = study.best_trial
-    png = next(a for a in trial_artifacts(study, best) if a.filename.endswith(".png"))
-    assert png.mimetype == "image/png"
-    image = Image.open(io.BytesIO(read_artifact(built.artifact_dir, png.artifact_id)))
-    assert image.format == "PNG" and image.width >= 400 and image.height >= 300
-    assert len(set(image.convert("RGB").getdata())) > 50  # drawn cells and text, not blank
+        _check_folds_table(tmp_path / "store", study, trial)
+    _check_png(tmp_path / "store", study, study.best_trial)
 
 
 def _regularizers(layer: Any) -> tuple[Any, Any]:
@@ -259,7 +283,7 @@ def test_an_engine_without_weights_still_gets_its_fold_model(tmp_path: Path) -> 
     recorder(trial, replace(result, weights=None))  # as an engine that keeps no weights
     study.tell(trial, result.accuracy)
 
-    assert recorder.finalize(study) == 1
+    assert recorder.finalize(study) == 3  # its table, its matrix and the retrained model
     frozen = study.get_trials()[0]
     model = next(a for a in trial_artifacts(study, frozen) if a.filename == "trial-0-fold1.keras")
     path = tmp_path / "m.keras"

@@ -107,7 +107,14 @@ def test_database_outage_longer_than_the_grace_period_stalls_workers_without_los
 ) -> None:
     url = own_postgres.url  # a server of this test's own: stopping it stops nobody else's
     env = hpo_env(url)
-    processes.run(["create", str(tiny_study(tmp_path, "outage", n_trials=6)), *FAST], env=env)
+    processes.run(
+        [
+            "create",
+            str(tiny_study(tmp_path, "outage", n_trials=6, extra="[artifacts]\nlive = true\n")),
+            *FAST,
+        ],
+        env=env,
+    )
     workers = [processes.start(["worker", "outage"], env=env, log=f"w{i}.log") for i in range(2)]
     workers[0].wait_for(r"trial \d+: accuracy")
     own_postgres.stop()
@@ -122,7 +129,7 @@ def test_database_outage_longer_than_the_grace_period_stalls_workers_without_los
     # Nothing lost, nothing counted twice: no trial was failed as stale, none dropped.
     assert _states(study) == {"COMPLETE": 6}, [w.text() for w in workers]
     # Artifacts too: the trials that finished while the database was away stored theirs
-    # once it was back (each trial's per-fold table).
+    # once it was back (each trial's per-fold table, written as it finishes with `live`).
     for trial in study.get_trials():
         names = [a.filename for a in trial_artifacts(study, trial)]
         assert f"trial-{trial.number}-folds.csv" in names, (trial.number, names)

@@ -61,7 +61,7 @@ def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
             into=second,
         )
 
-    def ask_then_lose_the_lock(s: optuna.Study) -> optuna.Trial:
+    def ask_then_lose_the_lock(s: optuna.Study, *, queued: bool) -> optuna.Trial:
         calls["n"] += 1
         if threading.current_thread() is threading.main_thread() and calls["n"] == lost_before_ask:
             # The first worker's session dies after its lock check and before this create;
@@ -70,7 +70,7 @@ def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
             thread = threading.Thread(target=second_worker)
             thread.start()
             thread.join(timeout=60)
-        return real_ask(s)
+        return real_ask(s, queued=queued)
 
     monkeypatch.setattr(budget, "_ask", ask_then_lose_the_lock)
     claim_trials(

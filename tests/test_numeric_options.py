@@ -26,6 +26,7 @@ OPTIONS = {
     ("run", "--timeout"): SECONDS_RULE,
     ("run", "--epochs"): COUNT_RULE,
     ("run", "--trials-per-batch"): COUNT_RULE,
+    ("run", "--workers"): COUNT_RULE,
     ("create", "--n-trials"): COUNT_RULE,
     ("create", "--epochs"): COUNT_RULE,
     ("create", "--trials-per-batch"): COUNT_RULE,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hpo.data import Fold, load_dataset, make_folds
+from hpo.data import Fold, Scaling, Table, aligned_empty, load_dataset, make_folds
 from hpo.engines import stacked as stacked_module
 from hpo.engines.keras_model import import_keras
 from hpo.engines.network import build_model
@@ -40,27 +40,36 @@ TOLERANCE = 2e-6
 
 
 def synthetic_folds(
-    n_rows: int, *, n_folds: int = 3, n_features: int = 6, seed: int = 0
+    n_rows: int, *, n_folds: int = 3, n_features: int = 6, seed: int = 0, gaps: float = 0.0
 ) -> list[Fold]:
-    """A learnable 3-class table cut into contiguous folds (sizes differ when n_rows % n_folds)."""
+    """A learnable 3-class table cut into contiguous folds (sizes differ when n_rows % n_folds).
+
+    As :func:`hpo.data.make_folds` builds them: every fold reads one shared table of raw values
+    (here offset and stretched, so the scaling matters) and standardizes it with the mean and
+    spread of its own training rows; a ``gaps`` fraction of cells is missing, filled with the
+    fold's training median. The engines see the same inputs: Keras ``fit`` gets ``x_train``
+    made by numpy, the stacked engine forms each batch in its graph.
+    """
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n_rows, n_features)).astype(np.float32)
     y = ((x[:, 0] + x[:, 1] > 0).astype(np.int32) + (x[:, 2] > 0.8)).astype(np.int32)
+    raw = aligned_empty((n_rows, n_features))
+    raw[...] = 3.0 * x + 1.0
+    if gaps:
+        raw[rng.random(raw.shape) < gaps] = np.nan
+    table = Table(x=raw, labels=y)
     rows = np.arange(n_rows)
     folds = []
     for index, valid in enumerate(np.array_split(rows, n_folds)):
         train = np.setdiff1d(rows, valid)
-        folds.append(
-            Fold(
-                index=index,
-                train_rows=train,
-                valid_rows=valid,
-                x_train=x[train],
-                y_train=y[train],
-                x_valid=x[valid],
-                y_valid=y[valid],
-            )
+        seen = raw[train].astype(np.float64)
+        mean, spread = np.nanmean(seen, axis=0), np.nanstd(seen, axis=0)
+        scaling = Scaling(
+            shift=mean.astype(np.float32),
+            scale=spread.astype(np.float32),
+            fill=((np.nanmedian(seen, axis=0) - mean) / spread).astype(np.float32),
         )
+        folds.append(Fold(index, train, valid, table=table, scaling=scaling))
     return folds
 
 
@@ -223,6 +232,64 @@ def test_optimizers_activations_and_uneven_folds_match_keras(
         max_difference(r, e) for r, e in zip(results, keras_run.probabilities, strict=True)
     ]
     assert max(differences) < TOLERANCE, differences
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_gaps_filled_per_fold_in_the_graph_match_keras_on_numpy_inputs(shared: bool) -> None:
+    """The stacked engine scales each batch's rows (and fills their gaps with the fold's
+    median) in the graph; Keras fits the fold's matrix made by numpy. Same training."""
+    folds = synthetic_folds(91, seed=8, gaps=0.1)
+    assert np.isnan(folds[0].table.x).any()
+    assert not np.isnan(folds[0].x_train).any()
+    model = replace(MODEL, epochs=3)
+    plans = [all_placements()[i] for i in (1, 6)]
+    keras_run = keras_reference(plans, folds, model)
+    results = stacked(shared_order=shared).evaluate(
+        plans,
+        folds,
+        model=model,
+        n_classes=N_CLASSES,
+        seeds=[1, 2],
+        initial_weights=keras_run.initial,
+    )
+    differences = [
+        max_difference(r, e) for r, e in zip(results, keras_run.probabilities, strict=True)
+    ]
+    assert max(differences) < TOLERANCE, differences
+
+
+def test_scoring_in_chunks_and_training_in_several_calls_change_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large folds are scored a chunk of rows at a time and their epochs handed to the graph
+    a few at a time (memory); results are those of one chunk and one call."""
+    folds = synthetic_folds(200, seed=9, gaps=0.05)
+    plans = random_plans(3, seed=4)
+    model = replace(MODEL, epochs=7)
+
+    def run(engine: StackedEngine) -> list[EvaluationResult]:
+        clear_graph_cache()
+        return engine.evaluate(plans, folds, model=model, n_classes=N_CLASSES, seeds=[5, 6, 7])
+
+    whole = run(StackedEngine(keep_probabilities=True))
+    whole_classes = run(StackedEngine())  # classes picked in the graph, no probabilities
+    # 3 folds x 3 trials x widest layer 8: 3 held-out rows a chunk (23 chunks, the last padded);
+    # and one epoch's row orders per graph call.
+    monkeypatch.setattr(stacked_module, "_PROBE_FLOATS", 3 * 3 * 8 * 3)
+    monkeypatch.setattr(stacked_module, "_ORDER_BYTES", 4 * 3 * 5 * 16)
+    chunked = run(StackedEngine(keep_probabilities=True))
+    (graph,) = stacked_module._graph_cache.values()
+    assert graph.layout.probe_rows == 3 and graph.layout.probe_chunks == 23
+    chunked_classes = run(StackedEngine())
+    for a, b, c, d in zip(whole, chunked, whole_classes, chunked_classes, strict=True):
+        np.testing.assert_array_equal(a.predictions, b.predictions)
+        np.testing.assert_array_equal(a.predictions, c.predictions)
+        np.testing.assert_array_equal(a.predictions, d.predictions)
+        assert a.accuracy == b.accuracy == c.accuracy == d.accuracy
+        assert c.probabilities is None
+        assert a.probabilities is not None and b.probabilities is not None
+        for p, q in zip(a.probabilities, b.probabilities, strict=True):
+            np.testing.assert_allclose(p, q, atol=1e-6)
 
 
 @pytest.mark.slow  # 40 epochs

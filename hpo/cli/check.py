@@ -24,7 +24,7 @@ from hpo.data import (
 from hpo.engines.builder import resolve as resolve_builder
 from hpo.engines.timing import time_trial
 from hpo.profile import DataProfile, profile_dataset
-from hpo.results.spec_text import search_rows
+from hpo.results.spec_text import pruner_text, search_rows
 from hpo.spec import StudySpec, load_spec
 
 __all__ = ["COMMANDS"]
@@ -76,6 +76,7 @@ def check(
     click.echo(
         _indent(text_table(list(rows[0]), [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]))
     )
+    click.echo(f"pruner: {pruner_text(spec)}")
     click.echo("")
     if estimate:
         click.echo("timing a few epochs of the engine (skip with --no-estimate) ...", err=True)

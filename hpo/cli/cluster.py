@@ -40,6 +40,7 @@ from hpo.data import load_folds
 from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
+from hpo.results.spec_text import pruner_text
 from hpo.spec import StudySpec, load_spec
 from hpo.study.heartbeat import worker_id
 from hpo.study.record import (
@@ -55,6 +56,7 @@ from hpo.study.record import (
     update_stored_spec,
     worker_records,
 )
+from hpo.study.session import train
 from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -136,12 +138,16 @@ def create(
 @n_trials_option("Global budget to work towards (default: the one stored with the study).")
 @timeout_option
 @data_option("Read the data from this CSV instead of the source stored with the study.")
+# One of the processes `hpo run --workers N` starts: the run has said what they would say at
+# start-up and at the end, and writes the final model files once they have all ended.
+@click.option("--part-of-run", is_flag=True, hidden=True)
 def worker(
     name: str,
     storage: str | None,
     n_trials: int | None,
     timeout: float | None,
     data_path: str | None,
+    part_of_run: bool,
 ) -> None:
     """Join study NAME and train its trials until its global budget is finished.
 
@@ -150,7 +156,7 @@ def worker(
     exits 0.
     """
     # A worker joins an existing study: it never creates a SQLite file (a typo must fail).
-    url = storage_url(storage, announce=True, access="write")
+    url = storage_url(storage, announce=not part_of_run, access="write")
     _quiet_database_drivers()
     study, spec = join_study(
         name, open_storage(url, access="write"), shown_url=url, worker=worker_id()
@@ -166,7 +172,20 @@ def worker(
         )
     spec = resolved
     check_holdout(study, dataset.holdout)
-    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)
+    # In a run's pool, the run's own process refits the final best (once, after all end).
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset, refit_here=not part_of_run)
+    if part_of_run:
+        train(
+            study,
+            spec,
+            folds,
+            storage_url=url,
+            n_trials=budget,
+            timeout=timeout if timeout is not None else spec.budget.timeout,
+            recorder=recorder,
+            in_team=True,
+        )
+        return
     click.echo(
         f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
         f"data: {dataset.source}, {dataset.rows_text()}",
@@ -246,6 +265,9 @@ def study_status(
         "workers": workers,
         "older_workers": older,
         "policy": policy.to_dict(),
+        # The pruner the study's workers use, from the stored spec (a pruned trial is a cost
+        # saved, not a failure; this says what decided it).
+        "pruner": None if spec is None else pruner_text(spec),
         "best": None
         if best is None
         else {"number": best.number, "value": best.value, "params": best.params},
@@ -266,6 +288,8 @@ def _status_text(status: dict[str, Any]) -> str:
         )
     shown = ", ".join(f"{state} {count}" for state, count in states.items())
     lines.append(f"trials: {shown or 'none yet'}")
+    if status.get("pruner"):
+        lines.append(f"pruner: {status['pruner']}")
     if status["running"]:
         lines.append(
             "running: "

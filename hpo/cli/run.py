@@ -11,6 +11,7 @@ import click
 
 from hpo.api import run_study
 from hpo.cli.options import (
+    COUNT,
     apply_overrides,
     data_option,
     echo_err,
@@ -30,6 +31,7 @@ from hpo.cli.options import (
 )
 from hpo.errors import HpoError
 from hpo.spec import load_spec
+from hpo.study.pool import usable_cores
 from hpo.study.record import (
     best_trial,
     read_trial,
@@ -52,6 +54,14 @@ __all__ = ["COMMANDS"]
 @engine_option
 @trials_per_batch_option
 @name_option
+@click.option(
+    "--workers",
+    type=COUNT,
+    envvar="HPO_WORKERS",
+    default=None,
+    help="Training processes: this one and N-1 `hpo worker`s on the same study "
+    "[default: the usable cores, $HPO_WORKERS]; 1 trains in this process only.",
+)
 def run(
     study_file: str,
     storage: str | None,
@@ -62,8 +72,10 @@ def run(
     engine: str | None,
     trials_per_batch: int | None,
     name: str | None,
+    workers: int | None,
 ) -> None:
-    """Create or resume the study in STUDY_FILE and optimize in this process."""
+    """Create or resume the study in STUDY_FILE and optimize it, one training process per
+    usable core."""
     spec = apply_overrides(
         load_spec(study_file),
         epochs=epochs,
@@ -73,7 +85,14 @@ def run(
         timeout=timeout,
         name=name,
     )
-    outcome = run_study(spec, data=data_path, storage=storage, say=echo_err, warn=echo_err)
+    outcome = run_study(
+        spec,
+        data=data_path,
+        storage=storage,
+        say=echo_err,
+        warn=echo_err,
+        workers=workers or usable_cores(),
+    )
     summary, study, url = outcome.summary, outcome.study, outcome.storage_url
     click.echo(
         f"ran {summary.completed} trial{'' if summary.completed == 1 else 's'} "

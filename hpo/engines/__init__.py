@@ -22,5 +22,7 @@ def make_engine(spec: EngineSpec) -> Engine:
     return StackedEngine(
         checkpoint_every=spec.checkpoint_every,
         threads=spec.threads,
-        trials_per_batch=spec.trials_per_batch,
+        # "auto" is settled by hpo.engines.batching where a study trains; elsewhere (reruns,
+        # holdout and nested scores) the batch only groups the plans to score.
+        trials_per_batch=8 if spec.trials_per_batch == "auto" else int(spec.trials_per_batch),
     )

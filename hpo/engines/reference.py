@@ -54,7 +54,12 @@ def fit_fold(
     shuffle: bool,
     keep_weights: bool,
 ) -> _FittedFold:
-    """Build, ``fit`` and predict one fold: the course protocol, nothing else."""
+    """Build, ``fit`` and predict one fold: the course protocol, nothing else.
+
+    ``model.fit`` takes the fold's matrix, so it is made here (:attr:`Fold.x_train`, from the
+    shared table and the fold's scaling), in the training process, one fold at a time, and
+    dropped with the model; the parent sends the fold (the table and row positions) and holds
+    no matrix of its own."""
     keras = import_keras()
     keras.utils.set_random_seed(seed)
     net = build_model(plan, model, n_features=fold.n_features, n_classes=n_classes)

@@ -18,7 +18,11 @@ same batch order) to about 1e-7:
   so plans with different placements share one graph;
 * Adam / SGD / RMSprop with Keras' own formulas and defaults. Every member has its own slots, and
   as the updates are elementwise and the loss is a sum of member losses, its own trajectory;
-* each epoch reshuffles each fold's training rows (numpy RNG seeded from ``fold_seed``).
+* each epoch reshuffles each fold's training rows (numpy RNG seeded from ``fold_seed``);
+* each fold's inputs are its rows preprocessed with its own statistics, bit for bit the
+  ``x_train`` of :class:`hpo.data.Fold`: the folds read one shared table (in place, never
+  copied per fold), and the fold's scaling and gap fill are applied in the graph as each batch
+  is formed, in the same float32 operations numpy uses.
 
 Where the speed comes from, in the order it matters: loops over epochs and steps inside the graph
 (one Python call per chunk of epochs, not per step); the backward pass and the regularizers'
@@ -42,12 +46,13 @@ import gc
 import itertools
 import math
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpo.data import Fold
+from hpo.data import Fold, Table, aligned_empty, is_aligned
 from hpo.engines.keras_model import import_keras, tf
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
@@ -75,17 +80,29 @@ _RMSPROP_RHO = 0.9
 # cache keeps a long-lived worker's memory flat.
 _GRAPH_CACHE_SIZE = 8
 _graph_cache: OrderedDict[_Layout, _StackedGraph] = OrderedDict()
+# The tensors of each table in use (the table's own memory): gone when the table is.
+_table_cache: weakref.WeakKeyDictionary[Table, _TableTensors] = weakref.WeakKeyDictionary()
 
 # Parameter blocks start on 64-byte boundaries (16 floats) so slicing one out copies nothing.
 _ALIGN = 16
+
+# Floats in one hidden output while scoring held-out rows (16 MiB); more rows go in chunks.
+_PROBE_FLOATS = 4 << 20
+
+# Bytes of batch orders handed to one graph call: epochs are split into several calls (the same
+# RNG draws in the same order, so nothing trained changes) rather than hold 25 epochs of row
+# orders of a million-row table at once.
+_ORDER_BYTES = 32 << 20
 
 InitialWeights = Sequence[Sequence[Sequence["np.ndarray"]]]
 """Per plan, per fold: the Keras ``get_weights()`` list ``[W1, b1, W2, b2, ..., Wout, bout]``."""
 
 
 def clear_graph_cache() -> None:
-    """Drop every cached graph and its variables (tests; or to hand memory back)."""
+    """Drop every cached graph and its variables, and the tensors of tables (tests; or to hand
+    memory back)."""
     _graph_cache.clear()
+    _table_cache.clear()
     gc.collect()
 
 
@@ -104,10 +121,27 @@ class _Layout:
     activation: str
     optimizer: str
     learning_rate: float
+    gaps: bool = False  # the table has gaps (NaN), filled per fold as batches are formed
 
     @property
     def folds(self) -> int:
         return len(self.fold_sizes)
+
+    @property
+    def n_features(self) -> int:
+        return self.n_inputs - 1
+
+    @property
+    def probe_rows(self) -> int:
+        """Held-out rows per fold scored at once: the hidden outputs of a chunk (``[K, T, rows,
+        U]``) stay near 16 MiB however many rows the folds hold out."""
+        widest = max(*self.hidden, self.n_classes, self.n_inputs)
+        rows = _PROBE_FLOATS // (self.folds * self.trials * widest)
+        return max(1, min(self.n_valid, rows))
+
+    @property
+    def probe_chunks(self) -> int:
+        return math.ceil(self.n_valid / self.probe_rows)
 
     @property
     def steps(self) -> int:
@@ -195,9 +229,15 @@ class _StackedGraph:
             for _ in lay.hidden
         ]
 
-        self.x_train = tf.Variable(zeros([k, lay.n_train, f]), trainable=False)
-        self.y_train = tf.Variable(zeros([k, lay.n_train, c]), trainable=False)
-        self.x_valid = tf.Variable(zeros([k, lay.n_valid, f]), trainable=False)
+        # The data is the table, passed to each call (one copy for every fold, graph and call);
+        # per fold only its scaling and the positions of its held-out rows live here.
+        features = lay.n_features
+        self.shift = tf.Variable(zeros([k, 1, features]), trainable=False)
+        self.scale = tf.Variable(tf.ones([k, 1, features]), trainable=False)
+        self.fill = tf.Variable(zeros([k, 1, features]), trainable=False)
+        self.valid_rows = tf.Variable(
+            tf.zeros([k, lay.probe_chunks * lay.probe_rows], tf.int32), trainable=False
+        )
         tail = lay.steps - lay.full_steps
         self.tail_weights = tf.Variable(zeros([tail, k, 1, lay.batch_size, 1]), trainable=False)
         self.tail_active = tf.Variable(zeros([tail, k]), trainable=False)
@@ -207,37 +247,49 @@ class _StackedGraph:
         perm_shape = [None, k, lay.steps * lay.batch_size]
         if not lay.shared:
             perm_shape = [None, k, t, lay.steps * lay.batch_size]
+        table = [
+            tf.TensorSpec([None, lay.n_features], tf.float32),  # the table's rows
+            tf.TensorSpec([None, c], tf.float32),  # their labels, one-hot
+        ]
         self.train = tf.function(
-            self._train, input_signature=[tf.TensorSpec(perm_shape, tf.int32)], autograph=False
+            self._train,
+            input_signature=[tf.TensorSpec(perm_shape, tf.int32), *table],
+            autograph=False,
         )
-        self.probe = tf.function(self._probe, input_signature=[], autograph=False)
+        self.probe = tf.function(
+            lambda x: self._probe(x, probabilities=False),
+            input_signature=table[:1],
+            autograph=False,
+        )
+        self.probe_probabilities = tf.function(
+            lambda x: self._probe(x, probabilities=True),
+            input_signature=table[:1],
+            autograph=False,
+        )
 
     # --- set-up -------------------------------------------------------------------------------
 
     def load(
         self,
         folds: Sequence[Fold],
+        valid_rows: Sequence[np.ndarray],
         plans: Sequence[RegularizationPlan],
         params: Sequence[np.ndarray],
         slots: Sequence[Sequence[np.ndarray]] | None = None,
         step_count: np.ndarray | None = None,
     ) -> None:
-        """Assign data, coefficients, parameters and optimizer state (zero unless given)."""
+        """Assign the folds' scalings and held-out rows, coefficients, parameters and optimizer
+        state (zero unless given). ``valid_rows[i]``: fold i's held-out rows as table rows."""
         lay = self.layout
-        k, f, c = lay.folds, lay.n_inputs, lay.n_classes
-        x_train = np.zeros((k, lay.n_train, f), np.float32)
-        y_train = np.zeros((k, lay.n_train, c), np.float32)
-        x_valid = np.zeros((k, lay.n_valid, f), np.float32)
-        for i, fold in enumerate(folds):
-            n, nv = len(fold.y_train), len(fold.y_valid)
-            x_train[i, :n, :-1] = fold.x_train
-            x_train[i, :n, -1] = 1.0
-            y_train[i, np.arange(n), fold.y_train] = 1.0
-            x_valid[i, :nv, :-1] = fold.x_valid
-            x_valid[i, :nv, -1] = 1.0
-        self.x_train.assign(x_train)
-        self.y_train.assign(y_train)
-        self.x_valid.assign(x_valid)
+        k = lay.folds
+        self.shift.assign(np.stack([f.scaling.shift for f in folds])[:, None])
+        self.scale.assign(np.stack([f.scaling.scale for f in folds])[:, None])
+        self.fill.assign(np.stack([f.scaling.fill for f in folds])[:, None])
+        # Padding scores table row 0 (a real row: finite), and is never read back.
+        padded = np.zeros(self.valid_rows.shape, np.int32)
+        for i, rows in enumerate(valid_rows):
+            padded[i, : len(rows)] = rows
+        self.valid_rows.assign(padded)
 
         l1_blocks, l2_blocks = [], []
         for i, shape in enumerate(self.shapes):
@@ -351,14 +403,25 @@ class _StackedGraph:
             hs.append(act(zs[-1]))
         return hs, zs, tf.matmul(hs[-1], params[2 * n_hidden - 1]) + params[2 * n_hidden]
 
+    def _inputs(self, rows: Any, table: Any, expand: bool = False) -> Any:
+        """The network inputs of table rows ``rows`` (``[K, ...]``): each fold's scaling and gap
+        fill applied to the gathered rows, then the ones column that carries the first bias.
+        ``expand``: ``rows`` is ``[K, T, B]`` (own order)."""
+        shift, scale, fill = (v.read_value() for v in (self.shift, self.scale, self.fill))
+        if expand:
+            shift, scale, fill = (v[:, None] for v in (shift, scale, fill))
+        return self.kernels["inputs"](tf.gather(table, rows), shift, scale, fill, self.layout.gaps)
+
     def _step(
         self,
         idx: Any,
         row_weights: Any,
         fold_active: Any,
         activity: Sequence[tuple[Any, Any]],
+        x_table: Any,
+        y_table: Any,
     ) -> None:
-        """One optimizer step of every member on the batch rows ``idx``.
+        """One optimizer step of every member on the batch rows ``idx`` (table rows).
 
         ``row_weights`` is ``1/B`` (full steps) or ``[K, 1, B, 1]`` holding ``1/real_rows`` on real
         rows and 0 on padding; ``fold_active`` is None or ``[K]`` (1 where the fold has rows);
@@ -367,13 +430,10 @@ class _StackedGraph:
         lay = self.layout
         k, t, b = lay.folds, lay.trials, lay.batch_size
         params = self._blocks(self.flat.read_value())
+        x = self._inputs(idx, x_table, expand=not lay.shared)  # [K, B, F] or [K, T, B, F]
+        y = tf.gather(y_table, idx)  # [K, B, C] or [K, T, B, C]
         if lay.shared:
-            x = tf.gather(self.x_train, idx, batch_dims=1)  # [K, B, F]
-            y = tf.gather(self.y_train, idx, batch_dims=1)[:, None]  # [K, 1, B, C]
-        else:
-            rows = tf.reshape(idx, [k, t * b])
-            x = tf.reshape(tf.gather(self.x_train, rows, batch_dims=1), [k, t, b, -1])
-            y = tf.reshape(tf.gather(self.y_train, rows, batch_dims=1), [k, t, b, -1])
+            y = y[:, None]  # [K, 1, B, C]
 
         relu = lay.activation == "relu"
         tape = None
@@ -445,8 +505,9 @@ class _StackedGraph:
         for variable, value in zip([self.flat, *self.slots], new, strict=True):
             variable.assign(value)
 
-    def _train(self, perm: Any) -> Any:
-        """Train ``perm.shape[0]`` epochs; ``perm[e]`` holds each fold's row order, padded."""
+    def _train(self, perm: Any, x_table: Any, y_table: Any) -> Any:
+        """Train ``perm.shape[0]`` epochs; ``perm[e]`` holds each fold's training rows in this
+        epoch's order (as table rows, padded); ``x_table`` and ``y_table`` are the table."""
         lay = self.layout
         b = lay.batch_size
         full_weight = tf.constant(1.0 / b)
@@ -468,7 +529,9 @@ class _StackedGraph:
             order = perm[e]
 
             def step(s: Any) -> Any:
-                self._step(self._batch(order, s * b), full_weight, None, full_activity)
+                self._step(
+                    self._batch(order, s * b), full_weight, None, full_activity, x_table, y_table
+                )
                 return s + 1
 
             tf.while_loop(lambda s: s < lay.full_steps, step, [tf.constant(0)])
@@ -480,6 +543,8 @@ class _StackedGraph:
                     weights,
                     self.tail_active[j],
                     coefficients(weights),
+                    x_table,
+                    y_table,
                 )
             return e + 1
 
@@ -492,17 +557,50 @@ class _StackedGraph:
             return tf.slice(order, [0, start], [lay.folds, lay.batch_size])
         return tf.slice(order, [0, 0, start], [lay.folds, lay.trials, lay.batch_size])
 
-    def _probe(self) -> tuple[Any, Any]:
-        """Validation probabilities ``[K, T, Nv, C]`` and a finite flag per member ``[K, T]``."""
+    def _probe(self, x_table: Any, *, probabilities: bool) -> tuple[Any, Any]:
+        """Each member's predicted class of every held-out row (or, with ``probabilities``, its
+        probabilities) and a finite flag ``[K, T]``.
+
+        Rows go through in chunks of :attr:`_Layout.probe_rows`, so scoring a large fold holds a
+        chunk's hidden outputs, never the whole fold's. The output is by chunk, ``[chunks, K,
+        T, rows(, C)]``: the caller puts the chunks in row order (numpy; TF's int32 transpose
+        would print a oneDNN notice on machines without AVX-512)."""
         lay = self.layout
-        k, t = lay.folds, lay.trials
+        k, t, r = lay.folds, lay.trials, lay.probe_rows
         params = self._blocks(self.flat.read_value())
-        x = self.x_valid
-        if not lay.shared:
-            x = tf.broadcast_to(x[:, None], [k, t, lay.n_valid, lay.n_inputs])
-        _, _, logits = self._forward(x, params, lay.n_valid)
-        probabilities = tf.nn.softmax(logits)
-        finite = tf.reduce_all(tf.math.is_finite(probabilities), axis=[2, 3])
+        classes = tf.range(lay.n_classes)
+
+        def chunk(c: Any) -> tuple[Any, Any]:
+            rows = tf.slice(self.valid_rows, [0, c * r], [k, r])
+            x = self._inputs(rows, x_table)
+            if not lay.shared:
+                x = tf.broadcast_to(x[:, None], [k, t, r, lay.n_inputs])
+            _, _, logits = self._forward(x, params, r)
+            p = tf.nn.softmax(logits)
+            finite = tf.reduce_all(tf.math.is_finite(p), axis=[2, 3])
+            if probabilities:
+                return p, finite
+            # numpy's argmax: the first of equal maxima.
+            first = tf.where(p >= tf.reduce_max(p, axis=-1, keepdims=True), classes, lay.n_classes)
+            return tf.reduce_min(first, axis=-1), finite
+
+        if lay.probe_chunks == 1:
+            out, finite = chunk(tf.constant(0))
+            out = out[None]
+        else:
+
+            def body(c: Any, parts: Any, finite: Any) -> tuple[Any, Any, Any]:
+                out, ok = chunk(c)
+                return c + 1, parts.write(c, out), finite & ok
+
+            dtype = tf.float32 if probabilities else tf.int32
+            parts = tf.TensorArray(dtype, size=lay.probe_chunks)
+            _, parts, finite = tf.while_loop(
+                lambda c, *_: c < lay.probe_chunks,
+                body,
+                [tf.constant(0), parts, tf.ones([k, t], tf.bool)],
+            )
+            out = parts.stack()
         # Non-finite weights, or finite ones whose penalty overflows: Keras would see that loss.
         l1s = self._blocks(self.kernel_l1.read_value())
         l2s = self._blocks(self.kernel_l2.read_value())
@@ -510,7 +608,7 @@ class _StackedGraph:
             finite &= _member_all_finite(p, i == 0, lay)
             penalty = l1 * tf.abs(p) + 0.5 * l2 * tf.square(p)
             finite &= _member_all_finite(penalty, i == 0, lay, total=True)
-        return probabilities, finite
+        return out, finite
 
 
 def _member_all_finite(tensor: Any, first: bool, lay: _Layout, *, total: bool = False) -> Any:
@@ -539,6 +637,15 @@ def _output_grad(logits: Any, y: Any, row_weights: Any) -> tuple[Any, Any]:
 def _activity_grad(dh: Any, h: Any, c1: Any, c2: Any) -> Any:
     """Add d/dh of the activity penalty: ``c1*sign(h) + c2*h`` (c1 = l1/rows, c2 = 2*l2/rows)."""
     return dh + c1 * tf.sign(h) + c2 * h
+
+
+def _inputs(x: Any, shift: Any, scale: Any, fill: Any, gaps: bool) -> Any:
+    """A fold's network inputs from raw table rows: ``(x - shift) / scale`` (float32, as
+    :meth:`hpo.data.Scaling.apply` computes it), a gap ``fill``; then a column of ones."""
+    z = (x - shift) / scale
+    if gaps:
+        z = tf.where(tf.math.is_nan(x), fill, z)
+    return tf.concat([z, tf.ones_like(z[..., :1])], axis=-1)
 
 
 def _bias_relu(z: Any, bias: Any) -> Any:
@@ -592,6 +699,7 @@ def _update(
 
 
 _KERNELS: dict[str, Callable[..., Any]] = {
+    "inputs": _inputs,
     "output_grad": _output_grad,
     "bias_relu": _bias_relu,
     "relu_grad": _relu_grad,
@@ -712,6 +820,70 @@ def _keras_weights(layout: _Layout, params: Sequence[np.ndarray], column: int) -
     for n in range(1, len(params), 2):
         weights += [params[n][0, column].copy(), params[n + 1][0, column, 0].copy()]
     return weights
+
+
+@dataclass(frozen=True)
+class _Probed:
+    """What a probe of the held-out rows returned: classes ``[K, T, Nv]`` (padded), and the
+    probabilities ``[K, T, Nv, C]`` when the engine keeps them."""
+
+    classes: np.ndarray
+    probabilities: np.ndarray | None
+
+
+def _by_row(chunks: np.ndarray, layout: _Layout) -> np.ndarray:
+    """A probe's ``[chunks, K, T, rows, ...]`` as ``[K, T, chunks * rows, ...]``."""
+    k, t = layout.folds, layout.trials
+    rows = layout.probe_chunks * layout.probe_rows
+    return np.moveaxis(chunks, 0, 2).reshape(k, t, rows, *chunks.shape[4:])
+
+
+def _tensor(array: np.ndarray) -> Any:
+    """``array`` as a TensorFlow tensor over the same memory (DLPack: nothing copied) where
+    TensorFlow can use it in place (64-byte aligned, C-contiguous, writable); else over an
+    aligned copy. The tensor keeps the array alive; TensorFlow only reads it."""
+    if not (is_aligned(array) and array.flags.writeable):
+        copy = aligned_empty(array.shape, array.dtype)
+        copy[...] = array
+        array = copy
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+class _TableTensors:
+    """The rows the folds of one ``evaluate`` call read, as the graph's inputs: ``x`` (the
+    table's float32 matrix, in place) and ``y`` (labels one-hot). Made once per table and kept
+    while the table lives, so consecutive batches on the same folds set up nothing here.
+    """
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray, n_classes: int):
+        self.n_classes = n_classes
+        x = np.asarray(x, dtype=np.float32)  # a table's is already: then nothing is copied
+        self.gaps = bool(np.isnan(x).any())
+        self.x = _tensor(x)
+        y = aligned_empty((len(labels), n_classes))
+        y[...] = 0.0
+        y[np.arange(len(labels)), labels] = 1.0
+        self.y = _tensor(y)
+
+    @classmethod
+    def of(cls, folds: Sequence[Fold], n_classes: int) -> tuple[_TableTensors, list[int]]:
+        """The tensors of the folds' table, and where each fold's table starts in them: 0, as
+        the folds of a :class:`~hpo.data.FoldSet` share one table; folds that bring several
+        (made one by one) are stacked into one copy for this call."""
+        tables = list({id(f.table): f.table for f in folds}.values())
+        if len(tables) == 1:
+            (table,) = tables
+            made = _table_cache.get(table)
+            if made is None or made.n_classes != n_classes:
+                made = cls(table.x, table.labels, n_classes)
+                _table_cache[table] = made
+            return made, [0] * len(folds)
+        ends = np.cumsum([t.n_rows for t in tables])
+        starts = {id(t): int(end) - t.n_rows for t, end in zip(tables, ends, strict=True)}
+        x = aligned_empty((int(ends[-1]), tables[0].n_features))
+        np.concatenate([t.x for t in tables], out=x)
+        labels = np.concatenate([t.labels for t in tables])
+        return cls(x, labels, n_classes), [starts[id(f.table)] for f in folds]
 
 
 @dataclass
@@ -884,15 +1056,26 @@ class _Run:
                         members[i][j] = _glorot(rng, widths)
         else:
             members = drawn
+        # The rows every fold reads, as TensorFlow tensors (made once per table), and each
+        # fold's training and held-out rows as rows of it.
+        self.table, offsets = _TableTensors.of(self.folds, n_classes)
+        self.train_rows = [
+            offset + fold.train_rows.astype(np.int32)
+            for fold, offset in zip(self.folds, offsets, strict=True)
+        ]
+        self.valid_rows = [
+            offset + fold.valid_rows.astype(np.int32)
+            for fold, offset in zip(self.folds, offsets, strict=True)
+        ]
         self.layout = self._layout(self.plans)
         self.graph = _graph_for(self.layout)
-        self.graph.load(self.folds, self.plans, _stack(self.layout, members))
+        self.graph.load(self.folds, self.valid_rows, self.plans, _stack(self.layout, members))
 
     def _layout(self, plans: Sequence[RegularizationPlan]) -> _Layout:
         model = self.model
         return _Layout(
-            fold_sizes=tuple(len(f.y_train) for f in self.folds),
-            valid_sizes=tuple(len(f.y_valid) for f in self.folds),
+            fold_sizes=tuple(len(f.train_rows) for f in self.folds),
+            valid_sizes=tuple(len(f.valid_rows) for f in self.folds),
             trials=len(plans),
             n_inputs=self.folds[0].n_features + 1,
             hidden=tuple(model.hidden),
@@ -902,6 +1085,7 @@ class _Run:
             activation=model.activation,
             optimizer=model.optimizer,
             learning_rate=float(model.learning_rate),
+            gaps=self.table.gaps,
         )
 
     # --- training -----------------------------------------------------------------------------
@@ -910,23 +1094,28 @@ class _Run:
         engine = self.engine
         total = self.model.epochs
         every = engine.checkpoint_every
-        probabilities = np.zeros(0)
+        probe = _Probed(np.zeros(0, np.int32), None)
         while self.epoch < total and self.live:
             target = min(total, self.epoch + engine.chunk_epochs)
             if every:
                 target = min(target, (self.epoch // every + 1) * every)
-            self.graph.train(self._permutations(target - self.epoch))
-            self.epoch = target
-            probabilities = self._probe()
+            lay = self.layout
+            per_epoch = lay.folds * lay.steps * lay.batch_size * (1 if lay.shared else lay.trials)
+            calls = max(1, _ORDER_BYTES // (4 * per_epoch))
+            while self.epoch < target:
+                epochs = min(target - self.epoch, calls)
+                self.graph.train(self._permutations(epochs), self.table.x, self.table.y)
+                self.epoch += epochs
+            probe = self._probe()
             if self.epoch >= total:
                 break
             if every and self.epoch % every == 0:
-                self._checkpoint(probabilities)
-            self._finish_fully_diverged(probabilities)
+                self._checkpoint(probe)
+            self._finish_fully_diverged(probe)
             self._maybe_compact()
         for column, plan in enumerate(self.live):
             if plan not in self.outcomes:
-                self._finish(plan, column, probabilities, pruned=False)
+                self._finish(plan, column, probe, pruned=False)
         return self._results()
 
     def _permutations(self, epochs: int) -> Any:
@@ -934,22 +1123,30 @@ class _Run:
         slots = lay.steps * lay.batch_size
         shape = (epochs, lay.folds, slots) if lay.shared else (epochs, lay.folds, lay.trials, slots)
         perm = np.zeros(shape, np.int32)
-        for i, fold in enumerate(self.folds):
-            n = len(fold.y_train)
+        for i, rows in enumerate(self.train_rows):
+            n = len(rows)
             streams = self.streams[i] if lay.shared else [self.streams[i][p] for p in self.live]
             for j, rng in enumerate(streams):
                 for e in range(epochs):
-                    order = rng.permutation(n) if self.engine.shuffle else np.arange(n)
+                    # The fold's n training rows in this epoch's order, as table rows.
+                    order = rows[rng.permutation(n)] if self.engine.shuffle else rows
                     if lay.shared:
                         perm[e, i, :n] = order
                     else:
                         perm[e, i, j, :n] = order
         return tf.constant(perm)
 
-    def _probe(self) -> np.ndarray:
-        """Validation probabilities ``[K, T, Nv, C]``; records members that went non-finite."""
-        probabilities, finite = self.graph.probe()
-        probabilities = probabilities.numpy()
+    def _probe(self) -> _Probed:
+        """Predicted classes of the held-out rows (probabilities too when the engine keeps
+        them); records members that went non-finite."""
+        lay = self.layout
+        if self.engine.keep_probabilities:
+            out, finite = self.graph.probe_probabilities(self.table.x)
+            probabilities = _by_row(out.numpy(), lay)
+            probe = _Probed(probabilities.argmax(axis=-1).astype(np.int32), probabilities)
+        else:
+            out, finite = self.graph.probe(self.table.x)
+            probe = _Probed(_by_row(out.numpy(), lay), None)
         finite = finite.numpy()
         for column, plan in enumerate(self.live):
             if plan in self.outcomes:
@@ -964,40 +1161,41 @@ class _Run:
                     np.flatnonzero(newly),
                     self.epoch,
                 )
-        return probabilities
+        return probe
 
     def _fold_predictions(
-        self, plan: int, column: int, probabilities: np.ndarray
+        self, plan: int, column: int, probe: _Probed
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         predictions, kept = [], []
-        for i, fold in enumerate(self.folds):
-            p = probabilities[i, column, : len(fold.y_valid)]
-            kept.append(p)
+        for i, rows in enumerate(self.valid_rows):
+            n = len(rows)
+            if probe.probabilities is not None:
+                kept.append(probe.probabilities[i, column, :n])
             if self.diverged[i, plan]:
-                predictions.append(np.full(len(fold.y_valid), -1, dtype=np.int32))
+                predictions.append(np.full(n, -1, dtype=np.int32))
             else:
-                predictions.append(p.argmax(axis=1).astype(np.int32))
+                predictions.append(probe.classes[i, column, :n].copy())
         return predictions, kept
 
-    def _checkpoint(self, probabilities: np.ndarray) -> None:
+    def _checkpoint(self, probe: _Probed) -> None:
         accuracies: dict[int, float] = {}
         for column, plan in enumerate(self.live):
             if plan in self.outcomes:
                 continue
-            predictions, _ = self._fold_predictions(plan, column, probabilities)
+            predictions, _ = self._fold_predictions(plan, column, probe)
             accuracies[plan] = oof_accuracy(self.folds, predictions)[0]
         pruned = self.monitor.on_checkpoint(self.epoch, accuracies)
         for column, plan in enumerate(self.live):
             if plan in pruned and plan not in self.outcomes:
-                self._finish(plan, column, probabilities, pruned=True)
+                self._finish(plan, column, probe, pruned=True)
 
-    def _finish_fully_diverged(self, probabilities: np.ndarray) -> None:
+    def _finish_fully_diverged(self, probe: _Probed) -> None:
         for column, plan in enumerate(self.live):
             if plan not in self.outcomes and self.diverged[:, plan].all():
-                self._finish(plan, column, probabilities, pruned=False)
+                self._finish(plan, column, probe, pruned=False)
 
-    def _finish(self, plan: int, column: int, probabilities: np.ndarray, *, pruned: bool) -> None:
-        predictions, kept = self._fold_predictions(plan, column, probabilities)
+    def _finish(self, plan: int, column: int, probe: _Probed, *, pruned: bool) -> None:
+        predictions, kept = self._fold_predictions(plan, column, probe)
         if self._params is None or self._params[0] != (self.epoch, id(self.graph)):
             self._params = (
                 (self.epoch, id(self.graph)),
@@ -1022,7 +1220,14 @@ class _Run:
         step_count = old.step_count.numpy()
         self.layout = self._layout([self.plans[p] for p in self.live])
         self.graph = _graph_for(self.layout)
-        self.graph.load(self.folds, [self.plans[p] for p in self.live], params, slots, step_count)
+        self.graph.load(
+            self.folds,
+            self.valid_rows,
+            [self.plans[p] for p in self.live],
+            params,
+            slots,
+            step_count,
+        )
         _log.debug("compacted to %d trials at epoch %d", len(self.live), self.epoch)
 
     # --- results ------------------------------------------------------------------------------

@@ -1,19 +1,23 @@
 """Artifacts of trials for optuna-dashboard and the report: per-fold table, confusion matrix, model.
 
-:class:`ArtifactRecorder` is the worker's ``on_result`` callback. Every trial gets its per-fold
-table (a small CSV). A trial that is among the study's best ``[artifacts] top_k`` when it
-finishes also gets its out-of-fold confusion matrix (PNG) at once, through Optuna's own artifact
-API while the trial is still running, so the dashboard shows it during the run and a worker
-killed later loses nothing.
+:class:`ArtifactRecorder` is the worker's ``on_result`` callback. Files are made for the trials a
+user looks at: the study's final best ``[artifacts] top_k``. While training, a process keeps its
+own best ``top_k`` results in memory (out-of-fold predictions, first fold's weights: a few KiB
+each); :meth:`ArtifactRecorder.finalize` at the end of the run writes each final best trial's
+per-fold table (CSV), out-of-fold confusion matrix (PNG) and model file. Writing them for every
+trial as it finished cost more than training a trial at small epochs, and most of them were for
+trials that ended up nowhere near the best.
 
-Model files wait for :meth:`ArtifactRecorder.finalize` at the end of a run and cover the study's
-final top ``top_k``: every Keras model built in a process stays in its memory, even after
-``clear_session`` (see bench/README.md), so a long-running worker must not build one per good
-trial.
-``model = "fold"`` keeps the first fold's weights of this process's best ``top_k`` trials in
-memory (a few KiB each) and saves them as ``.keras`` (an engine that returns no weights gets the
-first fold trained again by the reference protocol, same plan and seed); ``model = "refit"``
-retrains each of the study's final best on all rows.
+``[artifacts] live = true`` brings the files forward: every trial gets its per-fold table, and a
+trial among the study's best ``top_k`` when it finishes its confusion matrix, at once (through
+Optuna's own artifact API while the trial is still running, so the dashboard shows them during the
+run and a worker killed later loses nothing).
+
+Model files always wait for the end of a run: every Keras model built in a process stays in its
+memory, even after ``clear_session`` (see bench/README.md), so a long-running worker must not
+build one per good trial. ``model = "fold"`` saves the first fold's weights (an engine that
+returns none gets the first fold trained again by the reference protocol, same plan and seed);
+``model = "refit"`` retrains each of the study's final best on all rows.
 
 The store is a folder (``optuna.artifacts.FileSystemArtifactStore``): ``[artifacts] path``, else
 beside a SQLite study file (``hpo.db`` -> ``hpo-artifacts/``), else ``./artifacts``.
@@ -28,8 +32,8 @@ import mimetypes
 import re
 import tempfile
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,6 +213,7 @@ class ArtifactRecorder:
         *,
         dataset: Dataset | None = None,
         artifact_dir: str | Path | None = None,
+        refit_here: bool = True,
     ) -> None:
         if spec.artifacts.model == "refit" and dataset is None:
             raise ValueError('[artifacts] model = "refit" needs the rows: pass dataset=')
@@ -229,8 +234,10 @@ class ArtifactRecorder:
         self._fold_rows = [len(f.valid_rows) for rep in fold_set.repeats for f in rep]
         self._n_folds = fold_set.n_folds
         self._noted = False
-        # trial number -> (accuracy, first fold's weights or None) of this process's best trials
-        self._weights: dict[int, tuple[float, list[np.ndarray] | None]] = {}
+        # This process's best top_k trials, by number, until finalize writes their files.
+        self._kept: dict[int, EvaluationResult] = {}
+        # False in the other processes of an `hpo run`: the run's own process refits, once.
+        self._refit_here = refit_here
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -252,18 +259,21 @@ class ArtifactRecorder:
         if not self._noted:
             ensure_spec_note(trial.study, self.spec)
             self._noted = True
-        with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
-            folder = Path(tmp)
-            self._upload_live(trial, self._write_folds_csv(folder, trial.number, result))
-            if result.pruned or not math.isfinite(result.accuracy):
-                return
-            if not self._among_best(trial, result.accuracy):
-                return
-            self._upload_live(trial, self._write_confusion(folder, trial.number, result))
-        if self.spec.artifacts.model == "fold":
-            self._weights[trial.number] = (result.accuracy, result.weights)
-            ranked = sorted(self._weights.items(), key=lambda kv: (-kv[1][0], kv[0]))
-            self._weights = dict(ranked[: self.spec.artifacts.top_k])
+        if result.pruned or not math.isfinite(result.accuracy):
+            if self.spec.artifacts.live:
+                with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+                    folds = self._write_folds_csv(Path(tmp), trial.number, result)
+                    self._upload_live(trial, folds)
+            return
+        if self.spec.artifacts.live:
+            with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+                folder = Path(tmp)
+                self._upload_live(trial, self._write_folds_csv(folder, trial.number, result))
+                if self._among_best(trial, result.accuracy):
+                    self._upload_live(trial, self._write_confusion(folder, trial.number, result))
+        self._kept[trial.number] = replace(result, probabilities=None)
+        ranked = sorted(self._kept.items(), key=lambda kv: (-kv[1].accuracy, kv[0]))
+        self._kept = dict(ranked[: self.spec.artifacts.top_k])
 
     def _among_best(self, trial: optuna.Trial, accuracy: float) -> bool:
         """Whether ``accuracy`` would rank within ``top_k`` of the study's complete trials."""
@@ -306,10 +316,11 @@ class ArtifactRecorder:
     # --- the end of a run ------------------------------------------------------------------
 
     def finalize(self, study: optuna.Study) -> int:
-        """End-of-run work: the spec note, and a model file for each of the study's final top
-        ``top_k`` trials that lacks one: the first fold's model (``"fold"``, for trials this
-        process trained) or a refit on all rows (``"refit"``). Returns the files written.
-        Like the hot path it logs failures (a database gone at the end, say) and never raises."""
+        """End-of-run work: the spec note, and for each of the study's final top ``top_k``
+        trials the files it lacks: per-fold table, confusion matrix and first fold's model
+        (``"fold"``) for trials this process trained, a refit on all rows (``"refit"``) for any.
+        Returns the files written. Like the hot path it logs failures (a database gone at the
+        end, say) and never raises."""
         written: list[str] = []
         try:
             self._finalize(study, written)
@@ -328,35 +339,51 @@ class ArtifactRecorder:
     def _finalize(self, study: optuna.Study, written: list[str]) -> None:
         ensure_spec_note(study, self.spec)
         self._noted = True
-        model, top_k = self.spec.artifacts.model, self.spec.artifacts.top_k
-        if model == "none" or top_k == 0:
-            return
+        top_k = self.spec.artifacts.top_k
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        best = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_k]
-        for trial in best:
-            if model == "fold" and trial.number not in self._weights:
-                continue  # trained by another process: its own finalize saves it
-            name = f"trial-{trial.number}-{'fold1' if model == 'fold' else 'refit'}.keras"
-            if any(a.filename == name for a in trial_artifacts(study, trial)):
-                continue
-            with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
-                path = Path(tmp) / name
-                try:
-                    if model == "fold":
-                        weights = self._weights[trial.number][1] or self._retrain_first_fold(trial)
-                        self._save_fold_model(trial, weights, path)
-                    else:
-                        self._refit(trial, path)
-                    self._upload_finished(study, trial, path)
-                except Stopped:
-                    raise
-                except Exception as exc:
-                    _log.warning(
-                        "trial %d: model file not saved (%s)", trial.number, error_text(exc)
-                    )
+        for trial in sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[:top_k]:
+            have = {a.filename for a in trial_artifacts(study, trial)}
+            for name, make in self._files_of(trial):
+                if name in have:
                     continue
-            written.append(name)
-            _log.info("trial %d: saved %s to %s", trial.number, name, self.directory)
+                with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+                    try:
+                        path = make(Path(tmp) / name)
+                        self._upload_finished(study, trial, path)
+                    except Stopped:
+                        raise
+                    except Exception as exc:
+                        _log.warning(
+                            "trial %d: %s not saved (%s)", trial.number, name, error_text(exc)
+                        )
+                        continue
+                written.append(name)
+                if name.endswith(".keras"):
+                    _log.info("trial %d: saved %s to %s", trial.number, name, self.directory)
+
+    def _files_of(
+        self, trial: optuna.trial.FrozenTrial
+    ) -> list[tuple[str, Callable[[Path], Path]]]:
+        """The files of final best ``trial`` this process can make: name and maker."""
+        n, model = trial.number, self.spec.artifacts.model
+        files: list[tuple[str, Callable[[Path], Path]]] = []
+        kept = self._kept.get(n)
+        if kept is not None:  # trained here; another process's trials are its own to save
+            files += [
+                (f"trial-{n}-folds.csv", lambda p: self._write_folds_csv(p.parent, n, kept)),
+                (f"trial-{n}-confusion.png", lambda p: self._write_confusion(p.parent, n, kept)),
+            ]
+            if model == "fold":
+                files.append((f"trial-{n}-fold1.keras", lambda p: self._fold_model(trial, kept, p)))
+        if model == "refit" and self._refit_here:
+            files.append((f"trial-{n}-refit.keras", lambda p: self._refit(trial, p)))
+        return files
+
+    def _fold_model(
+        self, trial: optuna.trial.FrozenTrial, result: EvaluationResult, path: Path
+    ) -> Path:
+        self._save_fold_model(trial, result.weights or self._retrain_first_fold(trial), path)
+        return path
 
     @staticmethod
     def _plan(trial: optuna.trial.FrozenTrial) -> RegularizationPlan:
@@ -402,7 +429,7 @@ class ArtifactRecorder:
         assert fitted.weights is not None
         return fitted.weights
 
-    def _refit(self, trial: optuna.trial.FrozenTrial, path: Path) -> None:
+    def _refit(self, trial: optuna.trial.FrozenTrial, path: Path) -> Path:
         assert self._dataset is not None
         keras = import_keras()
         prep = Preprocessor(self._dataset.categorical).fit(self._dataset.features)
@@ -429,6 +456,7 @@ class ArtifactRecorder:
         net.save(path)
         del net
         keras.backend.clear_session(free_memory=True)
+        return path
 
     def _upload_finished(
         self, study: optuna.Study, trial: optuna.trial.FrozenTrial, path: Path

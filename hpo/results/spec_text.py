@@ -18,6 +18,7 @@ from hpo.study.record import (
     HOLDOUT_EVALUATION_ATTR,
     NESTED_SUMMARY_ATTR,
     SPEC_ATTR,
+    pruner_settings,
     stored_data_warnings,
 )
 from hpo.study.storage import mask_url
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 else:
     optuna_dashboard = lazy_import("optuna_dashboard")
 
-__all__ = ["ensure_spec_note", "search_rows", "spec_markdown", "spec_sections"]
+__all__ = ["ensure_spec_note", "pruner_text", "search_rows", "spec_markdown", "spec_sections"]
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -52,6 +53,19 @@ def _data_source(data: DataSpec) -> str:
         cached = f"{data.path}, " if data.path else ""
         return f"{cached}downloaded from {_safe_url(data.url)}"
     return str(data.path)
+
+
+def pruner_text(spec: StudySpec) -> str:
+    """The pruner in words, with every setting it runs with (the defaults filled in), so a
+    reader sees what decided which trials stopped early."""
+    if not spec.engine.checkpoint_every:
+        return "off (no checkpoints)"
+    settings = pruner_settings(spec)
+    if not settings:
+        return "none (checkpoints only record progress)"
+    unit = "epochs" if spec.engine.name == "stacked" else "folds"
+    shown = ", ".join(f"{key} {value:g}" for key, value in settings.items())
+    return f"{spec.pruner.name} ({shown}; steps in {unit})"
 
 
 def _alpha_text(alpha: Any) -> str:
@@ -177,6 +191,7 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                     "pruning checkpoints",
                     f"every {engine.checkpoint_every}" if engine.checkpoint_every else "off",
                 ),
+                ("pruner", pruner_text(spec)),
             ],
         ),
         (

@@ -124,11 +124,13 @@ def claim_trials(
         queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
         wanted = min(size, room + counts.get("WAITING", 0))  # queued ones are already in room
         mine: list[optuna.Trial] = []
+        waiting = counts.get("WAITING", 0) + queued
         for _ in range(wanted):
             if not lock.still_held():
                 break  # another worker may be counting now: create no more
             try:
-                trial = _ask(study)
+                trial = _ask(study, queued=waiting > 0)
+                waiting -= 1
             except Exception as exc:
                 if into and outage_reason(exc) is not None:
                     break  # keep what we have; the heartbeat thread keeps it alive
@@ -176,7 +178,14 @@ def _give_back_excess(
         )
 
 
-def _ask(study: optuna.Study) -> optuna.Trial:
+def _ask(study: optuna.Study, *, queued: bool) -> optuna.Trial:
+    """A new trial of ``study``: a queued one (the baseline, a retry) if ``queued`` may find
+    one, else a fresh one. ``study.ask()`` looks for queued trials by reading every trial that
+    changed since this process last read them; under the study lock, that made every worker
+    wait on each one's read, when the counts just taken say there is nothing to find."""
+    if not queued:
+        study._thread_local.cached_all_trials = None  # as ask() does: the next read is fresh
+        return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
     with warnings.catch_warnings():
         # We record heartbeats ourselves (hpo.study.heartbeat), which is what this warns about.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")

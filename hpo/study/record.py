@@ -10,7 +10,8 @@ Study user attributes
 
 ================================  ===================================================================
 ``hpo_spec``                      the validated study file (:func:`hpo.spec.spec_to_dict`); written at
-                                  creation; ``hpo create`` may later update its budget and engine
+                                  creation; ``hpo create`` (and ``hpo run`` on resume) may later
+                                  update its budget, engine and pruner
 ``hpo_crash_policy``              heartbeat interval, grace period, max retries (:class:`CrashPolicy`)
 ``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
 ``hpo_data_warnings``             the data warnings (identifier, leak, ...) of the latest ``hpo run``
@@ -52,6 +53,8 @@ Trial user attributes
 ``diverged_by_epoch``             the checkpoint epoch by which they had (stacked engine)
 ``shared_order``                  the batch's trials shared initial weights and batch order
 ``trials_in_batch``               how many trials trained together (stacked engine)
+``trials_per_batch``              the batch its process trained at most: the study's setting, or
+                                  the fastest measured on that machine (``"auto"``, stacked engine)
 ``xla_kernels``                   whether the elementwise kernels ran XLA-compiled (stacked engine)
 ``repeat_accuracies``             out-of-fold accuracy of each repeat of repeated K-fold
 ``seed_accuracies``               with ``[cv] seeds`` above 1: out-of-fold accuracy under each
@@ -72,9 +75,13 @@ Trial system attributes
 ``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
 ``retry_history``                 trial of the chain so far
 ``artifacts:<artifact id>``       a file attached while the trial ran (Optuna's own artifact API)
+``completed_rung_<n>``            the checkpoint value with which the trial passed rung ``n`` of
+                                  ``[pruner]`` successive halving or Hyperband (Optuna's pruner
+                                  writes it)
 ================================  ===================================================================
 
-Intermediate values are the out-of-fold accuracies at pruning checkpoints.
+Intermediate values are the out-of-fold accuracies at pruning checkpoints (step: the epoch on the
+stacked engine, the folds done on the reference engine); ``[pruner]`` judges trials on them.
 """
 
 from __future__ import annotations
@@ -95,8 +102,12 @@ from hpo.study.storage import Access, creation_lock, mask_url, open_storage, unw
 
 if TYPE_CHECKING:
     import optuna
+
+    from hpo.study import sampler as sampling
 else:
     optuna = lazy_import("optuna")
+    # Its class derives from Optuna's TPE: imported on first use, like Optuna.
+    sampling = lazy_import("hpo.study.sampler")
 
 __all__ = [
     "BASELINE_ATTR",
@@ -132,7 +143,10 @@ __all__ = [
     "is_baseline",
     "join_study",
     "load_study",
+    "make_pruner",
     "make_sampler",
+    "pruner_settings",
+    "pruner_steps",
     "read_trial",
     "result_attrs",
     "sampled_attrs",
@@ -144,6 +158,7 @@ __all__ = [
     "stored_policy",
     "stored_seed",
     "stored_spec",
+    "stored_spec_data",
     "update_stored_spec",
     "worker_records",
 ]
@@ -184,7 +199,9 @@ RETRY_FIRST_ATTR = "failed_trial"
 _PROTOCOL_SECTIONS = ("cv", "model", "search")
 _PROTOCOL_DATA_KEYS = ("target", "drop", "categorical", "na_values", "missing_target")
 # What `hpo create` may change on an existing study.
-_UPDATABLE_SECTIONS = ("budget", "engine")
+# The pruner is one of them: it changes what a study costs, not what a complete trial's score
+# means (every one trained to the end), so a resumed study may prune differently.
+_UPDATABLE_SECTIONS = ("budget", "engine", "pruner")
 
 
 # --- the crash policy ------------------------------------------------------------------------
@@ -236,10 +253,28 @@ class CrashPolicy:
 # --- study attributes ------------------------------------------------------------------------
 
 
+def stored_spec_data(raw: Any) -> Any:
+    """A stored spec's data as today's :func:`spec_from_dict` should read it.
+
+    A study stored before ``[pruner]`` existed pruned at its checkpoints with Optuna's median
+    pruner (then the only one); the default is now no pruning, so such a study is read as
+    ``name = "median"`` and its workers keep pruning as it was created to.
+    """
+    if isinstance(raw, Mapping) and "pruner" not in raw:
+        engine = raw.get("engine")
+        if isinstance(engine, Mapping) and engine.get("checkpoint_every"):
+            return {**raw, "pruner": {"name": "median"}}
+    return raw
+
+
 def stored_spec(study: optuna.Study) -> StudySpec | None:
     """The spec stored on ``study``; None for a study hpo did not create."""
     raw = study.user_attrs.get(SPEC_ATTR)
-    return None if raw is None else spec_from_dict(raw, origin=f"study {study.study_name!r}")
+    return (
+        None
+        if raw is None
+        else spec_from_dict(stored_spec_data(raw), origin=f"study {study.study_name!r}")
+    )
 
 
 def store_data_warnings(study: optuna.Study, messages: Iterable[str]) -> None:
@@ -270,13 +305,18 @@ def spec_changes(
     # Read the stored spec back through today's validation first: keys added since it was
     # stored (say [cv] holdout) take their defaults instead of counting as changed.
     with contextlib.suppress(HpoError):  # else compare the raw data; a difference shows as such
-        stored = spec_to_dict(spec_from_dict(stored, origin=f"study {spec.name!r}"))
+        stored = spec_to_dict(
+            spec_from_dict(stored_spec_data(stored), origin=f"study {spec.name!r}")
+        )
     changes = []
     for section in sections:
         old_section = stored.get(section, {})
-        for key, value in current[section].items():
+        new_section = current[section]
+        # Keys left out (None) count too: a pruner setting dropped from the file is a change.
+        for key in dict.fromkeys([*new_section, *old_section]):
             if (section, key) == ("model", "builder_path"):
                 continue  # where the builder's module sits on this machine, not the protocol
+            value = new_section.get(key)
             if old_section.get(key) != value:
                 changes.append((f"{section}.{key}", old_section.get(key), value))
     return changes
@@ -302,7 +342,11 @@ def sampled_attrs(plan: RegularizationPlan, seed: int, worker: str) -> dict[str,
 
 
 def result_attrs(
-    result: EvaluationResult, *, engine: str, versions: Mapping[str, str]
+    result: EvaluationResult,
+    *,
+    engine: str,
+    versions: Mapping[str, str],
+    trials_per_batch: int | None = None,
 ) -> dict[str, Any]:
     """What a finished trial records (plain JSON data); see the module's table."""
     attrs: dict[str, Any] = {
@@ -322,6 +366,8 @@ def result_attrs(
         attrs["shared_order"] = result.shared_order
     if result.trials_in_batch is not None:
         attrs["trials_in_batch"] = result.trials_in_batch
+    if trials_per_batch is not None:
+        attrs["trials_per_batch"] = trials_per_batch
     if result.xla_kernels is not None:
         attrs["xla_kernels"] = result.xla_kernels
     if result.repeat_accuracies is not None:
@@ -426,13 +472,73 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     seed = None if spec.sampler.seed is None else spec.sampler.seed + seed_offset
-    return optuna.samplers.TPESampler(
+    return sampling.HistorySampler(
+        max_history=spec.sampler.max_history,
         seed=seed,
         n_startup_trials=spec.sampler.n_startup_trials,
         multivariate=spec.sampler.multivariate,
         group=spec.sampler.group,
         constant_liar=spec.sampler.constant_liar,
     )
+
+
+def pruner_steps(spec: StudySpec) -> int:
+    """The step at which a trial's training ends, in the unit the engine's checkpoints count:
+    epochs on the stacked engine, folds on the reference engine (one ``model.fit`` per fold)."""
+    return spec.model.epochs if spec.engine.name == "stacked" else spec.cv.folds
+
+
+def pruner_settings(spec: StudySpec) -> dict[str, Any]:
+    """The settings the study's pruner runs with: the spec's, the rest defaults; empty when
+    nothing is pruned (``name = "none"``, or no checkpoints: ``[engine] checkpoint_every = 0``).
+
+    The defaults are Optuna's, except the resources of successive halving and Hyperband: Optuna
+    would guess them from finished trials (the first rung at 1/100 of the longest, i.e. before
+    the first checkpoint); here the first rung is the first checkpoint and the largest resource
+    the whole training.
+    """
+    p = spec.pruner
+    every = spec.engine.checkpoint_every
+    if p.name == "none" or not every:
+        return {}
+    curve = {"n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1, "n_min_trials": 1}
+    table: dict[str, dict[str, Any]] = {
+        "median": curve,
+        "percentile": {"percentile": p.percentile, **curve},
+        "successive_halving": {
+            "min_resource": every,
+            "reduction_factor": 4,
+            "min_early_stopping_rate": 0,
+            "bootstrap_count": 0,
+        },
+        "hyperband": {
+            "min_resource": every,
+            "max_resource": max(pruner_steps(spec), p.min_resource or every),
+            "reduction_factor": 3,
+            "bootstrap_count": 0,
+        },
+    }
+    return {
+        key: default if getattr(p, key) is None else getattr(p, key)
+        for key, default in table[p.name].items()
+    }
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The pruner ``[pruner]`` describes, made the same way in every process that trains (``hpo
+    run``, ``hpo worker`` from the stored spec, ``hpo.optimize``), so all of a study's workers
+    prune alike. Without checkpoints nothing is reported, so the no-op pruner says so."""
+    settings = pruner_settings(spec)
+    if not settings:
+        return optuna.pruners.NopPruner()
+    kinds = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
+    pruner: optuna.pruners.BasePruner = kinds[spec.pruner.name](**settings)
+    return pruner
 
 
 def create_or_load_study(
@@ -449,16 +555,25 @@ def create_or_load_study(
     its spec, and processes racing to create it make it once.
     """
     sampler = make_sampler(spec, seed_offset=seed_offset)
+    pruner = make_pruner(spec)
     with creation_lock(unwrap_rdb(storage)):
         try:
-            study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+            study = optuna.load_study(
+                study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
+            )
         except KeyError:
             try:
                 study = optuna.create_study(
-                    study_name=spec.name, storage=storage, sampler=sampler, direction="maximize"
+                    study_name=spec.name,
+                    storage=storage,
+                    sampler=sampler,
+                    pruner=pruner,
+                    direction="maximize",
                 )
             except optuna.exceptions.DuplicatedStudyError:  # made by a process without the lock
-                study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+                study = optuna.load_study(
+                    study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
+                )
             else:
                 study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
                 study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
@@ -501,9 +616,12 @@ def join_study(
             f"study {name!r} in {shown} has no stored study spec (it was not made by hpo); "
             "create a new one with `hpo create STUDY_FILE --name NEW_NAME`"
         )
-    spec = spec_from_dict(raw, origin=f"study {name!r}")
+    spec = spec_from_dict(stored_spec_data(raw), origin=f"study {name!r}")
     sampler = make_sampler(spec, seed_offset=worker_sampler_offset(worker))
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    # The study's pruner, from the stored spec: a worker knows nothing else of the study.
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec)
+    )
     return study, spec
 
 
@@ -565,8 +683,8 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
 
 
 def update_stored_spec(study: optuna.Study, spec: StudySpec) -> list[tuple[str, Any, Any]]:
-    """Store ``spec``'s budget and engine on an existing study (``hpo create`` again); returns
-    what changed."""
+    """Store ``spec``'s budget, engine and pruner on an existing study (``hpo create`` again, or
+    ``hpo run`` resuming it, so that workers joining later get them); returns what changed."""
     changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), spec, _UPDATABLE_SECTIONS)
     if changes:
         study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))

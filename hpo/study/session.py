@@ -8,15 +8,22 @@ it records (``hpo.results.artifacts.ArtifactRecorder`` in practice).
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from hpo.data import FoldSet
 from hpo.engines import make_engine
+from hpo.engines.batching import choose
 from hpo.engines.keras_model import tensorflow_versions
 from hpo.log import get_logger
 from hpo.objective import EvaluationResult
 from hpo.spec import StudySpec
-from hpo.study.signals import stop_on_signals
+from hpo.study.budget import trials_to_run
+from hpo.study.pool import RUN_PROCESSES, WorkerPool
+from hpo.study.signals import Stopped, critical, stop_on_signals
 from hpo.study.storage import StorageGuard
 from hpo.study.worker import RunSummary, optimize
 
@@ -47,12 +54,30 @@ def train(
     n_trials: int | None,
     timeout: float | None,
     recorder: Recorder | None = None,
+    pool: WorkerPool | None = None,
+    in_team: bool = False,
 ) -> RunSummary:
     """Train trials of ``study`` in this process until its budget of ``n_trials`` is finished,
     ``timeout`` seconds pass, or SIGINT/SIGTERM stops it (then ``summary.interrupted`` says
-    which, and the trials in flight are failed). ``storage_url`` is shown in outage messages."""
+    which, and the trials in flight are failed). ``storage_url`` is shown in outage messages.
+
+    ``pool``: worker processes started on the same study, waited for before the recorder's
+    end-of-run work, their trials counted in the summary. ``in_team``: this process is one of
+    such a pool.
+    """
     with stop_on_signals():
-        engine = make_engine(spec.engine)
+        team = in_team or pool is not None
+        processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
+        batch = choose(
+            spec,
+            folds,
+            trials_to_run=trials_to_run(study, n_trials),
+            processes=processes if team else 1,
+        )
+        if batch.how != "set":
+            # Every process of a run measures for itself (under the others' load); one says so.
+            _log.log(logging.DEBUG if in_team else logging.INFO, "stacked engine: %s", batch.text())
+        engine = make_engine(replace(spec.engine, trials_per_batch=batch.trials))
         try:
             summary = optimize(
                 study,
@@ -64,18 +89,46 @@ def train(
                 versions=tensorflow_versions(),
                 on_result=recorder,
                 guard=StorageGuard(storage_url),
+                in_team=team,
             )
         finally:
             engine.close()
-        if recorder is not None:
-            if summary.interrupted and summary.completed:
-                _log.warning(
-                    "stopped by %s: the best trials' model files were not written (their "
-                    "fold tables and confusion matrices are stored)",
-                    summary.interrupted,
-                )
-            elif summary.interrupted:
-                pass  # nothing finished here, so no model file was due
-            else:
-                recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
+        if pool is not None:
+            _join(pool, study, summary)
+        if recorder is not None and not summary.interrupted:
+            recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
+        elif recorder is not None and summary.completed:
+            _log.warning(
+                "stopped by %s: the best trials' files (fold tables, confusion matrices, "
+                "models) were not written",
+                summary.interrupted,
+            )
     return summary
+
+
+def _join(pool: WorkerPool, study: optuna.Study, summary: RunSummary) -> None:
+    """Wait for the pool's workers (stopping them if this process was stopped) and add their
+    trials to ``summary``."""
+    if summary.interrupted:
+        pool.stop()  # a SIGTERM, or a notebook's Ctrl-C, reached this process only
+    waited = time.monotonic()
+    try:
+        codes = pool.finish()
+    except Stopped as exc:  # stopped while waiting for them: they stop too
+        summary.interrupted = summary.interrupted or str(exc)
+        with critical():
+            pool.close()
+        codes = [proc.returncode for proc in pool.procs]
+    summary.seconds += time.monotonic() - waited
+    counts = pool.counts(study)
+    summary.completed += counts.get("COMPLETE", 0)
+    summary.pruned += counts.get("PRUNED", 0)
+    summary.failed += counts.get("FAIL", 0)
+    failed = sum(1 for code in codes if code not in (0, None))
+    if failed and not summary.interrupted:
+        _log.warning(
+            "%d of the %d other worker processes ended with an error (see above); the study "
+            "retries their trials",
+            failed,
+            len(codes),
+        )

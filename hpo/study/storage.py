@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -48,6 +48,10 @@ else:
     optuna = lazy_import("optuna")
     psycopg = lazy_import("psycopg")
     sqlalchemy = lazy_import("sqlalchemy")
+# Optuna's own session helper (its error translation) and table models, for writes it has no
+# batch form of.
+_optuna_rdb = lazy_import("optuna.storages._rdb.storage")
+_optuna_models = lazy_import("optuna.storages._rdb.models")
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -67,6 +71,7 @@ __all__ = [
     "rdb_of",
     "resolve_storage_url",
     "running_without_heartbeat",
+    "set_trial_user_attrs",
     "sqlite_error",
     "sqlite_file",
     "study_lock",
@@ -564,6 +569,26 @@ def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
 
 
 # --- direct reads of Optuna's tables (its schema is versioned and checked on open) -------------
+
+
+def set_trial_user_attrs(
+    storage: optuna.storages.BaseStorage, attrs: Mapping[int, Mapping[str, Any]]
+) -> None:
+    """Write user attributes of many trials (trial id -> key -> value) in one transaction.
+
+    Optuna commits every attribute on its own: a trial's dozen result keys were a dozen round
+    trips to the database, per trial, per worker. If one of the trials has been finished
+    meanwhile (failed as stale), Optuna's ``UpdateFinishedTrialError`` comes through, and the
+    writes before it may or may not be kept (SQLite keeps them): every write is an upsert, so
+    the caller writes the others again, one trial at a time.
+    """
+    rdb = unwrap_rdb(storage)
+    with _optuna_rdb._create_scoped_session(rdb.scoped_session, True) as session:
+        for trial_id, items in attrs.items():
+            for key, value in items.items():
+                rdb._set_trial_attr_without_commit(
+                    session, _optuna_models.TrialUserAttributeModel, trial_id, key, value
+                )
 
 
 def count_trial_states(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ any number of machines sharing one study):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -46,12 +47,15 @@ from hpo.study.record import (
     stored_policy,
 )
 from hpo.study.signals import Stopped, critical, stop_within
-from hpo.study.storage import StorageGuard, rdb_of
+from hpo.study.storage import StorageGuard, rdb_of, set_trial_user_attrs
 
 if TYPE_CHECKING:
     import optuna
+
+    from hpo.study import sampler as sampling
 else:
     optuna = lazy_import("optuna")
+    sampling = lazy_import("hpo.study.sampler")  # derives from Optuna's TPE
 
 __all__ = ["RunSummary", "optimize"]
 
@@ -157,10 +161,12 @@ def optimize(
     versions: Mapping[str, str] | None = None,
     on_result: Callable[[optuna.Trial, EvaluationResult], None] | None = None,
     guard: StorageGuard | None = None,
+    in_team: bool = False,
 ) -> RunSummary:
     """Run batches until the global budget is finished, the timeout is reached, or a signal
     stops us. While every open slot of the budget is held by other workers, wait: one of
-    them may die, and its trials then need a worker."""
+    them may die, and its trials then need a worker. ``in_team``: one of the processes of an
+    ``hpo run``, whose waiting for the others is not news."""
     storage = rdb_of(study)
     policy = stored_policy(study)
     configure_stale_detection(storage, policy, log_stale_trial)
@@ -197,7 +203,9 @@ def optimize(
                 said_waiting = False
                 continue
             if not said_waiting:
-                _log.info(
+                # Among the processes of one `hpo run`, waiting for the others is routine.
+                _log.log(
+                    logging.DEBUG if in_team else logging.INFO,
                     "every open trial of the budget is held by another worker (%d running or "
                     "queued); waiting in case one of them dies",
                     claim.held_elsewhere,
@@ -276,16 +284,27 @@ def _seed_groups(
     return groups
 
 
-def _prepare(run: _Run, trial: optuna.Trial, seed: int) -> RegularizationPlan:
-    """Sample the plan of ``trial`` and record it with the seed it trains with, before training
-    (so a retry can reuse that seed; idempotent: safe to repeat after an outage)."""
+def _sample(run: _Run, trial: optuna.Trial) -> RegularizationPlan:
+    """The plan of ``trial`` (idempotent: safe to repeat after an outage)."""
     if is_baseline(trial):
-        plan = zero_plan(run.spec.search)  # every coefficient 0
-    else:
-        plan = suggest_plan(trial, run.spec.search)
-    for key, value in sampled_attrs(plan, seed, run.heartbeat.worker).items():
-        trial.set_user_attr(key, value)
+        return zero_plan(run.spec.search)  # every coefficient 0
+    plan = suggest_plan(trial, run.spec.search)
+    sampling.note_sampled(run.study, trial)
     return plan
+
+
+def _store_attrs(run: _Run, attrs: Mapping[optuna.Trial, Mapping[str, Any]]) -> None:
+    """Write the user attributes of a batch's trials in one transaction; if one of them was
+    failed as stale meanwhile, the others one by one (its tell will find it finished)."""
+    try:
+        set_trial_user_attrs(run.study._storage, {t._trial_id: a for t, a in attrs.items()})
+    except optuna.exceptions.UpdateFinishedTrialError:
+        for trial, items in attrs.items():
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                set_trial_user_attrs(run.study._storage, {trial._trial_id: items})
+    for trial, items in attrs.items():
+        # What trial.set_user_attr would have left on the trial object, read by trial.user_attrs.
+        trial._cached_frozen_trial.user_attrs.update(items)
 
 
 def _outcome(result: EvaluationResult) -> tuple[optuna.trial.TrialState, float | None, str | None]:
@@ -306,10 +325,17 @@ def _run_claim(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
 def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: set[int]) -> None:
     TrialState = optuna.trial.TrialState
     spec, summary = run.spec, run.summary
-    plans = [
-        run.guard.call(partial(_prepare, run, trial, seed), f"sampling trial {trial.number}")
-        for trial, seed in zip(trials, seeds, strict=True)
-    ]
+    with sampling.sampling_batch(run.study):  # one read of the study's history for the whole batch
+        plans = [
+            run.guard.call(partial(_sample, run, trial), f"sampling trial {trial.number}")
+            for trial in trials
+        ]
+    # Each plan with the seed it trains with, before training: a retry reuses that seed.
+    sampled = {
+        trial: sampled_attrs(plan, seed, run.heartbeat.worker)
+        for trial, plan, seed in zip(trials, plans, seeds, strict=True)
+    }
+    run.guard.call(partial(_store_attrs, run, sampled), "recording the sampled plans")
     _log.info(
         "training trial%s %s (%s engine, %d folds x %d epochs)",
         "s" if len(trials) > 1 else "",
@@ -327,8 +353,17 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
         monitor=_ProgressMonitor(run, trials),
         replicas=spec.cv.seeds,
     )
+    done = {
+        trial: result_attrs(
+            result,
+            engine=run.engine.name,
+            versions=run.versions,
+            trials_per_batch=run.engine.trials_per_batch if run.engine.name == "stacked" else None,
+        )
+        for trial, result in zip(trials, results, strict=True)
+    }
+    run.guard.call(partial(_store_attrs, run, done), "storing the batch's results")
     for trial, result in zip(trials, results, strict=True):
-        attrs = result_attrs(result, engine=run.engine.name, versions=run.versions)
         if run.on_result is not None:
             # Artifacts finished during an outage wait for the database like the result does,
             # instead of being dropped (the recorder raises only outage errors; it is
@@ -338,7 +373,7 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
             )
         state, value, failure = _outcome(result)
         final = run.guard.call(
-            partial(_tell, run, trial, attrs, state, value, failure),
+            partial(_tell, run, trial, state, value, failure),
             f"telling trial {trial.number}",
         )
         told.add(trial.number)
@@ -372,18 +407,16 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
 def _tell(
     run: _Run,
     trial: optuna.Trial,
-    attrs: Mapping[str, Any],
     state: optuna.trial.TrialState,
     value: float | None,
     failure: str | None,
 ) -> optuna.trial.TrialState:
-    """Record ``trial``'s result; the state it ends in. Retried through outages, so it must
-    be idempotent: a tell that reached the database before the connection broke is not
-    repeated, and a trial failed meanwhile by another worker is left alone."""
+    """Record ``trial``'s state and value (its attributes are stored by then); the state it
+    ends in. Retried through outages, so it must be idempotent: a tell that reached the
+    database before the connection broke is not repeated, and a trial failed meanwhile by
+    another worker is left alone."""
     with critical():
         try:
-            for key, item in attrs.items():
-                trial.set_user_attr(key, item)
             if failure is not None:
                 run.study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, failure)
             frozen = run.study.tell(trial, value, state=state, skip_if_finished=True)

@@ -1,0 +1,273 @@
+"""Trials per second a cluster of workers gets from one PostgreSQL study, before and after a change.
+
+Each simulated worker is a real process running hpo's own worker loop (``hpo.study.worker.optimize``:
+claims under the study lock, budget counting, heartbeats, TPE sampling, tells) with an *instant*
+engine that returns a random accuracy at once, so the figure is hpo's own cost per trial and 2 cores
+are enough for 32 workers. It is measured against the number of workers and against the trials the
+study already holds (finished trials with realistic parameters and attributes, inserted first),
+for two versions of hpo in one run: ``--before REV`` (a git revision, extracted to a temporary
+folder; default ``HEAD``) and the working tree. The two run interleaved on the same studies.
+
+    python bench/claims.py --workers 1 4 16 32 --stored 0 2000 10000 --seconds 20
+
+Each measurement: W worker processes start, load the study (reading its history once), wait at a
+common start time, then claim and tell for ``--seconds``; throughput = trials finished / wall time
+from the start time until the last worker ends. The study's budget is far above what they finish,
+so the exact-budget path (count under the lock) is exercised without ever stopping them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import psycopg
+
+from hpo.data import load_folds
+from hpo.objective import EvaluationResult
+from hpo.space import suggest_plan
+from hpo.spec import spec_from_dict
+from hpo.study.record import (
+    create_or_load_study,
+    join_study,
+    result_attrs,
+    sampled_attrs,
+)
+from hpo.study.storage import open_storage
+from hpo.study.worker import optimize
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = {
+    "study": {"name": "claims"},
+    "data": {"dataset": "sklearn:wine", "target": "target"},
+    "model": {"epochs": 1},
+    "sampler": {"seed": 7},
+    "budget": {"n_trials": 10_000_000},
+    "artifacts": {"top_k": 0},
+}
+
+
+class InstantEngine:
+    """An engine that trains nothing: a random accuracy per plan, at once."""
+
+    name = "stacked"
+    trials_per_batch = 8
+    batch_seeded = True
+
+    def evaluate(self, plans: Any, folds: Any, *, n_classes: int, **_: Any) -> list[Any]:
+        n_rows = len(folds[0].train_rows) + len(folds[0].valid_rows)
+        out = []
+        for _plan in plans:
+            fold_accuracies = tuple(random.uniform(0.6, 0.75) for _ in folds)
+            out.append(
+                EvaluationResult(
+                    accuracy=float(np.mean(fold_accuracies)),
+                    fold_accuracies=fold_accuracies,
+                    predictions=np.zeros(n_rows, dtype=np.int32),
+                    epochs=1,
+                    seconds=0.0,
+                    trials_in_batch=len(plans),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        return None
+
+
+# --- the worker process ------------------------------------------------------------------------
+
+
+def run_worker(url: str, name: str, go: Path, seconds: float, ready: Path) -> None:
+    """Join the study, read its history once (as a joining worker does), say so, wait for the
+    common start time, then run hpo's worker loop for ``seconds``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, spec = join_study(name, open_storage(url), worker=f"bench:{os.getpid()}")
+    _, folds = load_folds(spec.data, spec.cv)
+    study.get_trials(deepcopy=False)
+    ready.touch()
+    while not go.exists():
+        time.sleep(0.05)
+    time.sleep(max(0.0, float(go.read_text()) - time.time()))
+    summary = optimize(
+        study, spec, folds, InstantEngine(), n_trials=spec.budget.n_trials, timeout=seconds
+    )
+    print(json.dumps({"completed": summary.completed, "ended": time.time()}))
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+def admin(database: str = "postgres") -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host="127.0.0.1", port=5432, user="postgres", dbname=database, autocommit=True
+    )
+
+
+def fill(url: str, name: str, stored: int, study: dict[str, Any] = STUDY) -> None:
+    """Create study ``name`` (``study``'s spec) holding ``stored`` finished trials with sampled
+    params and the attributes a real trial carries."""
+    spec = spec_from_dict({**study, "study": {"name": name}}, origin="bench")
+    made_study, _ = create_or_load_study(spec, open_storage(url))
+    if stored == 0:
+        return
+    scratch = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=stored)
+    )
+    rng = random.Random(stored)
+    made = []
+    for number in range(stored):
+        trial = scratch.ask()
+        plan = suggest_plan(trial, spec.search)
+        fold_accuracies = tuple(rng.uniform(0.6, 0.75) for _ in range(spec.cv.folds))
+        result = EvaluationResult(
+            accuracy=float(np.mean(fold_accuracies)),
+            fold_accuracies=fold_accuracies,
+            predictions=np.zeros(1, dtype=np.int32),
+            epochs=1,
+            seconds=0.01,
+            trials_in_batch=8,
+        )
+        attrs = {
+            **sampled_attrs(plan, spec.trial_seed(number), "bench:0"),
+            **result_attrs(result, engine="stacked", versions={"tensorflow": "x", "keras": "x"}),
+        }
+        made.append(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                value=result.accuracy,
+                user_attrs=attrs,
+            )
+        )
+        scratch.tell(trial, result.accuracy)
+    made_study.add_trials(made)
+
+
+def measure(tree: Path | None, url: str, name: str, workers: int, seconds: float) -> float:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)  # ahead of the editable install of the working tree
+    with tempfile.TemporaryDirectory() as tmp:
+        go = Path(tmp, "go")
+        procs = []
+        for i in range(workers):
+            ready = Path(tmp, f"ready-{i}")
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--worker",
+                            url,
+                            name,
+                            str(go),
+                            str(seconds),
+                            str(ready),
+                        ],
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        cwd=tmp,
+                    ),
+                    ready,
+                )
+            )
+        while not all(r.exists() for _, r in procs):
+            if any(p.poll() is not None for p, _ in procs):
+                raise SystemExit("a worker died while loading; run one with --worker to see why")
+            time.sleep(0.2)
+        start_at = time.time() + 1.0
+        Path(tmp, "go.tmp").write_text(str(start_at))
+        Path(tmp, "go.tmp").rename(go)  # whole, or not there
+        completed, last = 0, start_at
+        for proc, _ in procs:
+            out, _ = proc.communicate()
+            record = json.loads(out.strip().splitlines()[-1])
+            completed += record["completed"]
+            last = max(last, record["ended"])
+    return completed / (last - start_at)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--stored", type=int, nargs="+", default=[0, 2000, 10000])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--before", default="HEAD", help="git revision of the 'before' hpo")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--fill", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        url, name, go, seconds, ready = args.worker
+        run_worker(url, name, Path(go), float(seconds), Path(ready))
+        return
+    if args.fill:
+        fill(args.fill[0], args.fill[1], int(args.fill[2]))
+        return
+
+    database = f"hpo_bench_claims_{uuid.uuid4().hex[:8]}"
+    with admin() as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    before_tree = Path(tempfile.mkdtemp(prefix="hpo-before-"))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.before, "hpo"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(before_tree)], input=archive, check=True)
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.before],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        print(f"before: hpo at {rev}; after: the working tree; PostgreSQL database {database}")
+        print(f"{'stored':>7} {'workers':>7} {'before/s':>9} {'after/s':>9} {'ratio':>6}")
+        results: dict[tuple[int, int], tuple[float, float]] = {}
+        for stored in args.stored:
+            name = f"claims-{stored}"
+            started = time.monotonic()
+            # Made by the older hpo, whose spec reader knows fewer keys than the newer one's.
+            subprocess.run(
+                [sys.executable, __file__, "--fill", url, name, str(stored)],
+                env={**os.environ, "PYTHONPATH": str(before_tree), "PYTHONWARNINGS": "ignore"},
+                check=True,
+                capture_output=True,
+            )
+            print(
+                f"  (study with {stored} stored trials made in {time.monotonic() - started:.0f} s)"
+            )
+            for workers in args.workers:
+                old = measure(before_tree, url, name, workers, args.seconds)
+                new = measure(None, url, name, workers, args.seconds)
+                results[stored, workers] = (old, new)
+                print(
+                    f"{stored:>7} {workers:>7} {old:>9.1f} {new:>9.1f} {new / old:>5.2f}x",
+                    flush=True,
+                )
+        top = max(args.stored), max(w for w in args.workers if w <= 16)
+        old, new = results[top]
+        print(
+            f"{top[1]} workers, {top[0]} trials stored: {old:.1f} -> {new:.1f} trials/s "
+            f"({new / old:.2f}x)"
+        )
+    finally:
+        with admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The extra training processes of one ``hpo run``: ``hpo worker`` processes on the same study.
+
+The stacked engine trains on one thread per process (two threads in one process were slower
+than one), so a machine is used by one process per core. ``hpo run --workers N`` trains in its
+own process and starts ``N - 1`` workers of the same study, which share the budget exactly as
+workers on other machines do (claims under the study lock). They write to the same stderr, so
+their per-trial lines join the run's own; their start-up lines are left out (``--part-of-run``),
+and the run writes the final model files once all have ended.
+
+Signals: Ctrl-C in a terminal reaches the whole process group, so the workers stop themselves;
+a stop that reaches only this process (SIGTERM, or Ctrl-C in a notebook kernel) is passed on.
+The storage URL reaches them through the environment, never the command line (``ps`` shows it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpo.log import get_logger
+from hpo.study.record import WORKER_ATTR
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["RUN_PROCESSES", "WorkerPool", "usable_cores", "workers_for"]
+
+# How many training processes the run has, for its workers' choice of batch (measured under
+# that many processes' load: hpo.engines.batching).
+RUN_PROCESSES = "HPO_RUN_PROCESSES"
+
+_log = get_logger("pool")
+# How long a stopped worker gets to fail its trials and exit before it is killed.
+_STOP_GRACE_SECONDS = 60.0
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a
+    container limited to 2 CPUs on a 64-core host sees 64 in ``os.cpu_count()``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cores, quota) if quota else cores)
+
+
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs allowed by the cgroup v2 (``cpu.max``: "QUOTA PERIOD") or v1 (``cfs_quota_us``,
+    ``cfs_period_us``) quota under ``root``, rounded up; None without one."""
+    v2, v1 = root / "cpu.max", root / "cpu"
+    try:
+        quota, period = v2.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (v1 / "cpu.cfs_quota_us").read_text().strip()
+            period = (v1 / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        return None if quota in ("max", "-1") else max(1, math.ceil(int(quota) / int(period)))
+    except ValueError:
+        return None
+
+
+def workers_for(requested: int, trials_left: int, per_process: int) -> int:
+    """Processes worth starting: ``requested``, but no more than the trials left can keep busy
+    (each claims ``per_process`` trials at a time; a process with none to train would only
+    spend its start-up).
+
+    >>> workers_for(8, trials_left=20, per_process=8)
+    3
+    >>> workers_for(2, trials_left=1, per_process=8)
+    1
+    """
+    return max(1, min(requested, math.ceil(trials_left / max(1, per_process))))
+
+
+@dataclass
+class WorkerPool:
+    """``size`` worker processes of study ``name`` (``start``), stopped and waited for
+    (``finish``)."""
+
+    name: str
+    storage_url: str
+    size: int
+    data_path: str | None = None
+    timeout: float | None = None
+    import_paths: Sequence[str] = ()
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        env = {**os.environ, "HPO_STORAGE": self.storage_url, RUN_PROCESSES: str(self.size + 1)}
+        if self.import_paths:  # where this run found a builder's module
+            env["PYTHONPATH"] = os.pathsep.join(
+                [*self.import_paths, *filter(None, [env.get("PYTHONPATH")])]
+            )
+        command = [sys.executable, "-m", "hpo", "worker", self.name, "--part-of-run"]
+        if self.data_path is not None:
+            command += ["--data", str(Path(self.data_path).resolve())]
+        if self.timeout is not None:
+            command += ["--timeout", str(self.timeout)]
+        for _ in range(self.size):
+            # Same process group: a terminal's Ctrl-C reaches them as it reaches this process.
+            self.procs.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
+
+    @property
+    def worker_ids(self) -> set[str]:
+        host = socket.gethostname()
+        return {f"{host}:{proc.pid}" for proc in self.procs}
+
+    def stop(self) -> None:
+        """Ask the workers still running to stop as Ctrl-C would (they fail their trials in
+        flight, which the study retries, and exit)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def finish(self) -> list[int]:
+        """Wait for every worker to end (they end with the budget, as this process does);
+        the exit codes. A worker that ignores a stop for a minute is killed."""
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait())
+            except KeyboardInterrupt:  # a second Ctrl-C while waiting: stop them, then wait
+                self.stop()
+                codes.append(self._wait_or_kill(proc))
+        return codes
+
+    @staticmethod
+    def _wait_or_kill(proc: subprocess.Popen[bytes]) -> int:
+        try:
+            return proc.wait(timeout=_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def close(self) -> None:
+        """Stop and reap every worker (on any way out of the run)."""
+        self.stop()
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def counts(self, study: optuna.Study) -> Counter[str]:
+        """The workers' trials by state (COMPLETE, PRUNED, FAIL), read from the study."""
+        mine = self.worker_ids
+        return Counter(
+            t.state.name
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(WORKER_ATTR) in mine
+        )

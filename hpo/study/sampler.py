@@ -1,0 +1,217 @@
+"""TPE whose cost per trial stays flat as the study's history grows.
+
+Optuna's TPE reads the study's trials from the database for every parameter group of every trial
+(with the constant liar it bypasses the cache, to see the other workers' running trials), and fits
+its Parzen estimators on all of them. At thousands of trials that is a few hundred milliseconds of
+database reads and arithmetic per trial, in every worker, growing with the history.
+:class:`HistorySampler` changes two things and nothing else of TPE:
+
+* **One read per batch.** Inside :func:`sampling_batch` the history is read once, when the batch's
+  first trial is sampled, and each of the batch's trials is added to that snapshot as RUNNING once
+  sampled, so the next one treats it as the constant liar would. Other workers' trials that start
+  meanwhile are seen at the next batch, as trials sampled by another process always were.
+* **A bounded history.** Past ``max_history`` finished trials, TPE sees the best
+  :data:`KEPT_BEST` of them and the most recent others up to ``max_history``. TPE's "good" set is
+  the best ``min(ceil(n / 10), 25)`` trials, so with ``max_history >= 250`` it is the same set as
+  without the bound; only the "bad" density is fitted on the recent trials instead of all, and TPE
+  already weights old trials down to near zero (``default_weights``).
+
+Running trials (the constant liar's) are always all kept: they are at most workers x batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Container, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hpo.lazy import lazy_import
+from hpo.spec import MIN_SAMPLER_HISTORY
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from optuna.trial import FrozenTrial
+else:
+    optuna = lazy_import("optuna")
+
+__all__ = ["KEPT_BEST", "HistorySampler", "note_sampled", "sampling_batch"]
+
+# TPE's "good" set never holds more than 25 trials (optuna.samplers._tpe.sampler.default_gamma);
+# at MIN_SAMPLER_HISTORY = 10 x KEPT_BEST trials or more it is exactly these 25.
+KEPT_BEST = 25
+
+
+class _HistoryView:
+    """The study as TPE sees it: a fixed list of trials; everything else is the study's."""
+
+    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        self._study = study
+        self._trials = trials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[optuna.trial.TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        del deepcopy, use_cache  # a snapshot: never copied, never re-read
+        if states is None:
+            return list(self._trials)
+        return [t for t in self._trials if t.state in states]
+
+    def get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[optuna.trial.TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states)
+
+
+class HistorySampler(optuna.samplers.TPESampler):
+    """:class:`optuna.samplers.TPESampler` over a per-batch snapshot of at most ``max_history``
+    finished trials (0: all of them).
+
+    >>> sampler = HistorySampler(max_history=1000, seed=1, multivariate=True)
+    >>> sampler.max_history
+    1000
+    """
+
+    def __init__(self, *, max_history: int = 0, **tpe: Any) -> None:
+        if max_history and max_history < MIN_SAMPLER_HISTORY:
+            raise ValueError(
+                f"`max_history` must be 0 (no bound) or at least {MIN_SAMPLER_HISTORY}, but got "
+                f"{max_history}"
+            )
+        super().__init__(**tpe)
+        self.max_history = max_history
+        # One worker samples from one thread; the heartbeat thread never samples. Thread-local
+        # all the same, so that a sampler shared by threads never mixes their batches.
+        self._local = threading.local()
+
+    # --- the snapshot ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Sample the trials of one batch from one read of the history."""
+        self._local.batch, self._local.view = True, None
+        self._local.space, self._local.fits = None, {}
+        try:
+            yield
+        finally:
+            self._local.batch, self._local.view = False, None
+            self._local.space, self._local.fits = None, {}
+
+    def sampled(self, trial: FrozenTrial) -> None:
+        """Add a batch member, now sampled, to the snapshot as the constant liar's RUNNING
+        trial (replacing the paramless copy read when it had just been claimed)."""
+        view: _HistoryView | None = getattr(self._local, "view", None)
+        if view is not None and getattr(self._local, "batch", False):
+            view._trials = [t for t in view._trials if t.number != trial.number] + [trial]
+
+    def _view(self, study: optuna.Study, trial: FrozenTrial) -> _HistoryView:
+        """The snapshot: the batch's, else one per trial (TPE asks once per parameter group)."""
+        view: _HistoryView | None = getattr(self._local, "view", None)
+        in_batch = getattr(self._local, "batch", False)
+        owner = None if in_batch else trial.number
+        if view is not None and view._study is study and self._local.owner == owner:
+            return view
+        view = _HistoryView(study, self.bounded(self._read(study)))
+        self._local.view, self._local.owner = view, owner
+        return view
+
+    @staticmethod
+    def _read(study: optuna.Study) -> list[FrozenTrial]:
+        states = (
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.RUNNING,
+        )
+        # Not the cache's copy of RUNNING trials: other workers' parameters matter to the liar.
+        return study._get_trials(deepcopy=False, states=states, use_cache=False)
+
+    def bounded(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+        """``trials`` with the finished ones cut to ``max_history``: the best
+        :data:`KEPT_BEST` complete trials and the most recent others."""
+        running = optuna.trial.TrialState.RUNNING
+        finished = [t for t in trials if t.state != running]
+        if not self.max_history or len(finished) <= self.max_history:
+            return list(trials)
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+        # The study maximizes (accuracy); ties go to the earlier trial, as a stable sort keeps.
+        best = sorted(complete, key=lambda t: -float(t.value or 0.0))[:KEPT_BEST]
+        kept = {t.number for t in best}
+        others = [t for t in finished if t.number not in kept]
+        recent = others[len(others) - (self.max_history - len(best)) :]
+        return sorted([*best, *recent], key=lambda t: t.number) + [
+            t for t in trials if t.state == running
+        ]
+
+    # --- TPE on the snapshot --------------------------------------------------------------
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        # Within a batch the finished trials are the snapshot's, so the space (inferred from
+        # them alone, running trials aside) is the same for every member: inferred once.
+        in_batch = getattr(self._local, "batch", False)
+        if in_batch and self._local.space is not None:
+            return dict(self._local.space)
+        space = super().infer_relative_search_space(self._view(study, trial), trial)  # type: ignore[arg-type]
+        if in_batch:
+            self._local.space = dict(space)
+        return space
+
+    def _build_parzen_estimator(
+        self,
+        study: optuna.Study,
+        search_space: dict[str, BaseDistribution],
+        trials: list[FrozenTrial],
+        handle_below: bool,
+    ) -> Any:
+        """TPE's density of ``trials``, kept for the batch: the "good" trials are the same for
+        every member (running ones, the liar's, count as "bad"), so that density is fitted once
+        a batch instead of once a trial. It is a pure function of its inputs, so reusing it
+        changes nothing."""
+        if not getattr(self._local, "batch", False):
+            return super()._build_parzen_estimator(study, search_space, trials, handle_below)
+        key = (tuple(sorted(search_space)), handle_below, tuple(t.number for t in trials))
+        fit = self._local.fits.get(key)
+        if fit is None:
+            fit = super()._build_parzen_estimator(study, search_space, trials, handle_below)
+            self._local.fits[key] = fit
+        return fit
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return super().sample_relative(self._view(study, trial), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        view = self._view(study, trial)
+        return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+
+def sampling_batch(study: optuna.Study) -> contextlib.AbstractContextManager[None]:
+    """Sample a batch of trials of ``study`` from one read of its history (a no-op for a
+    sampler that is not a :class:`HistorySampler`)."""
+    sampler = study.sampler
+    return sampler.batch() if isinstance(sampler, HistorySampler) else contextlib.nullcontext()
+
+
+def note_sampled(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Tell ``study``'s sampler that ``trial`` of the current batch has all its parameters."""
+    if isinstance(study.sampler, HistorySampler):
+        # The trial's own up-to-date frozen copy (Optuna keeps its params there as suggested).
+        study.sampler.sampled(copy.copy(trial._cached_frozen_trial))
