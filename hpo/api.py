@@ -39,7 +39,7 @@ from hpo.results.artifacts import ArtifactRecorder
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
 from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
-from hpo.study.pool import WorkerPool, workers_for
+from hpo.study.pool import WorkerPool, usable_cores, workers_for
 from hpo.study.record import (
     best_trial,
     check_holdout,
@@ -123,16 +123,18 @@ def run_study(
     say: Callable[[str], None] = _log.info,
     warn: Callable[[str], None] = _log.warning,
     stopped: str = "trials in flight marked FAIL; the study is intact",
-    workers: int = 1,
+    workers: int | None = 1,
 ) -> RunOutcome:
     """Create or resume ``spec``'s study and train it here to its budget (``hpo run``).
 
     ``say`` receives each progress line (storage, data, model, study), ``warn`` the data's
     notes and warnings; the engine's per-trial lines go to the ``hpo`` logger. ``workers``:
     training processes, this one and ``workers - 1`` ``hpo worker`` processes on the study
-    (fewer when the trials left would not keep them busy).
+    (fewer when the trials left would not keep them busy); None: one per usable core with the
+    stacked engine (one thread a process is its fastest), 1 with the reference engine (its
+    TensorFlow already uses every core).
     """
-    if workers > 1 and not (data is None or isinstance(data, str | Path)):
+    if workers is not None and workers > 1 and not (data is None or isinstance(data, str | Path)):
         raise HpoError(
             f"workers={workers} needs the data as a CSV file (the other processes read it "
             "themselves); give data a path, or use workers=1 with a DataFrame"
@@ -142,6 +144,9 @@ def run_study(
     dataset, folds = _data(spec, data)
     say(line)
     spec = with_model(spec, folds, say)
+    if workers is None:  # after with_model: a builder's model trains on the reference engine
+        from_file = data is None or isinstance(data, str | Path)  # others can read it
+        workers = usable_cores() if spec.engine.name == "stacked" and from_file else 1
     rdb = open_storage(url)
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)  # a bad path fails here
     first = folds.repeats[0][0]
@@ -157,7 +162,12 @@ def run_study(
     store_data_warnings(study, found)
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.
-        update_stored_spec(study, spec)
+        changes = update_stored_spec(study, spec)
+        if changes:
+            say(
+                f"study {spec.name!r}: updated "
+                + ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+            )
     left = trials_to_run(study, spec.budget.n_trials)
     say(
         f"study {spec.name!r}: {'created' if created else 'resumed'}; "

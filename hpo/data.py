@@ -19,6 +19,7 @@ stacked engine in its graph, batch by batch; by :attr:`Fold.x_train` for ``model
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -770,6 +771,8 @@ class Preprocessor:
         self.medians: dict[str, float] = {}
         self.means: dict[str, float] = {}
         self.stds: dict[str, float] = {}
+        # Where a Table stores each number column: (center, spread), see table_matrix.
+        self.storage: dict[str, tuple[float, float]] = {}
 
     def is_numeric(self, values: pd.Series) -> bool:
         return (
@@ -798,6 +801,11 @@ class Preprocessor:
                 self.means[column] = float(filled.mean())
                 std = float(filled.std(ddof=0))
                 self.stds[column] = std if std > 0 else 1.0
+                quartiles = values.quantile([0.25, 0.75])
+                spread = float(quartiles.iloc[1] - quartiles.iloc[0])
+                if not spread > 0 or not math.isfinite(spread):
+                    spread = self.stds[column]
+                self.storage[column] = (median, spread)
             elif categories and column in categories:
                 self.categorical[column] = categories[column]
             else:
@@ -826,10 +834,16 @@ class Preprocessor:
         return self._encode(frame, fill=True)
 
     def table_matrix(self, frame: pd.DataFrame, out: np.ndarray | None = None) -> np.ndarray:
-        """``frame`` as a :class:`Table` matrix: numeric columns ``(value - mean) / std`` with
-        these statistics, gaps left NaN (each fold fills them with its own median); one-hot
-        columns as :meth:`transform` writes them. Written into ``out`` when given, else into a
-        new aligned array (:func:`aligned_empty`)."""
+        """``frame`` as a :class:`Table` matrix: numeric columns ``(value - median) / IQR``
+        (the interquartile range; the std where it is 0), gaps left NaN (each fold fills them
+        with its own median); one-hot columns as :meth:`transform` writes them. Written into
+        ``out`` when given, else into a new aligned array (:func:`aligned_empty`).
+
+        Robust statistics, not the mean and std: float32 keeps about 7 digits of each stored
+        value, and a fold multiplies that error by the table's spread over its own std. One
+        outlier (a 1e9 sentinel among values of 0 to 1) makes the std of all rows huge and
+        would leave a fold without that row a few distinct inputs; the quartiles ignore it.
+        """
         return self._encode(frame, fill=False, out=out)
 
     def _encode(
@@ -842,7 +856,10 @@ class Preprocessor:
             if fill:
                 values = values.fillna(self.medians[column])
             numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-            out[:, j] = (numbers - self.means[column]) / self.stds[column]
+            center, spread = (
+                (self.means[column], self.stds[column]) if fill else self.storage[column]
+            )
+            out[:, j] = (numbers - center) / spread
         start = len(self.numeric)
         for column, categories in self.categorical.items():
             block = out[:, start : start + categories.width]
@@ -852,7 +869,8 @@ class Preprocessor:
 
     def scaling(self, table: Preprocessor) -> Scaling:
         """This fold's statistics as a :class:`Scaling` of a table made by
-        :meth:`table_matrix` of ``table`` (same columns): ``(v - c) / s`` stored, so the fold's
+        :meth:`table_matrix` of ``table`` (same columns): ``(v - c) / s`` stored (``c``, ``s``:
+        ``table.storage``), so the fold's
         ``(v - mean) / std`` is ``(x - (mean - c) / s) / (std / s)``; a gap is the median's
         ``(median - mean) / std``, computed in float64 as :meth:`transform` computes it."""
         n = self.width
@@ -860,7 +878,7 @@ class Preprocessor:
         if self.numeric != table.numeric:
             raise ValueError("the fold's numeric columns differ from the table's")
         for j, column in enumerate(self.numeric):
-            center, spread = table.means[column], table.stds[column]
+            center, spread = table.storage[column]
             mean, std = self.means[column], self.stds[column]
             shift[j] = (mean - center) / spread
             scale[j] = std / spread
@@ -1084,6 +1102,9 @@ def holdout_fold_set(search: Dataset, held: Dataset) -> FoldSet:
     The table stores both with the search rows' statistics, so the fold's scaling is the
     identity and its inputs are exactly :meth:`Preprocessor.transform`'s."""
     prep = Preprocessor(search.categorical).fit(search.features)
+    # The one fold's statistics are the table's own: stored with them, its inputs are exactly
+    # what transform() gives (a table cut into K folds stores robust ones: table_matrix).
+    prep.storage = {column: (prep.means[column], prep.stds[column]) for column in prep.numeric}
     n_search, n_held = search.n_rows, held.n_rows
     x = aligned_empty((n_search + n_held, prep.width))
     prep.table_matrix(search.features, out=x[:n_search])

@@ -115,8 +115,8 @@ def test_no_trial_preprocessing_rerun_or_evaluation_sees_a_held_out_row(
             # alone (the one-hot schema from the search rows alone).
             schema = Preprocessor().fit(features.iloc[search_rows]).categorical
             prep = Preprocessor().fit(features.iloc[train], categories=schema)
-            # (One float32 step apart: the folds scale a table stored centred on the search
-            # rows, the Preprocessor the raw columns.)
+            # (A float32 step apart: the folds rescale one table of all search rows, stored
+            # with their median and quartiles; the Preprocessor scales the raw columns.)
             np.testing.assert_allclose(
                 fold.x_train, prep.transform(features.iloc[train]), rtol=0, atol=1e-6
             )

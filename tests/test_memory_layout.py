@@ -125,6 +125,25 @@ def test_a_fold_is_preprocessed_with_its_own_training_rows() -> None:
         assert fold.x_valid[gap, 0] == np.float32(expected)  # the fold's own median, exactly
 
 
+def test_an_outlier_a_fold_does_not_train_on_costs_it_no_precision() -> None:
+    """A fold's inputs depend on its training rows alone, numerically too: one sentinel value
+    (1e9 among values of 0 to 1) in a row the fold holds out must not coarsen the others."""
+    rng = np.random.default_rng(3)
+    values = rng.random(1001)
+    values[17] = 1e9
+    frame = pd.DataFrame({"x": values, "y": rng.normal(size=1001)})
+    dataset = Dataset(frame, (values > 0.5).astype(np.int32), ("a", "b"), "outlier test")
+    folds = make_fold_set(dataset, CVSpec(folds=5, seed=1)).repeats[0]
+    without = [fold for fold in folds if 17 not in set(fold.train_rows)]
+    assert without
+    for fold in folds:
+        prep = Preprocessor().fit(frame.iloc[fold.train_rows])
+        expected = prep.transform(frame.iloc[fold.train_rows])
+        np.testing.assert_allclose(fold.x_train, expected, rtol=0, atol=1e-5)
+    for fold in without:  # as many distinct inputs as distinct values, not a handful
+        assert len(np.unique(fold.x_train[:, 0])) == len(np.unique(values[fold.train_rows]))
+
+
 def test_the_holdout_fold_is_exactly_the_preprocessor_of_the_search_rows() -> None:
     search, held = _dataset(600, seed=1), _dataset(150, seed=2)
     (fold,) = holdout_fold_set(search, held).repeats[0]

@@ -170,9 +170,49 @@ def test_a_stopped_run_stops_its_workers_and_leaves_nothing_running(
     output = log.read_text()
     assert "stopped by SIG" in output
     assert "Traceback" not in output
-    # No process of the group is left, and no trial is left RUNNING.
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)
+    # One stop each: no worker was stopped "again" (abruptly), nor said its own stop line.
+    assert "again" not in output
+    assert output.count("stopped by") == 1, output
+    # No trial is left RUNNING, and no worker process is left (their ids are on the trials).
     loaded = optuna.load_study(study_name="tiny", storage=url)
     states = Counter(t.state.name for t in loaded.trials)
     assert states.get("RUNNING", 0) == 0 and states.get("FAIL", 0) >= 2, states
+    pids = {int(t.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]) for t in loaded.trials}
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.slow  # processes import TensorFlow and train
+def test_a_killed_run_takes_its_workers_with_it(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    study = write_study(engine="stacked", epochs=2000, n_trials=40)
+    log = tmp_path / "run.log"
+    url = f"sqlite:///{tmp_path}/kill.db"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*HPO, "run", str(study), "--storage", url, "--workers", "2"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        _wait_for(log, "training trials", proc, count=2)
+        proc.kill()  # SIGKILL: the run cannot stop anything itself
+        proc.wait()
+    loaded = optuna.load_study(study_name="tiny", storage=url)
+    pids = {int(t.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]) for t in loaded.trials}
+    worker = pids - {proc.pid}
+    assert len(worker) == 1
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            os.kill(next(iter(worker)), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"worker {worker} still runs after its run was killed")

@@ -106,10 +106,13 @@ def _study(tmp_path: Path, stored: int) -> tuple[optuna.Study, Any]:
     return study, spec
 
 
+@pytest.mark.parametrize("pruner", ["none", "hyperband"])  # Hyperband wraps the study per call
 def test_a_batch_reads_the_history_once_and_lies_about_its_own_members(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pruner: str
 ) -> None:
     study, spec = _study(tmp_path, stored=40)
+    if pruner == "hyperband":
+        study.pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=10)
     reads = []
     real_read = HistorySampler._read
 
@@ -176,7 +179,7 @@ def test_a_claim_with_nothing_queued_reads_no_trials_under_the_lock(
     assert budget._ask is not None  # the one place trials are made (tests hook it)
 
 
-def test_a_batch_of_attributes_is_one_write_that_refuses_a_finished_trial(
+def test_a_batch_of_attributes_is_one_write_whole_or_not_at_all(
     tmp_path: Path,
 ) -> None:
     study, _ = _study(tmp_path, stored=0)
@@ -189,9 +192,12 @@ def test_a_batch_of_attributes_is_one_write_that_refuses_a_finished_trial(
         set_trial_user_attrs(
             study._storage, {first._trial_id: {"c": 3}, second._trial_id: {"c": 3}}
         )
-    # Written again alone (an upsert: the worker's fallback), the running trial takes it.
-    set_trial_user_attrs(study._storage, {first._trial_id: {"c": 3}})
-    assert study._storage.get_trial(first._trial_id).user_attrs["c"] == 3
+    assert "c" not in study._storage.get_trial(first._trial_id).user_attrs  # none of it
+    # Written again alone (the worker's fallback), the running trial takes it; a value
+    # written twice is replaced, not doubled.
+    set_trial_user_attrs(study._storage, {first._trial_id: {"c": 3, "a": 2}})
+    stored = study._storage.get_trial(first._trial_id).user_attrs
+    assert stored == {"baseline": True, "a": 2, "b": [1, 2], "c": 3}
     assert "c" not in study._storage.get_trial(second._trial_id).user_attrs
 
 
@@ -217,3 +223,18 @@ def test_a_batch_proposes_exactly_what_trial_by_trial_sampling_proposes(tmp_path
         proposals.append([t.params for t in trials])
     assert proposals[0] == proposals[1]
     assert len({str(p) for p in proposals[0]}) == 5  # and the liar keeps them apart
+
+
+def test_a_batch_of_attributes_on_postgresql(pg_url: str) -> None:
+    study = optuna.create_study(storage=open_storage(pg_url))
+    first, second = study.ask(), study.ask()
+    set_trial_user_attrs(study._storage, {first._trial_id: {"a": 1}, second._trial_id: {"a": 2}})
+    set_trial_user_attrs(study._storage, {first._trial_id: {"a": 3, "b": "x"}})
+    assert study._storage.get_trial(first._trial_id).user_attrs == {"a": 3, "b": "x"}
+    assert study._storage.get_trial(second._trial_id).user_attrs == {"a": 2}
+    study.tell(second, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_trial_user_attrs(
+            study._storage, {first._trial_id: {"c": 1}, second._trial_id: {"c": 1}}
+        )
+    assert "c" not in study._storage.get_trial(first._trial_id).user_attrs

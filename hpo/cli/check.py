@@ -26,6 +26,7 @@ from hpo.engines.timing import time_trial
 from hpo.profile import DataProfile, profile_dataset
 from hpo.results.spec_text import pruner_text, search_rows
 from hpo.spec import StudySpec, load_spec
+from hpo.study.pool import usable_cores
 
 __all__ = ["COMMANDS"]
 
@@ -94,6 +95,12 @@ def check(
             f"{spec.model.epochs} epochs x {spec.cv.repeats} repeat(s) x {spec.cv.seeds} "
             f"seed(s); from "
             f"{measured.measured_epochs} timed epochs){total}"
+            + (
+                f"; `hpo run` trains with {cores} processes here, about {cores}x that many "
+                "trials an hour, less what they share"
+                if spec.engine.name == "stacked" and (cores := usable_cores()) > 1
+                else ""
+            )
         )
     verdict = f"{len(profile.warnings)} warning(s) above" if profile.warnings else "no warnings"
     click.echo(f"ok: the study can run ({verdict}): hpo run {study_file}")

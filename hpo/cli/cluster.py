@@ -43,6 +43,7 @@ from hpo.results.baseline import baseline_gain
 from hpo.results.spec_text import pruner_text
 from hpo.spec import StudySpec, load_spec
 from hpo.study.heartbeat import worker_id
+from hpo.study.pool import end_with_run
 from hpo.study.record import (
     CrashPolicy,
     best_trial,
@@ -155,6 +156,8 @@ def worker(
     trials are retried by the others; SIGTERM/Ctrl-C fails this worker's trials cleanly and
     exits 0.
     """
+    if part_of_run:
+        end_with_run()
     # A worker joins an existing study: it never creates a SQLite file (a typo must fail).
     url = storage_url(storage, announce=not part_of_run, access="write")
     _quiet_database_drivers()

@@ -31,7 +31,6 @@ from hpo.cli.options import (
 )
 from hpo.errors import HpoError
 from hpo.spec import load_spec
-from hpo.study.pool import usable_cores
 from hpo.study.record import (
     best_trial,
     read_trial,
@@ -60,7 +59,8 @@ __all__ = ["COMMANDS"]
     envvar="HPO_WORKERS",
     default=None,
     help="Training processes: this one and N-1 `hpo worker`s on the same study "
-    "[default: the usable cores, $HPO_WORKERS]; 1 trains in this process only.",
+    "[default: one per usable core with the stacked engine, 1 with the reference engine, whose "
+    "TensorFlow uses every core itself; $HPO_WORKERS]; 1 trains in this process only.",
 )
 def run(
     study_file: str,
@@ -91,7 +91,7 @@ def run(
         storage=storage,
         say=echo_err,
         warn=echo_err,
-        workers=workers or usable_cores(),
+        workers=workers,
     )
     summary, study, url = outcome.summary, outcome.study, outcome.storage_url
     click.echo(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpo.data import FoldSet
+from hpo.engines.keras_model import tensorflow_versions
 from hpo.engines.timing import time_trial
 from hpo.spec import StudySpec
 
@@ -71,8 +72,9 @@ def _cpu_model() -> str:
 
 
 def _key(spec: StudySpec, folds: FoldSet, processes: int) -> str:
-    """What the best batch depends on: the machine, the processes sharing it, the network and
-    the data's shape (rows, inputs, classes, folds), the epochs' batch size."""
+    """What the best batch depends on: the machine and the processes sharing it, the network
+    and its optimizer, the data's shape (rows, inputs, classes, folds), the batch size, the
+    training seeds per trial, threads, and TensorFlow's version."""
     first = folds.repeats[0][0]
     return json.dumps(
         {
@@ -85,8 +87,13 @@ def _key(spec: StudySpec, folds: FoldSet, processes: int) -> str:
             "folds": folds.n_folds,
             "hidden": list(spec.model.hidden),
             "activation": spec.model.activation,
+            "optimizer": spec.model.optimizer,
             "batch_size": spec.model.batch_size,
             "epochs": spec.model.epochs,
+            "seeds": spec.cv.seeds,  # the graph is T x seeds trials wide
+            "repeats": spec.cv.repeats,
+            "threads": spec.engine.threads,
+            **tensorflow_versions(),
         },
         sort_keys=True,
     )

@@ -7,13 +7,17 @@ workers on other machines do (claims under the study lock). They write to the sa
 their per-trial lines join the run's own; their start-up lines are left out (``--part-of-run``),
 and the run writes the final model files once all have ended.
 
-Signals: Ctrl-C in a terminal reaches the whole process group, so the workers stop themselves;
-a stop that reaches only this process (SIGTERM, or Ctrl-C in a notebook kernel) is passed on.
-The storage URL reaches them through the environment, never the command line (``ps`` shows it).
+Signals: the workers run in sessions of their own, so a terminal's Ctrl-C reaches this process
+only, and it passes exactly one SIGTERM on to each worker once it has stopped its own trials
+(both signals in every worker would make each stop "again", abruptly). Each worker asks Linux to
+be sent SIGTERM if this process dies, however it dies (``PR_SET_PDEATHSIG``), so none trains on
+orphaned. The storage URL reaches them through the environment, never the command line (``ps``
+shows that).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import signal
@@ -33,8 +37,11 @@ from hpo.study.record import WORKER_ATTR
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["RUN_PROCESSES", "WorkerPool", "usable_cores", "workers_for"]
+__all__ = ["RUN_PROCESSES", "WorkerPool", "end_with_run", "usable_cores", "workers_for"]
 
+# The run's process id, for its workers to end with it.
+_RUN_PARENT = "HPO_RUN_PARENT"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # How many training processes the run has, for its workers' choice of batch (measured under
 # that many processes' load: hpo.engines.batching).
 RUN_PROCESSES = "HPO_RUN_PROCESSES"
@@ -73,6 +80,21 @@ def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
         return None
 
 
+def end_with_run() -> None:
+    """In a worker started by a run's pool: be sent SIGTERM when the run's process dies (on
+    Linux; elsewhere the worker ends with the budget, as any worker does)."""
+    parent = os.environ.get(_RUN_PARENT)
+    if parent is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the request: nobody would signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def workers_for(requested: int, trials_left: int, per_process: int) -> int:
     """Processes worth starting: ``requested``, but no more than the trials left can keep busy
     (each claims ``per_process`` trials at a time; a process with none to train would only
@@ -100,7 +122,12 @@ class WorkerPool:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> None:
-        env = {**os.environ, "HPO_STORAGE": self.storage_url, RUN_PROCESSES: str(self.size + 1)}
+        env = {
+            **os.environ,
+            "HPO_STORAGE": self.storage_url,
+            RUN_PROCESSES: str(self.size + 1),
+            _RUN_PARENT: str(os.getpid()),
+        }
         if self.import_paths:  # where this run found a builder's module
             env["PYTHONPATH"] = os.pathsep.join(
                 [*self.import_paths, *filter(None, [env.get("PYTHONPATH")])]
@@ -111,8 +138,9 @@ class WorkerPool:
         if self.timeout is not None:
             command += ["--timeout", str(self.timeout)]
         for _ in range(self.size):
-            # Same process group: a terminal's Ctrl-C reaches them as it reaches this process.
-            self.procs.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            )
 
     @property
     def worker_ids(self) -> set[str]:

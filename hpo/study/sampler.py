@@ -12,8 +12,9 @@ database reads and arithmetic per trial, in every worker, growing with the histo
   meanwhile are seen at the next batch, as trials sampled by another process always were.
 * **A bounded history.** Past ``max_history`` finished trials, TPE sees the best
   :data:`KEPT_BEST` of them and the most recent others up to ``max_history``. TPE's "good" set is
-  the best ``min(ceil(n / 10), 25)`` trials, so with ``max_history >= 250`` it is the same set as
-  without the bound; only the "bad" density is fitted on the recent trials instead of all, and TPE
+  the best ``min(ceil(n / 10), 25)`` trials, so with ``max_history >= 250`` (and at least 25
+  complete trials; with fewer, TPE fills it with pruned ones) it is the same set as without the
+  bound; only the "bad" density is fitted on the recent trials instead of all, and TPE
   already weights old trials down to near zero (``default_weights``).
 
 Running trials (the constant liar's) are always all kept: they are at most workers x batch.
@@ -119,7 +120,13 @@ class HistorySampler(optuna.samplers.TPESampler):
         view: _HistoryView | None = getattr(self._local, "view", None)
         in_batch = getattr(self._local, "batch", False)
         owner = None if in_batch else trial.number
-        if view is not None and view._study is study and self._local.owner == owner:
+        # Optuna may pass a wrapper of the study (Hyperband's per-bracket view, a new one each
+        # call): the snapshot belongs to the study beneath.
+        if (
+            view is not None
+            and _beneath(view._study) is _beneath(study)
+            and self._local.owner == owner
+        ):
             return view
         view = _HistoryView(study, self.bounded(self._read(study)))
         self._local.view, self._local.owner = view, owner
@@ -201,6 +208,12 @@ class HistorySampler(optuna.samplers.TPESampler):
     ) -> Any:
         view = self._view(study, trial)
         return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+
+def _beneath(study: Any) -> Any:
+    while hasattr(study, "_study"):
+        study = study._study
+    return study
 
 
 def sampling_batch(study: optuna.Study) -> contextlib.AbstractContextManager[None]:

@@ -97,7 +97,7 @@ def train(
             _join(pool, study, summary)
         if recorder is not None and not summary.interrupted:
             recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
-        elif recorder is not None and summary.completed:
+        elif recorder is not None and summary.completed and not in_team:  # the run says it
             _log.warning(
                 "stopped by %s: the best trials' files (fold tables, confusion matrices, "
                 "models) were not written",

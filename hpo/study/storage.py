@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import re
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     import optuna
     import psycopg
     import sqlalchemy
+    import sqlalchemy.dialects.postgresql as sqlalchemy_postgresql
+    import sqlalchemy.dialects.sqlite as sqlalchemy_sqlite
     import sqlalchemy.engine
     import sqlalchemy.exc
     import sqlalchemy.pool
@@ -48,6 +51,8 @@ else:
     optuna = lazy_import("optuna")
     psycopg = lazy_import("psycopg")
     sqlalchemy = lazy_import("sqlalchemy")
+    sqlalchemy_postgresql = lazy_import("sqlalchemy.dialects.postgresql")
+    sqlalchemy_sqlite = lazy_import("sqlalchemy.dialects.sqlite")
 # Optuna's own session helper (its error translation) and table models, for writes it has no
 # batch form of.
 _optuna_rdb = lazy_import("optuna.storages._rdb.storage")
@@ -576,19 +581,39 @@ def set_trial_user_attrs(
 ) -> None:
     """Write user attributes of many trials (trial id -> key -> value) in one transaction.
 
-    Optuna commits every attribute on its own: a trial's dozen result keys were a dozen round
-    trips to the database, per trial, per worker. If one of the trials has been finished
-    meanwhile (failed as stale), Optuna's ``UpdateFinishedTrialError`` comes through, and the
-    writes before it may or may not be kept (SQLite keeps them): every write is an upsert, so
-    the caller writes the others again, one trial at a time.
+    Optuna writes every attribute as its own transaction of a look-up, a state check and an
+    upsert: a batch's dozen result keys a trial were hundreds of statements. Here the trials'
+    states are checked in one query and every key is one row of one multi-row upsert (SQLite
+    and PostgreSQL both have ``INSERT ... ON CONFLICT``). A trial finished meanwhile (failed as
+    stale) raises Optuna's ``UpdateFinishedTrialError`` before anything is written.
     """
+    rows = [
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+        for trial_id, items in attrs.items()
+        for key, value in items.items()
+    ]
+    if not rows:
+        return
     rdb = unwrap_rdb(storage)
-    with _optuna_rdb._create_scoped_session(rdb.scoped_session, True) as session:
-        for trial_id, items in attrs.items():
-            for key, value in items.items():
-                rdb._set_trial_attr_without_commit(
-                    session, _optuna_models.TrialUserAttributeModel, trial_id, key, value
+    model = _optuna_models.TrialUserAttributeModel
+    dialect = sqlalchemy_sqlite if rdb.engine.dialect.name == "sqlite" else sqlalchemy_postgresql
+    states = sqlalchemy.text(
+        "SELECT trial_id, state FROM trials WHERE trial_id IN :ids"
+    ).bindparams(sqlalchemy.bindparam("ids", expanding=True))
+    with _optuna_rdb._create_scoped_session(rdb.scoped_session) as session:
+        for trial_id, state in session.execute(states, {"ids": list(attrs)}).all():
+            if str(state) not in ("RUNNING", "WAITING"):
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"trial {trial_id} is already finished ({state}); its attributes stay as "
+                    "they are"
                 )
+        insert = dialect.insert(model).values(rows)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[model.trial_id, model.key],
+                set_={"value_json": insert.excluded.value_json},
+            )
+        )
 
 
 def count_trial_states(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:

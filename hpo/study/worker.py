@@ -362,7 +362,6 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
         )
         for trial, result in zip(trials, results, strict=True)
     }
-    run.guard.call(partial(_store_attrs, run, done), "storing the batch's results")
     for trial, result in zip(trials, results, strict=True):
         if run.on_result is not None:
             # Artifacts finished during an outage wait for the database like the result does,
@@ -371,14 +370,15 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
             run.guard.call(
                 partial(run.on_result, trial, result), f"storing trial {trial.number}'s artifacts"
             )
-        state, value, failure = _outcome(result)
-        final = run.guard.call(
-            partial(_tell, run, trial, state, value, failure),
-            f"telling trial {trial.number}",
-        )
-        told.add(trial.number)
+    outcomes = {trial: _outcome(result) for trial, result in zip(trials, results, strict=True)}
+    finals = run.guard.call(
+        partial(_tell_batch, run, done, outcomes, told), "telling the batch's results"
+    )
+    best = _best_text(run.study, run.guard)  # once a batch: its trials finished together
+    for trial, result in zip(trials, results, strict=True):
         run.heartbeat.release([trial._trial_id])
-        if final != state:
+        state = outcomes[trial][0]
+        if finals[trial] != state:
             summary.lost += 1
             _log.warning(
                 "trial %d was failed as stale while this worker could not reach the database; "
@@ -400,8 +400,26 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
                 " ".join(f"{a:.3f}" for a in result.fold_accuracies),
                 result.seconds,
                 " DIVERGED" if result.diverged else "",
-                _best_text(run.study, run.guard),
+                best,
             )
+
+
+def _tell_batch(
+    run: _Run,
+    attrs: Mapping[optuna.Trial, Mapping[str, Any]],
+    outcomes: Mapping[optuna.Trial, tuple[optuna.trial.TrialState, float | None, str | None]],
+    told: set[int],
+) -> dict[optuna.Trial, optuna.trial.TrialState]:
+    """Store a batch's result attributes (one transaction) and tell each trial, in one critical
+    section: a stop in between would fail trials that already carry a score. Retried whole
+    through outages: the attributes are upserts and a trial told already is not told again."""
+    with critical():
+        _store_attrs(run, attrs)
+        finals = {}
+        for trial, (state, value, failure) in outcomes.items():
+            finals[trial] = _tell(run, trial, state, value, failure)
+            told.add(trial.number)
+        return finals
 
 
 def _tell(
