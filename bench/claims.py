@@ -207,6 +207,14 @@ def main() -> None:
     parser.add_argument("--stored", type=int, nargs="+", default=[0, 2000, 10000])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--before", default="HEAD", help="git revision of the 'before' hpo")
+    parser.add_argument(
+        "--database",
+        help="keep the studies in this PostgreSQL database for the next run (made if missing; "
+        "a study already there is not filled again); default: a throwaway one",
+    )
+    parser.add_argument(
+        "--fill-only", action="store_true", help="make the studies, measure nothing"
+    )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--fill", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,9 +226,10 @@ def main() -> None:
         fill(args.fill[0], args.fill[1], int(args.fill[2]))
         return
 
-    database = f"hpo_bench_claims_{uuid.uuid4().hex[:8]}"
+    database = args.database or f"hpo_bench_claims_{uuid.uuid4().hex[:8]}"
     with admin() as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{database}"')
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"
     before_tree = Path(tempfile.mkdtemp(prefix="hpo-before-"))
     try:
@@ -240,16 +249,22 @@ def main() -> None:
         for stored in args.stored:
             name = f"claims-{stored}"
             started = time.monotonic()
-            # Made by the older hpo, whose spec reader knows fewer keys than the newer one's.
-            subprocess.run(
-                [sys.executable, __file__, "--fill", url, name, str(stored)],
-                env={**os.environ, "PYTHONPATH": str(before_tree), "PYTHONWARNINGS": "ignore"},
-                check=True,
-                capture_output=True,
-            )
+            if name not in {s.study_name for s in optuna.get_all_study_summaries(url)}:
+                # Made by the older hpo, whose spec reader knows fewer keys than the newer one's.
+                subprocess.run(
+                    [sys.executable, __file__, "--fill", url, name, str(stored)],
+                    env={**os.environ, "PYTHONPATH": str(before_tree), "PYTHONWARNINGS": "ignore"},
+                    check=True,
+                    capture_output=True,
+                )
+            held = len(optuna.load_study(study_name=name, storage=url).trials)
             print(
-                f"  (study with {stored} stored trials made in {time.monotonic() - started:.0f} s)"
+                f"  (study {name}: {held} trials stored, ready in "
+                f"{time.monotonic() - started:.0f} s)",
+                flush=True,
             )
+            if args.fill_only:
+                continue
             for workers in args.workers:
                 old = measure(before_tree, url, name, workers, args.seconds)
                 new = measure(None, url, name, workers, args.seconds)
@@ -258,6 +273,8 @@ def main() -> None:
                     f"{stored:>7} {workers:>7} {old:>9.1f} {new:>9.1f} {new / old:>5.2f}x",
                     flush=True,
                 )
+        if args.fill_only:
+            return
         top = max(args.stored), max(w for w in args.workers if w <= 16)
         old, new = results[top]
         print(
@@ -265,8 +282,9 @@ def main() -> None:
             f"({new / old:.2f}x)"
         )
     finally:
-        with admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if not args.database:
+            with admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
