@@ -6,14 +6,16 @@ PostgreSQL, real stacked-engine training at a few epochs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -142,24 +144,33 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], count: int = 1
     raise AssertionError(f"no {text!r} in time:\n{path.read_text()}")
 
 
+@contextlib.contextmanager
+def _long_run(
+    write_study: Callable[..., Path], url: str, log: Path, **popen: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """`hpo run --workers 2` of a study far longer than the test, its output in ``log``."""
+    study = write_study(engine="stacked", epochs=2000, n_trials=40)
+    with log.open("w") as out:
+        yield subprocess.Popen(
+            [*HPO, "run", str(study), "--storage", url, "--workers", "2"],
+            cwd=log.parent,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **popen,
+        )
+
+
 @pytest.mark.slow  # processes import TensorFlow and train
 @pytest.mark.parametrize("how", ["terminal Ctrl-C", "SIGTERM to the run"])
 def test_a_stopped_run_stops_its_workers_and_leaves_nothing_running(
     write_study: Callable[..., Path], tmp_path: Path, how: str
 ) -> None:
-    study = write_study(engine="stacked", epochs=2000, n_trials=40)
-    log = tmp_path / "run.log"
     url = f"sqlite:///{tmp_path}/stop.db"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*HPO, "run", str(study), "--storage", url, "--workers", "2"],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own process group, as a terminal gives a command
-        )
+    log = tmp_path / "run.log"
+    # Its own process group, as a terminal gives a command.
+    with _long_run(write_study, url, log, start_new_session=True) as proc:
         try:
             _wait_for(log, "training trials", proc, count=2)  # both processes are training
             if how == "terminal Ctrl-C":
@@ -191,18 +202,9 @@ def test_a_stopped_run_stops_its_workers_and_leaves_nothing_running(
 def test_a_killed_run_takes_its_workers_with_it(
     write_study: Callable[..., Path], tmp_path: Path
 ) -> None:
-    study = write_study(engine="stacked", epochs=2000, n_trials=40)
-    log = tmp_path / "run.log"
     url = f"sqlite:///{tmp_path}/kill.db"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*HPO, "run", str(study), "--storage", url, "--workers", "2"],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    log = tmp_path / "run.log"
+    with _long_run(write_study, url, log) as proc:
         _wait_for(log, "training trials", proc, count=2)
         proc.kill()  # SIGKILL: the run cannot stop anything itself
         proc.wait()
