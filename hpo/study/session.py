@@ -110,7 +110,7 @@ def _join(pool: WorkerPool, study: optuna.Study, summary: RunSummary) -> None:
     """Wait for the pool's workers (stopping them if this process was stopped) and add their
     trials to ``summary``."""
     if summary.interrupted:
-        pool.stop()  # a SIGTERM, or a notebook's Ctrl-C, reached this process only
+        pool.stop()  # in sessions of their own, the workers get no signal but this one
     waited = time.monotonic()
     try:
         codes = pool.finish()
