@@ -57,7 +57,6 @@ from hpo.study.record import (
     update_stored_spec,
     worker_records,
 )
-from hpo.study.session import train
 from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -177,24 +176,14 @@ def worker(
     check_holdout(study, dataset.holdout)
     # In a run's pool, the run's own process refits the final best (once, after all end).
     recorder = ArtifactRecorder(spec, url, folds, dataset=dataset, refit_here=not part_of_run)
-    if part_of_run:
-        train(
-            study,
-            spec,
-            folds,
-            storage_url=url,
-            n_trials=budget,
-            timeout=timeout if timeout is not None else spec.budget.timeout,
-            recorder=recorder,
-            in_team=True,
+    # A worker of a run's pool leaves its start-up and end lines to the run.
+    if not part_of_run:
+        click.echo(
+            f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
+            f"data: {dataset.source}, {dataset.rows_text()}",
+            err=True,
         )
-        return
-    click.echo(
-        f"worker joined study {name!r} ({spec.engine.name} engine, budget {budget} trials); "
-        f"data: {dataset.source}, {dataset.rows_text()}",
-        err=True,
-    )
-    store_data_warnings(study, show_data_findings(dataset, spec))
+        store_data_warnings(study, show_data_findings(dataset, spec))
     summary = train_here(
         study,
         spec,
@@ -204,12 +193,14 @@ def worker(
         n_trials=budget,
         timeout=timeout if timeout is not None else spec.budget.timeout,
         stopped="this worker's trials in flight marked FAIL; the other workers retry them",
+        in_team=part_of_run,
     )
-    lost = f", {summary.lost} dropped as stale" if summary.lost else ""
-    click.echo(
-        f"worker ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} "
-        f"failed{lost}) in {summary.seconds:.1f} s; study {name!r} in {mask_url(url)}"
-    )
+    if not part_of_run:
+        lost = f", {summary.lost} dropped as stale" if summary.lost else ""
+        click.echo(
+            f"worker ran {summary.completed} trials ({summary.pruned} pruned, {summary.failed} "
+            f"failed{lost}) in {summary.seconds:.1f} s; study {name!r} in {mask_url(url)}"
+        )
 
 
 def _quiet_database_drivers() -> None:

@@ -241,9 +241,11 @@ def train_here(
     n_trials: int | None,
     timeout: float | None,
     stopped: str,
+    in_team: bool = False,
 ) -> RunSummary:
     """Train ``study`` in this process (the session ``hpo run`` and ``hpo worker`` share);
-    ``stopped`` says what became of the trials in flight if a signal stops it."""
+    ``stopped`` says what became of the trials in flight if a signal stops it (unless
+    ``in_team``: a worker of a run's pool, whose run says it)."""
     summary = train(
         study,
         spec,
@@ -252,8 +254,9 @@ def train_here(
         n_trials=n_trials,
         timeout=timeout,
         recorder=recorder,
+        in_team=in_team,
     )
-    if summary.interrupted:
+    if summary.interrupted and not in_team:
         click.echo(f"stopped by {summary.interrupted}: {stopped}", err=True)
     return summary
 
