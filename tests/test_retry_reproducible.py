@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow  # two real workers; about 40 s
 def test_a_retried_trial_gets_the_value_its_original_would_have_had(
     write_study: object, processes: HpoProcesses, tmp_path: Path
 ) -> None:
-    study_file = write_study(engine="stacked", epochs=150, n_trials=6)  # type: ignore[operator]
+    # 1,000 epochs: the first batch trains for seconds, so the SIGTERM surely lands during it.
+    study_file = write_study(engine="stacked", epochs=1000, n_trials=6)  # type: ignore[operator]
     url = f"sqlite:///{tmp_path / 'retry.db'}"
     env = hpo_env(url)
     processes.run(["create", str(study_file), "--trials-per-batch", "4"], env=env)

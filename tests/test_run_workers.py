@@ -144,6 +144,24 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], count: int = 1
     raise AssertionError(f"no {text!r} in time:\n{path.read_text()}")
 
 
+def _wait_until_both_train(url: str, log: Path, proc: subprocess.Popen[str]) -> None:
+    """Until two processes hold RUNNING trials they sampled: "training trials" twice in the
+    log is not enough, as the run's own process may start a second batch before its worker has
+    even imported TensorFlow."""
+    _wait_for(log, "training trials", proc)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = optuna.load_study(study_name="tiny", storage=url).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        )
+        if len({t.user_attrs.get(WORKER_ATTR) for t in running} - {None}) == 2:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+    raise AssertionError(f"the worker never trained:\n{log.read_text()}")
+
+
 @contextlib.contextmanager
 def _long_run(
     write_study: Callable[..., Path], url: str, log: Path, **popen: Any
@@ -172,7 +190,7 @@ def test_a_stopped_run_stops_its_workers_and_leaves_nothing_running(
     # Its own process group, as a terminal gives a command.
     with _long_run(write_study, url, log, start_new_session=True) as proc:
         try:
-            _wait_for(log, "training trials", proc, count=2)  # both processes are training
+            _wait_until_both_train(url, log, proc)
             if how == "terminal Ctrl-C":
                 os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole group
             else:
@@ -205,7 +223,7 @@ def test_a_killed_run_takes_its_workers_with_it(
     url = f"sqlite:///{tmp_path}/kill.db"
     log = tmp_path / "run.log"
     with _long_run(write_study, url, log) as proc:
-        _wait_for(log, "training trials", proc, count=2)
+        _wait_until_both_train(url, log, proc)
         proc.kill()  # SIGKILL: the run cannot stop anything itself
         proc.wait()
     loaded = optuna.load_study(study_name="tiny", storage=url)

@@ -132,10 +132,13 @@ def stop_on_signals(*, then: Any = None) -> Iterator[None]:
 
     def unraisable(info: sys.UnraisableHookArgs) -> None:
         # A signal that lands while a finalizer runs (TensorFlow frees graphs in __del__) raises
-        # there, where Python can only print and drop it: keep it instead, for the next
-        # critical section's end to raise (every claim and tell is one).
+        # there, where Python can only print and drop it: keep it, and raise it 50 ms later from
+        # wherever the main thread is then. Waiting for the next critical section's end instead
+        # let a stop during training wait for the batch's tell: the trials finished COMPLETE
+        # under a "stopped" line (or, if no section ended, the stop was never raised).
         if isinstance(info.exc_value, Stopped):
             _State.pending = str(info.exc_value)
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
             return
         previous_hook(info)
 

@@ -1,0 +1,66 @@
+"""How a stop signal becomes :class:`Stopped` in the main thread (``hpo.study.signals``).
+
+The end-to-end cases (a real ``hpo run`` signalled at each stage) are in
+``test_signals_anywhere.py``; these pin the two rules those rely on, in-process.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+
+import pytest
+
+from hpo.study.signals import Stopped, critical, stop_on_signals
+
+
+class _SignalledWhileFinalized:
+    """An object whose finalizer receives SIGTERM, as TensorFlow's finalizers do when the signal
+    lands while they free a graph: the handler's ``Stopped`` is raised inside ``__del__``,
+    where Python can only hand it to ``sys.unraisablehook``."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # bytecodes after the kill: the handler runs here, in __del__
+            pass
+
+
+def _wait(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_stop_that_lands_in_a_finalizer_is_raised_in_the_main_thread_soon() -> None:
+    # Training is a loop of graph calls with no critical section until the batch's tell: the
+    # stop must not wait for that (the trials would be told COMPLETE under a "stopped" line).
+    with stop_on_signals():
+        started = time.monotonic()
+        with pytest.raises(Stopped, match="SIGTERM"):
+            _SignalledWhileFinalized()  # dropped at once: its finalizer runs here
+            gc.collect()
+            _wait(5)
+        assert time.monotonic() - started < 2
+
+
+def test_a_stop_during_a_critical_section_waits_for_its_end() -> None:
+    with stop_on_signals():
+        done = []
+        with pytest.raises(Stopped, match="SIGTERM"), critical():
+            os.kill(os.getpid(), signal.SIGTERM)
+            _wait(0.2)  # the handler has run by now, and must not have raised
+            done.append("the section's work")
+        assert done == ["the section's work"]
+
+
+def test_a_stop_that_lands_in_a_finalizer_inside_a_critical_section_waits_for_its_end() -> None:
+    with stop_on_signals():
+        done = []
+        with pytest.raises(Stopped, match="SIGTERM"), critical():
+            _SignalledWhileFinalized()
+            gc.collect()
+            _wait(0.3)  # past the 50 ms retry: it defers to the section's end
+            done.append("the section's work")
+        assert done == ["the section's work"]
