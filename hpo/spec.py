@@ -474,7 +474,7 @@ class SamplerSpec:
     multivariate: bool = True
     group: bool = True
     constant_liar: bool = True
-    max_history: int = 500
+    max_history: int = 250
 
     def __post_init__(self) -> None:
         if self.n_startup_trials < 0:

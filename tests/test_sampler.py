@@ -19,10 +19,11 @@ from hpo.space import suggest_plan
 from hpo.spec import spec_from_dict
 from hpo.study import budget
 from hpo.study.budget import claim_trials
+from hpo.study.bulk import set_trial_user_attrs
 from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import CrashPolicy, create_or_load_study, make_sampler
 from hpo.study.sampler import KEPT_BEST, HistorySampler, note_sampled, sampling_batch
-from hpo.study.storage import StorageGuard, open_storage, set_trial_user_attrs
+from hpo.study.storage import StorageGuard, open_storage
 
 SPEC = {
     "study": {"name": "s"},

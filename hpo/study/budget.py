@@ -40,10 +40,12 @@ from hpo.study.record import (
 from hpo.study.signals import critical
 from hpo.study.storage import (
     count_trial_states,
+    failed_trials,
     outage_reason,
     rdb_of,
     running_without_heartbeat,
     study_lock,
+    user_attr_values,
 )
 
 if TYPE_CHECKING:
@@ -138,7 +140,9 @@ def claim_trials(
             heartbeat.hold(trial._trial_id, trial.number)
             into.append(trial)
             mine.append(trial)
-            heartbeat.beat(trial._trial_id)
+        # The claim's first heartbeats, in one statement. A worker that dies before it leaves
+        # trials with none, which other workers fail after a grace period (_fail_stale).
+        heartbeat.beat(t._trial_id for t in mine)
         if mine and n_trials is not None and not lock.still_held():
             # Lost between a check and a create, another worker may have counted without our
             # newest trials: whatever now passes the budget is ours to give back. If the
@@ -216,17 +220,26 @@ def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
 
 def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
     """Queue retries of failed trials (oldest first) into at most ``room`` budget slots."""
-    # Read past Optuna's cache: the other workers' latest failures matter here.
-    trials = rdb_of(study).get_all_trials(study._study_id, deepcopy=False)
-    retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+    # Straight from the database, past Optuna's cache: the other workers' latest failures
+    # matter here. Only the failed trials are read, and whole only those that may get a retry.
+    rdb = rdb_of(study)
+    failed = [
+        (trial_id, number)
+        for trial_id, number, failure in failed_trials(
+            rdb, study._study_id, system_attr=FAILURE_ATTR
+        )
+        if failure in _RETRYABLE
+    ]
+    if not failed:
+        return 0
+    retried = set(user_attr_values(rdb, study._study_id, RETRY_OF_ATTR))
     queued = 0
-    for trial in trials:
+    for trial_id, number in failed:
         if queued >= room:
             break
-        if trial.state != optuna.trial.TrialState.FAIL or trial.number in retried:
+        if number in retried:
             continue
-        if trial.system_attrs.get(FAILURE_ATTR) not in _RETRYABLE:
-            continue
+        trial = rdb.get_trial(trial_id)
         if not trial.distributions and not is_baseline(trial):
             continue  # died before it was sampled: nothing to repeat, a new trial takes the slot
         chain = [*trial.system_attrs.get(RETRY_CHAIN_ATTR, []), trial.number]

@@ -19,15 +19,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from hpo.log import get_logger
+from hpo.study.bulk import record_heartbeats
 from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy
 from hpo.study.storage import StorageGuard
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages._heartbeat import BaseHeartbeat
 
 __all__ = ["Heartbeat", "configure_stale_detection", "worker_id"]
 
@@ -125,16 +125,16 @@ class Heartbeat:
                 self._record["completed"] = completed
         self._write_record()
 
-    def beat(self, trial_id: int) -> bool:
-        storage = cast("BaseHeartbeat", self.study._storage)  # an RDB storage, or its cache
-        ok, _ = self.guard.attempt(lambda: storage.record_heartbeat(trial_id), "heartbeat")
+    def beat(self, trial_ids: Iterable[int]) -> bool:
+        """Record a heartbeat for each of ``trial_ids`` (one statement); whether it was stored."""
+        ids = list(trial_ids)
+        ok, _ = self.guard.attempt(lambda: record_heartbeats(self.study._storage, ids), "heartbeat")
         return ok
 
     def _run(self) -> None:
         while not self._stop.wait(self.policy.heartbeat_interval):
             try:
-                for trial_id in self.held():
-                    self.beat(trial_id)
+                self.beat(self.held())
                 self._write_record()
             except Exception as exc:  # a bug here must not kill the beats silently
                 _log.warning("heartbeat failed: %s", type(exc).__name__, exc_info=exc)

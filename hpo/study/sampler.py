@@ -18,6 +18,10 @@ database reads and arithmetic per trial, in every worker, growing with the histo
   already weights old trials down to near zero (``default_weights``).
 
 Running trials (the constant liar's) are always all kept: they are at most workers x batch.
+TPE's copy of each trial's relatively sampled parameters (a system attribute it writes, with the
+constant liar, for other workers to see before the parameters are stored) is not written: the
+worker stores a batch's parameters before it trains (``hpo.study.bulk``), one write instead of
+one a trial.
 """
 
 from __future__ import annotations
@@ -40,17 +44,22 @@ else:
 
 __all__ = ["KEPT_BEST", "HistorySampler", "note_sampled", "sampling_batch"]
 
+# Where TPE keeps the constant liar's copy of a running trial's parameters
+# (optuna.samplers._tpe.sampler._RELATIVE_PARAMS_KEY, followed by ":0", ":1", ...).
+_LIAR_KEY = "tpe:relative_params"
 # TPE's "good" set never holds more than 25 trials (optuna.samplers._tpe.sampler.default_gamma);
 # at MIN_SAMPLER_HISTORY = 10 x KEPT_BEST trials or more it is exactly these 25.
 KEPT_BEST = 25
 
 
 class _HistoryView:
-    """The study as TPE sees it: a fixed list of trials; everything else is the study's."""
+    """The study as TPE sees it: a fixed list of trials; everything else is the study's, but
+    for the constant liar's writes (:class:`_WithoutLiarCopies`)."""
 
     def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
         self._study = study
         self._trials = trials
+        self._storage = _WithoutLiarCopies(study._storage)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -72,6 +81,27 @@ class _HistoryView:
         states: Container[optuna.trial.TrialState] | None = None,
     ) -> list[FrozenTrial]:
         return self._get_trials(deepcopy, states)
+
+
+class _WithoutLiarCopies:
+    """A study's storage that drops TPE's copy of each trial's relatively sampled parameters.
+
+    With the constant liar, TPE stores them as a system attribute of the RUNNING trial (one
+    transaction a trial), for other workers to see before the trial's parameters are stored.
+    hpo stores a batch's parameters as soon as the batch is sampled, before it trains, and other
+    workers see a running trial from their next batch's snapshot on, so the copy only ever
+    repeated what the parameters say.
+    """
+
+    def __init__(self, storage: Any) -> None:
+        self._inner = storage
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not key.startswith(_LIAR_KEY):
+            self._inner.set_trial_system_attr(trial_id, key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class HistorySampler(optuna.samplers.TPESampler):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hpo.data import FoldSet
 from hpo.lazy import lazy_import
@@ -31,6 +31,7 @@ from hpo.objective import Engine, EvaluationResult, evaluate_plans
 from hpo.space import RegularizationPlan, suggest_plan, zero_plan
 from hpo.spec import StudySpec
 from hpo.study.budget import Claim, claim_trials, log_stale_trial
+from hpo.study.bulk import ParamBuffer, SampledParam, complete_trials, record_sampled
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.record import (
     FAILURE_ATTR,
@@ -47,7 +48,7 @@ from hpo.study.record import (
     stored_policy,
 )
 from hpo.study.signals import Stopped, critical, stop_within
-from hpo.study.storage import StorageGuard, rdb_of, set_trial_user_attrs
+from hpo.study.storage import StorageGuard, rdb_of
 
 if TYPE_CHECKING:
     import optuna
@@ -284,24 +285,40 @@ def _seed_groups(
     return groups
 
 
-def _sample(run: _Run, trial: optuna.Trial) -> RegularizationPlan:
-    """The plan of ``trial`` (idempotent: safe to repeat after an outage)."""
+def _sample(run: _Run, trial: optuna.Trial, buffer: ParamBuffer) -> RegularizationPlan:
+    """The plan of ``trial``, its parameters kept in ``buffer`` (idempotent: safe to repeat
+    after an outage, as a parameter already suggested is not suggested again)."""
     if is_baseline(trial):
         return zero_plan(run.spec.search)  # every coefficient 0
-    plan = suggest_plan(trial, run.spec.search)
+    # The parameters go to the database with the batch's attributes, in one transaction.
+    trial.storage = cast("optuna.storages.BaseStorage", buffer)
+    try:
+        plan = suggest_plan(trial, run.spec.search)
+    finally:
+        trial.storage = run.study._storage
     sampling.note_sampled(run.study, trial)
     return plan
 
 
-def _store_attrs(run: _Run, attrs: Mapping[optuna.Trial, Mapping[str, Any]]) -> None:
-    """Write the user attributes of a batch's trials in one transaction; if one of them was
-    failed as stale meanwhile, the others one by one (its tell will find it finished)."""
+def _store_attrs(
+    run: _Run,
+    attrs: Mapping[optuna.Trial, Mapping[str, Any]],
+    params: Mapping[int, list[SampledParam]] | None = None,
+) -> None:
+    """Write the user attributes (and sampled parameters) of a batch's trials in one
+    transaction; if one of them was failed as stale meanwhile, the others one by one (its tell
+    will find it finished)."""
+    params = params or {}
     try:
-        set_trial_user_attrs(run.study._storage, {t._trial_id: a for t, a in attrs.items()})
+        record_sampled(run.study._storage, params, {t._trial_id: a for t, a in attrs.items()})
     except optuna.exceptions.UpdateFinishedTrialError:
         for trial, items in attrs.items():
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                set_trial_user_attrs(run.study._storage, {trial._trial_id: items})
+                record_sampled(
+                    run.study._storage,
+                    {trial._trial_id: params.get(trial._trial_id, [])},
+                    {trial._trial_id: items},
+                )
     for trial, items in attrs.items():
         # What trial.set_user_attr would have left on the trial object, read by trial.user_attrs.
         trial._cached_frozen_trial.user_attrs.update(items)
@@ -325,9 +342,10 @@ def _run_claim(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
 def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: set[int]) -> None:
     TrialState = optuna.trial.TrialState
     spec, summary = run.spec, run.summary
+    buffer = ParamBuffer(run.study._storage)
     with sampling.sampling_batch(run.study):  # one read of the study's history for the whole batch
         plans = [
-            run.guard.call(partial(_sample, run, trial), f"sampling trial {trial.number}")
+            run.guard.call(partial(_sample, run, trial, buffer), f"sampling trial {trial.number}")
             for trial in trials
         ]
     # Each plan with the seed it trains with, before training: a retry reuses that seed.
@@ -335,7 +353,9 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
         trial: sampled_attrs(plan, seed, run.heartbeat.worker)
         for trial, plan, seed in zip(trials, plans, seeds, strict=True)
     }
-    run.guard.call(partial(_store_attrs, run, sampled), "recording the sampled plans")
+    run.guard.call(
+        partial(_store_attrs, run, sampled, buffer.params), "recording the sampled plans"
+    )
     _log.info(
         "training trial%s %s (%s engine, %d folds x %d epochs)",
         "s" if len(trials) > 1 else "",
@@ -413,12 +433,32 @@ def _tell_batch(
     """Store a batch's result attributes (one transaction) and tell each trial, in one critical
     section: a stop in between would fail trials that already carry a score. Retried whole
     through outages: the attributes are upserts and a trial told already is not told again."""
+    TrialState = optuna.trial.TrialState
     with critical():
         _store_attrs(run, attrs)
+        # Completed trials are told together (one transaction); pruned and failed ones, rarer
+        # and with more to do (a pruned trial's value is its last intermediate one), one by one.
+        complete = {
+            trial: score
+            for trial, (state, score, failure) in outcomes.items()
+            if state == TrialState.COMPLETE and score is not None and failure is None
+        }
+        for trial, score in complete.items():
+            # What study.tell does before it stores the state (for TPE, nothing).
+            run.study.sampler.after_trial(
+                run.study, trial._cached_frozen_trial, TrialState.COMPLETE, [score]
+            )
+        states = complete_trials(
+            run.study._storage, {trial._trial_id: score for trial, score in complete.items()}
+        )
         finals = {}
         for trial, (state, value, failure) in outcomes.items():
-            finals[trial] = _tell(run, trial, state, value, failure)
+            if trial in complete:
+                finals[trial] = states[trial._trial_id]
+            else:
+                finals[trial] = _tell(run, trial, state, value, failure)
             told.add(trial.number)
+        run.study._thread_local.cached_all_trials = None  # as study.tell does
         return finals
 
 
