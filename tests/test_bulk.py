@@ -7,6 +7,8 @@ a repeat after an outage changes nothing, and a trial another worker failed stay
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,13 @@ from hpo.study.bulk import (
     record_heartbeats,
     record_sampled,
 )
-from hpo.study.storage import failed_trials, open_storage, unwrap_rdb, user_attr_values
+from hpo.study.storage import (
+    failed_trials,
+    normalize_url,
+    open_storage,
+    unwrap_rdb,
+    user_attr_values,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -57,7 +65,25 @@ def _comparable(frozen: optuna.trial.FrozenTrial) -> tuple[object, ...]:
     )
 
 
-def test_a_batch_writes_the_rows_optunas_own_calls_write(study: optuna.Study) -> None:
+@pytest.fixture
+def far_from_utc() -> Iterator[None]:
+    """The process in UTC+14, where a local time stored as if it were UTC is 14 hours off."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "Pacific/Kiritimati"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def test_a_batch_writes_the_rows_optunas_own_calls_write(
+    study: optuna.Study, far_from_utc: None
+) -> None:
     by_optuna, by_hpo = study.ask(), study.ask()
     _suggest(by_optuna)
     by_optuna.set_user_attr("worker", "w")
@@ -147,6 +173,42 @@ def test_completing_leaves_a_trial_failed_meanwhile_failed_and_is_idempotent(
         (TrialState.COMPLETE, [0.6]),
         (TrialState.FAIL, None),
     ]
+
+
+@pytest.mark.postgres
+def test_a_trial_failed_by_another_worker_while_being_completed_stays_failed() -> None:
+    """The race itself, on PostgreSQL: another worker holds the trial's row (as Optuna's
+    stale check does, SELECT ... FOR UPDATE) and fails it while this one completes it."""
+    with pg_database() as url:
+        study = optuna.create_study(storage=open_storage(url), direction="maximize")
+        raced, alone = study.ask(), study.ask()
+        other = sqlalchemy.create_engine(normalize_url(url))
+        with other.connect() as conn:
+            conn.execute(
+                sqlalchemy.text("SELECT state FROM trials WHERE trial_id = :t FOR UPDATE"),
+                {"t": raced._trial_id},
+            )
+            result: dict[int, TrialState] = {}
+            completing = threading.Thread(
+                target=lambda: result.update(
+                    complete_trials(study._storage, {raced._trial_id: 0.7, alone._trial_id: 0.8})
+                )
+            )
+            completing.start()
+            time.sleep(0.5)
+            assert completing.is_alive()  # waiting for the other worker's row lock
+            conn.execute(
+                sqlalchemy.text("UPDATE trials SET state = 'FAIL' WHERE trial_id = :t"),
+                {"t": raced._trial_id},
+            )
+            conn.commit()
+        completing.join(timeout=30)
+        other.dispose()
+        assert result == {raced._trial_id: TrialState.FAIL, alone._trial_id: TrialState.COMPLETE}
+        trials = {t._trial_id: t for t in study.get_trials()}
+        assert trials[raced._trial_id].state == TrialState.FAIL
+        assert trials[raced._trial_id].values is None  # no value row for a FAIL trial
+        assert trials[alone._trial_id].values == [0.8]
 
 
 def test_heartbeats_of_a_batch_are_recorded_and_renewed(study: optuna.Study) -> None:

@@ -15,9 +15,10 @@ import pytest
 from conftest import hpo, one_line_error
 
 from hpo.cli import cli
-from hpo.cli.options import COUNT, NON_NEGATIVE, PORT, SECONDS, Number
+from hpo.cli.options import BATCH_SIZE, COUNT, NON_NEGATIVE, PORT, SECONDS, Number
 
 COUNT_RULE = "a whole number >= 1"
+BATCH_RULE = 'a whole number >= 1 or "auto"'
 SECONDS_RULE = "a finite number of seconds > 0"
 
 # (command, option) -> the rule it states
@@ -25,18 +26,18 @@ OPTIONS = {
     ("run", "--n-trials"): COUNT_RULE,
     ("run", "--timeout"): SECONDS_RULE,
     ("run", "--epochs"): COUNT_RULE,
-    ("run", "--trials-per-batch"): COUNT_RULE,
+    ("run", "--trials-per-batch"): BATCH_RULE,
     ("run", "--workers"): COUNT_RULE,
     ("create", "--n-trials"): COUNT_RULE,
     ("create", "--epochs"): COUNT_RULE,
-    ("create", "--trials-per-batch"): COUNT_RULE,
+    ("create", "--trials-per-batch"): BATCH_RULE,
     ("create", "--heartbeat-interval"): COUNT_RULE,
     ("create", "--grace-period"): COUNT_RULE,
     ("create", "--max-retries"): "a whole number >= 0",
     ("worker", "--n-trials"): COUNT_RULE,
     ("worker", "--timeout"): SECONDS_RULE,
     ("check", "--epochs"): COUNT_RULE,
-    ("check", "--trials-per-batch"): COUNT_RULE,
+    ("check", "--trials-per-batch"): BATCH_RULE,
     ("rerun", "--seeds"): COUNT_RULE,
     ("rerun", "--top"): COUNT_RULE,
     ("rerun", "--repeats"): COUNT_RULE,
@@ -64,7 +65,7 @@ def _cases() -> list[tuple[str, str, str, str]]:
     cases = []
     for (command, option), rule in OPTIONS.items():
         bad = dict(BAD_FOR_ALL)
-        if rule == COUNT_RULE:
+        if rule in (COUNT_RULE, BATCH_RULE):
             bad |= BAD_COUNTS
         elif rule == SECONDS_RULE:
             bad |= BAD_SECONDS
@@ -100,9 +101,11 @@ def test_worker_timeout_zero_is_refused_like_run() -> None:
         (SECONDS, "60", 60.0),
         (PORT, "0", 0),
         (PORT, "65535", 65535),
+        (BATCH_SIZE, "16", 16),
+        (BATCH_SIZE, " auto ", "auto"),
     ],
 )
-def test_good_numbers_pass(kind: Number, typed: object, value: float) -> None:
+def test_good_numbers_pass(kind: Number, typed: object, value: float | str) -> None:
     converted = kind.convert(typed, None, None)
     assert converted == value and type(converted) is type(value)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.slow  # two real workers; about 40 s
 def test_a_retried_trial_gets_the_value_its_original_would_have_had(
     write_study: object, processes: HpoProcesses, tmp_path: Path
 ) -> None:
-    # 1,000 epochs: the first batch trains for seconds, so the SIGTERM surely lands during it.
-    study_file = write_study(engine="stacked", epochs=1000, n_trials=6)  # type: ignore[operator]
+    # 400 epochs: the first batch trains for over a second, so the SIGTERM surely lands during it.
+    study_file = write_study(engine="stacked", epochs=400, n_trials=6)  # type: ignore[operator]
     url = f"sqlite:///{tmp_path / 'retry.db'}"
     env = hpo_env(url)
     processes.run(["create", str(study_file), "--trials-per-batch", "4"], env=env)
@@ -86,4 +87,9 @@ def test_a_retried_trial_gets_the_value_its_original_would_have_had(
         model=spec.model,
         seeds=[spec.trial_seed(n) for n in range(4)],
     )
-    assert [r.accuracy for r in own_seeds] != [r.accuracy for r in as_it_was]
+    # (Out-of-fold predictions, not accuracies: trained this long on 90 rows, several plans
+    # reach the same accuracy from any seed.)
+    assert any(
+        not np.array_equal(own.predictions, was.predictions)
+        for own, was in zip(own_seeds, as_it_was, strict=True)
+    )

@@ -19,7 +19,7 @@ from hpo.space import suggest_plan
 from hpo.spec import spec_from_dict
 from hpo.study import budget
 from hpo.study.budget import claim_trials
-from hpo.study.bulk import set_trial_user_attrs
+from hpo.study.bulk import record_sampled
 from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import CrashPolicy, create_or_load_study, make_sampler
 from hpo.study.sampler import KEPT_BEST, HistorySampler, note_sampled, sampling_batch
@@ -185,18 +185,16 @@ def test_a_batch_of_attributes_is_one_write_whole_or_not_at_all(
 ) -> None:
     study, _ = _study(tmp_path, stored=0)
     first, second = study.ask(), study.ask()
-    set_trial_user_attrs(study._storage, {first._trial_id: {"a": 1, "b": [1, 2]}})
+    record_sampled(study._storage, {}, {first._trial_id: {"a": 1, "b": [1, 2]}})
     stored = study._storage.get_trial(first._trial_id).user_attrs
     assert stored == {"baseline": True, "a": 1, "b": [1, 2]}  # trial 0 is the queued baseline
     study.tell(second, 0.5)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        set_trial_user_attrs(
-            study._storage, {first._trial_id: {"c": 3}, second._trial_id: {"c": 3}}
-        )
+        record_sampled(study._storage, {}, {first._trial_id: {"c": 3}, second._trial_id: {"c": 3}})
     assert "c" not in study._storage.get_trial(first._trial_id).user_attrs  # none of it
     # Written again alone (the worker's fallback), the running trial takes it; a value
     # written twice is replaced, not doubled.
-    set_trial_user_attrs(study._storage, {first._trial_id: {"c": 3, "a": 2}})
+    record_sampled(study._storage, {}, {first._trial_id: {"c": 3, "a": 2}})
     stored = study._storage.get_trial(first._trial_id).user_attrs
     assert stored == {"baseline": True, "a": 2, "b": [1, 2], "c": 3}
     assert "c" not in study._storage.get_trial(second._trial_id).user_attrs
@@ -229,13 +227,11 @@ def test_a_batch_proposes_exactly_what_trial_by_trial_sampling_proposes(tmp_path
 def test_a_batch_of_attributes_on_postgresql(pg_url: str) -> None:
     study = optuna.create_study(storage=open_storage(pg_url))
     first, second = study.ask(), study.ask()
-    set_trial_user_attrs(study._storage, {first._trial_id: {"a": 1}, second._trial_id: {"a": 2}})
-    set_trial_user_attrs(study._storage, {first._trial_id: {"a": 3, "b": "x"}})
+    record_sampled(study._storage, {}, {first._trial_id: {"a": 1}, second._trial_id: {"a": 2}})
+    record_sampled(study._storage, {}, {first._trial_id: {"a": 3, "b": "x"}})
     assert study._storage.get_trial(first._trial_id).user_attrs == {"a": 3, "b": "x"}
     assert study._storage.get_trial(second._trial_id).user_attrs == {"a": 2}
     study.tell(second, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        set_trial_user_attrs(
-            study._storage, {first._trial_id: {"c": 1}, second._trial_id: {"c": 1}}
-        )
+        record_sampled(study._storage, {}, {first._trial_id: {"c": 1}, second._trial_id: {"c": 1}})
     assert "c" not in study._storage.get_trial(first._trial_id).user_attrs

@@ -10,6 +10,7 @@ import gc
 import os
 import signal
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -21,10 +22,13 @@ class _SignalledWhileFinalized:
     lands while they free a graph: the handler's ``Stopped`` is raised inside ``__del__``,
     where Python can only hand it to ``sys.unraisablehook``."""
 
+    finished: ClassVar[list[bool]] = []
+
     def __del__(self) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(1000):  # bytecodes after the kill: the handler runs here, in __del__
             pass
+        self.finished.append(True)  # not reached when the stop was raised in the finalizer
 
 
 def _wait(seconds: float) -> None:
@@ -38,11 +42,13 @@ def test_a_stop_that_lands_in_a_finalizer_is_raised_in_the_main_thread_soon() ->
     # stop must not wait for that (the trials would be told COMPLETE under a "stopped" line).
     with stop_on_signals():
         started = time.monotonic()
+        _SignalledWhileFinalized.finished.clear()
         with pytest.raises(Stopped, match="SIGTERM"):
             _SignalledWhileFinalized()  # dropped at once: its finalizer runs here
             gc.collect()
             _wait(5)
         assert time.monotonic() - started < 2
+        assert _SignalledWhileFinalized.finished == []  # the stop did land in the finalizer
 
 
 def test_a_stop_during_a_critical_section_waits_for_its_end() -> None:

@@ -48,7 +48,7 @@ def check(
     data_path: str | None,
     epochs: int | None,
     engine: str | None,
-    trials_per_batch: int | None,
+    trials_per_batch: int | str | None,
     estimate: bool,
 ) -> None:
     """Profile the data of STUDY_FILE and say whether the study can run, without training it.

@@ -86,7 +86,7 @@ def create(
     epochs: int | None,
     n_trials: int | None,
     engine: str | None,
-    trials_per_batch: int | None,
+    trials_per_batch: int | str | None,
     data_path: str | None,
     heartbeat_interval: int,
     grace_period: int,

@@ -32,6 +32,7 @@ else:
     optuna = lazy_import("optuna")
 
 __all__ = [
+    "BATCH_SIZE",
     "COUNT",
     "NON_NEGATIVE",
     "PORT",
@@ -110,7 +111,17 @@ def _as_typed(value: Any) -> str:
     return text.strip()
 
 
+class _CountOrAuto(Number):
+    """A whole number >= 1, or ``auto`` (the stacked engine measures the fastest batch)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+
 COUNT = Number(int, "a whole number >= 1", lambda n: n >= 1)
+BATCH_SIZE = _CountOrAuto(int, 'a whole number >= 1 or "auto"', lambda n: n >= 1)
 NON_NEGATIVE = Number(int, "a whole number >= 0", lambda n: n >= 0)
 SECONDS = Number(float, "a finite number of seconds > 0", lambda n: math.isfinite(n) and n > 0)
 PORT = Number(int, "a whole number from 0 to 65535", lambda n: 0 <= n <= 65535)
@@ -122,7 +133,9 @@ timeout_option = click.option(
     "--timeout", type=SECONDS, help="Stop starting new trials after this many seconds."
 )
 trials_per_batch_option = click.option(
-    "--trials-per-batch", type=COUNT, help="Trials trained together by the stacked engine."
+    "--trials-per-batch",
+    type=BATCH_SIZE,
+    help='Trials trained together by the stacked engine ("auto": the fastest, measured).',
 )
 seeds_option = click.option(
     "--seeds", type=COUNT, required=True, help="Fresh seeds per trial (2 or more for a CI)."

@@ -70,7 +70,7 @@ def run(
     epochs: int | None,
     data_path: str | None,
     engine: str | None,
-    trials_per_batch: int | None,
+    trials_per_batch: int | str | None,
     name: str | None,
     workers: int | None,
 ) -> None:

@@ -69,6 +69,10 @@ _RETRYABLE = (None, FAILURE_INTERRUPTED)
 # RUNNING trials without any heartbeat, and when this process first saw each, by the database's
 # clock: (storage URL, trial id) -> seconds.
 _FIRST_SEEN: dict[tuple[str, int], float] = {}
+# Failed trials this process found not to deserve a retry, so that they are not read again at
+# every claim (a FAIL trial never changes): (storage URL, trial id) -> None if it has no plan
+# to repeat, else the length of its retry chain (the study's max_retries may be raised later).
+_NOT_RETRIED: dict[tuple[str, int], int | None] = {}
 _UNLIMITED = 1 << 30
 _log = get_logger("budget")
 
@@ -237,16 +241,21 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
     for trial_id, number in failed:
         if queued >= room:
             break
-        if number in retried:
+        known = _NOT_RETRIED.get((rdb.url, trial_id), 0)
+        if number in retried or known is None or known > policy.max_retries:
             continue
         trial = rdb.get_trial(trial_id)
-        if not trial.distributions and not is_baseline(trial):
-            continue  # died before it was sampled: nothing to repeat, a new trial takes the slot
         chain = [*trial.system_attrs.get(RETRY_CHAIN_ATTR, []), trial.number]
+        if not trial.distributions and not is_baseline(trial):
+            # Died (or was stopped) before its plan was stored: nothing to repeat, a new trial
+            # takes the slot.
+            _NOT_RETRIED[rdb.url, trial_id] = None
+            continue
         if len(chain) > policy.max_retries:
             _log.debug(
                 "trial %d: retried %d times already; not again", trial.number, len(chain) - 1
             )
+            _NOT_RETRIED[rdb.url, trial_id] = len(chain)
             continue
         study.add_trial(
             optuna.trial.create_trial(

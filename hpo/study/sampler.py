@@ -88,9 +88,10 @@ class _WithoutLiarCopies:
 
     With the constant liar, TPE stores them as a system attribute of the RUNNING trial (one
     transaction a trial), for other workers to see before the trial's parameters are stored.
-    hpo stores a batch's parameters as soon as the batch is sampled, before it trains, and other
-    workers see a running trial from their next batch's snapshot on, so the copy only ever
-    repeated what the parameters say.
+    hpo stores a batch's parameters as soon as the whole batch is sampled (a few milliseconds a
+    trial), before it trains; a worker that reads the study in that moment sees these trials
+    without parameters, as it sees any trial claimed but not sampled yet, and leaves them out
+    of its liar until its next batch. In exchange, a write a trial less.
     """
 
     def __init__(self, storage: Any) -> None:

@@ -10,12 +10,15 @@ any number of machines sharing one study):
 * Database outages stall the worker instead of killing it (``hpo.study.storage.StorageGuard``):
   a finished result stays in memory and is told when the database is back, exactly once.
 * Ctrl-C or SIGTERM stops cleanly: the trials in flight are told FAIL (marked ``interrupted``,
-  and retried by the workers that carry on), nothing stays RUNNING, and the process exits 0.
+  and retried by the workers that carry on; a trial stopped while its batch was still being
+  sampled has no plan to repeat, and a new trial takes its slot), nothing stays RUNNING, and the
+  process exits 0.
+* A batch's parameters, attributes and results are each written in one transaction
+  (``hpo.study.bulk``): the parameters once the whole batch is sampled, before it trains.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -68,7 +71,7 @@ class RunSummary:
     completed: int = 0
     pruned: int = 0
     failed: int = 0
-    lost: int = 0  # finished here, but failed as stale meanwhile (the retry trains it again)
+    lost: int = 0  # claimed here, but failed as stale by another worker meanwhile
     interrupted: str | None = None
     seconds: float = 0.0
 
@@ -304,24 +307,28 @@ def _store_attrs(
     run: _Run,
     attrs: Mapping[optuna.Trial, Mapping[str, Any]],
     params: Mapping[int, list[SampledParam]] | None = None,
-) -> None:
+) -> list[optuna.Trial]:
     """Write the user attributes (and sampled parameters) of a batch's trials in one
-    transaction; if one of them was failed as stale meanwhile, the others one by one (its tell
-    will find it finished)."""
+    transaction; if one of them was failed as stale meanwhile, the others one by one. The
+    trials found failed (their tell would find them finished)."""
     params = params or {}
+    finished = []
     try:
         record_sampled(run.study._storage, params, {t._trial_id: a for t, a in attrs.items()})
     except optuna.exceptions.UpdateFinishedTrialError:
         for trial, items in attrs.items():
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            try:
                 record_sampled(
                     run.study._storage,
                     {trial._trial_id: params.get(trial._trial_id, [])},
                     {trial._trial_id: items},
                 )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                finished.append(trial)
     for trial, items in attrs.items():
         # What trial.set_user_attr would have left on the trial object, read by trial.user_attrs.
         trial._cached_frozen_trial.user_attrs.update(items)
+    return finished
 
 
 def _outcome(result: EvaluationResult) -> tuple[optuna.trial.TrialState, float | None, str | None]:
@@ -353,9 +360,13 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
         trial: sampled_attrs(plan, seed, run.heartbeat.worker)
         for trial, plan, seed in zip(trials, plans, seeds, strict=True)
     }
-    run.guard.call(
+    gone = run.guard.call(
         partial(_store_attrs, run, sampled, buffer.params), "recording the sampled plans"
     )
+    if gone:
+        trials, plans, seeds = _without(gone, run, told, trials, plans, seeds)
+        if not trials:
+            return
     _log.info(
         "training trial%s %s (%s engine, %d folds x %d epochs)",
         "s" if len(trials) > 1 else "",
@@ -424,6 +435,30 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
             )
 
 
+def _without(
+    gone: list[optuna.Trial],
+    run: _Run,
+    told: set[int],
+    trials: list[optuna.Trial],
+    plans: list[RegularizationPlan],
+    seeds: list[int],
+) -> tuple[list[optuna.Trial], list[RegularizationPlan], list[int]]:
+    """The batch less ``gone``: trials another worker failed as stale before their plans were
+    stored (this one could not reach the database for the grace period). With no plan to
+    repeat they get no retry, so training them would be for nothing."""
+    for trial in gone:
+        run.heartbeat.release([trial._trial_id])
+        told.add(trial.number)
+        run.summary.lost += 1
+        _log.warning(
+            "trial %d was failed as stale while this worker could not reach the database, "
+            "before its plan was stored: it is not trained, and a new trial takes its slot",
+            trial.number,
+        )
+    kept = [i for i, trial in enumerate(trials) if trial not in gone]
+    return [trials[i] for i in kept], [plans[i] for i in kept], [seeds[i] for i in kept]
+
+
 def _tell_batch(
     run: _Run,
     attrs: Mapping[optuna.Trial, Mapping[str, Any]],
@@ -444,13 +479,17 @@ def _tell_batch(
             if state == TrialState.COMPLETE and score is not None and failure is None
         }
         for trial, score in complete.items():
-            # What study.tell does before it stores the state (for TPE, nothing).
+            # What study.tell does before it stores the state. For hpo's TPE (no constraints
+            # function) it does nothing, so neither the study view Hyperband would pass nor a
+            # repeat when an outage makes the guard retry the batch changes anything.
             run.study.sampler.after_trial(
                 run.study, trial._cached_frozen_trial, TrialState.COMPLETE, [score]
             )
         states = complete_trials(
             run.study._storage, {trial._trial_id: score for trial, score in complete.items()}
         )
+        # Told, whatever follows: a failure telling a pruned trial must not make them "untold".
+        told.update(trial.number for trial in complete)
         finals = {}
         for trial, (state, value, failure) in outcomes.items():
             if trial in complete:
