@@ -315,6 +315,7 @@ def test_an_in_process_call_gives_the_callers_signal_handlers_back(tmp_path: Pat
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
+@pytest.mark.slow  # two runs; resuming is also in test_run_resume_best_and_trials
 def test_a_resumed_seeded_study_explores_on_instead_of_repeating_itself(
     write_study: Callable[..., Path],
 ) -> None:

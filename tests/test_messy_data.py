@@ -82,7 +82,11 @@ def test_a_text_gap_is_its_own_category_fitted_like_every_other(tmp_path: Path) 
     np.testing.assert_array_equal(encoded[:, -1], gaps.astype(np.float32))
 
 
-@pytest.mark.parametrize("engine", ["reference", "stacked"])
+@pytest.mark.parametrize(
+    "engine",
+    # The quick run keeps the stacked engine (the default); the full run checks both.
+    [pytest.param("reference", marks=pytest.mark.slow), "stacked"],
+)
 def test_a_text_column_with_gaps_trains_end_to_end(
     write_study: WriteStudy, tmp_path: Path, engine: str
 ) -> None:
