@@ -144,7 +144,7 @@ def claim_trials(
             heartbeat.hold(trial._trial_id, trial.number)
             into.append(trial)
             mine.append(trial)
-        # The claim's first heartbeats, in one statement. A worker that dies before it leaves
+        # The claim's first heartbeats, in one transaction. A worker that dies before it leaves
         # trials with none, which other workers fail after a grace period (_fail_stale).
         heartbeat.beat(t._trial_id for t in mine)
         if mine and n_trials is not None and not lock.still_held():

@@ -126,7 +126,7 @@ class Heartbeat:
         self._write_record()
 
     def beat(self, trial_ids: Iterable[int]) -> bool:
-        """Record a heartbeat for each of ``trial_ids`` (one statement); whether it was stored."""
+        """Record a heartbeat for each of ``trial_ids`` (one transaction); whether it was stored."""
         ids = list(trial_ids)
         ok, _ = self.guard.attempt(lambda: record_heartbeats(self.study._storage, ids), "heartbeat")
         return ok
