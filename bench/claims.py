@@ -10,6 +10,16 @@ folder; default ``HEAD``) and the working tree. The two run interleaved on the s
 
     python bench/claims.py --workers 1 4 16 32 --stored 0 2000 10000 --seconds 20
 
+With the instant engine every worker is busy all the time, so once the workers fill the machine's
+cores the figure stops growing with more of them whatever hpo does. ``--train-seconds S`` makes
+each batch take S seconds more without using a core (as training does on a worker's own
+machine): then more workers can only add throughput, and what caps it is what they share (the
+study lock, the database, this machine's cores for hpo's own work).
+
+Each worker also times how long it holds the study lock (the one thing no two workers do at once):
+``lock ms/trial`` is that time per trial claimed, and ``cap/s`` its inverse, the most trials per
+second any number of workers on any number of machines could claim from one study.
+
 Each measurement: W worker processes start, load the study (reading its history once), wait at a
 common start time, then claim and tell for ``--seconds``; throughput = trials finished / wall time
 from the start time until the last worker ends. The study's budget is far above what they finish,
@@ -19,6 +29,7 @@ so the exact-budget path (count under the lock) is exercised without ever stoppi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -27,6 +38,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +51,7 @@ from hpo.data import load_folds
 from hpo.objective import EvaluationResult
 from hpo.space import suggest_plan
 from hpo.spec import spec_from_dict
+from hpo.study import budget
 from hpo.study.record import (
     create_or_load_study,
     join_study,
@@ -65,8 +79,12 @@ class InstantEngine:
     trials_per_batch = 8
     batch_seeded = True
 
+    def __init__(self, train_seconds: float = 0.0) -> None:
+        self.train_seconds = train_seconds
+
     def evaluate(self, plans: Any, folds: Any, *, n_classes: int, **_: Any) -> list[Any]:
         n_rows = len(folds[0].train_rows) + len(folds[0].valid_rows)
+        time.sleep(self.train_seconds)  # "training": time passes, no core is used
         out = []
         for _plan in plans:
             fold_accuracies = tuple(random.uniform(0.6, 0.75) for _ in folds)
@@ -89,10 +107,37 @@ class InstantEngine:
 # --- the worker process ------------------------------------------------------------------------
 
 
-def run_worker(url: str, name: str, go: Path, seconds: float, ready: Path) -> None:
+class LockClock:
+    """Wraps ``hpo.study.budget.study_lock`` to add up the time the lock is held."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.claims = 0
+        self._real: Any = None
+
+    def install(self) -> None:
+        self._real = budget.study_lock
+        budget.study_lock = self._timed  # type: ignore[assignment]
+
+    @contextlib.contextmanager
+    def _timed(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with self._real(*args, **kwargs) as lock:
+            held = time.perf_counter()
+            try:
+                yield lock
+            finally:
+                self.seconds += time.perf_counter() - held
+                self.claims += 1
+
+
+def run_worker(
+    url: str, name: str, go: Path, seconds: float, ready: Path, train_seconds: float
+) -> None:
     """Join the study, read its history once (as a joining worker does), say so, wait for the
     common start time, then run hpo's worker loop for ``seconds``."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    clock = LockClock()
+    clock.install()
     study, spec = join_study(name, open_storage(url), worker=f"bench:{os.getpid()}")
     _, folds = load_folds(spec.data, spec.cv)
     study.get_trials(deepcopy=False)
@@ -101,9 +146,15 @@ def run_worker(url: str, name: str, go: Path, seconds: float, ready: Path) -> No
         time.sleep(0.05)
     time.sleep(max(0.0, float(go.read_text()) - time.time()))
     summary = optimize(
-        study, spec, folds, InstantEngine(), n_trials=spec.budget.n_trials, timeout=seconds
+        study,
+        spec,
+        folds,
+        InstantEngine(train_seconds),
+        n_trials=spec.budget.n_trials,
+        timeout=seconds,
     )
-    print(json.dumps({"completed": summary.completed, "ended": time.time()}))
+    record = {"completed": summary.completed, "ended": time.time(), "lock": clock.seconds}
+    print(json.dumps(record))
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -155,7 +206,15 @@ def fill(url: str, name: str, stored: int, study: dict[str, Any] = STUDY) -> Non
     made_study.add_trials(made)
 
 
-def measure(tree: Path | None, url: str, name: str, workers: int, seconds: float) -> float:
+@dataclass(frozen=True)
+class Measured:
+    per_second: float  # trials finished per second, all workers together
+    lock_per_trial: float  # seconds the study lock was held per trial finished
+
+
+def measure(
+    tree: Path | None, url: str, name: str, workers: int, seconds: float, train_seconds: float
+) -> Measured:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if tree is not None:
         env["PYTHONPATH"] = str(tree)  # ahead of the editable install of the working tree
@@ -176,6 +235,7 @@ def measure(tree: Path | None, url: str, name: str, workers: int, seconds: float
                             str(go),
                             str(seconds),
                             str(ready),
+                            str(train_seconds),
                         ],
                         env=env,
                         stdout=subprocess.PIPE,
@@ -192,13 +252,18 @@ def measure(tree: Path | None, url: str, name: str, workers: int, seconds: float
         start_at = time.time() + 1.0
         Path(tmp, "go.tmp").write_text(str(start_at))
         Path(tmp, "go.tmp").rename(go)  # whole, or not there
-        completed, last = 0, start_at
+        completed, last, lock = 0, start_at, 0.0
         for proc, _ in procs:
             out, _ = proc.communicate()
             record = json.loads(out.strip().splitlines()[-1])
             completed += record["completed"]
             last = max(last, record["ended"])
-    return completed / (last - start_at)
+            lock += record["lock"]
+    return Measured(completed / (last - start_at), lock / max(completed, 1))
+
+
+def _cap(measured: Measured) -> float:
+    return 1.0 / measured.lock_per_trial if measured.lock_per_trial > 0 else float("inf")
 
 
 def main() -> None:
@@ -206,6 +271,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--stored", type=int, nargs="+", default=[0, 2000, 10000])
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--train-seconds",
+        type=float,
+        default=0.0,
+        help="seconds each batch of 8 'trains' without using a core (default 0: instant)",
+    )
     parser.add_argument("--before", default="HEAD", help="git revision of the 'before' hpo")
     parser.add_argument(
         "--database",
@@ -215,12 +286,12 @@ def main() -> None:
     parser.add_argument(
         "--fill-only", action="store_true", help="make the studies, measure nothing"
     )
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--fill", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        url, name, go, seconds, ready = args.worker
-        run_worker(url, name, Path(go), float(seconds), Path(ready))
+        url, name, go, seconds, ready, train = args.worker
+        run_worker(url, name, Path(go), float(seconds), Path(ready), float(train))
         return
     if args.fill:
         fill(args.fill[0], args.fill[1], int(args.fill[2]))
@@ -244,7 +315,16 @@ def main() -> None:
             text=True,
         ).stdout.strip()
         print(f"before: hpo at {rev}; after: the working tree; PostgreSQL database {database}")
-        print(f"{'stored':>7} {'workers':>7} {'before/s':>9} {'after/s':>9} {'ratio':>6}")
+        engine = (
+            f"each batch of 8 takes {args.train_seconds:g} s without a core"
+            if args.train_seconds
+            else "instant engine"
+        )
+        print(f"{os.cpu_count()} cores; {engine}; {args.seconds:g} s a measurement")
+        print(
+            f"{'stored':>7} {'workers':>7} {'before/s':>9} {'after/s':>9} {'ratio':>6}   "
+            f"lock ms/trial, cap/s: before / after"
+        )
         results: dict[tuple[int, int], tuple[float, float]] = {}
         for stored in args.stored:
             name = f"claims-{stored}"
@@ -266,11 +346,14 @@ def main() -> None:
             if args.fill_only:
                 continue
             for workers in args.workers:
-                old = measure(before_tree, url, name, workers, args.seconds)
-                new = measure(None, url, name, workers, args.seconds)
+                a = measure(before_tree, url, name, workers, args.seconds, args.train_seconds)
+                b = measure(None, url, name, workers, args.seconds, args.train_seconds)
+                old, new = a.per_second, b.per_second
                 results[stored, workers] = (old, new)
                 print(
-                    f"{stored:>7} {workers:>7} {old:>9.1f} {new:>9.1f} {new / old:>5.2f}x",
+                    f"{stored:>7} {workers:>7} {old:>9.1f} {new:>9.1f} {new / old:>5.2f}x   "
+                    f"{a.lock_per_trial * 1e3:5.1f}, {_cap(a):5.0f} / "
+                    f"{b.lock_per_trial * 1e3:5.1f}, {_cap(b):5.0f}",
                     flush=True,
                 )
         if args.fill_only:

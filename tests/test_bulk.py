@@ -25,6 +25,7 @@ from hpo.study import sampler as sampling
 from hpo.study.bulk import (
     ParamBuffer,
     complete_trials,
+    create_trials,
     record_heartbeats,
     record_sampled,
 )
@@ -114,6 +115,44 @@ def test_a_batch_writes_the_rows_optunas_own_calls_write(
     assert reference.datetime_complete is not None and written.datetime_complete is not None
     assert abs((written.datetime_complete - reference.datetime_complete).total_seconds()) < 60
     assert study.best_value == 0.75
+
+
+def test_trials_created_together_are_what_optuna_makes_one_by_one(
+    study: optuna.Study, far_from_utc: None
+) -> None:
+    by_optuna = study.ask()
+    created = create_trials(study, 3)
+    after = study.ask()  # Optuna numbers on past them
+    assert [t.number for t in created] == [1, 2, 3] and after.number == 4
+    reloaded = optuna.load_study(study_name=study.study_name, storage=study._storage._backend)
+    for trial in created:
+        # The Trial object equals the one Optuna builds from the database (so an Optuna whose
+        # Trial gains a field fails here) ...
+        fresh = optuna.Trial(reloaded, trial._trial_id)
+        assert set(vars(trial)) == set(vars(fresh))
+        for name in ("_trial_id", "relative_search_space", "_relative_params", "_fixed_params"):
+            assert getattr(trial, name) == getattr(fresh, name), name
+        mine, stored = trial._cached_frozen_trial, fresh._cached_frozen_trial
+        assert (mine.number, mine.state, mine.params, mine.user_attrs, mine.system_attrs) == (
+            stored.number,
+            stored.state,
+            stored.params,
+            stored.user_attrs,
+            stored.system_attrs,
+        )
+        # ... its start time is stored as Optuna stores one (read back in local time) ...
+        assert mine.datetime_start is not None and stored.datetime_start is not None
+        assert abs((mine.datetime_start - stored.datetime_start).total_seconds()) < 1
+        assert abs((stored.datetime_start - by_optuna.datetime_start).total_seconds()) < 60
+        # ... and it samples and is told like any other.
+        _suggest(trial)
+        study.tell(trial, 0.5)
+    study.tell(by_optuna, 0.25)
+    study.tell(after, 0.25)
+    states = [t.state for t in reloaded.get_trials()]
+    assert states == [TrialState.COMPLETE] * 5
+    assert all(set(t.params) == {"placement", "alpha"} for t in reloaded.get_trials()[1:4])
+    assert create_trials(study, 0) == []
 
 
 def test_a_batch_is_written_whole_or_not_at_all_and_a_repeat_adds_nothing(

@@ -60,6 +60,24 @@ def _states(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def _diagnosis(study: optuna.Study, workers: list[HpoProcess]) -> str:
+    """What went wrong, short enough to survive the end of a CI log: the unfinished or failed
+    trials, then each worker's lines about the database, claims and stale trials."""
+    odd = [
+        (t.number, t.state.name, sorted(t.params), {k: v for k, v in t.system_attrs.items()})
+        for t in study.get_trials()
+        if t.state != TrialState.COMPLETE
+    ]
+    words = ("stale", "unreachable", "reachable again", "created before", "budget", "FAIL")
+    lines = [
+        f"w{i}: {line}"
+        for i, worker in enumerate(workers)
+        for line in worker.text().splitlines()
+        if any(word in line for word in words) or line.startswith("worker ran")
+    ]
+    return "\n".join([f"trials not COMPLETE: {odd}", *lines])
+
+
 def _status(processes: HpoProcesses, name: str, env: dict[str, str]) -> dict[str, object]:
     return dict(json.loads(processes.run(["status", name, "--format", "json"], env=env)))
 
@@ -127,7 +145,7 @@ def test_database_outage_longer_than_the_grace_period_stalls_workers_without_los
         assert worker.finish() == 0, worker.text()
     study = _study(url, "outage")
     # Nothing lost, nothing counted twice: no trial was failed as stale, none dropped.
-    assert _states(study) == {"COMPLETE": 6}, [w.text() for w in workers]
+    assert _states(study) == {"COMPLETE": 6}, _diagnosis(study, workers)
     # Artifacts too: the trials that finished while the database was away stored theirs
     # once it was back (each trial's per-fold table, written as it finishes with `live`).
     for trial in study.get_trials():

@@ -37,12 +37,23 @@ def _terminate_lock_session(url: str) -> None:
         admin.execute("SELECT pg_terminate_backend(%s)", (pids[0][0],))
 
 
-@pytest.mark.parametrize("lost_before_ask", [1, 2])
+# (a queued trial first?, lost before the claim's Nth create, trials created after the loss)
+# A claim takes queued trials one by one, then creates the rest in one transaction.
+CASES = [(False, 1, BUDGET), (True, 2, BUDGET - 1)]
+
+
+@pytest.mark.parametrize(("queued", "lost_before_ask", "created_after"), CASES)
 def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch, lost_before_ask: int
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    queued: bool,
+    lost_before_ask: int,
+    created_after: int,
 ) -> None:
     storage = open_storage(pg_url)
     study = optuna.create_study(study_name="lock", storage=storage)
+    if queued:
+        study.enqueue_trial({})
     policy = CrashPolicy()
     first: list[optuna.Trial] = []
     second: list[optuna.Trial] = []
@@ -61,7 +72,9 @@ def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
             into=second,
         )
 
-    def ask_then_lose_the_lock(s: optuna.Study, *, queued: bool) -> optuna.Trial:
+    def ask_then_lose_the_lock(
+        s: optuna.Study, count: int, ticket: budget.Ticket, *, queued: bool
+    ) -> list[optuna.Trial]:
         calls["n"] += 1
         if threading.current_thread() is threading.main_thread() and calls["n"] == lost_before_ask:
             # The first worker's session dies after its lock check and before this create;
@@ -70,7 +83,7 @@ def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
             thread = threading.Thread(target=second_worker)
             thread.start()
             thread.join(timeout=60)
-        return real_ask(s, queued=queued)
+        return real_ask(s, count, ticket, queued=queued)
 
     monkeypatch.setattr(budget, "_ask", ask_then_lose_the_lock)
     claim_trials(
@@ -88,4 +101,5 @@ def test_a_lost_lock_mid_claim_never_overshoots_the_budget(
     over = [
         t for t in study.get_trials() if t.system_attrs.get(FAILURE_ATTR) == FAILURE_OVER_BUDGET
     ]
-    assert len(over) == counts.get("FAIL", 0) == 1  # the one created after the lock was gone
+    # Those created after the lock was gone (the second worker took their slots meanwhile).
+    assert len(over) == counts.get("FAIL", 0) == created_after

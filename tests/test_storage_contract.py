@@ -28,7 +28,8 @@ from hpo.data import Fold, load_dataset, make_fold_set
 from hpo.objective import EvaluationResult, Monitor
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec, StudySpec, spec_from_dict
-from hpo.study.budget import budget_left, claim_trials, log_stale_trial
+from hpo.study import budget
+from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.record import (
     CrashPolicy,
@@ -267,6 +268,64 @@ def _fast_study(backend: str, tmp_path: Path) -> tuple[optuna.Study, StorageGuar
     study, _ = create_or_load_study(_spec(tmp_path), storage, policy=FAST)
     configure_stale_detection(storage, FAST, log_stale_trial)
     return study, StorageGuard(backend)
+
+
+@pytest.mark.parametrize("one_ticket", [True, False], ids=["one-ticket", "ticket-per-try"])
+def test_trials_stored_by_a_create_whose_reply_was_lost_are_claimed_by_the_retry(
+    backend: str, monkeypatch: pytest.MonkeyPatch, one_ticket: bool
+) -> None:
+    """A claim under way when the server shuts down: the create commits, the reply is lost. The
+    worker's retry (same ticket) finds those trials; without the ticket they would be RUNNING
+    with nobody training them, to be failed as stale later."""
+    study = optuna.create_study(study_name="lost-reply", storage=open_storage(backend))
+    real_create = budget.create_trials
+    created: list[int] = []
+
+    def stored_then_cut_off(*args: object, **kwargs: object) -> list[optuna.Trial]:
+        trials = real_create(*args, **kwargs)  # type: ignore[arg-type]
+        created.append(len(trials))
+        if len(created) == 1:
+            raise sqlalchemy.exc.OperationalError(
+                "COMMIT", {}, Exception("server closed the connection unexpectedly")
+            )
+        return trials
+
+    monkeypatch.setattr(budget, "create_trials", stored_then_cut_off)
+    guard = StorageGuard(backend)
+    beats = Heartbeat(study, FAST, guard, worker="cut-off:1")
+    into: list[optuna.Trial] = []
+    ticket = Ticket()
+    claim = guard.call(
+        lambda: claim_trials(
+            study,
+            n_trials=100,
+            size=4,
+            policy=FAST,
+            heartbeat=beats,
+            judge_stale=False,
+            into=into,
+            ticket=ticket if one_ticket else None,
+        ),
+        "claiming trials",
+    )
+    running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+    if one_ticket:
+        assert [t.number for t in claim.trials] == running == [0, 1, 2, 3]
+        assert created == [4]  # the retry made none: it found the four
+        assert sorted(beats.held().values()) == running
+        assert _heartbeat_ids(backend) == {t._trial_id for t in claim.trials}
+    else:
+        assert len(claim.trials) == 4 and len(running) == 8 and created == [4, 4]
+
+
+def _heartbeat_ids(url: str) -> set[int]:
+    engine = sqlalchemy.create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).all()
+    finally:
+        engine.dispose()
+    return {int(trial_id) for (trial_id,) in rows}
 
 
 @_QUICK_ON_POSTGRESQL

@@ -15,16 +15,19 @@ parameters as a WAITING trial, linked to the original (user attr ``retry_of``, a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.study.heartbeat import Heartbeat
+from hpo.study.bulk import create_trials
+from hpo.study.heartbeat import Heartbeat, worker_id
 from hpo.study.record import (
     BASELINE_ATTR,
+    CLAIM_ATTR,
     FAILURE_ATTR,
     FAILURE_INTERRUPTED,
     FAILURE_OVER_BUDGET,
@@ -43,6 +46,7 @@ from hpo.study.storage import (
     failed_trials,
     outage_reason,
     rdb_of,
+    running_with_system_attr,
     running_without_heartbeat,
     study_lock,
     user_attr_values,
@@ -56,6 +60,7 @@ else:
 __all__ = [
     "COUNTED_STATES",
     "Claim",
+    "Ticket",
     "budget_left",
     "claim_trials",
     "log_stale_trial",
@@ -90,6 +95,24 @@ class Claim:
         return self.counts.get("RUNNING", 0) + self.counts.get("WAITING", 0)
 
 
+_SERIAL = itertools.count()
+
+
+@dataclass
+class Ticket:
+    """One claim's mark on the trials it creates (system attribute ``hpo:claim``), kept across
+    the claim's retries through an outage.
+
+    A create whose reply is lost (the database went away between its commit and the answer, as
+    it does when a claim is under way while a server shuts down) may still have stored its
+    trials. Nobody holds them: after the grace period another worker would fail them for want
+    of a heartbeat. The claim's retry finds them by this mark instead, and trains them.
+    """
+
+    id: str = field(default_factory=lambda: f"{worker_id()}:{next(_SERIAL)}")
+    sent: bool = False  # a create with this mark was sent: the retry must look for its trials
+
+
 def log_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna's stale-trial callback: just say so (the retry is queued under the claim lock)."""
     worker = trial.user_attrs.get(WORKER_ATTR, "an unknown worker")
@@ -109,41 +132,52 @@ def claim_trials(
     heartbeat: Heartbeat,
     judge_stale: bool,
     into: list[optuna.Trial],
+    ticket: Ticket | None = None,
 ) -> Claim:
     """Claim up to ``size`` trials within the budget; each is appended to ``into`` (and held by
     ``heartbeat``) the moment it exists, so a failure halfway loses none.
 
     ``judge_stale``: fail stale trials first. A worker that was itself cut off from the
     database lately passes False: the others' heartbeats may just not have resumed yet.
+    ``ticket``: the same one for every retry of this claim (see :class:`Ticket`).
     """
     storage = rdb_of(study)
     study_id = study._study_id
+    ticket = ticket or Ticket()
     with critical(), study_lock(storage, study_id) as lock:
         if judge_stale:
             _fail_stale(study, policy)
+        mine: list[optuna.Trial] = []
+        if ticket.sent:
+            mine = _adopt(study, ticket, heartbeat, into)
         counts = count_trial_states(storage, study_id)
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        if n_trials is not None and finished >= n_trials:
+        if n_trials is not None and finished >= n_trials and not into:
             return Claim((), True, counts)
         taken = _taken(counts)
         room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
         queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
-        wanted = min(size, room + counts.get("WAITING", 0))  # queued ones are already in room
-        mine: list[optuna.Trial] = []
+        # Queued ones are already in room; an earlier try of this claim may have got some.
+        wanted = len(mine) + min(size - len(into), room + counts.get("WAITING", 0))
         waiting = counts.get("WAITING", 0) + queued
-        for _ in range(wanted):
+        while len(mine) < wanted:
             if not lock.still_held():
                 break  # another worker may be counting now: create no more
             try:
-                trial = _ask(study, queued=waiting > 0)
-                waiting -= 1
+                # Queued trials one by one (study.ask() finds them), then the rest at once.
+                ticket.sent = ticket.sent or waiting <= 0
+                new = _ask(
+                    study, 1 if waiting > 0 else wanted - len(mine), ticket, queued=waiting > 0
+                )
+                waiting -= len(new)
             except Exception as exc:
                 if into and outage_reason(exc) is not None:
                     break  # keep what we have; the heartbeat thread keeps it alive
                 raise
-            heartbeat.hold(trial._trial_id, trial.number)
-            into.append(trial)
-            mine.append(trial)
+            for trial in new:
+                heartbeat.hold(trial._trial_id, trial.number)
+            into.extend(new)
+            mine.extend(new)
         # The claim's first heartbeats, in one transaction. A worker that dies before it leaves
         # trials with none, which other workers fail after a grace period (_fail_stale).
         heartbeat.beat(t._trial_id for t in mine)
@@ -186,18 +220,38 @@ def _give_back_excess(
         )
 
 
-def _ask(study: optuna.Study, *, queued: bool) -> optuna.Trial:
-    """A new trial of ``study``: a queued one (the baseline, a retry) if ``queued`` may find
-    one, else a fresh one. ``study.ask()`` looks for queued trials by reading every trial that
-    changed since this process last read them; under the study lock, that made every worker
-    wait on each one's read, when the counts just taken say there is nothing to find."""
+def _adopt(
+    study: optuna.Study, ticket: Ticket, heartbeat: Heartbeat, into: list[optuna.Trial]
+) -> list[optuna.Trial]:
+    """The RUNNING trials an earlier try of this claim created without hearing back (held, and
+    appended to ``into``)."""
+    known = {trial._trial_id for trial in into}
+    found = [
+        optuna.Trial(study, trial_id)
+        for trial_id in running_with_system_attr(
+            rdb_of(study), study._study_id, CLAIM_ATTR, ticket.id
+        )
+        if trial_id not in known
+    ]
+    for trial in found:
+        heartbeat.hold(trial._trial_id, trial.number)
+        _log.info("trial %d: created before the database went away; training it", trial.number)
+    into.extend(found)
+    return found
+
+
+def _ask(study: optuna.Study, count: int, ticket: Ticket, *, queued: bool) -> list[optuna.Trial]:
+    """New trials of ``study``: one queued trial (the baseline, a retry) if ``queued`` may find
+    one, else ``count`` fresh ones in one transaction. ``study.ask()`` looks for queued trials
+    by reading every trial that changed since this process last read them; under the study
+    lock, that made every worker wait on each one's read, when the counts just taken say there
+    is nothing to find."""
     if not queued:
-        study._thread_local.cached_all_trials = None  # as ask() does: the next read is fresh
-        return optuna.Trial(study, study._storage.create_new_trial(study._study_id))
+        return create_trials(study, count, {CLAIM_ATTR: ticket.id})
     with warnings.catch_warnings():
         # We record heartbeats ourselves (hpo.study.heartbeat), which is what this warns about.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        return study.ask()
+        return [study.ask()]
 
 
 def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:

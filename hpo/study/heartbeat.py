@@ -128,6 +128,10 @@ class Heartbeat:
     def beat(self, trial_ids: Iterable[int]) -> bool:
         """Record a heartbeat for each of ``trial_ids`` (one transaction); whether it was stored."""
         ids = list(trial_ids)
+        if not ids:
+            # Nothing to send: no sign that the database is reachable, so the guard is not told
+            # so (it would print "reachable again" once a second through an outage).
+            return True
         ok, _ = self.guard.attempt(lambda: record_heartbeats(self.study._storage, ids), "heartbeat")
         return ok
 

@@ -72,6 +72,9 @@ Trial system attributes
 ``hpo:failure``                   why hpo failed the trial: ``interrupted``, ``error``, ``non-finite``,
                                   ``over-budget`` (created after its worker lost the study lock);
                                   absent on a trial failed for a stale heartbeat (its worker died)
+``hpo:claim``                     the claim that created the trial (``HOST:PID:N``): a worker whose
+                                  database went away while it created a claim's trials finds, on its
+                                  retry, the ones that were stored though it never heard back
 ``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
 ``retry_history``                 trial of the chain so far
 ``artifacts:<artifact id>``       a file attached while the trial ran (Optuna's own artifact API)
@@ -111,6 +114,7 @@ else:
 
 __all__ = [
     "BASELINE_ATTR",
+    "CLAIM_ATTR",
     "DATA_WARNINGS_ATTR",
     "FAILURE_ATTR",
     "FAILURE_ERROR",
@@ -185,6 +189,7 @@ RETRY_OF_ATTR = "retry_of"
 RETRY_ROOT_ATTR = "retry_root"
 # Trial system attributes.
 FAILURE_ATTR = "hpo:failure"
+CLAIM_ATTR = "hpo:claim"
 # Its values; "interrupted" and "error" are also the user attr holding the signal or error text.
 FAILURE_INTERRUPTED = "interrupted"
 FAILURE_ERROR = "error"

@@ -68,6 +68,7 @@ __all__ = [
     "outage_reason",
     "rdb_of",
     "resolve_storage_url",
+    "running_with_system_attr",
     "running_without_heartbeat",
     "sqlite_error",
     "sqlite_file",
@@ -594,6 +595,22 @@ def failed_trials(
         (int(trial_id), int(number), None if value is None else json.loads(value))
         for trial_id, number, value in rows
     ]
+
+
+def running_with_system_attr(
+    storage: optuna.storages.RDBStorage, study_id: int, key: str, value: Any
+) -> list[int]:
+    """The ids of a study's RUNNING trials whose system attribute ``key`` is ``value``, by
+    number."""
+    query = sqlalchemy.text(
+        "SELECT t.trial_id FROM trials t "
+        "JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
+        "WHERE t.study_id = :s AND t.state = 'RUNNING' AND a.key = :k AND a.value_json = :v "
+        "ORDER BY t.number"
+    )
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query, {"s": study_id, "k": key, "v": json.dumps(value)}).all()
+    return [int(trial_id) for (trial_id,) in rows]
 
 
 def user_attr_values(storage: optuna.storages.RDBStorage, study_id: int, key: str) -> list[Any]:

@@ -33,7 +33,7 @@ from hpo.log import get_logger
 from hpo.objective import Engine, EvaluationResult, evaluate_plans
 from hpo.space import RegularizationPlan, suggest_plan, zero_plan
 from hpo.spec import StudySpec
-from hpo.study.budget import Claim, claim_trials, log_stale_trial
+from hpo.study.budget import Claim, Ticket, claim_trials, log_stale_trial
 from hpo.study.bulk import ParamBuffer, SampledParam, complete_trials, record_sampled
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.record import (
@@ -229,6 +229,7 @@ def optimize(
 def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
     trials: list[optuna.Trial] = []
     told: set[int] = set()
+    ticket = Ticket()  # one for all of this claim's tries
     try:
         claim = run.guard.call(
             lambda: claim_trials(
@@ -239,6 +240,7 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
                 heartbeat=run.heartbeat,
                 judge_stale=run.guard.healthy_for() >= run.policy.grace_period,
                 into=trials,
+                ticket=ticket,
             ),
             "claiming trials",
         )
