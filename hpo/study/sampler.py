@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import heapq
 import threading
 from collections.abc import Container, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -176,13 +177,16 @@ class HistorySampler(optuna.samplers.TPESampler):
     def bounded(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         """``trials`` with the finished ones cut to ``max_history``: the best
         :data:`KEPT_BEST` complete trials and the most recent others."""
-        running = optuna.trial.TrialState.RUNNING
+        # Plain locals: these loops run over every stored trial once a batch, and a lookup
+        # through the lazy `optuna` module costs more than the comparison itself.
+        running, complete_state = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
         finished = [t for t in trials if t.state != running]
         if not self.max_history or len(finished) <= self.max_history:
             return list(trials)
-        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-        # The study maximizes (accuracy); ties go to the earlier trial, as a stable sort keeps.
-        best = sorted(complete, key=lambda t: -float(t.value or 0.0))[:KEPT_BEST]
+        complete = [t for t in finished if t.state == complete_state]
+        # The study maximizes (accuracy); ties go to the earlier trial (nlargest is a stable
+        # sort's first KEPT_BEST, without sorting them all).
+        best = heapq.nlargest(KEPT_BEST, complete, key=lambda t: float(t.value or 0.0))
         kept = {t.number for t in best}
         others = [t for t in finished if t.number not in kept]
         recent = others[len(others) - (self.max_history - len(best)) :]
