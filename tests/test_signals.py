@@ -7,6 +7,7 @@ The end-to-end cases (a real ``hpo run`` signalled at each stage) are in
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from typing import ClassVar
 
 import pytest
 
+from hpo import log
 from hpo.study.signals import Stopped, critical, stop_on_signals
 
 
@@ -70,3 +72,27 @@ def test_a_stop_that_lands_in_a_finalizer_inside_a_critical_section_waits_for_it
             _wait(0.3)  # past the 50 ms retry: it defers to the section's end
             done.append("the section's work")
         assert done == ["the section's work"]
+
+
+def test_a_librarys_report_of_a_stop_is_not_printed_but_its_errors_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLAlchemy logs a stop that lands while a connection goes back to its pool, with a
+    traceback; hpo prints its own one line for a stop instead."""
+    log.configure()
+    pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    for exc in (Stopped("SIGTERM"), ValueError("a real problem")):
+        try:
+            raise exc
+        except BaseException:
+            pool.error("Exception during reset or similar", exc_info=True)
+    err = capsys.readouterr().err
+    assert err.count("Exception during reset or similar") == 1, err
+    assert "ValueError: a real problem" in err and "Stopped" not in err
+    log.configure(verbosity=1)  # --debug shows everything
+    try:
+        raise Stopped("SIGINT")
+    except Stopped:
+        pool.error("Exception during reset or similar", exc_info=True)
+    assert "Stopped: SIGINT" in capsys.readouterr().err
+    log.configure()
