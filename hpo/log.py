@@ -58,8 +58,9 @@ def configure(verbosity: int = 0) -> None:
         fallback = _StderrHandler()
         fallback.setLevel(logging.WARNING)  # what Python's own fallback handler prints
         fallback.setFormatter(logging.Formatter("%(message)s"))
+        # Records still propagate: a root handler the user set up gets them too, and with one
+        # here Python's fallback (which would print the stops) is not used.
         library.addHandler(fallback)
-        library.propagate = False
     for ours in library.handlers:
         if getattr(ours, "_hpo", False):
             ours.filters = [] if verbosity > 0 else [_NoStops()]

@@ -155,6 +155,25 @@ def test_trials_created_together_are_what_optuna_makes_one_by_one(
     assert create_trials(study, 0) == []
 
 
+def test_trials_are_created_within_the_budget_counted_in_the_same_transaction(
+    study: optuna.Study,
+) -> None:
+    """The count a claim took under the study lock may be stale if that lock was lost; the
+    create counts again under the study row's lock."""
+    done = study.ask()
+    study.tell(done, 0.5)
+    study.ask()  # RUNNING
+    failed = study.ask()
+    study.tell(failed, state=TrialState.FAIL)  # the slot is free again
+    study.enqueue_trial({})  # WAITING
+    counted = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+    made = create_trials(study, 8, budget=5, counted=counted)
+    assert len(made) == 2  # 5 less COMPLETE, RUNNING and WAITING (FAIL is not counted)
+    assert create_trials(study, 8, budget=5, counted=counted) == []
+    assert [t.number for t in made] == [4, 5]
+    assert len(create_trials(study, 2, budget=None)) == 2
+
+
 def test_a_batch_is_written_whole_or_not_at_all_and_a_repeat_adds_nothing(
     study: optuna.Study,
 ) -> None:

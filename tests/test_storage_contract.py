@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -270,19 +271,23 @@ def _fast_study(backend: str, tmp_path: Path) -> tuple[optuna.Study, StorageGuar
     return study, StorageGuard(backend)
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["fresh", "after-a-queued-trial"])
 @pytest.mark.parametrize("one_ticket", [True, False], ids=["one-ticket", "ticket-per-try"])
 def test_trials_stored_by_a_create_whose_reply_was_lost_are_claimed_by_the_retry(
-    backend: str, monkeypatch: pytest.MonkeyPatch, one_ticket: bool
+    backend: str, monkeypatch: pytest.MonkeyPatch, one_ticket: bool, queued: bool
 ) -> None:
     """A claim under way when the server shuts down: the create commits, the reply is lost. The
     worker's retry (same ticket) finds those trials; without the ticket they would be RUNNING
-    with nobody training them, to be failed as stale later."""
+    with nobody training them, to be failed as stale later. Also when the claim already holds
+    a queued trial (the baseline, a retry) taken before the create."""
     study = optuna.create_study(study_name="lost-reply", storage=open_storage(backend))
+    if queued:
+        study.enqueue_trial({})
     real_create = budget.create_trials
     created: list[int] = []
 
-    def stored_then_cut_off(*args: object, **kwargs: object) -> list[optuna.Trial]:
-        trials = real_create(*args, **kwargs)  # type: ignore[arg-type]
+    def stored_then_cut_off(*args: Any, **kwargs: Any) -> list[optuna.Trial]:
+        trials = real_create(*args, **kwargs)
         created.append(len(trials))
         if len(created) == 1:
             raise sqlalchemy.exc.OperationalError(
@@ -308,14 +313,16 @@ def test_trials_stored_by_a_create_whose_reply_was_lost_are_claimed_by_the_retry
         ),
         "claiming trials",
     )
+    fresh = 3 if queued else 4
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
     if one_ticket:
-        assert [t.number for t in claim.trials] == running == [0, 1, 2, 3]
-        assert created == [4]  # the retry made none: it found the four
+        assert sorted(t.number for t in claim.trials) == running == [0, 1, 2, 3]
+        assert created == [fresh]  # the retry made none: it found them
         assert sorted(beats.held().values()) == running
         assert _heartbeat_ids(backend) == {t._trial_id for t in claim.trials}
     else:
-        assert len(claim.trials) == 4 and len(running) == 8 and created == [4, 4]
+        assert len(claim.trials) == 4 and len(running) == 4 + fresh
+        assert created == [fresh, fresh]
 
 
 def _heartbeat_ids(url: str) -> set[int]:

@@ -15,7 +15,7 @@ parameters as a WAITING trial, linked to the original (user attr ``retry_of``, a
 from __future__ import annotations
 
 import contextlib
-import itertools
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,9 +95,6 @@ class Claim:
         return self.counts.get("RUNNING", 0) + self.counts.get("WAITING", 0)
 
 
-_SERIAL = itertools.count()
-
-
 @dataclass
 class Ticket:
     """One claim's mark on the trials it creates (system attribute ``hpo:claim``), kept across
@@ -109,7 +106,9 @@ class Ticket:
     of a heartbeat. The claim's retry finds them by this mark instead, and trains them.
     """
 
-    id: str = field(default_factory=lambda: f"{worker_id()}:{next(_SERIAL)}")
+    # Host and pid for whoever reads it; the random part because two containers can share a
+    # host name and a pid.
+    id: str = field(default_factory=lambda: f"{worker_id()}:{uuid.uuid4().hex[:12]}")
     sent: bool = False  # a create with this mark was sent: the retry must look for its trials
 
 
@@ -163,24 +162,23 @@ def claim_trials(
         while len(mine) < wanted:
             if not lock.still_held():
                 break  # another worker may be counting now: create no more
-            try:
-                # Queued trials one by one (study.ask() finds them), then the rest at once.
-                ticket.sent = ticket.sent or waiting <= 0
-                new = _ask(
-                    study, 1 if waiting > 0 else wanted - len(mine), ticket, queued=waiting > 0
-                )
-                waiting -= len(new)
-            except Exception as exc:
-                if into and outage_reason(exc) is not None:
-                    break  # keep what we have; the heartbeat thread keeps it alive
-                raise
+            # Queued trials one by one (study.ask() finds them), then the rest at once. An
+            # outage error goes to the caller, which retries the claim with the same `into`
+            # and ticket: the retry finds trials whose create was stored though its reply was
+            # lost (a `break` here would leave them to be failed as stale).
+            asked = 1 if waiting > 0 else wanted - len(mine)
+            ticket.sent = ticket.sent or waiting <= 0
+            new = _ask(study, asked, ticket, n_trials, queued=waiting > 0)
+            waiting -= len(new)
             for trial in new:
                 heartbeat.hold(trial._trial_id, trial.number)
             into.extend(new)
             mine.extend(new)
+            if len(new) < asked:
+                break  # the budget is full (counted again as the trials were created)
         # The claim's first heartbeats, in one transaction. A worker that dies before it leaves
         # trials with none, which other workers fail after a grace period (_fail_stale).
-        heartbeat.beat(t._trial_id for t in mine)
+        heartbeat.beat(t._trial_id for t in into)  # with any from an earlier try
         if mine and n_trials is not None and not lock.still_held():
             # Lost between a check and a create, another worker may have counted without our
             # newest trials: whatever now passes the budget is ours to give back. If the
@@ -240,14 +238,18 @@ def _adopt(
     return found
 
 
-def _ask(study: optuna.Study, count: int, ticket: Ticket, *, queued: bool) -> list[optuna.Trial]:
+def _ask(
+    study: optuna.Study, count: int, ticket: Ticket, n_trials: int | None, *, queued: bool
+) -> list[optuna.Trial]:
     """New trials of ``study``: one queued trial (the baseline, a retry) if ``queued`` may find
-    one, else ``count`` fresh ones in one transaction. ``study.ask()`` looks for queued trials
+    one, else up to ``count`` fresh ones in one transaction, within the budget ``n_trials``. ``study.ask()`` looks for queued trials
     by reading every trial that changed since this process last read them; under the study
     lock, that made every worker wait on each one's read, when the counts just taken say there
     is nothing to find."""
     if not queued:
-        return create_trials(study, count, {CLAIM_ATTR: ticket.id})
+        return create_trials(
+            study, count, {CLAIM_ATTR: ticket.id}, budget=n_trials, counted=COUNTED_STATES
+        )
     with warnings.catch_warnings():
         # We record heartbeats ourselves (hpo.study.heartbeat), which is what this warns about.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")

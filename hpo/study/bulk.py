@@ -15,7 +15,7 @@ encodings), so every reader, Optuna's dashboard included, sees the same study.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -52,10 +52,16 @@ __all__ = [
 
 
 def create_trials(
-    study: optuna.Study, count: int, system_attrs: Mapping[str, Any] | None = None
+    study: optuna.Study,
+    count: int,
+    system_attrs: Mapping[str, Any] | None = None,
+    *,
+    budget: int | None = None,
+    counted: Collection[str] = (),
 ) -> list[optuna.Trial]:
-    """``count`` new RUNNING trials of ``study`` in one transaction, numbered on, each with
-    ``system_attrs``.
+    """Up to ``count`` new RUNNING trials of ``study`` in one transaction, numbered on, each
+    with ``system_attrs``; with ``budget``, no more than leave at most ``budget`` trials in the
+    ``counted`` states (names such as ``"RUNNING"``), counted in the same transaction.
 
     Optuna's ``create_new_trial`` makes one trial a transaction of four statements and a
     commit, and ``optuna.Trial`` then reads the new trial back whole (six queries); a claim
@@ -64,14 +70,17 @@ def create_trials(
     meanwhile, such as a queued one, cannot take the same number), the study's trials are
     counted once and the new ones inserted with the next numbers, then read back by number
     for their ids. The trials go into Optuna's cache as its own ``create_new_trial`` puts them.
+
+    The budget is checked here as well as by the caller's count under the study lock: that
+    lock can be lost mid-claim (its database session ends) while another worker counts, and
+    this row lock is the one every creator of trials waits for.
     """
     if count < 1:
         return []
+    TrialState = optuna.trial.TrialState
     rdb = unwrap_rdb(study._storage)
     trials = _models.TrialModel.__table__
     study_id = study._study_id
-    started = datetime.now()  # what Optuna gives a new trial (local time)...
-    stored = started.astimezone(UTC).replace(tzinfo=None)  # ... and stores (naive UTC)
     with _optuna_rdb._create_scoped_session(rdb.scoped_session) as session:
         if rdb.engine.dialect.name == "sqlite":
             # SQLite locks no rows, and a read takes no lock that keeps writers out: write
@@ -84,16 +93,26 @@ def create_trials(
                 .values(study_name=studies.c.study_name)
             )
         _models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        first = session.execute(
-            sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id)).where(
-                trials.c.study_id == study_id
+        by_state = {
+            TrialState(state).name: int(n)
+            for state, n in session.execute(
+                sqlalchemy.select(trials.c.state, sqlalchemy.func.count(trials.c.trial_id))
+                .where(trials.c.study_id == study_id)
+                .group_by(trials.c.state)
             )
-        ).scalar_one()
+        }
+        first = sum(by_state.values())
+        if budget is not None:
+            count = min(count, budget - sum(by_state.get(state, 0) for state in counted))
+        if count < 1:
+            return []
+        started = datetime.now()  # what Optuna gives a new trial (local time)...
+        stored = started.astimezone(UTC).replace(tzinfo=None)  # ... and stores (naive UTC)
         rows = [
             {
                 "study_id": study_id,
                 "number": first + i,
-                "state": optuna.trial.TrialState.RUNNING,
+                "state": TrialState.RUNNING,
                 "datetime_start": stored,
             }
             for i in range(count)
@@ -102,9 +121,18 @@ def create_trials(
             session.execute(sqlalchemy.insert(trials).values(chunk))
         ids = session.execute(
             sqlalchemy.select(trials.c.number, trials.c.trial_id)
-            .where(trials.c.study_id == study_id, trials.c.number >= first)
+            .where(
+                trials.c.study_id == study_id,
+                trials.c.number >= first,
+                trials.c.number < first + count,
+            )
             .order_by(trials.c.number)
         ).all()
+        if len(ids) != count:  # numbers taken twice: the count did not see every trial
+            raise RuntimeError(
+                f"study {study_id}: expected {count} new trials numbered from {first}, "
+                f"found {len(ids)}"
+            )
         attrs = [
             {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
             for _, trial_id in ids

@@ -72,7 +72,7 @@ Trial system attributes
 ``hpo:failure``                   why hpo failed the trial: ``interrupted``, ``error``, ``non-finite``,
                                   ``over-budget`` (created after its worker lost the study lock);
                                   absent on a trial failed for a stale heartbeat (its worker died)
-``hpo:claim``                     the claim that created the trial (``HOST:PID:N``): a worker whose
+``hpo:claim``                     the claim that created the trial (``HOST:PID:RANDOM``): a worker whose
                                   database went away while it created a claim's trials finds, on its
                                   retry, the ones that were stored though it never heard back
 ``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
