@@ -16,7 +16,7 @@ from typing import ClassVar
 import pytest
 
 from hpo import log
-from hpo.study.signals import Stopped, critical, stop_on_signals
+from hpo.study.signals import Stopped, critical, stop_on_signals, stop_within
 
 
 class _SignalledWhileFinalized:
@@ -97,3 +97,20 @@ def test_a_librarys_report_of_a_stop_is_not_printed_but_its_errors_are(
         pool.error("Exception during reset or similar", exc_info=True)
     assert "Stopped: SIGINT" in capsys.readouterr().err
     log.configure()
+
+
+def test_a_stop_inside_a_conditions_wait_is_still_a_stop() -> None:
+    """Seen with the reference engine: Ctrl-C landed in `Condition.wait` (waiting on the
+    training process's future) after it released its lock; the `with` then failed to release
+    it again, and that RuntimeError, not the stop, reached the top."""
+    try:
+        try:
+            raise Stopped("SIGINT")
+        except Stopped:
+            raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 (as threading does)
+    except RuntimeError as error:
+        stop = stop_within(error)
+    assert isinstance(stop, Stopped)
+    other = RuntimeError("something else")
+    other.__context__ = Stopped("SIGINT")
+    assert stop_within(other) is None  # a real error while stopping stays an error

@@ -65,11 +65,16 @@ def stop_within(exc: BaseException) -> Stopped | None:
 
     A signal that lands while a compiled module initializes (pandas, numpy, TensorFlow import
     lazily, so that is often) comes out as that import's ``ImportError`` or ``SystemError``,
-    with the :class:`Stopped` only in its chain of causes.
+    with the :class:`Stopped` only in its chain of causes; one that lands inside a lock's
+    handling, as a ``RuntimeError`` about releasing it.
     """
     if isinstance(exc, Stopped):
         return exc
-    if not isinstance(exc, ImportError | SystemError):
+    # A signal that lands in `threading.Condition.wait` between its release of the lock and the
+    # re-acquire (waiting on a future does that) makes the `with` around it release a lock it
+    # no longer holds: that RuntimeError, with the stop as its context.
+    lock_error = isinstance(exc, RuntimeError) and str(exc) == "cannot release un-acquired lock"
+    if not (lock_error or isinstance(exc, ImportError | SystemError)):
         return None  # any other error is itself, even if it happened while stopping
     seen: set[int] = set()
     current: BaseException | None = exc
