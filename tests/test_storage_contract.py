@@ -271,8 +271,13 @@ def _fast_study(backend: str, tmp_path: Path) -> tuple[optuna.Study, StorageGuar
     return study, StorageGuard(backend)
 
 
+@_QUICK_ON_POSTGRESQL
 @pytest.mark.parametrize("queued", [False, True], ids=["fresh", "after-a-queued-trial"])
-@pytest.mark.parametrize("one_ticket", [True, False], ids=["one-ticket", "ticket-per-try"])
+@pytest.mark.parametrize(
+    "one_ticket",
+    [True, pytest.param(False, marks=pytest.mark.slow)],  # the control: the full run only
+    ids=["one-ticket", "ticket-per-try"],
+)
 def test_trials_stored_by_a_create_whose_reply_was_lost_are_claimed_by_the_retry(
     backend: str, monkeypatch: pytest.MonkeyPatch, one_ticket: bool, queued: bool
 ) -> None:
