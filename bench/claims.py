@@ -69,6 +69,8 @@ STUDY = {
     "sampler": {"seed": 7},
     "budget": {"n_trials": 10_000_000},
     "artifacts": {"top_k": 0},
+    # Fixed ranges: the instant engine's random accuracies would make "auto" windows meaningless.
+    "search": {"l1": [1e-6, 1e-1], "l2": [1e-6, 1e-1]},
 }
 
 

@@ -357,6 +357,12 @@ def _plan(spec: StudySpec, plan: RegularizationPlan | Mapping[str, Any]) -> Regu
     if isinstance(plan, Mapping):  # a trial's params, e.g. study.best_params
         if not plan:  # the baseline trial has none
             return zero_plan(spec.search)
+        if spec.search.auto and spec.search.windows is None:
+            raise HpoError(
+                'these are parameters of an "auto" search space: their alphas are positions in '
+                "windows measured by the study; give the trained plan instead, "
+                'hpo.best_plan("STUDY_NAME") (or a RegularizationPlan)'
+            )
         try:
             return plan_from_params(spec.search, plan)
         except KeyError as exc:

@@ -21,9 +21,11 @@ __all__ = [
     "fold_seed",
     "holdout_seed",
     "outer_seed",
+    "probe_seeds",
     "repeat_seed",
     "replica_seed",
     "rerun_seeds",
+    "sampler_seed",
     "split_seed",
     "trial_seed",
     "worker_sampler_offset",
@@ -83,3 +85,19 @@ def worker_sampler_offset(worker: str) -> int:
     """Offset to the sampler seed of one worker process: workers of one study must differ, or
     their random start-up trials would all propose the same parameters."""
     return zlib.crc32(worker.encode()) % 1_000_003
+
+
+def probe_seeds(base: int) -> tuple[int, int]:
+    """The seed the penalty-window ladder trains with, and the other initial weights its seed
+    floor is measured against (:mod:`hpo.study.windows`); unlike any trial's."""
+    first = (base * 1_000_003 + 246_813_579) % MAX_SEED
+    return first, (first + 424_242_421) % MAX_SEED
+
+
+def sampler_seed(base: int, outer_fold: int) -> int:
+    """The seed of a study's sampler: ``[sampler] seed`` itself, or, for the inner study of
+    ``hpo nested``'s outer fold ``outer_fold`` (1-based; 0 outside nested CV), one of its own,
+    so that no two inner studies draw the same plans."""
+    if not outer_fold:
+        return base
+    return (base * 1_000_003 + 7_654_321 * outer_fold) % MAX_SEED

@@ -25,30 +25,39 @@ from hpo.errors import HpoError
 __all__ = [
     "ACTIVATIONS",
     "ARTIFACT_MODELS",
+    "AUTO",
+    "EARLY_STOPS",
     "ENGINES",
     "MIN_SAMPLER_HISTORY",
     "MISSING_TARGET",
     "OPTIMIZERS",
+    "PENALTY_KINDS",
     "PLACEMENTS",
     "PRUNERS",
     "PRUNER_KEYS",
+    "STARTUPS",
+    "STARTUP_CAP",
     "TARGET_KINDS",
     "AlphaRange",
     "ArtifactsSpec",
+    "AutoRange",
     "BudgetSpec",
     "CVSpec",
     "DataSpec",
     "EngineSpec",
     "LayerSearchSpec",
     "ModelSpec",
+    "PenaltyWindows",
     "PrunerSpec",
     "SamplerSpec",
     "SearchSpec",
     "StudySpec",
+    "Window",
     "apply_overrides",
     "load_spec",
     "spec_from_dict",
     "spec_to_dict",
+    "startup_trials",
 ]
 
 PLACEMENTS = ("activity", "kernel", "both")
@@ -74,12 +83,27 @@ class AlphaRange:
             raise ValueError(f"`low <= high` must hold, but got ({low=}, {high=})")
 
 
+@dataclass(frozen=True)
+class AutoRange:
+    """A penalty's coefficient searched inside the window the study measures before its first
+    trial (``l1 = "auto"``, the default): from the weakest alpha that changes the trained
+    network as much as a new seed would, to the strongest that does not collapse it, for each
+    placement separately (:mod:`hpo.study.windows`). The trial's parameter is the position in
+    that window, 0 to 1."""
+
+    def __repr__(self) -> str:
+        return "'auto'"
+
+
+AUTO = AutoRange()
+
+
 @dataclass(frozen=True, kw_only=True)
 class LayerSearchSpec:
     """What the search may do on one hidden layer. ``None`` means that penalty is off."""
 
-    l1: AlphaRange | None = AlphaRange()
-    l2: AlphaRange | None = AlphaRange()
+    l1: AlphaRange | AutoRange | None = AUTO
+    l2: AlphaRange | AutoRange | None = AUTO
     placements: tuple[str, ...] = PLACEMENTS
     allow_none: bool = False
 
@@ -93,17 +117,65 @@ class LayerSearchSpec:
             raise ValueError(f"`placements` has duplicates: {list(self.placements)}")
 
 
+PENALTY_KINDS = ("l1_activity", "l2_activity", "l1_kernel", "l2_kernel")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Alphas ``[low, high]`` of one penalty kind; a position 0..1 maps log-uniformly into it.
+
+    >>> Window(1e-4, 1e-2).at(0.5)
+    0.001
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low <= self.high:
+            raise ValueError(f"`0 < low <= high` must hold, but got ({self.low}, {self.high})")
+
+    def at(self, position: float) -> float:
+        return float(f"{self.low * (self.high / self.low) ** position:.6g}")
+
+
+@dataclass(frozen=True)
+class PenaltyWindows:
+    """Per penalty kind, the window an ``"auto"`` alpha is searched in (measured per study by
+    :mod:`hpo.study.windows`; not part of the study file)."""
+
+    l1_activity: Window
+    l2_activity: Window
+    l1_kernel: Window
+    l2_kernel: Window
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {kind: [getattr(self, kind).low, getattr(self, kind).high] for kind in PENALTY_KINDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PenaltyWindows:
+        return cls(
+            **{kind: Window(float(data[kind][0]), float(data[kind][1])) for kind in PENALTY_KINDS}
+        )
+
+    def text(self) -> str:
+        return ", ".join(
+            f"{kind} {getattr(self, kind).low:.0e}..{getattr(self, kind).high:.0e}"
+            for kind in PENALTY_KINDS
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class SearchSpec:
     """Per searched layer, what the search may do. ``baseline``: trial 0 of a new study trains
     the network with no regularization at all, so every study shows what regularization bought.
 
     With ``[model] builder`` the layers are the user's Keras layers, named: ``names`` are their
-    Keras names, parallel to ``layers`` (the parameters are ``{name}_l1`` ...). Before the model
+    Keras names, parallel to ``layers`` (the parameters are ``{name}_placement`` ...). Before the model
     is built ``names`` may be empty, meaning every Dense/Conv layer but the output one, less
     ``exclude``, each searched as ``default`` says; ``hpo.engines.builder.resolve`` fills them
     in, and a stored spec always holds them. Without a builder ``names`` is empty and the
-    parameters are ``h1_l1`` ... by position.
+    parameters are ``h1_placement`` ... by position (:mod:`hpo.space` lists them).
     """
 
     layers: tuple[LayerSearchSpec, ...]
@@ -111,6 +183,9 @@ class SearchSpec:
     names: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     default: LayerSearchSpec = LayerSearchSpec()
+    # The measured windows of "auto" alphas, filled in where a study trains (never stored in
+    # the study file's data: they are the study's, recorded on it once).
+    windows: PenaltyWindows | None = None
 
     def __post_init__(self) -> None:
         if self.names and len(self.names) != len(self.layers):
@@ -128,6 +203,13 @@ class SearchSpec:
     def resolved(self) -> bool:
         """Whether the searched layers are known (always, without a builder)."""
         return bool(self.layers)
+
+    @property
+    def auto(self) -> bool:
+        """Whether any alpha is searched in a measured window (``"auto"``)."""
+        return any(
+            isinstance(alpha, AutoRange) for layer in self.layers for alpha in (layer.l1, layer.l2)
+        )
 
     def param_prefix(self, index: int) -> str:
         """The name the parameters of searched layer ``index`` (0-based) start with."""
@@ -464,21 +546,36 @@ class PrunerSpec:
 MIN_SAMPLER_HISTORY = 250
 
 
+STARTUPS = ("qmc", "random")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplerSpec:
     """TPE's settings. ``max_history``: past this many finished trials, TPE is fitted on the
     best 25 and the most recent others (0: on all), which keeps its cost per trial flat."""
 
     seed: int | None = None
-    n_startup_trials: int = 10
+    # "auto": fitted to the budget (hpo.study.sampler.startup_trials).
+    n_startup_trials: int | str = "auto"
+    startup: str = "qmc"
     multivariate: bool = True
     group: bool = True
     constant_liar: bool = True
     max_history: int = 250
 
     def __post_init__(self) -> None:
-        if self.n_startup_trials < 0:
+        if isinstance(self.n_startup_trials, str) and self.n_startup_trials != "auto":
+            raise ValueError(
+                '`n_startup_trials` must be "auto" (fitted to the budget) or a whole number '
+                f">= 0, but got {self.n_startup_trials!r}"
+            )
+        if isinstance(self.n_startup_trials, int) and self.n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials >= 0` must hold, but got {self.n_startup_trials}")
+        if self.startup not in STARTUPS:
+            raise ValueError(
+                f"`startup` must be one of {', '.join(map(repr, STARTUPS))}, but got "
+                f"{self.startup!r}"
+            )
         if self.max_history and self.max_history < MIN_SAMPLER_HISTORY:
             raise ValueError(
                 f"`max_history` must be 0 (no bound) or at least {MIN_SAMPLER_HISTORY}, but "
@@ -490,10 +587,18 @@ class SamplerSpec:
             )
 
 
+EARLY_STOPS = ("none", "within-noise")
+
+
 @dataclass(frozen=True, kw_only=True)
 class BudgetSpec:
+    """When a study ends: ``n_trials`` finished, ``timeout`` seconds, or (``early_stop =
+    "within-noise"``) once no plan is expected to beat the best by more than its CV noise
+    (:mod:`hpo.study.stopping`)."""
+
     n_trials: int | None = 20
     timeout: float | None = None
+    early_stop: str = "none"
 
     def __post_init__(self) -> None:
         if self.n_trials is not None and self.n_trials < 1:
@@ -502,6 +607,11 @@ class BudgetSpec:
             raise ValueError(f"`timeout > 0` must hold, but got (timeout={self.timeout})")
         if self.timeout is not None and not math.isfinite(self.timeout):
             raise ValueError(f"`timeout` must be a finite number, but got (timeout={self.timeout})")
+        if self.early_stop not in EARLY_STOPS:
+            raise ValueError(
+                f"`early_stop` must be one of {', '.join(map(repr, EARLY_STOPS))}, but got "
+                f"{self.early_stop!r}"
+            )
 
 
 ARTIFACT_MODELS = ("fold", "refit", "none")
@@ -588,6 +698,30 @@ class StudySpec:
     def trial_seed(self, trial_number: int) -> int:
         """The seed of one trial: a pure function of the study and the trial number."""
         return seeds.trial_seed(self.base_seed, trial_number)
+
+
+# The start-up never takes more than Optuna's default of 10 trials: past that, a larger budget
+# is better spent on TPE's proposals.
+STARTUP_CAP = 10
+
+
+def startup_trials(spec: StudySpec) -> int:
+    """How many trials (the baseline included) are drawn before TPE proposes: ``[sampler]
+    n_startup_trials``, or with ``"auto"`` a third of the budget, at most :data:`STARTUP_CAP`.
+
+    >>> from hpo.spec import spec_from_dict
+    >>> def start(n): return startup_trials(spec_from_dict(
+    ...     {"study": {"name": "s"}, "data": {"dataset": "sklearn:wine", "target": "target"},
+    ...      "budget": {"n_trials": n}}))
+    >>> [start(n) for n in (12, 16, 32, 100)]
+    [4, 6, 10, 10]
+    """
+    setting = spec.sampler.n_startup_trials
+    if setting != "auto":
+        return int(setting)
+    if spec.budget.n_trials is None:
+        return STARTUP_CAP
+    return max(1, min(STARTUP_CAP, math.ceil(spec.budget.n_trials / 3)))
 
 
 def apply_overrides(spec: StudySpec, **overrides: Any) -> StudySpec:
@@ -738,14 +872,16 @@ def _coerce(section: str, cls: type, raw: Mapping[str, Any], origin: str) -> Any
         raise HpoError(f"{origin}: [{section}] {exc}") from None
 
 
-def _alpha(where: str, value: Any, origin: str) -> AlphaRange | None:
+def _alpha(where: str, value: Any, origin: str) -> AlphaRange | AutoRange | None:
     if value == "off" or value is False:
         return None
+    if value == "auto":
+        return AUTO
     if isinstance(value, list) and len(value) == 2:
         value = {"low": value[0], "high": value[1]}
     if not isinstance(value, Mapping):
         raise HpoError(
-            f'{origin}: `{where}` must be "off", [low, high] or {{ low = ..., high = ... }}, '
+            f'{origin}: `{where}` must be "auto", "off", [low, high] or {{ low = ..., high = ... }}, '
             f"but got {value!r}"
         )
     _check_keys(where, value, ("low", "high"), origin)
@@ -810,8 +946,10 @@ def _search(raw: Mapping[str, Any], n_hidden: int, origin: str, *, named: bool) 
             "model out by name); the built-in network's layers are set in `search.layers`"
         )
     per_layer = raw.get("layers")
+    # `default` is a builder's unnamed layers' (below); the built-in network's layers are all
+    # in `layers`, which is what a stored spec keeps, so it reads back equal.
     if per_layer is None:
-        return SearchSpec(layers=(defaults,) * n_hidden, baseline=baseline, default=defaults)
+        return SearchSpec(layers=(defaults,) * n_hidden, baseline=baseline)
     if not isinstance(per_layer, list) or len(per_layer) != n_hidden:
         raise HpoError(
             f"{origin}: `search.layers` must be a list of {n_hidden} tables (one per hidden layer), "
@@ -823,7 +961,6 @@ def _search(raw: Mapping[str, Any], n_hidden: int, origin: str, *, named: bool) 
             for i, table in enumerate(per_layer)
         ),
         baseline=baseline,
-        default=defaults,
     )
 
 
@@ -937,8 +1074,12 @@ def load_spec(path: str | Path) -> StudySpec:
     return spec.replace(model=dataclasses.replace(spec.model, builder_path=str(folder.resolve())))
 
 
-def _alpha_to_plain(alpha: AlphaRange | None) -> Any:
-    return "off" if alpha is None else {"low": alpha.low, "high": alpha.high}
+def _alpha_to_plain(alpha: AlphaRange | AutoRange | None) -> Any:
+    if alpha is None:
+        return "off"
+    if isinstance(alpha, AutoRange):
+        return "auto"
+    return {"low": alpha.low, "high": alpha.high}
 
 
 def spec_to_dict(spec: StudySpec) -> dict[str, Any]:

@@ -121,6 +121,9 @@ def study_toml(
     about = f'description = "{description}"\n' if description else ""
     return textwrap.dedent(
         """
+        [search]
+        {search}
+
         [study]
         name = "{name}"
         {about}
@@ -152,7 +155,31 @@ def study_toml(
         epochs=epochs,
         engine=engine,
         n_trials=n_trials,
+        search=FIXED_RANGES,
     )
+
+
+# The tests' studies search fixed ranges: "auto" (the default) first measures the windows with a
+# ladder of plans, which tests/test_windows.py covers; everywhere else it would only cost time.
+FIXED_RANGES = "l1 = { low = 1e-6, high = 1e-1 }\nl2 = { low = 1e-6, high = 1e-1 }"
+
+
+def with_extra(text: str, extra: str) -> str:
+    """``extra`` TOML appended to a study file from :func:`study_toml`; the keys of an extra
+    ``[search]`` table join the file's own (replacing those of the same name)."""
+    extra = textwrap.dedent(extra)
+    if "[search]\n" not in extra:
+        return text + extra
+    before, _, rest = extra.partition("[search]\n")
+    lines = rest.split("\n")
+    end = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
+    mine, after = lines[:end], lines[end:]
+    keys = {line.split("=")[0].strip() for line in mine if "=" in line}
+    head, _, tail = text.partition("[search]\n")
+    search, _, rest_of_file = tail.partition("\n\n")
+    kept = [line for line in search.split("\n") if line.split("=")[0].strip() not in keys]
+    merged = "\n".join([*kept, *mine]).strip("\n")
+    return f"{head}[search]\n{merged}\n\n{rest_of_file}{before}" + "\n".join(after)
 
 
 def tiny_data_table(csv_path: Path) -> str:
@@ -178,7 +205,8 @@ def write_study(tmp_path: Path, tiny_csv: Path) -> Callable[..., Path]:
             epochs=epochs,
             engine=f'name = "{engine}"\ntrials_per_batch = 2',
             n_trials=n_trials,
-        ) + textwrap.dedent(extra)
+        )
+        text = with_extra(text, extra)
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         return path
@@ -222,7 +250,8 @@ def write_results_spec(
         epochs=2,
         engine='name = "reference"\ncheckpoint_every = 1',
         n_trials=n_trials,
-    ) + textwrap.dedent(extra)
+    )
+    text = with_extra(text, extra)
     path = root / f"{name}.toml"
     path.write_text(text)
     return path

@@ -129,8 +129,17 @@ def test_a_dict_is_a_study(tmp_path: Path) -> None:
             lambda p, csv: hpo.best_plan("nope"),
             "no study named 'nope' in sqlite:///hpo.db; studies there: other",
         ),
+        (
+            lambda p, csv: hpo.evaluate_plan(
+                {"study": {"name": "x"}, "data": {"dataset": "sklearn:wine", "target": "target"}},
+                {"h1_placement": "kernel", "h1_penalty": "l1", "h1_l1_strength": 0.5},
+            ),
+            'these are parameters of an "auto" search space: their alphas are positions in '
+            "windows measured by the study; give the trained plan instead, "
+            'hpo.best_plan("STUDY_NAME") (or a RegularizationPlan)',
+        ),
     ],
-    ids=["bad-budget", "frame-without-target", "dict-without-data", "no-study"],
+    ids=["bad-budget", "frame-without-target", "dict-without-data", "no-study", "auto-params"],
 )
 def test_errors_raise_hpoerror_with_the_clis_message(
     write_study: Any, tiny_csv: Path, call: Any, expected: str

@@ -97,6 +97,8 @@ def write_builder_study(
 
         [search]
         baseline = false
+        l1 = [1e-6, 1e-1]
+        l2 = [1e-6, 1e-1]
         {search}
 
         [budget]

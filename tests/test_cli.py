@@ -121,14 +121,36 @@ def test_stratified_class_smaller_than_folds(
         ("epochs = 3", "epochs = 0", "[model] `epochs > 0` must hold, but got (epochs=0)"),
         ("folds = 3", "folds = 1", "[cv] `folds >= 2` must hold, but got (folds=1)"),
         (
-            "[sampler]",
-            "[search]\nl1 = { low = 0.0, high = 0.1 }\n[sampler]",
+            "l1 = { low = 1e-6, high = 1e-1 }",
+            "l1 = { low = 0.0, high = 0.1 }",
             "`search.l1`: `low > 0` must hold for a log range, but got (low=0.0)",
         ),
         (
-            "[sampler]",
-            "[search]\nl2 = { low = 0.1, high = 0.001 }\n[sampler]",
+            "l2 = { low = 1e-6, high = 1e-1 }",
+            "l2 = { low = 0.1, high = 0.001 }",
             "`search.l2`: `low <= high` must hold, but got (low=0.1, high=0.001)",
+        ),
+        (
+            "l1 = { low = 1e-6, high = 1e-1 }",
+            'l1 = "automatic"',
+            '`search.l1` must be "auto", "off", [low, high] or { low = ..., high = ... }, but got '
+            "'automatic'",
+        ),
+        (
+            "n_startup_trials = 2",
+            'n_startup_trials = "some"',
+            '[sampler] `n_startup_trials` must be "auto" (fitted to the budget) or a whole number '
+            ">= 0, but got 'some'",
+        ),
+        (
+            "seed = 3",
+            'seed = 3\nstartup = "sobol"',
+            "[sampler] `startup` must be one of 'qmc', 'random', but got 'sobol'",
+        ),
+        (
+            "n_trials = 3",
+            'n_trials = 3\nearly_stop = "noise"',
+            "[budget] `early_stop` must be one of 'none', 'within-noise', but got 'noise'",
         ),
     ],
 )

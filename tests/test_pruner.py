@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import hpo, one_line_error, study_toml, tiny_data_table
+from conftest import hpo, one_line_error, study_toml, tiny_data_table, with_extra
 from optuna.trial import TrialState
 
 from hpo import load_spec, spec_from_dict, spec_to_dict
@@ -61,7 +61,7 @@ def pruned_study(tmp_path: Path, tiny_csv: Path) -> Callable[..., Path]:
         )
         if pruner:
             text += "\n[pruner]\n" + textwrap.dedent(pruner)
-        text += textwrap.dedent(extra)
+        text = with_extra(text, extra)
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         return path

@@ -32,6 +32,10 @@ def test_a_retried_trial_gets_the_value_its_original_would_have_had(
 ) -> None:
     # 400 epochs: the first batch trains for over a second, so the SIGTERM surely lands during it.
     study_file = write_study(engine="stacked", epochs=400, n_trials=6)  # type: ignore[operator]
+    # A start-up of 4 trials: the first claim takes all four (it never takes more).
+    study_file.write_text(
+        study_file.read_text().replace("n_startup_trials = 2", "n_startup_trials = 4")
+    )
     url = f"sqlite:///{tmp_path / 'retry.db'}"
     env = hpo_env(url)
     processes.run(["create", str(study_file), "--trials-per-batch", "4"], env=env)
@@ -58,6 +62,9 @@ def test_a_retried_trial_gets_the_value_its_original_would_have_had(
     batch_seed = originals[0].user_attrs["seed"]
     assert {t.user_attrs["seed"] for t in originals} == {batch_seed}
     assert {t.user_attrs["seed"] for t in retry_of.values()} == {batch_seed}
+    # A retry repeats its original's plan: nobody proposed it; the originals were the start-up's.
+    assert not any("proposed_by" in t.user_attrs for t in retry_of.values())
+    assert [t.user_attrs.get("proposed_by") for t in originals] == [None, "qmc", "qmc", "qmc"]
 
     spec = load_spec(study_file)
     _, folds = load_folds(spec.data, spec.cv)

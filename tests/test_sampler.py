@@ -29,6 +29,7 @@ SPEC = {
     "study": {"name": "s"},
     "data": {"dataset": "sklearn:wine", "target": "target"},
     "sampler": {"seed": 1, "max_history": 300},
+    "search": {"l1": [1e-6, 0.1], "l2": [1e-6, 0.1]},
 }
 TrialState = optuna.trial.TrialState
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from hpo import HpoError, load_spec, spec_from_dict, spec_to_dict
-from hpo.spec import AlphaRange, BudgetSpec
+from hpo.spec import AUTO, AlphaRange, BudgetSpec
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -97,7 +97,7 @@ def test_per_layer_search_overrides_defaults() -> None:
     spec = spec_from_dict(raw)
     first, second = spec.search.layers
     assert first.l1 == AlphaRange(low=1e-5, high=1e-2) and first.l2 is None
-    assert second.placements == ("kernel",) and second.l2 == AlphaRange()
+    assert second.placements == ("kernel",) and second.l2 == AUTO  # the default: "auto"
 
 
 def test_study_file_errors(tmp_path: Path) -> None:

@@ -93,6 +93,8 @@ def _spec(tmp_path: Path, name: str = "contract", n_trials: int = 4) -> StudySpe
             "engine": {"name": "reference"},
             "sampler": {"seed": 3, "n_startup_trials": 2},
             "budget": {"n_trials": n_trials},
+            # Fixed ranges: the instant engine's made-up predictions have no windows to measure.
+            "search": {"l1": [1e-6, 1e-1], "l2": [1e-6, 1e-1]},
         },
         origin="contract",
     )

@@ -25,8 +25,9 @@ from hpo.engines.builder import resolve as resolve_builder
 from hpo.engines.timing import time_trial
 from hpo.profile import DataProfile, profile_dataset
 from hpo.results.spec_text import pruner_text, search_rows
-from hpo.spec import StudySpec, load_spec
+from hpo.spec import StudySpec, load_spec, startup_trials
 from hpo.study.pool import usable_cores
+from hpo.study.windows import ladder_size, probe_cost
 
 __all__ = ["COMMANDS"]
 
@@ -77,6 +78,20 @@ def check(
     click.echo(
         _indent(text_table(list(rows[0]), [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]))
     )
+    probe = 0.0
+    if spec.search.auto:
+        coarse = spec.engine.name == "reference"
+        used, probe = probe_cost(len(searched.labels), spec.cv.folds, coarse=coarse)
+        click.echo(
+            f'"auto" alphas: their windows are measured once, before the first trial: '
+            f"{ladder_size(coarse=coarse)} plans on {'fold 1' if used == 1 else f'folds 1-{used}'} "
+            f"(about {probe:.0f} trials' training; explicit ranges skip it)"
+        )
+    click.echo(
+        f"start-up: {startup_trials(spec)} trials ({spec.sampler.startup}"
+        + (", the baseline included" if spec.search.baseline else "")
+        + "), then TPE"
+    )
     click.echo(f"pruner: {pruner_text(spec)}")
     click.echo("")
     if estimate:
@@ -84,7 +99,8 @@ def check(
         measured = time_trial(spec, make_fold_set(searched, spec.cv))
         n_trials = spec.budget.n_trials
         total = (
-            f"; {n_trials} trials: about {_duration(measured.startup + measured.seconds * n_trials)}"
+            f"; {n_trials} trials: about "
+            f"{_duration(measured.startup + measured.seconds * (n_trials + probe))}"
             if n_trials
             else ""
         )

@@ -46,6 +46,7 @@ from hpo.study.heartbeat import worker_id
 from hpo.study.pool import end_with_run
 from hpo.study.record import (
     CrashPolicy,
+    SamplerStart,
     best_trial,
     check_holdout,
     create_or_load_study,
@@ -57,7 +58,9 @@ from hpo.study.record import (
     update_stored_spec,
     worker_records,
 )
+from hpo.study.stopping import stored_stop
 from hpo.study.storage import mask_url, open_storage
+from hpo.study.windows import stored_windows
 
 if TYPE_CHECKING:
     import optuna
@@ -239,12 +242,22 @@ def study_status(
         )
     best = best_trial(study)
     gain = baseline_gain(study)
+    early = stored_stop(study, spec)
+    windows = stored_windows(study)
     return {
         "study": study.study_name,
         "storage": shown_url,
         "budget": n_trials,
         "finished": finished,
-        "done": n_trials is not None and finished >= n_trials,
+        "done": (n_trials is not None and finished >= n_trials) or early is not None,
+        "early_stop": early,
+        "search": None
+        if spec is None
+        else {
+            **SamplerStart.of(study, spec).to_dict(),
+            "baseline": spec.search.baseline,
+            "windows": None if windows is None else windows.to_dict(),
+        },
         "states": dict(sorted(states.items())),
         "running": [
             {"number": t.number, "worker": read_trial(t).worker}
@@ -280,8 +293,24 @@ def _status_text(status: dict[str, Any]) -> str:
             f"({states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned)"
             + (" - done" if status["done"] else "")
         )
+    if status["early_stop"] is not None:
+        lines.append(f"early stop: {status['early_stop']['message']}")
     shown = ", ".join(f"{state} {count}" for state, count in states.items())
     lines.append(f"trials: {shown or 'none yet'}")
+    search = status["search"]
+    if search is not None:
+        windows = search["windows"]
+        lines.append(
+            f"search: {search['startup_trials']} start-up trials ({search['startup']}"
+            + (", the baseline included" if search["baseline"] else "")
+            + "), then TPE"
+            + (
+                "; alpha windows "
+                + ", ".join(f"{kind} {low:.2g}-{high:.2g}" for kind, (low, high) in windows.items())
+                if windows
+                else ""
+            )
+        )
     if status.get("pruner"):
         lines.append(f"pruner: {status['pruner']}")
     if status["running"]:

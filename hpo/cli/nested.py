@@ -214,7 +214,11 @@ def _print_summary(summary: NestedSummary) -> None:
                     f"{r.search_cv:.4f}",
                     f"{r.outer:.4f}",
                     "-" if r.baseline is None else f"{r.baseline:.4f}",
-                    _plan_text(r.params),
+                    "no regularization"
+                    if not r.params
+                    else r.plan.text()
+                    if r.plan is not None
+                    else _plan_text(r.params),
                 ],
                 strict=True,
             )

@@ -21,8 +21,16 @@ from hpo.lazy import lazy_import
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
 from hpo.spec import ENGINES, StudySpec, apply_overrides
-from hpo.study.record import CrashPolicy, best_trial, is_baseline, load_study, read_trial
+from hpo.study.record import (
+    CrashPolicy,
+    best_trial,
+    is_baseline,
+    load_study,
+    read_trial,
+    stored_spec,
+)
 from hpo.study.session import train
+from hpo.study.stopping import stored_stop
 from hpo.study.storage import Access, checked_storage_url
 from hpo.study.worker import RunSummary
 
@@ -285,6 +293,12 @@ def print_best(study: optuna.Study, shown_url: str) -> None:
         click.echo("  no regularization (the unregularized baseline)")
     for key, value in best.params.items():
         click.echo(f"  {key} = {value:.3g}" if isinstance(value, float) else f"  {key} = {value}")
+    plan = read_trial(best).plan
+    if plan is not None and not is_baseline(best):
+        click.echo(f"  plan: {plan.text()}")
+    early = stored_stop(study, stored_spec(study))
+    if early is not None:
+        click.echo(f"early stop: {early['message']}")
     gain = baseline_gain(study)
     if gain is not None:
         click.echo(gain.line(study.study_name))

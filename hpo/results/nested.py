@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from hpo.lazy import lazy_import
 from hpo.results.holdout import HoldoutEvaluation
 from hpo.results.stats import clip_accuracy, summarize
+from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec
+from hpo.study.record import stored_plan
 
 if TYPE_CHECKING:
     import optuna
@@ -81,6 +83,9 @@ class OuterResult:
     search_cv: float
     outer: float
     baseline: float | None
+    # The winner's coefficients: with "auto" alphas its params are positions in its own inner
+    # study's windows, which differ between outer folds.
+    plan: RegularizationPlan | None = None
 
     @classmethod
     def from_evaluation(
@@ -93,6 +98,7 @@ class OuterResult:
             study=study.study_name,
             winner=winner.trial,
             params=dict(study.trials[winner.trial].params),
+            plan=stored_plan(study.trials[winner.trial]),
             search_cv=winner.search_cv,
             outer=winner.mean,
             baseline=None if base is None else base.mean,
@@ -104,6 +110,7 @@ class OuterResult:
             "study": self.study,
             "winner": self.winner,
             "params": dict(self.params),
+            "plan": None if self.plan is None else self.plan.to_dict(),
             "search_cv": round(self.search_cv, 6),
             "outer": round(self.outer, 6),
             "baseline": None if self.baseline is None else round(self.baseline, 6),
@@ -144,7 +151,10 @@ class NestedSummary:
                 f"baseline (no regularization) {b_mean:.4f}{b_text}; tuning bought "
                 f"{mean - b_mean:+.4f}"
             )
-        distinct = {tuple(sorted(r.params.items())) for r in self.results}
+        distinct = {
+            r.plan.text() if r.plan is not None else tuple(sorted(r.params.items()))
+            for r in self.results
+        }
         lines.append(
             f"plans chosen: {len(distinct)} different in {len(self.results)} folds"
             + (" (the search's answer is not stable)" if len(distinct) > 1 else "")

@@ -7,13 +7,14 @@ fragment (tokens often live there).
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import quoted
 from hpo.lazy import lazy_import
-from hpo.spec import DataSpec, StudySpec
+from hpo.spec import AutoRange, DataSpec, PenaltyWindows, StudySpec, startup_trials
 from hpo.study.record import (
     HOLDOUT_EVALUATION_ATTR,
     NESTED_SUMMARY_ATTR,
@@ -21,7 +22,9 @@ from hpo.study.record import (
     pruner_settings,
     stored_data_warnings,
 )
+from hpo.study.stopping import stored_stop
 from hpo.study.storage import mask_url
+from hpo.study.windows import stored_windows
 
 if TYPE_CHECKING:
     import optuna
@@ -29,7 +32,14 @@ if TYPE_CHECKING:
 else:
     optuna_dashboard = lazy_import("optuna_dashboard")
 
-__all__ = ["ensure_spec_note", "pruner_text", "search_rows", "spec_markdown", "spec_sections"]
+__all__ = [
+    "ensure_spec_note",
+    "pruner_text",
+    "search_rows",
+    "spec_markdown",
+    "spec_sections",
+    "with_study_windows",
+]
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -68,8 +78,25 @@ def pruner_text(spec: StudySpec) -> str:
     return f"{spec.pruner.name} ({shown}; steps in {unit})"
 
 
-def _alpha_text(alpha: Any) -> str:
-    return "off" if alpha is None else f"{alpha.low:g} – {alpha.high:g}"
+def _alpha_text(alpha: Any, key: str, windows: PenaltyWindows | None) -> str:
+    if alpha is None:
+        return "off"
+    if not isinstance(alpha, AutoRange):
+        return f"{alpha.low:g} – {alpha.high:g}"
+    if windows is None:
+        return "auto (measured before the first trial)"
+    active, kernel = getattr(windows, f"{key}_activity"), getattr(windows, f"{key}_kernel")
+    return (
+        f"auto: activity {active.low:.2g} – {active.high:.2g}, "
+        f"kernel {kernel.low:.2g} – {kernel.high:.2g}"
+    )
+
+
+def _startup_text(spec: StudySpec) -> str:
+    count = startup_trials(spec)
+    kind = "quasi-random (Sobol)" if spec.sampler.startup == "qmc" else "random"
+    how = " (a third of the budget, at most 10)" if spec.sampler.n_startup_trials == "auto" else ""
+    return f"{count}, {kind}{', the baseline included' if spec.search.baseline else ''}{how}"
 
 
 def search_rows(spec: StudySpec) -> list[tuple[str, ...]]:
@@ -93,8 +120,8 @@ def search_rows(spec: StudySpec) -> list[tuple[str, ...]]:
             (
                 str(n),
                 label,
-                _alpha_text(layer.l1),
-                _alpha_text(layer.l2),
+                _alpha_text(layer.l1, "l1", spec.search.windows),
+                _alpha_text(layer.l2, "l2", spec.search.windows),
                 ", ".join(layer.placements),
                 "yes" if layer.allow_none else "no",
             )
@@ -199,7 +226,7 @@ def spec_sections(spec: StudySpec) -> list[Section]:
             [
                 ("algorithm", "TPE" + (f" ({', '.join(tpe_options)})" if tpe_options else "")),
                 ("seed", "none (not reproducible)" if sampler.seed is None else str(sampler.seed)),
-                ("random start-up trials", str(sampler.n_startup_trials)),
+                ("start-up trials", _startup_text(spec)),
             ],
         ),
         (
@@ -212,6 +239,12 @@ def spec_sections(spec: StudySpec) -> list[Section]:
                 (
                     "timeout",
                     "none" if spec.budget.timeout is None else f"{spec.budget.timeout:g} s",
+                ),
+                (
+                    "early stop",
+                    "when no plan is expected to beat the best by more than its CV noise"
+                    if spec.budget.early_stop == "within-noise"
+                    else "none (the whole budget)",
                 ),
             ],
         ),
@@ -233,12 +266,20 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def spec_markdown(spec: StudySpec, warnings: Sequence[str] = (), scores: Sequence[str] = ()) -> str:
+def spec_markdown(
+    spec: StudySpec,
+    warnings: Sequence[str] = (),
+    scores: Sequence[str] = (),
+    stop: str | None = None,
+) -> str:
     """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings
-    and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary)."""
+    and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary), and why the
+    study stopped early (``stop``), if it did."""
     lines = [f"## Study `{spec.name}`", ""]
     if spec.description:
         lines += [f"> {_md_cell(spec.description)}", ""]
+    if stop:
+        lines += ["### Early stop", "", _md_cell(stop), ""]
     if warnings:
         lines += ["### Data warnings", ""]
         lines += [f"- ⚠ {_md_cell(w)}" for w in warnings]
@@ -268,6 +309,14 @@ def spec_markdown(spec: StudySpec, warnings: Sequence[str] = (), scores: Sequenc
     return "\n".join(lines) + "\n"
 
 
+def with_study_windows(study: optuna.Study, spec: StudySpec) -> StudySpec:
+    """``spec`` with the study's measured windows of ``"auto"`` alphas, when it has them."""
+    windows = stored_windows(study)
+    if windows is None or not spec.search.auto:
+        return spec
+    return spec.replace(search=dataclasses.replace(spec.search, windows=windows))
+
+
 def _score_lines(study: optuna.Study) -> list[str]:
     attrs = study.user_attrs
     lines = []
@@ -287,7 +336,14 @@ def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
     study's note shows the data warnings of the data it trains on now.
     """
     current = optuna_dashboard.get_note(study)
-    ours = spec_markdown(spec, stored_data_warnings(study), _score_lines(study))
+    spec = with_study_windows(study, spec)
+    early = stored_stop(study, spec)
+    ours = spec_markdown(
+        spec,
+        stored_data_warnings(study),
+        _score_lines(study),
+        None if early is None else str(early.get("message")),
+    )
     if current == ours:
         return False
     if current.strip() and not current.rstrip().endswith(_SIGNATURE.format(attr=SPEC_ATTR)):

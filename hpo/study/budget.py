@@ -15,6 +15,7 @@ parameters as a WAITING trial, linked to the original (user attr ``retry_of``, a
 from __future__ import annotations
 
 import contextlib
+import math
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -132,6 +133,8 @@ def claim_trials(
     judge_stale: bool,
     into: list[optuna.Trial],
     ticket: Ticket | None = None,
+    startup: int = 0,
+    team: int = 1,
 ) -> Claim:
     """Claim up to ``size`` trials within the budget; each is appended to ``into`` (and held by
     ``heartbeat``) the moment it exists, so a failure halfway loses none.
@@ -139,6 +142,10 @@ def claim_trials(
     ``judge_stale``: fail stale trials first. A worker that was itself cut off from the
     database lately passes False: the others' heartbeats may just not have resumed yet.
     ``ticket``: the same one for every retry of this claim (see :class:`Ticket`).
+    ``startup``: the sampler's start-up trials (the baseline included), the first so many by
+    number. While fewer trials exist, a claim takes no trial past them, and at most its share
+    of them among ``team`` processes of one run: the start-up trains as a batch of its own, so
+    that the trials after it are proposed with its results in hand.
     """
     storage = rdb_of(study)
     study_id = study._study_id
@@ -154,6 +161,12 @@ def claim_trials(
         if n_trials is not None and finished >= n_trials and not into:
             return Claim((), True, counts)
         taken = _taken(counts)
+        # Trial numbers, as the sampler counts the start-up: every trial made so far, failed
+        # ones included (a queued one already has its number).
+        made = sum(counts.values())
+        if made < startup:
+            left = startup - made + counts.get("WAITING", 0)
+            size = min(size, math.ceil(startup / max(1, team)), left)
         room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
         queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
         # Queued ones are already in room; an earlier try of this claim may have got some.

@@ -23,6 +23,21 @@ Study user attributes
 ``hpo_holdout``                   the rows ``[cv] holdout`` set aside: fraction, rows, of, and a
                                   SHA-256 of their positions, labels and values (written by the
                                   first process to load the data; every later one must match it)
+``hpo_sampler``                   how the search starts, fixed when the study is created: ``seed``
+                                  (the quasi-random start-up's scrambling: ``[sampler] seed``, one
+                                  per outer fold in ``hpo nested``, or drawn for an unseeded
+                                  study), ``startup_trials`` (the budget's third, at most 10, with
+                                  ``"auto"``) and ``startup`` (``qmc`` or ``random``)
+``hpo_penalty_windows``           the windows of ``"auto"`` alphas (``windows``: per kind, low and
+                                  high) and the ladder they were read from (``floor``, ``baseline``,
+                                  ``guess``, ``rows``, ``seconds``, ``ladder``, and the kinds that
+                                  moved too few rows anywhere short of collapse,
+                                  ``without_effect``); written once, by the first process to
+                                  train (:mod:`hpo.study.windows`)
+``hpo_early_stop``                why the study ended before its budget (``[budget] early_stop``):
+                                  ``trials``, ``best``, ``bound``, ``noise``, ``message``, and the
+                                  ``n_trials`` it was decided under (a new budget decides again)
+                                  (:mod:`hpo.study.stopping`)
 ================================  ===================================================================
 
 Study system attributes
@@ -42,6 +57,9 @@ Trial user attributes
                                   with ``[model] builder`` also ``layers``, the Keras layer names
 ``seed``                          the seed the trial trains with, recorded before training (a
                                   stacked batch: its first trial's; a retry: its original's)
+``proposed_by``                   who drew the parameters: ``qmc`` or ``random`` (the start-up,
+                                  ``[sampler] startup``) or ``tpe``; absent on the baseline, on
+                                  retries and with another sampler
 ``worker``                        the worker that trained it (``host:pid``)
 ``fold_accuracies``, ``fold_std`` accuracy of each fold's held-out rows (every repeat's), their std
 ``epochs``                        epochs trained (fewer when pruned)
@@ -90,6 +108,7 @@ stacked engine, the folds done on the reference engine); ``[pruner]`` judges tri
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -98,9 +117,9 @@ from hpo.data import Holdout
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.objective import EvaluationResult
-from hpo.seeds import worker_sampler_offset
-from hpo.space import RegularizationPlan
-from hpo.spec import StudySpec, spec_from_dict, spec_to_dict
+from hpo.seeds import MAX_SEED, sampler_seed, worker_sampler_offset
+from hpo.space import RegularizationPlan, param_names
+from hpo.spec import StudySpec, spec_from_dict, spec_to_dict, startup_trials
 from hpo.study.storage import Access, creation_lock, mask_url, open_storage, unwrap_rdb
 
 if TYPE_CHECKING:
@@ -116,6 +135,7 @@ __all__ = [
     "BASELINE_ATTR",
     "CLAIM_ATTR",
     "DATA_WARNINGS_ATTR",
+    "EARLY_STOP_ATTR",
     "FAILURE_ATTR",
     "FAILURE_ERROR",
     "FAILURE_INTERRUPTED",
@@ -128,16 +148,20 @@ __all__ = [
     "NESTED_SUMMARY_ATTR",
     "PLAN_ATTR",
     "POLICY_ATTR",
+    "PROPOSED_BY_ATTR",
     "RERUN_ATTR_PREFIX",
     "RETRY_CHAIN_ATTR",
     "RETRY_FIRST_ATTR",
     "RETRY_OF_ATTR",
     "RETRY_ROOT_ATTR",
+    "SAMPLER_ATTR",
     "SEED_ATTR",
     "SPEC_ATTR",
+    "WINDOWS_ATTR",
     "WORKER_ATTR",
     "WORKER_ATTR_PREFIX",
     "CrashPolicy",
+    "SamplerStart",
     "StoredTrial",
     "baseline_trial",
     "best_trial",
@@ -149,6 +173,7 @@ __all__ = [
     "load_study",
     "make_pruner",
     "make_sampler",
+    "outer_fold_number",
     "pruner_settings",
     "pruner_steps",
     "read_trial",
@@ -175,6 +200,9 @@ DATA_WARNINGS_ATTR = "hpo_data_warnings"
 HOLDOUT_ATTR = "hpo_holdout"
 HOLDOUT_EVALUATION_ATTR = "holdout:evaluation"
 NESTED_SUMMARY_ATTR = "nested:summary"
+SAMPLER_ATTR = "hpo_sampler"
+WINDOWS_ATTR = "hpo_penalty_windows"
+EARLY_STOP_ATTR = "hpo_early_stop"
 # Study system attributes.
 WORKER_ATTR_PREFIX = "hpo:worker:"
 # optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own
@@ -187,6 +215,7 @@ BASELINE_ATTR = "baseline"
 WORKER_ATTR = "worker"
 RETRY_OF_ATTR = "retry_of"
 RETRY_ROOT_ATTR = "retry_root"
+PROPOSED_BY_ATTR = "proposed_by"
 # Trial system attributes.
 FAILURE_ATTR = "hpo:failure"
 CLAIM_ATTR = "hpo:claim"
@@ -341,9 +370,14 @@ def worker_records(study: optuna.Study) -> list[dict[str, Any]]:
 # --- trial attributes ------------------------------------------------------------------------
 
 
-def sampled_attrs(plan: RegularizationPlan, seed: int, worker: str) -> dict[str, Any]:
+def sampled_attrs(
+    plan: RegularizationPlan, seed: int, worker: str, proposed_by: str | None = None
+) -> dict[str, Any]:
     """What a trial records as soon as its parameters are drawn, before it trains."""
-    return {PLAN_ATTR: plan.to_dict(), SEED_ATTR: seed, WORKER_ATTR: worker}
+    attrs: dict[str, Any] = {PLAN_ATTR: plan.to_dict(), SEED_ATTR: seed, WORKER_ATTR: worker}
+    if proposed_by is not None:
+        attrs[PROPOSED_BY_ATTR] = proposed_by
+    return attrs
 
 
 def result_attrs(
@@ -475,12 +509,71 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 # --- creating and joining studies ------------------------------------------------------------
 
 
-def make_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    seed = None if spec.sampler.seed is None else spec.sampler.seed + seed_offset
+def outer_fold_number(spec: StudySpec) -> int:
+    """The outer fold an inner study of ``hpo nested`` holds out (1-based); 0 for others."""
+    return spec.cv.outer_fold + 1 if spec.cv.outer_folds else 0
+
+
+@dataclass(frozen=True)
+class SamplerStart:
+    """How a study's search starts (:data:`SAMPLER_ATTR`), fixed when it is created: a resumed
+    study or a worker with another budget must not start a second start-up halfway."""
+
+    seed: int
+    startup_trials: int
+    startup: str
+
+    @classmethod
+    def new(cls, spec: StudySpec) -> SamplerStart:
+        """A new study's: the seed from ``[sampler] seed`` (and the outer fold), else drawn, so
+        that unseeded studies do not all start from the same plans."""
+        if spec.sampler.seed is not None:
+            seed = sampler_seed(spec.sampler.seed, outer_fold_number(spec))
+        else:
+            seed = secrets.randbelow(MAX_SEED)
+        return cls(seed, startup_trials(spec), spec.sampler.startup)
+
+    @classmethod
+    def of(cls, study: optuna.Study, spec: StudySpec) -> SamplerStart:
+        """The study's; for a study made before they were recorded, as it ran then: the spec's
+        start-up count, drawn at random."""
+        raw = study.user_attrs.get(SAMPLER_ATTR)
+        if isinstance(raw, dict):
+            try:
+                return cls(int(raw["seed"]), int(raw["startup_trials"]), str(raw["startup"]))
+            except (KeyError, TypeError, ValueError):
+                pass
+        return cls(
+            sampler_seed(spec.base_seed, outer_fold_number(spec)), startup_trials(spec), "random"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_sampler(
+    spec: StudySpec, *, seed_offset: int = 0, start: SamplerStart | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study's TPE. Its seed (if ``[sampler] seed`` is set) is the study's own
+    (:func:`hpo.seeds.sampler_seed`: an inner study of ``hpo nested`` gets one per outer fold)
+    plus ``seed_offset``, which keeps resumed runs and workers from replaying each other's
+    draws. ``start``: the study's recorded start-up (default: a new study's)."""
+    start = start or SamplerStart.new(spec)
+    own = (
+        None
+        if spec.sampler.seed is None
+        else sampler_seed(spec.sampler.seed, outer_fold_number(spec))
+    )
+    design = (
+        sampling.StartupDesign(param_names(spec.search), start.seed)
+        if start.startup == "qmc" and spec.search.resolved
+        else None
+    )
     return sampling.HistorySampler(
         max_history=spec.sampler.max_history,
-        seed=seed,
-        n_startup_trials=spec.sampler.n_startup_trials,
+        design=design,
+        seed=None if own is None else (own + seed_offset) % MAX_SEED,
+        n_startup_trials=start.startup_trials,
         multivariate=spec.sampler.multivariate,
         group=spec.sampler.group,
         constant_liar=spec.sampler.constant_liar,
@@ -582,6 +675,9 @@ def create_or_load_study(
             else:
                 study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
                 study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
+                start = SamplerStart.new(spec)
+                study.set_user_attr(SAMPLER_ATTR, start.to_dict())
+                study.sampler = make_sampler(spec, seed_offset=seed_offset, start=start)
                 if spec.search.baseline:
                     # Trial 0, queued before any worker can ask: the network with no penalty,
                     # so every study shows what regularization bought. It has no params, which
@@ -593,7 +689,9 @@ def create_or_load_study(
     # offset it was created with, it would propose the trials it proposed then. Offset by the
     # trials stored so far, a resume explores on and stays reproducible.
     study.sampler = make_sampler(
-        spec, seed_offset=seed_offset + len(study.get_trials(deepcopy=False))
+        spec,
+        seed_offset=seed_offset + len(study.get_trials(deepcopy=False)),
+        start=SamplerStart.of(study, spec),
     )
     return study, False
 
@@ -622,10 +720,14 @@ def join_study(
             "create a new one with `hpo create STUDY_FILE --name NEW_NAME`"
         )
     spec = spec_from_dict(stored_spec_data(raw), origin=f"study {name!r}")
-    sampler = make_sampler(spec, seed_offset=worker_sampler_offset(worker))
     # The study's pruner, from the stored spec: a worker knows nothing else of the study.
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(spec)
+    study = optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(spec))
+    # Offset by this worker's id and by the trials stored when it joined: a worker restarted
+    # with the same id (a container's pid 1 on the same host) must not replay its draws.
+    study.sampler = make_sampler(
+        spec,
+        seed_offset=worker_sampler_offset(worker) + len(study.get_trials(deepcopy=False)),
+        start=SamplerStart.of(study, spec),
     )
     return study, spec
 
@@ -660,12 +762,32 @@ def _layer_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, 
     return "search.layers", old, new
 
 
+def _refuse_new_auto_default(spec: StudySpec, changes: list[tuple[str, Any, Any]]) -> None:
+    """A study made when the alphas' default was a fixed range, resumed with a file that
+    leaves them out (so now "auto"): say so, with the lines that resume it."""
+    for key, old, new in changes:
+        if key != "search.layers" or not isinstance(old, list) or not isinstance(new, list):
+            continue
+        for was, now in zip(old, new, strict=False):
+            for alpha in ("l1", "l2"):
+                if isinstance(was.get(alpha), Mapping) and now.get(alpha) == "auto":
+                    low, high = was[alpha]["low"], was[alpha]["high"]
+                    raise HpoError(
+                        f"study {spec.name!r} was created with {alpha} alphas in the fixed range "
+                        f'[{low:g}, {high:g}], but this run has {alpha} = "auto" (the default '
+                        "since the alpha windows are measured); to resume it, add to [search]: "
+                        f"{alpha} = [{low:g}, {high:g}] (and the same for any other alpha it "
+                        "fixed), or use a new name (--name) to search the measured windows"
+                    )
+
+
 def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         return
     changes = spec_changes(stored, spec, _PROTOCOL_SECTIONS)
     if changes:
+        _refuse_new_auto_default(spec, changes)
         key, old, new = changes[0]
         if key == "search.layers" and isinstance(old, Mapping) and isinstance(new, Mapping):
             # A builder's layers by name: say which, not two whole tables.

@@ -17,6 +17,21 @@ database reads and arithmetic per trial, in every worker, growing with the histo
   bound; only the "bad" density is fitted on the recent trials instead of all, and TPE
   already weights old trials down to near zero (``default_weights``).
 
+And it decides how the search starts:
+
+* **A start-up fitted to the budget.** TPE needs a few finished trials before it can model
+  anything. :func:`startup_trials` makes the start-up a third of the budget (the baseline
+  included), at most :data:`STARTUP_CAP` trials, and the start-up is the trials numbered below
+  it, so TPE proposes from trial ``ceil(n_trials / 3)`` on whatever the budget or batch size;
+  the worker claims the start-up as a batch of its own (an ``hpo run``'s processes share it), so
+  the batch after it is proposed with the start-up's results in hand. A trial sampled while no
+  trial has finished (a separate worker that joined at once) gets a further quasi-random point.
+* **Quasi-random start-up** (``[sampler] startup = "qmc"``, the default): the start-up trials
+  are points of one scrambled Sobol sequence over all of the space's parameters, trial ``n``
+  taking point ``n``, so that a handful of plans covers the space evenly instead of
+  clumping, and two workers (or a resumed run) never draw the same point. The sequence's
+  scrambling comes from the study's own seed (:data:`hpo.study.record.SAMPLER_ATTR`).
+
 Running trials (the constant liar's) are always all kept: they are at most workers x batch.
 TPE's copy of each trial's relatively sampled parameters (a system attribute it writes, with the
 constant liar, for other workers to see before the parameters are stored) is not written: the
@@ -29,12 +44,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import heapq
+import math
 import threading
 from collections.abc import Container, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
-from hpo.spec import MIN_SAMPLER_HISTORY
+from hpo.spec import MIN_SAMPLER_HISTORY, STARTUP_CAP, startup_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -43,7 +59,16 @@ if TYPE_CHECKING:
 else:
     optuna = lazy_import("optuna")
 
-__all__ = ["KEPT_BEST", "HistorySampler", "note_sampled", "sampling_batch"]
+__all__ = [
+    "KEPT_BEST",
+    "STARTUP_CAP",
+    "HistorySampler",
+    "StartupDesign",
+    "note_sampled",
+    "proposed_by",
+    "sampling_batch",
+    "startup_trials",
+]
 
 # Where TPE keeps the constant liar's copy of a running trial's parameters
 # (optuna.samplers._tpe.sampler._RELATIVE_PARAMS_KEY, followed by ":0", ":1", ...).
@@ -51,6 +76,48 @@ _LIAR_KEY = "tpe:relative_params"
 # TPE's "good" set never holds more than 25 trials (optuna.samplers._tpe.sampler.default_gamma);
 # at MIN_SAMPLER_HISTORY = 10 x KEPT_BEST trials or more it is exactly these 25.
 KEPT_BEST = 25
+
+
+class StartupDesign:
+    """Where the start-up trials go: trial ``n`` takes point ``n`` of a scrambled Sobol
+    sequence over ``names`` (every parameter the space can ask for, in a fixed order), each
+    coordinate mapped onto its parameter's distribution. A parameter a trial does not ask for
+    (an L2 alpha under an L1 penalty) leaves its coordinate unused.
+
+    >>> design = StartupDesign(["a", "b"], seed=1)
+    >>> design.point(3) == StartupDesign(["a", "b"], seed=1).point(3)
+    True
+    """
+
+    def __init__(self, names: Sequence[str], seed: int) -> None:
+        self.names = list(names)
+        self.seed = seed
+        self._points: Any = None
+
+    def point(self, number: int) -> list[float]:
+        if self._points is None or len(self._points) <= number:
+            from scipy.stats import qmc
+
+            # A longer sequence from the same seed starts with the same points.
+            m = max(4, math.ceil(math.log2(number + 1)) + 1)
+            self._points = qmc.Sobol(len(self.names), scramble=True, seed=self.seed).random_base2(m)
+        return [float(u) for u in self._points[number]]
+
+    def value(self, number: int, name: str, distribution: BaseDistribution) -> Any:
+        """Trial ``number``'s value of parameter ``name``; None for a parameter or
+        distribution the design does not know (then it is drawn at random)."""
+        if name not in self.names:
+            return None
+        u = self.point(number)[self.names.index(name)]
+        if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+            choices = distribution.choices
+            return choices[min(int(u * len(choices)), len(choices) - 1)]
+        if isinstance(distribution, optuna.distributions.FloatDistribution):
+            low, high = distribution.low, distribution.high
+            if distribution.log:
+                return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
+            return float(low + u * (high - low))
+        return None
 
 
 class _HistoryView:
@@ -115,14 +182,24 @@ class HistorySampler(optuna.samplers.TPESampler):
     1000
     """
 
-    def __init__(self, *, max_history: int = 0, **tpe: Any) -> None:
+    def __init__(
+        self, *, max_history: int = 0, design: StartupDesign | None = None, **tpe: Any
+    ) -> None:
         if max_history and max_history < MIN_SAMPLER_HISTORY:
             raise ValueError(
                 f"`max_history` must be 0 (no bound) or at least {MIN_SAMPLER_HISTORY}, but got "
                 f"{max_history}"
             )
-        super().__init__(**tpe)
+        # The start-up is decided here, by trial number (below): TPE itself models as soon as
+        # one trial has finished.
+        self.n_startup_trials = int(tpe.pop("n_startup_trials", 10))
+        super().__init__(n_startup_trials=1, **tpe)
+        self._startup_random = optuna.samplers.RandomSampler(seed=tpe.get("seed"))
         self.max_history = max_history
+        # None: the start-up draws at random (TPE's own way).
+        self.design = design
+        # Who proposed each trial sampled here: "qmc", "random" (start-up) or "tpe".
+        self.proposers: dict[int, str] = {}
         # One worker samples from one thread; the heartbeat thread never samples. Thread-local
         # all the same, so that a sampler shared by threads never mixes their batches.
         self._local = threading.local()
@@ -229,10 +306,32 @@ class HistorySampler(optuna.samplers.TPESampler):
             self._local.fits[key] = fit
         return fit
 
+    def _starting(self, view: _HistoryView, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` is a start-up trial (and who proposes it is noted): one of the
+        first ``n_startup_trials`` by number, or any trial while none has finished.
+
+        By number, not by finished trials as Optuna's TPE counts: with batches and several
+        workers, trials are sampled before the start-up has finished, and counting finished
+        trials would keep drawing start-up plans long after the start-up's share of the
+        budget. Trial numbers are unique across workers, so the start-up is exactly the first
+        ``n_startup_trials`` trials however they are claimed; a later trial is TPE's, fitted
+        on what has finished so far (the rest are the constant liar's running trials)."""
+        finished = view._get_trials(
+            states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+        starting = trial.number < self.n_startup_trials or not finished
+        self.proposers[trial.number] = (
+            "tpe" if not starting else "qmc" if self.design is not None else "random"
+        )
+        return starting
+
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return super().sample_relative(self._view(study, trial), trial, search_space)  # type: ignore[arg-type]
+        view = self._view(study, trial)
+        if self._starting(view, trial):
+            return {}  # every parameter from the start-up (sample_independent)
+        return super().sample_relative(view, trial, search_space)  # type: ignore[arg-type]
 
     def sample_independent(
         self,
@@ -242,6 +341,14 @@ class HistorySampler(optuna.samplers.TPESampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         view = self._view(study, trial)
+        if self._starting(view, trial):
+            if self.design is not None:
+                value = self.design.value(trial.number, param_name, param_distribution)
+                if value is not None:
+                    return value
+            return self._startup_random.sample_independent(
+                study, trial, param_name, param_distribution
+            )
         return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
 
 
@@ -256,6 +363,15 @@ def sampling_batch(study: optuna.Study) -> contextlib.AbstractContextManager[Non
     sampler that is not a :class:`HistorySampler`)."""
     sampler = study.sampler
     return sampler.batch() if isinstance(sampler, HistorySampler) else contextlib.nullcontext()
+
+
+def proposed_by(study: optuna.Study, trial: optuna.Trial) -> str | None:
+    """Who proposed ``trial``'s parameters in this process: ``"qmc"`` or ``"random"`` (the
+    start-up), ``"tpe"``; None for a sampler that is not a :class:`HistorySampler`."""
+    sampler = study.sampler
+    if not isinstance(sampler, HistorySampler):
+        return None
+    return sampler.proposers.pop(trial.number, None)
 
 
 def note_sampled(study: optuna.Study, trial: optuna.Trial) -> None:

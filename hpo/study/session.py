@@ -90,6 +90,9 @@ def train(
                 on_result=recorder,
                 guard=StorageGuard(storage_url),
                 in_team=team,
+                team=processes if team else 1,
+                # One process of a run measures the "auto" windows; the others wait for them.
+                measure_windows=not in_team,
             )
         finally:
             engine.close()
@@ -99,8 +102,9 @@ def train(
             recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
         elif recorder is not None and summary.completed and not in_team:  # the run says it
             _log.warning(
-                "stopped by %s: the best trials' files (fold tables, confusion matrices, "
-                "models) were not written",
+                # Not "stopped by ...": the run's summary says that once, after this.
+                "the best trials' files (fold tables, confusion matrices, models) were not "
+                "written: %s stopped the run",
                 summary.interrupted,
             )
     return summary

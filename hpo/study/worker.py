@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -41,6 +41,7 @@ from hpo.study.record import (
     FAILURE_ERROR,
     FAILURE_INTERRUPTED,
     FAILURE_NON_FINITE,
+    RETRY_OF_ATTR,
     SEED_ATTR,
     CrashPolicy,
     best_trial,
@@ -51,7 +52,9 @@ from hpo.study.record import (
     stored_policy,
 )
 from hpo.study.signals import Stopped, critical, stop_within
+from hpo.study.stopping import check_stop, record_stop, stored_stop
 from hpo.study.storage import StorageGuard, rdb_of
+from hpo.study.windows import resolve_windows
 
 if TYPE_CHECKING:
     import optuna
@@ -90,6 +93,8 @@ class _Run:
     guard: StorageGuard
     heartbeat: Heartbeat
     summary: RunSummary
+    stop_checked_at: int = -1  # complete trials when the early-stop rule last ran
+    stop_rule_off: bool = False  # the rule failed in this run (not for an outage)
 
 
 class _ProgressMonitor:
@@ -166,11 +171,16 @@ def optimize(
     on_result: Callable[[optuna.Trial, EvaluationResult], None] | None = None,
     guard: StorageGuard | None = None,
     in_team: bool = False,
+    team: int = 1,
+    measure_windows: bool = True,
 ) -> RunSummary:
     """Run batches until the global budget is finished, the timeout is reached, or a signal
     stops us. While every open slot of the budget is held by other workers, wait: one of
     them may die, and its trials then need a worker. ``in_team``: one of the processes of an
-    ``hpo run``, whose waiting for the others is not news."""
+    ``hpo run``, whose waiting for the others is not news; ``team``: how many processes that
+    run has (they share the start-up trials). ``measure_windows``: False for the processes a
+    run started besides its own, which wait for the run's "auto" alpha windows instead of
+    measuring them too."""
     storage = rdb_of(study)
     policy = stored_policy(study)
     configure_stale_detection(storage, policy, log_stale_trial)
@@ -194,12 +204,19 @@ def optimize(
     said_waiting = False
     heartbeat.start()
     try:
+        # "auto" alphas: the study's measured windows (measured here if nobody has yet).
+        run.spec = resolve_windows(
+            study, spec, folds, engine, call=guard.call, measure=measure_windows
+        )
         while True:
             if timeout is not None and time.monotonic() - started >= timeout:
                 _log.info("timeout of %.0f s reached; not starting more trials", timeout)
                 final = "timeout"
                 break
-            claim = _claim_and_run(run, n_trials, trials_per_batch or engine.trials_per_batch)
+            if _stopped_early(run, n_trials):
+                final = "finished"
+                break
+            claim = _claim_and_run(run, n_trials, trials_per_batch or engine.trials_per_batch, team)
             if claim.done:
                 final = "finished"
                 break
@@ -220,13 +237,21 @@ def optimize(
     except Stopped as exc:
         summary.interrupted = str(exc)
         final = "stopped"
+    except (ImportError, SystemError, RuntimeError, KeyboardInterrupt) as exc:
+        # A stop that landed in a lazy import (the windows' ladder, the early stop's GP) or a
+        # lock's handling surfaces as that error (see stop_within).
+        stop = Stopped("SIGINT") if isinstance(exc, KeyboardInterrupt) else stop_within(exc)
+        if stop is None:
+            raise
+        summary.interrupted = str(stop)
+        final = "stopped"
     finally:
         heartbeat.stop(final, completed=summary.completed)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
+def _claim_and_run(run: _Run, n_trials: int | None, size: int, team: int = 1) -> Claim:
     trials: list[optuna.Trial] = []
     told: set[int] = set()
     ticket = Ticket()  # one for all of this claim's tries
@@ -241,6 +266,8 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
                 judge_stale=run.guard.healthy_for() >= run.policy.grace_period,
                 into=trials,
                 ticket=ticket,
+                startup=_startup(run.study),
+                team=team,
             ),
             "claiming trials",
         )
@@ -255,6 +282,54 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int) -> Claim:
         if stop is not None and stop is not exc:
             raise stop from None  # a stop that surfaced as another error (see stop_within)
         raise
+
+
+def _stopped_early(run: _Run, n_trials: int | None) -> bool:
+    """Whether ``[budget] early_stop`` ended the study: recorded by a worker before (for this
+    budget), or decided now (and recorded) on the complete trials, if more have completed
+    since this worker last asked."""
+    if run.spec.budget.early_stop == "none" or run.stop_rule_off:
+        return False
+    spec = run.spec.replace(budget=replace(run.spec.budget, n_trials=n_trials))
+
+    def decide() -> str | None:
+        stored = stored_stop(run.study, spec)
+        if stored is not None:
+            return str(stored.get("message", "stopped early"))
+        trials = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(trials) == run.stop_checked_at:
+            return None
+        run.stop_checked_at = len(trials)
+        check = check_stop(trials, spec, startup=_startup(run.study))
+        if check is None or not check.stop:
+            if check is not None:
+                _log.debug(
+                    "early stop: regret bound %.4f > CV noise %.4f; going on",
+                    check.bound,
+                    check.noise,
+                )
+            return None
+        record_stop(run.study, check, n_trials)
+        return check.message()
+
+    try:
+        ok, message = run.guard.attempt(decide, "checking the early stop")
+    except Exception as exc:  # the rule's own failure (not an outage): train on without it
+        stop = stop_within(exc)
+        if stop is not None:
+            raise stop from None  # a stop that landed in the rule's imports (see stop_within)
+        run.stop_rule_off = True
+        _log.warning("early stop turned off for this run: %s: %s", type(exc).__name__, exc)
+        return False
+    if not ok or message is None:
+        return False
+    _log.info("%s", message)
+    return True
+
+
+def _startup(study: optuna.Study) -> int:
+    sampler = study.sampler
+    return sampler.n_startup_trials if isinstance(sampler, sampling.HistorySampler) else 0
 
 
 def _seed_groups(
@@ -290,11 +365,14 @@ def _seed_groups(
     return groups
 
 
-def _sample(run: _Run, trial: optuna.Trial, buffer: ParamBuffer) -> RegularizationPlan:
-    """The plan of ``trial``, its parameters kept in ``buffer`` (idempotent: safe to repeat
-    after an outage, as a parameter already suggested is not suggested again)."""
+def _sample(
+    run: _Run, trial: optuna.Trial, buffer: ParamBuffer
+) -> tuple[RegularizationPlan, str | None]:
+    """The plan of ``trial`` and who proposed it, its parameters kept in ``buffer``
+    (idempotent: safe to repeat after an outage, as a parameter already suggested is not
+    suggested again)."""
     if is_baseline(trial):
-        return zero_plan(run.spec.search)  # every coefficient 0
+        return zero_plan(run.spec.search), None  # every coefficient 0
     # The parameters go to the database with the batch's attributes, in one transaction.
     trial.storage = cast("optuna.storages.BaseStorage", buffer)
     try:
@@ -302,7 +380,13 @@ def _sample(run: _Run, trial: optuna.Trial, buffer: ParamBuffer) -> Regularizati
     finally:
         trial.storage = run.study._storage
     sampling.note_sampled(run.study, trial)
-    return plan
+    # A retry's parameters are its original's (fixed): nobody proposed them now.
+    proposer = (
+        None
+        if trial.user_attrs.get(RETRY_OF_ATTR) is not None
+        else sampling.proposed_by(run.study, trial)
+    )
+    return plan, proposer
 
 
 def _store_attrs(
@@ -353,14 +437,15 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
     spec, summary = run.spec, run.summary
     buffer = ParamBuffer(run.study._storage)
     with sampling.sampling_batch(run.study):  # one read of the study's history for the whole batch
-        plans = [
+        drawn = [
             run.guard.call(partial(_sample, run, trial, buffer), f"sampling trial {trial.number}")
             for trial in trials
         ]
+    plans = [plan for plan, _ in drawn]
     # Each plan with the seed it trains with, before training: a retry reuses that seed.
     sampled = {
-        trial: sampled_attrs(plan, seed, run.heartbeat.worker)
-        for trial, plan, seed in zip(trials, plans, seeds, strict=True)
+        trial: sampled_attrs(plan, seed, run.heartbeat.worker, proposer)
+        for trial, (plan, proposer), seed in zip(trials, drawn, seeds, strict=True)
     }
     gone = run.guard.call(
         partial(_store_attrs, run, sampled, buffer.params), "recording the sampled plans"

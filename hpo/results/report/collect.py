@@ -16,9 +16,11 @@ from hpo.results.artifacts import open_artifact_store, trial_artifacts
 from hpo.results.baseline import BaselineGain, baseline_gain
 from hpo.results.holdout import HoldoutEvaluation, load_evaluation
 from hpo.results.rerun import RerunStats, load_reruns
+from hpo.results.spec_text import with_study_windows
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
 from hpo.study.record import read_trial, stored_data_warnings, stored_spec
+from hpo.study.stopping import stored_stop
 
 if TYPE_CHECKING:
     import optuna
@@ -90,6 +92,7 @@ class StudyData:
     data_warnings: tuple[str, ...] = ()
     baseline: BaselineGain | None = None
     holdout: HoldoutEvaluation | None = None
+    early_stop: str | None = None
 
     @property
     def best(self) -> Trial | None:
@@ -115,6 +118,9 @@ def _trial(t: optuna.trial.FrozenTrial) -> Trial:
 def collect(study: optuna.Study) -> StudyData:
     """Read ``study``: its trials, reruns and stored spec."""
     spec = stored_spec(study)
+    if spec is not None:
+        spec = with_study_windows(study, spec)
+    early = stored_stop(study, spec)
     trials = tuple(_trial(t) for t in study.get_trials(deepcopy=False))
     with_plan = [t for t in complete_trials(trials) if t.plan is not None]
     if spec is not None:
@@ -133,6 +139,7 @@ def collect(study: optuna.Study) -> StudyData:
         data_warnings=tuple(stored_data_warnings(study)),
         baseline=baseline_gain(study),
         holdout=load_evaluation(study),
+        early_stop=None if early is None else str(early.get("message")),
     )
 
 

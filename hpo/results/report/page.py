@@ -137,6 +137,7 @@ def render(
         cards.insert(1, ("over no regularization", f"{data.baseline.gain:+.4f}"))
     sections = [
         _warnings_section(data.data_warnings),
+        _early_stop_section(data.early_stop),
         _best_section(best, confusion),
         _baseline_section(data.baseline, data.name),
         _holdout_section(data.holdout, data.spec, data.name),
@@ -282,6 +283,15 @@ def _warnings_section(warnings: Sequence[str]) -> str:
         '<section id="data-warnings"><h2>Data warnings</h2><p class="muted">Found in the data '
         "before training (<code>hpo check</code> shows them too); decide on each before "
         f"trusting the scores below.</p><ul>{items}</ul></section>"
+    )
+
+
+def _early_stop_section(message: str | None) -> str:
+    if not message:
+        return ""
+    return (
+        '<section id="early-stop"><h2>Early stop</h2><p>'
+        f'{_esc(message)} (<code>[budget] early_stop = "within-noise"</code>).</p></section>'
     )
 
 
