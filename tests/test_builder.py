@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
+import traceback
 from pathlib import Path
 
 import optuna
@@ -263,7 +264,19 @@ BAD = {
         "def build(n_features, n_classes):\n    raise RuntimeError('no GPU\\n here')\n",
         "build",
         "{study}: [model] builder '{module}:build': build(n_features=5, n_classes=3) raised "
-        "RuntimeError: no GPU here",
+        "RuntimeError at {file}:2: no GPU here",
+    ),
+    "import-raises": (
+        "import keras\n\nWIDTH = undefined_width\n",
+        "build",
+        "{study}: [model] builder '{module}:build': importing '{module}' raised NameError at "
+        "{file}:3: name 'undefined_width' is not defined",
+    ),
+    "syntax-error": (
+        "def build(n_features, n_classes):\n    return keras.Model(\n\n",
+        "build",
+        "{study}: [model] builder '{module}:build': importing '{module}' raised SyntaxError at "
+        "{file}:2: '(' was never closed ({file_name}, line 2)",
     ),
     "missing-function": (
         "def build_model(n_features, n_classes):\n    pass\n",
@@ -286,7 +299,7 @@ BAD = {
         "    return keras.Model(inputs, b)\n",
         "build",
         "{study}: [model] builder '{module}:build': build(n_features=5, n_classes=3) raised "
-        'ValueError: The name "same" is used 2 times in the model. All operation names should '
+        'ValueError at {file}:7: The name "same" is used 2 times in the model. All operation names should '
         "be unique. (layer names must be unique: the search's parameters are named after them)",
     ),
     "output-width": (
@@ -331,9 +344,36 @@ def test_a_bad_builder_is_one_line_naming_it(tmp_path: Path, tiny_csv: Path, cas
         expected = expected.replace("{sum}", total)
     one_line_error(
         result,
-        expected.format(study=path, module=module, file=tmp_path / f"{module}.py"),
+        expected.format(
+            study=path, module=module, file=tmp_path / f"{module}.py", file_name=f"{module}.py"
+        ),
     )
     assert not (tmp_path / "hpo.db").exists()
+
+
+def test_debug_shows_the_traceback_through_the_users_own_file(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    # The error comes from Keras, called by a helper in the user's module: the one line names
+    # the user's innermost line (the call into Keras), --debug the whole way there.
+    source = (
+        "import keras\n\n"
+        "def layer(width):\n"
+        "    return keras.layers.Dense(width, activation='no-such-activation')\n\n"
+        "def build(n_features, n_classes):\n"
+        "    return keras.Sequential([keras.Input((n_features,)), layer(4)])\n"
+    )
+    path = write_builder_study(tmp_path, tiny_csv, "deep_error", source)
+    file = tmp_path / "deep_error.py"
+    plain = hpo("check", path, "--no-estimate")
+    assert plain.exit_code == 1
+    assert f"raised ValueError at {file}:4: " in plain.stderr, plain.stderr
+    assert "Traceback" not in plain.output
+    debug = hpo("--debug", "check", path, "--no-estimate")
+    assert debug.exception is not None
+    shown = "".join(traceback.format_exception(debug.exception))
+    assert f'File "{file}", line 7, in build' in shown, shown
+    assert f'File "{file}", line 4, in layer' in shown, shown
 
 
 def test_a_missing_module_is_named_with_where_it_was_looked_for(

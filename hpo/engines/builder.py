@@ -24,6 +24,8 @@ import importlib.machinery
 import json
 import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,32 @@ SEARCHABLE = ("Dense", "Conv1D", "Conv2D")
 
 def _where(model: ModelSpec) -> str:
     return f"[model] builder {model.builder!r}"
+
+
+def _library_folders() -> tuple[str, ...]:
+    """Where Python's own modules, installed packages and hpo live: not the user's code."""
+    paths = sysconfig.get_paths()
+    folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return tuple(os.path.join(os.path.realpath(f), "") for f in folders)
+
+
+def _user_line(exc: BaseException) -> str:
+    """`` at FILE:LINE``, the innermost place in the user's own code that ``exc`` passed
+    through (a syntax error: where it is), or "" when none did. The user's code is what is
+    neither Python's, an installed package's nor hpo's: the builder module and whatever of
+    theirs it imports, wherever their folder is. Keras raises most errors deep in its own
+    code; the line that called it is the one the user can fix."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f" at {exc.filename}:{exc.lineno}"
+    library = _library_folders()
+    place = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        name = frame.filename
+        if name.startswith("<") or os.path.realpath(name).startswith(library):
+            continue
+        place = f" at {name}:{frame.lineno}"
+    return place
 
 
 @contextmanager
@@ -115,11 +143,15 @@ def _function(model: ModelSpec, origin: str) -> Callable[..., Any]:
                 f"{where}: no module {missing!r} in {places} (a worker on another machine "
                 "needs the module there too: copy it, or name its folder in PYTHONPATH)"
             ) from None
-        raise HpoError(f"{where}: importing {module_name!r} failed: {exc}") from None
+        # The user's module imports something missing: `--debug` shows their traceback.
+        raise HpoError(
+            f"{where}: importing {module_name!r} failed{_user_line(exc)}: {exc}"
+        ) from exc
     except Exception as exc:
         raise HpoError(
-            f"{where}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
-        ) from None
+            f"{where}: importing {module_name!r} raised {type(exc).__name__}"
+            f"{_user_line(exc)}: {exc}"
+        ) from exc
     function = getattr(module, function_name, None)
     if function is None or not callable(function):
         found = getattr(module, "__file__", None) or module_name
@@ -146,7 +178,9 @@ def call_builder(model: ModelSpec, n_features: int, n_classes: int, origin: str 
         if "unique" in str(exc) and "name" in str(exc):
             hint = " (layer names must be unique: the search's parameters are named after them)"
         text = " ".join(str(exc).split())
-        raise HpoError(f"{where}: {call} raised {type(exc).__name__}: {text}{hint}") from None
+        raise HpoError(
+            f"{where}: {call} raised {type(exc).__name__}{_user_line(exc)}: {text}{hint}"
+        ) from exc
     if not isinstance(net, keras.Model):
         raise HpoError(
             f"{where}: {call} returned {type(net).__name__}, not a Keras model "
@@ -183,7 +217,7 @@ def _check_output(net: Any, n_features: int, n_classes: int, where: str) -> None
         raise HpoError(
             f"{where}: the model does not take rows of {n_features} features "
             f"(inputs {[tuple(i.shape) for i in net.inputs]}): {type(exc).__name__}: {text}"
-        ) from None
+        ) from exc
     sums = probabilities.sum(axis=-1)
     if not (np.all(probabilities >= 0) and np.allclose(sums, 1.0, atol=1e-3)):
         raise HpoError(
