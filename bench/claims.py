@@ -48,13 +48,15 @@ import optuna
 import psycopg
 
 from hpo.data import load_folds
-from hpo.objective import EvaluationResult
+from hpo.engines.contract import EvaluationResult
 from hpo.space import suggest_plan
 from hpo.spec import spec_from_dict
 from hpo.study import budget
-from hpo.study.record import (
+from hpo.study.creation import (
     create_or_load_study,
     join_study,
+)
+from hpo.study.record import (
     result_attrs,
     sampled_attrs,
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpo.data import load_dataset, make_fold_set
 from hpo.engines import make_engine
-from hpo.objective import evaluate_plans
+from hpo.engines.evaluation import evaluate_plans
 from hpo.space import RegularizationPlan
 from hpo.spec import load_spec
 

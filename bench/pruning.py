@@ -47,7 +47,8 @@ from hpo.data import load_folds
 from hpo.engines import make_engine
 from hpo.results.rerun import rerun_seeds, rerun_trials
 from hpo.spec import ArtifactsSpec, BudgetSpec, PrunerSpec, StudySpec, load_spec
-from hpo.study.record import best_trial, load_study
+from hpo.study.creation import load_study
+from hpo.study.record import best_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 

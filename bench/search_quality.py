@@ -100,7 +100,7 @@ def _plan(coeffs: dict[str, list[float]]) -> Any:
 
 def _paired(task_name: str, plans: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Plans trained in one stacked batch beside the baseline (same initial weights, order)."""
-    from hpo.objective import evaluate_plans
+    from hpo.engines.evaluation import evaluate_plans
 
     s = _setup(task_name)
     n_layers = len(s["spec"].model.hidden)
@@ -130,7 +130,7 @@ def _holdout(task_name: str, plans: dict[str, dict[str, list[float]]], seeds: li
     """Each plan trained on every searched row with each seed, scored on the held-out rows."""
     import numpy as np
 
-    from hpo.objective import evaluate_plans
+    from hpo.engines.evaluation import evaluate_plans
 
     s = _setup(task_name)
     names = list(plans)

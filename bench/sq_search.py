@@ -51,10 +51,11 @@ def run_search(
     import numpy as np
     import optuna
 
-    from hpo.objective import evaluate_plans
+    from hpo.engines.evaluation import evaluate_plans
     from hpo.space import RegularizationPlan
     from hpo.spec import spec_from_dict
-    from hpo.study.record import create_or_load_study, stored_plan
+    from hpo.study.creation import create_or_load_study
+    from hpo.study.record import stored_plan
     from hpo.study.session import train
     from hpo.study.storage import open_storage
     from hpo.study.windows import stored_windows

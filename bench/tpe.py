@@ -36,7 +36,7 @@ from hpo.data import load_folds
 from hpo.engines.timing import time_trial
 from hpo.space import suggest_plan
 from hpo.spec import apply_overrides, spec_from_dict
-from hpo.study.record import make_sampler
+from hpo.study.creation import make_sampler
 from hpo.study.sampler import note_sampled, sampling_batch
 
 ROOT = Path(__file__).resolve().parent.parent

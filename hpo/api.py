@@ -26,28 +26,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import Dataset, FoldSet, load_folds
+from hpo.data_profile import profile_dataset
 from hpo.engines import make_engine
 from hpo.engines.batching import FALLBACK
 from hpo.engines.builder import resolve
+from hpo.engines.contract import EvaluationResult
+from hpo.engines.evaluation import evaluate_plans
 from hpo.engines.network import build_model as _network
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.objective import EvaluationResult, evaluate_plans
-from hpo.profile import profile_dataset
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
 from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
-from hpo.study.pool import WorkerPool, usable_cores, workers_for
-from hpo.study.record import (
-    best_trial,
+from hpo.study.creation import (
     check_holdout,
     create_or_load_study,
     load_study,
+    update_stored_spec,
+)
+from hpo.study.pool import WorkerPool, usable_cores, workers_for
+from hpo.study.record import (
+    best_trial,
     read_trial,
     store_data_warnings,
-    update_stored_spec,
 )
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
@@ -343,7 +346,7 @@ def optimize(
 class PlanScore:
     """One plan's cross-validated score: ``accuracy`` out of fold (every row predicted once by
     the model that did not train on it), ``fold_accuracies`` per fold, and the engine's full
-    :class:`~hpo.objective.EvaluationResult`."""
+    :class:`~hpo.engines.contract.EvaluationResult`."""
 
     accuracy: float
     fold_accuracies: tuple[float, ...]

@@ -160,7 +160,7 @@ class PenaltyWindows:
 
     def text(self) -> str:
         return ", ".join(
-            f"{kind} {getattr(self, kind).low:.0e}..{getattr(self, kind).high:.0e}"
+            f"{kind} {getattr(self, kind).low:.2g}..{getattr(self, kind).high:.2g}"
             for kind in PENALTY_KINDS
         )
 

@@ -264,7 +264,7 @@ def train_study(
     from hpo.data import load_dataset, make_fold_set
     from hpo.engines.reference import ReferenceEngine
     from hpo.results.artifacts import ArtifactRecorder
-    from hpo.study.record import create_or_load_study
+    from hpo.study.creation import create_or_load_study
     from hpo.study.storage import open_storage
     from hpo.study.worker import optimize
 

@@ -79,7 +79,7 @@ def test_an_artifact_failure_is_logged_not_raised(
     import optuna
 
     from hpo.data import load_dataset, make_fold_set
-    from hpo.objective import EvaluationResult
+    from hpo.engines.contract import EvaluationResult
 
     # Live artifacts: the ones written on the hot path, as each trial finishes.
     spec = load_spec(write_results_spec(tmp_path, extra="[artifacts]\nlive = true\n"))
@@ -263,7 +263,7 @@ def test_an_engine_without_weights_still_gets_its_fold_model(tmp_path: Path) -> 
     from hpo.engines.keras_model import import_keras
     from hpo.engines.reference import ReferenceEngine
     from hpo.space import suggest_plan
-    from hpo.study.record import create_or_load_study
+    from hpo.study.creation import create_or_load_study
     from hpo.study.storage import open_storage
 
     spec = load_spec(

@@ -20,7 +20,7 @@ import pytest
 from conftest import hpo, make_frame, one_line_error
 
 from hpo.data import Preprocessor, load_dataset, load_folds
-from hpo.profile import profile_dataset
+from hpo.data_profile import profile_dataset
 from hpo.results.spec_text import ensure_spec_note
 from hpo.spec import CVSpec, DataSpec, StudySpec
 from hpo.study.record import store_data_warnings

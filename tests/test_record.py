@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from hpo.objective import EvaluationResult
+from hpo.engines.contract import EvaluationResult
 from hpo.space import RegularizationPlan
 from hpo.study import record
 

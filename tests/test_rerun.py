@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import NAME, BuiltStudy, hpo, load
 
-from hpo.objective import EvaluationResult
+from hpo.engines.contract import EvaluationResult
 from hpo.results.rerun import RerunStats, compare, summarize, verdict
 from hpo.space import RegularizationPlan
 

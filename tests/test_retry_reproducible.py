@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from pg import HpoProcesses, hpo_env
 
 from hpo.data import load_folds
+from hpo.engines.evaluation import evaluate_plans
 from hpo.engines.stacked import StackedEngine
-from hpo.objective import evaluate_plans
 from hpo.spec import load_spec
 from hpo.study.record import stored_plan
 from hpo.study.storage import open_storage

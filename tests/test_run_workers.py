@@ -21,7 +21,10 @@ import optuna
 import pytest
 
 from hpo.study.pool import _cgroup_quota, usable_cores, workers_for
-from hpo.study.record import WORKER_ATTR, worker_records
+from hpo.study.record import (
+    WORKER_ATTR,
+    worker_records,
+)
 
 HPO = [sys.executable, "-m", "hpo"]
 

@@ -20,11 +20,11 @@ import pytest
 
 from hpo.data import Fold, Scaling, Table, aligned_empty, load_dataset, make_folds
 from hpo.engines import stacked as stacked_module
+from hpo.engines.contract import EvaluationResult
 from hpo.engines.keras_model import import_keras
 from hpo.engines.network import build_model
 from hpo.engines.reference import ReferenceEngine
 from hpo.engines.stacked import StackedEngine, clear_graph_cache
-from hpo.objective import EvaluationResult
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import CVSpec, DataSpec, ModelSpec
 

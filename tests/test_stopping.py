@@ -67,6 +67,22 @@ def test_the_noise_is_the_best_trials_corrected_cv_error() -> None:
     folds = [0.70, 0.66, 0.68, 0.72, 0.64]
     assert cv_noise(folds) == pytest.approx(math.sqrt((1 / 5 + 1 / 4) * np.var(folds)))
     assert cv_noise([0.7]) == 0.0
+    # With [cv] repeats the scores are folds x repeats; the overlap term stays one draw's.
+    repeated = folds * 3
+    assert cv_noise(repeated, folds=5) == pytest.approx(
+        math.sqrt((1 / 15 + 1 / 4) * np.var(repeated))
+    )
+
+
+def test_a_best_with_every_fold_right_stops_though_it_has_no_noise() -> None:
+    # Nothing can beat an accuracy of 1: the bound is clipped there, so a noise of 0 (every
+    # fold 1.0) still stops the study, where the GP's band alone would never fall to 0.
+    rng = np.random.default_rng(2)
+    alphas = np.exp(rng.uniform(math.log(1e-6), 0.0, 20))
+    trials = [_trial(n, 0.9 + 0.1 * (n % 2), a, 0.0) for n, a in enumerate(alphas)]
+    check = check_stop(trials, SPEC, startup=4)
+    assert check is not None and check.noise == 0.0 and check.bound == 0.0
+    assert check.stop
 
 
 @pytest.mark.slow

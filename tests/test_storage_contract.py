@@ -26,15 +26,18 @@ from optuna.trial import TrialState
 from pg import pg_database
 
 from hpo.data import Fold, load_dataset, make_fold_set
-from hpo.objective import EvaluationResult, Monitor
+from hpo.engines.contract import (
+    EvaluationResult,
+    Monitor,
+)
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec, StudySpec, spec_from_dict
 from hpo.study import budget
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
+from hpo.study.creation import create_or_load_study
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.record import (
     CrashPolicy,
-    create_or_load_study,
     stored_policy,
     stored_spec,
     worker_records,
@@ -160,7 +163,7 @@ _CLAIMER = """
     from hpo.study.budget import claim_trials
     from hpo.study.heartbeat import Heartbeat, worker_id
     from hpo.study.record import stored_policy
-    from hpo.study.record import join_study
+    from hpo.study.creation import join_study
     from hpo.study.storage import StorageGuard, open_storage
 
     url, name, n_trials, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -207,7 +210,7 @@ def test_claims_are_atomic_no_overshoot_with_four_processes(backend: str, tmp_pa
 _CREATOR = """
     import json, sys, time
     from hpo.spec import spec_from_dict
-    from hpo.study.record import create_or_load_study
+    from hpo.study.creation import create_or_load_study
     from hpo.study.storage import open_storage
 
     url, raw, start = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])

@@ -16,10 +16,13 @@ from conftest import hpo
 
 from hpo.data import load_folds
 from hpo.engines import make_engine
-from hpo.objective import evaluate_plans
+from hpo.engines.evaluation import evaluate_plans
 from hpo.space import RegularizationPlan
 from hpo.spec import PENALTY_KINDS, spec_from_dict
-from hpo.study.record import WINDOWS_ATTR, stored_plan
+from hpo.study.record import (
+    WINDOWS_ATTR,
+    stored_plan,
+)
 from hpo.study.windows import LADDER, Ladder, probe_cost
 
 Step = tuple[float, float, float, bool]

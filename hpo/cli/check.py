@@ -10,9 +10,9 @@ from hpo.cli.options import (
     data_option,
     engine_option,
     epochs_option,
-    text_table,
     trials_per_batch_option,
 )
+from hpo.cli.output import text_table
 from hpo.data import (
     check_classes,
     fold_rows,
@@ -21,9 +21,9 @@ from hpo.data import (
     quoted,
     split_holdout,
 )
+from hpo.data_profile import DataProfile, profile_dataset
 from hpo.engines.builder import resolve as resolve_builder
 from hpo.engines.timing import time_trial
-from hpo.profile import DataProfile, profile_dataset
 from hpo.results.spec_text import pruner_text, search_rows
 from hpo.spec import StudySpec, load_spec, startup_trials
 from hpo.study.pool import usable_cores

@@ -25,15 +25,16 @@ from hpo.cli.options import (
     engine_option,
     epochs_option,
     format_option,
-    load_study,
     n_trials_option,
     name_option,
-    show_data_findings,
     storage_option,
     storage_url,
     timeout_option,
-    train_here,
     trials_per_batch_option,
+)
+from hpo.cli.training import (
+    show_data_findings,
+    train_here,
     with_model,
 )
 from hpo.data import load_folds
@@ -42,20 +43,23 @@ from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
 from hpo.results.spec_text import pruner_text
 from hpo.spec import StudySpec, load_spec
+from hpo.study.creation import (
+    check_holdout,
+    create_or_load_study,
+    join_study,
+    load_study,
+    update_stored_spec,
+)
 from hpo.study.heartbeat import worker_id
 from hpo.study.pool import end_with_run
 from hpo.study.record import (
     CrashPolicy,
     SamplerStart,
     best_trial,
-    check_holdout,
-    create_or_load_study,
-    join_study,
     read_trial,
     store_data_warnings,
     stored_policy,
     stored_spec,
-    update_stored_spec,
     worker_records,
 )
 from hpo.study.stopping import stored_stop
@@ -251,6 +255,7 @@ def study_status(
         "finished": finished,
         "done": (n_trials is not None and finished >= n_trials) or early is not None,
         "early_stop": early,
+        "early_stop_rule": None if spec is None else spec.budget.early_stop,
         "search": None
         if spec is None
         else {
@@ -293,8 +298,19 @@ def _status_text(status: dict[str, Any]) -> str:
             f"({states.get('COMPLETE', 0)} complete, {states.get('PRUNED', 0)} pruned)"
             + (" - done" if status["done"] else "")
         )
-    if status["early_stop"] is not None:
-        lines.append(f"early stop: {status['early_stop']['message']}")
+    early = status["early_stop"]
+    if early is not None:
+        # Trials that were training when it was decided finish too, and count.
+        later = status["finished"] - int(early.get("trials", status["finished"]))
+        lines.append(
+            f"early stop: {early['message']}"
+            + (f" ({later} more finished that were training then)" if later > 0 else "")
+        )
+    elif status.get("early_stop_rule") not in (None, "none"):
+        lines.append(
+            f"early stop: {status['early_stop_rule']}, "
+            + ("did not trigger within the budget" if status["done"] else "not triggered yet")
+        )
     shown = ", ".join(f"{state} {count}" for state, count in states.items())
     lines.append(f"trials: {shown or 'none yet'}")
     search = status["search"]
@@ -306,7 +322,7 @@ def _status_text(status: dict[str, Any]) -> str:
             + "), then TPE"
             + (
                 "; alpha windows "
-                + ", ".join(f"{kind} {low:.2g}-{high:.2g}" for kind, (low, high) in windows.items())
+                + ", ".join(f"{kind} {low:.2g}..{high:.2g}" for kind, (low, high) in windows.items())
                 if windows
                 else ""
             )

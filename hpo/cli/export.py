@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from hpo.cli.options import NON_NEGATIVE, data_option, load_study, storage_option, storage_url
+from hpo.cli.options import (
+    NON_NEGATIVE,
+    data_option,
+    storage_option,
+    storage_url,
+)
 from hpo.errors import HpoError
 from hpo.results.export import (
     check_export_dir,
@@ -18,7 +23,13 @@ from hpo.results.export import (
     read_rows,
     training_rows,
 )
-from hpo.study.record import SPEC_ATTR, is_baseline, stored_seed, stored_spec
+from hpo.study.creation import load_study
+from hpo.study.record import (
+    SPEC_ATTR,
+    is_baseline,
+    stored_seed,
+    stored_spec,
+)
 
 __all__ = ["COMMANDS"]
 

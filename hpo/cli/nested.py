@@ -18,7 +18,9 @@ from hpo.cli.options import (
     name_option,
     storage_option,
     storage_url,
-    text_table,
+)
+from hpo.cli.output import text_table
+from hpo.cli.training import (
     train_here,
     with_model,
 )
@@ -37,15 +39,17 @@ from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import evaluate_seeds
 from hpo.spec import StudySpec, load_spec
 from hpo.study.budget import trials_to_run
+from hpo.study.creation import (
+    check_holdout,
+    create_or_load_study,
+    update_stored_spec,
+)
 from hpo.study.record import (
     NESTED_SUMMARY_ATTR,
     CrashPolicy,
     baseline_trial,
     best_trial,
-    check_holdout,
-    create_or_load_study,
     stored_spec,
-    update_stored_spec,
 )
 from hpo.study.signals import signals_received
 from hpo.study.storage import open_storage

@@ -1,4 +1,4 @@
-"""What the commands share: option decorators, the storage URL, loading a study, printing trials.
+"""The options the commands share: decorators, checked numbers, the storage URL, the crash policy.
 
 An option that several commands take is declared once here, so its name, type and help read the
 same everywhere. Numeric options are checked where click parses them (:class:`Number`), so every
@@ -13,26 +13,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from hpo.api import data_findings
-from hpo.api import with_model as api_with_model
-from hpo.data import Dataset, FoldSet
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
-from hpo.results.artifacts import ArtifactRecorder
-from hpo.results.baseline import baseline_gain
-from hpo.spec import ENGINES, StudySpec, apply_overrides
+from hpo.spec import ENGINES, apply_overrides
 from hpo.study.record import (
     CrashPolicy,
-    best_trial,
-    is_baseline,
-    load_study,
-    read_trial,
-    stored_spec,
 )
-from hpo.study.session import train
-from hpo.study.stopping import stored_stop
 from hpo.study.storage import Access, checked_storage_url
-from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
     import optuna
@@ -50,28 +37,20 @@ __all__ = [
     "crash_policy",
     "crash_policy_options",
     "data_option",
-    "echo_err",
     "engine_option",
     "epochs_option",
     "format_option",
-    "load_study",
     "n_trials_option",
     "name_option",
     "port_option",
-    "print_best",
     "repeats_option",
     "seeds_option",
-    "show_data_findings",
     "storage_option",
     "storage_url",
-    "text_table",
     "timeout_option",
     "top_option",
-    "train_here",
     "trial_option",
-    "trial_record",
     "trials_per_batch_option",
-    "with_model",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -245,100 +224,3 @@ def storage_url(
     if announce:
         click.echo(line, err=True)
     return url
-
-
-def with_model(spec: StudySpec, folds: FoldSet) -> StudySpec:
-    """``spec`` with a builder's searched layers resolved (see :func:`hpo.api.with_model`)."""
-    return api_with_model(spec, folds, echo_err)
-
-
-def train_here(
-    study: optuna.Study,
-    spec: StudySpec,
-    folds: FoldSet,
-    recorder: ArtifactRecorder,
-    *,
-    url: str,
-    n_trials: int | None,
-    timeout: float | None,
-    stopped: str,
-    in_team: bool = False,
-) -> RunSummary:
-    """Train ``study`` in this process (the session ``hpo run`` and ``hpo worker`` share);
-    ``stopped`` says what became of the trials in flight if a signal stops it (unless
-    ``in_team``: a worker of a run's pool, whose run says it)."""
-    summary = train(
-        study,
-        spec,
-        folds,
-        storage_url=url,  # outage lines show the URL as the user gave it
-        n_trials=n_trials,
-        timeout=timeout,
-        recorder=recorder,
-        in_team=in_team,
-    )
-    if summary.interrupted and not in_team:
-        click.echo(f"stopped by {summary.interrupted}: {stopped}", err=True)
-    return summary
-
-
-def print_best(study: optuna.Study, shown_url: str) -> None:
-    best = best_trial(study)
-    if best is None:
-        click.echo(f"no complete trial yet in study {study.study_name!r} ({shown_url})")
-        return
-    folds = " ".join(f"{a:.3f}" for a in read_trial(best).fold_accuracies)
-    click.echo(f"best: trial {best.number}, accuracy {best.value:.4f} (folds {folds})")
-    if is_baseline(best):
-        click.echo("  no regularization (the unregularized baseline)")
-    for key, value in best.params.items():
-        click.echo(f"  {key} = {value:.3g}" if isinstance(value, float) else f"  {key} = {value}")
-    plan = read_trial(best).plan
-    if plan is not None and not is_baseline(best):
-        click.echo(f"  plan: {plan.text()}")
-    early = stored_stop(study, stored_spec(study))
-    if early is not None:
-        click.echo(f"early stop: {early['message']}")
-    gain = baseline_gain(study)
-    if gain is not None:
-        click.echo(gain.line(study.study_name))
-    click.echo(f"stored in {shown_url} as study {study.study_name!r}")
-
-
-def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "params": trial.params,
-        "user_attrs": trial.user_attrs,
-        "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
-        "datetime_complete": trial.datetime_complete.isoformat()
-        if trial.datetime_complete
-        else None,
-    }
-
-
-def show_data_findings(dataset: Dataset, spec: StudySpec) -> list[str]:
-    """Print what loading changed and the data warnings (stderr); return the warnings."""
-    return data_findings(dataset, spec, echo_err)
-
-
-def echo_err(line: str) -> None:
-    click.echo(line, err=True)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
-    return str(value)
-
-
-def text_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)

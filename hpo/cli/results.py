@@ -12,16 +12,15 @@ import click
 from hpo.cli.options import (
     COUNT,
     data_option,
-    load_study,
     port_option,
     repeats_option,
     seeds_option,
     storage_option,
     storage_url,
-    text_table,
     top_option,
     trial_option,
 )
+from hpo.cli.output import text_table
 from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
 from hpo.errors import HpoError
@@ -38,12 +37,12 @@ from hpo.results.report import write_report
 from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
 from hpo.seeds import evaluate_seeds
 from hpo.spec import ENGINES, StudySpec
+from hpo.study.creation import check_holdout, load_study
 from hpo.study.record import (
     HOLDOUT_EVALUATION_ATTR,
     PLAN_ATTR,
     RERUN_ATTR_PREFIX,
     SPEC_ATTR,
-    check_holdout,
     is_baseline,
     stored_spec,
 )

@@ -14,23 +14,25 @@ from hpo.cli.options import (
     COUNT,
     apply_overrides,
     data_option,
-    echo_err,
     engine_option,
     epochs_option,
     format_option,
-    load_study,
     n_trials_option,
     name_option,
-    print_best,
     storage_option,
     storage_url,
-    text_table,
     timeout_option,
-    trial_record,
     trials_per_batch_option,
+)
+from hpo.cli.output import (
+    echo_err,
+    print_best,
+    text_table,
+    trial_record,
 )
 from hpo.errors import HpoError
 from hpo.spec import load_spec
+from hpo.study.creation import load_study
 from hpo.study.record import (
     best_trial,
     read_trial,

@@ -2,14 +2,14 @@
 
 ``reference`` is the course protocol, one Keras ``model.fit`` per fold (ground truth);
 ``stacked`` trains the folds of many trials as one TensorFlow graph and is checked against it.
-Both meet the contract in :mod:`hpo.objective`.
+Both meet the contract in :mod:`hpo.engines.contract`.
 """
 
 from __future__ import annotations
 
+from hpo.engines.contract import Engine
 from hpo.engines.reference import ReferenceEngine
 from hpo.engines.stacked import StackedEngine
-from hpo.objective import Engine
 from hpo.spec import EngineSpec
 
 __all__ = ["ReferenceEngine", "StackedEngine", "make_engine"]

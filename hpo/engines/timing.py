@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 from hpo.data import FoldSet
 from hpo.engines import make_engine
-from hpo.objective import Engine, evaluate_plans
+from hpo.engines.contract import Engine
+from hpo.engines.evaluation import evaluate_plans
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec
 

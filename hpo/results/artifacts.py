@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import Dataset, FoldSet, Preprocessor
+from hpo.engines.contract import EvaluationResult
 from hpo.engines.keras_model import import_keras
 from hpo.engines.network import build_model
 from hpo.engines.reference import fit_fold
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.objective import EvaluationResult
 from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import fold_seed
 from hpo.space import RegularizationPlan

@@ -64,10 +64,10 @@ from hpo.lazy import lazy_import
 from hpo.results.holdout import load_evaluation
 from hpo.seeds import fold_seed
 from hpo.spec import StudySpec, spec_to_dict
+from hpo.study.creation import check_holdout
 from hpo.study.record import (
     HOLDOUT_ATTR,
     best_trial,
-    check_holdout,
     is_baseline,
     read_trial,
     stored_plan,

@@ -19,14 +19,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import FoldSet
+from hpo.engines.contract import Engine
+from hpo.engines.evaluation import evaluate_plans
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.objective import Engine, evaluate_plans
 from hpo.results.notes import write_trial_note_section
 from hpo.results.spec_text import ensure_spec_note
 from hpo.results.stats import Scores, combined_ci, rows_paired_p
 from hpo.spec import StudySpec
-from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan, stored_spec
+from hpo.study.record import (
+    HOLDOUT_EVALUATION_ATTR,
+    is_baseline,
+    stored_plan,
+    stored_spec,
+)
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:

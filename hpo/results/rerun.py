@@ -21,12 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from hpo import seeds as seed_formulas
 from hpo.data import FoldSet
+from hpo.engines.contract import Engine
+from hpo.engines.evaluation import evaluate_plans
 from hpo.log import get_logger
-from hpo.objective import Engine, evaluate_plans
 from hpo.results.notes import write_trial_note_section
 from hpo.results.stats import Scores, summarize, welch_p
 from hpo.spec import StudySpec
-from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
+from hpo.study.record import (
+    RERUN_ATTR_PREFIX,
+    stored_plan,
+)
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 from hpo.data import quoted
 from hpo.lazy import lazy_import
 from hpo.spec import AutoRange, DataSpec, PenaltyWindows, StudySpec, startup_trials
+from hpo.study.creation import pruner_settings
 from hpo.study.record import (
     HOLDOUT_EVALUATION_ATTR,
     NESTED_SUMMARY_ATTR,
     SPEC_ATTR,
-    pruner_settings,
+    SamplerStart,
     stored_data_warnings,
 )
 from hpo.study.stopping import stored_stop
@@ -310,7 +311,14 @@ def spec_markdown(
 
 
 def with_study_windows(study: optuna.Study, spec: StudySpec) -> StudySpec:
-    """``spec`` with the study's measured windows of ``"auto"`` alphas, when it has them."""
+    """``spec`` as the study searches it: the start-up recorded when it was created (the budget
+    may have changed since), and the measured windows of ``"auto"`` alphas, when it has them."""
+    start = SamplerStart.of(study, spec)
+    spec = spec.replace(
+        sampler=dataclasses.replace(
+            spec.sampler, n_startup_trials=start.startup_trials, startup=start.startup
+        )
+    )
     windows = stored_windows(study)
     if windows is None or not spec.search.auto:
         return spec

@@ -162,8 +162,9 @@ def claim_trials(
             return Claim((), True, counts)
         taken = _taken(counts)
         # Trial numbers, as the sampler counts the start-up: every trial made so far, failed
-        # ones included (a queued one already has its number).
-        made = sum(counts.values())
+        # ones included (a queued one already has its number), but not those an earlier try
+        # of this claim made: the cap is on the whole claim, retried or not.
+        made = sum(counts.values()) - len(into)
         if made < startup:
             left = startup - made + counts.get("WAITING", 0)
             size = min(size, math.ceil(startup / max(1, team)), left)

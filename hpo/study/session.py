@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 from hpo.data import FoldSet
 from hpo.engines import make_engine
 from hpo.engines.batching import choose
+from hpo.engines.contract import EvaluationResult
 from hpo.engines.keras_model import tensorflow_versions
 from hpo.log import get_logger
-from hpo.objective import EvaluationResult
 from hpo.spec import StudySpec
 from hpo.study.budget import trials_to_run
 from hpo.study.pool import RUN_PROCESSES, WorkerPool

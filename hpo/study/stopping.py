@@ -40,7 +40,10 @@ from typing import TYPE_CHECKING, Any
 from hpo.lazy import lazy_import
 from hpo.space import RegularizationPlan, random_plan
 from hpo.spec import PENALTY_KINDS, StudySpec
-from hpo.study.record import EARLY_STOP_ATTR, stored_plan
+from hpo.study.record import (
+    EARLY_STOP_ATTR,
+    stored_plan,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,16 +108,19 @@ def min_trials(startup: int) -> int:
     return max(12, 2 * startup)
 
 
-def cv_noise(fold_accuracies: Sequence[float]) -> float:
-    """The standard error of a CV score with the training-set overlap corrected for.
+def cv_noise(fold_accuracies: Sequence[float], folds: int | None = None) -> float:
+    """The standard error of a CV score with the training-set overlap corrected for
+    (Nadeau and Bengio: ``1/n`` for the ``n`` scores plus ``n_test/n_train = 1/(folds-1)``;
+    with ``[cv] repeats`` the scores are folds x repeats, the ratio still one draw's).
 
     >>> round(cv_noise([0.70, 0.66, 0.68, 0.72, 0.64]), 3)
     0.019
     """
     k = len(fold_accuracies)
-    if k < 2:
+    folds = folds or k
+    if k < 2 or folds < 2:
         return 0.0
-    return float(math.sqrt((1 / k + 1 / (k - 1)) * float(np.var(fold_accuracies))))
+    return float(math.sqrt((1 / k + 1 / (folds - 1)) * float(np.var(fold_accuracies))))
 
 
 def encode(plan: RegularizationPlan) -> list[float]:
@@ -186,12 +192,16 @@ def check_stop(
     if len(complete) < min_trials(startup) or not spec.search.resolved:
         return None
     best = max(complete, key=lambda t: float(t.value or 0.0))
-    noise = cv_noise([float(a) for a in best.user_attrs.get("fold_accuracies", [])])
+    noise = cv_noise(
+        [float(a) for a in best.user_attrs.get("fold_accuracies", [])], folds=spec.cv.folds
+    )
     x = np.array([encode(stored_plan(t)) for t in complete])  # type: ignore[arg-type]
     y = np.array([float(t.value or 0.0) for t in complete])
     rng = np.random.default_rng(len(complete))
     candidates = np.array([encode(random_plan(spec.search, rng)) for _ in range(CANDIDATES)])
-    bound = regret_bound(x, y, candidates)
+    # No plan beats an accuracy of 1: a best that scores 1 on every fold (no noise at all) has
+    # nothing left to find, whatever the GP's confidence band says.
+    bound = min(regret_bound(x, y, candidates), 1.0 - float(best.value or 0.0))
     return StopCheck(trials=len(complete), best=float(best.value or 0.0), bound=bound, noise=noise)
 
 

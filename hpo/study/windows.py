@@ -41,10 +41,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpo.data import Fold, FoldSet
+from hpo.engines.contract import Engine
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.objective import Engine
 from hpo.seeds import probe_seeds
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import PENALTY_KINDS, PenaltyWindows, StudySpec, Window
@@ -334,9 +334,9 @@ def resolve_windows(
         ladder = measure_windows(spec, folds, engine)
         windows = call(partial(_record, study, ladder), "recording the penalty windows")
         _log.info(
-            "penalty windows: %s (seed floor %.3f of %d rows; %.1f s)",
+            "penalty windows: %s (a new seed alone moves %d of the %d validation rows; %.1f s)",
             windows.text(),
-            ladder.floor,
+            round(ladder.floor * ladder.rows),
             ladder.rows,
             ladder.seconds,
         )

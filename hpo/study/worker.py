@@ -28,9 +28,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from hpo.data import FoldSet
+from hpo.engines.contract import (
+    Engine,
+    EvaluationResult,
+)
+from hpo.engines.evaluation import evaluate_plans
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.objective import Engine, EvaluationResult, evaluate_plans
 from hpo.space import RegularizationPlan, suggest_plan, zero_plan
 from hpo.spec import StudySpec
 from hpo.study.budget import Claim, Ticket, claim_trials, log_stale_trial
@@ -294,8 +298,9 @@ def _stopped_early(run: _Run, n_trials: int | None) -> bool:
 
     def decide() -> str | None:
         stored = stored_stop(run.study, spec)
-        if stored is not None:
-            return str(stored.get("message", "stopped early"))
+        if stored is not None:  # another process decided it, and said so
+            _log.debug("%s", stored.get("message", "stopped early"))
+            return ""
         trials = run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if len(trials) == run.stop_checked_at:
             return None
@@ -310,7 +315,8 @@ def _stopped_early(run: _Run, n_trials: int | None) -> bool:
                 )
             return None
         record_stop(run.study, check, n_trials)
-        return check.message()
+        # The trials other workers are training when the decision falls finish and count.
+        return f"{check.message()}; trials already training finish"
 
     try:
         ok, message = run.guard.attempt(decide, "checking the early stop")
@@ -323,7 +329,8 @@ def _stopped_early(run: _Run, n_trials: int | None) -> bool:
         return False
     if not ok or message is None:
         return False
-    _log.info("%s", message)
+    if message:
+        _log.info("%s", message)
     return True
 
 

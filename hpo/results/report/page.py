@@ -55,14 +55,16 @@ class Plot:
 
 def plots_for(data: StudyData) -> list[Plot]:
     """The page's figures in page order, with their titles and how-to-read notes."""
+    # The spec as the study searches it (with_study_windows): the recorded start-up count.
     start_up = data.spec.sampler.n_startup_trials if data.spec is not None else 0
+    kind = "quasi-random (Sobol)" if data.spec and data.spec.sampler.startup == "qmc" else "random"
     return [
         Plot(
             "history",
             "Optimization history",
             "Each blue dot is one trial's out-of-fold accuracy, in the order the trials started; "
             "the red line is the best so far. "
-            + (f"The first {start_up} trials are random start-up trials; " if start_up else "")
+            + (f"The first {start_up} trials are {kind} start-up trials; " if start_up else "")
             + "after that the sampler (TPE) proposes settings near the good ones. A line that has "
             "stopped rising means more trials of this search are unlikely to help. Grey crosses "
             "are pruned trials at the accuracy they had when stopped.",
