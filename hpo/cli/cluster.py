@@ -322,7 +322,9 @@ def _status_text(status: dict[str, Any]) -> str:
             + "), then TPE"
             + (
                 "; alpha windows "
-                + ", ".join(f"{kind} {low:.2g}..{high:.2g}" for kind, (low, high) in windows.items())
+                + ", ".join(
+                    f"{kind} {low:.2g}..{high:.2g}" for kind, (low, high) in windows.items()
+                )
                 if windows
                 else ""
             )
