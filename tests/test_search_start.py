@@ -83,6 +83,22 @@ def test_two_processes_share_the_start_up_and_tpe_still_begins_on_time(
     assert len(set(_plans(trials))) == len(_plans(trials)) == 17
 
 
+@pytest.mark.slow
+def test_a_process_with_no_start_up_trial_waits_for_the_start_up_to_finish(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    # Three processes, a start-up of 4 (budget 12): two take two start-up trials each, and the
+    # third, with none left to take, waits for them instead of claiming a batch that the
+    # sampler, with nothing finished, could only fill with more start-up points.
+    study = _auto_startup(write_study(engine="stacked", epochs=30, n_trials=12))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = hpo("run", study, "--storage", url, "--trials-per-batch", "8", "--workers", "3")
+    assert result.exit_code == 0, result.output
+    trials = _trials(url, "tiny")
+    by = {t.number: t.user_attrs.get(PROPOSED_BY_ATTR) for t in trials if not is_baseline(t)}
+    assert {by[n] for n in by if n < 4} == {"qmc"} and {by[n] for n in by if n >= 4} == {"tpe"}
+
+
 def test_a_resumed_and_a_joined_study_propose_no_plan_twice(
     write_study: WriteStudy, tmp_path: Path
 ) -> None:

@@ -85,11 +85,13 @@ _log = get_logger("budget")
 
 @dataclass(frozen=True)
 class Claim:
-    """What one claim got: trials to train now, or ``done`` when the budget is finished."""
+    """What one claim got: trials to train now, or ``done`` when the budget is finished.
+    ``startup_wait``: none yet, because the start-up trials others train have not finished."""
 
     trials: tuple[optuna.Trial, ...]
     done: bool
     counts: Mapping[str, int]
+    startup_wait: bool = False
 
     @property
     def held_elsewhere(self) -> int:
@@ -168,6 +170,11 @@ def claim_trials(
         if made < startup:
             left = startup - made + counts.get("WAITING", 0)
             size = min(size, math.ceil(startup / max(1, team)), left)
+        elif team > 1 and finished == 0 and counts.get("RUNNING", 0) and not into:
+            # A run with more processes than start-up trials: the start-up is all taken and
+            # none has finished, so the sampler would have nothing to learn from (it would draw
+            # more start-up points). Wait for it; with nothing running, nobody would finish it.
+            return Claim((), False, counts, startup_wait=True)
         room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
         queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
         # Queued ones are already in room; an earlier try of this claim may have got some.

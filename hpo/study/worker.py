@@ -71,6 +71,8 @@ else:
 __all__ = ["RunSummary", "optimize"]
 
 _log = get_logger("worker")
+# How often a process with no start-up trial to train asks again: start-up trials take seconds.
+_STARTUP_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -226,6 +228,9 @@ def optimize(
                 break
             if claim.trials:
                 said_waiting = False
+                continue
+            if claim.startup_wait:  # the run's other processes train the start-up: seconds
+                time.sleep(_STARTUP_POLL_SECONDS)
                 continue
             if not said_waiting:
                 # Among the processes of one `hpo run`, waiting for the others is routine.
