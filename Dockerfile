@@ -10,11 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (read from pyproject.toml), so editing the code does not reinstall
-# TensorFlow; then the package itself.
-COPY pyproject.toml README.md ./
+# Dependencies first (read from pyproject.toml, at the versions CI tests: constraints.txt), so
+# editing the code does not reinstall TensorFlow; then the package itself.
+COPY pyproject.toml README.md constraints.txt ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+    && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY hpo ./hpo
 RUN pip install --no-deps .
 
