@@ -52,14 +52,8 @@ from hpo.engines.contract import EvaluationResult
 from hpo.space import suggest_plan
 from hpo.spec import spec_from_dict
 from hpo.study import budget
-from hpo.study.creation import (
-    create_or_load_study,
-    join_study,
-)
-from hpo.study.record import (
-    result_attrs,
-    sampled_attrs,
-)
+from hpo.study.creation import create_or_load_study, join_study
+from hpo.study.record import result_attrs, sampled_attrs
 from hpo.study.storage import open_storage
 from hpo.study.worker import optimize
 

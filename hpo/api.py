@@ -40,18 +40,9 @@ from hpo.results.artifacts import ArtifactRecorder
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
 from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
-from hpo.study.creation import (
-    check_holdout,
-    create_or_load_study,
-    load_study,
-    update_stored_spec,
-)
+from hpo.study.creation import check_holdout, create_or_load_study, load_study, update_stored_spec
 from hpo.study.pool import WorkerPool, usable_cores, workers_for
-from hpo.study.record import (
-    best_trial,
-    read_trial,
-    store_data_warnings,
-)
+from hpo.study.record import best_trial, read_trial, store_data_warnings
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
 from hpo.study.worker import RunSummary

@@ -16,10 +16,7 @@ from hpo.results.baseline import BaselineGain, Evidence
 from hpo.results.rerun import RerunStats
 from hpo.results.stats import paired_p
 from hpo.space import RegularizationPlan
-from hpo.study.record import (
-    is_baseline,
-    stored_plan,
-)
+from hpo.study.record import is_baseline, stored_plan
 from hpo.study.storage import open_storage
 
 WriteStudy = Callable[..., Path]

@@ -17,11 +17,7 @@ from pg import admin_connect
 from hpo.study import budget
 from hpo.study.budget import COUNTED_STATES, claim_trials
 from hpo.study.heartbeat import Heartbeat
-from hpo.study.record import (
-    FAILURE_ATTR,
-    FAILURE_OVER_BUDGET,
-    CrashPolicy,
-)
+from hpo.study.record import FAILURE_ATTR, FAILURE_OVER_BUDGET, CrashPolicy
 from hpo.study.storage import StorageGuard, count_trial_states, open_storage
 
 pytestmark = pytest.mark.postgres

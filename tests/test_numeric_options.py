@@ -15,14 +15,7 @@ import pytest
 from conftest import hpo, one_line_error
 
 from hpo.cli import cli
-from hpo.cli.options import (
-    BATCH_SIZE,
-    COUNT,
-    NON_NEGATIVE,
-    PORT,
-    SECONDS,
-    Number,
-)
+from hpo.cli.options import BATCH_SIZE, COUNT, NON_NEGATIVE, PORT, SECONDS, Number
 
 COUNT_RULE = "a whole number >= 1"
 BATCH_RULE = 'a whole number >= 1 or "auto"'

@@ -21,12 +21,7 @@ from optuna.trial import TrialState
 from hpo import load_spec, spec_from_dict, spec_to_dict
 from hpo.results.spec_text import pruner_text, spec_markdown, spec_sections
 from hpo.spec import PrunerSpec
-from hpo.study.creation import (
-    create_or_load_study,
-    join_study,
-    make_pruner,
-    update_stored_spec,
-)
+from hpo.study.creation import create_or_load_study, join_study, make_pruner, update_stored_spec
 from hpo.study.record import SPEC_ATTR
 from hpo.study.storage import open_storage
 

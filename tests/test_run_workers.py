@@ -21,10 +21,7 @@ import optuna
 import pytest
 
 from hpo.study.pool import _cgroup_quota, usable_cores, workers_for
-from hpo.study.record import (
-    WORKER_ATTR,
-    worker_records,
-)
+from hpo.study.record import WORKER_ATTR, worker_records
 
 HPO = [sys.executable, "-m", "hpo"]
 

@@ -20,10 +20,7 @@ from hpo.spec import spec_from_dict
 from hpo.study import budget
 from hpo.study.budget import claim_trials
 from hpo.study.bulk import record_sampled
-from hpo.study.creation import (
-    create_or_load_study,
-    make_sampler,
-)
+from hpo.study.creation import create_or_load_study, make_sampler
 from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import CrashPolicy
 from hpo.study.sampler import KEPT_BEST, HistorySampler, note_sampled, sampling_batch

@@ -14,10 +14,7 @@ import optuna
 import pytest
 from conftest import hpo
 
-from hpo.study.record import (
-    PROPOSED_BY_ATTR,
-    is_baseline,
-)
+from hpo.study.record import PROPOSED_BY_ATTR, is_baseline
 
 WriteStudy = Callable[..., Path]
 

@@ -18,10 +18,7 @@ from conftest import hpo
 from test_stacked_engine import MODEL, N_CLASSES, random_plans, synthetic_folds
 
 from hpo.data import FoldSet
-from hpo.engines.evaluation import (
-    _ReplicaMonitor,
-    evaluate_plans,
-)
+from hpo.engines.evaluation import _ReplicaMonitor, evaluate_plans
 from hpo.engines.reference import ReferenceEngine
 from hpo.engines.stacked import StackedEngine, _glorot
 from hpo.seeds import fold_seed, replica_seed

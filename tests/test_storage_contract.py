@@ -26,22 +26,14 @@ from optuna.trial import TrialState
 from pg import pg_database
 
 from hpo.data import Fold, load_dataset, make_fold_set
-from hpo.engines.contract import (
-    EvaluationResult,
-    Monitor,
-)
+from hpo.engines.contract import EvaluationResult, Monitor
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec, StudySpec, spec_from_dict
 from hpo.study import budget
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.creation import create_or_load_study
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
-from hpo.study.record import (
-    CrashPolicy,
-    stored_policy,
-    stored_spec,
-    worker_records,
-)
+from hpo.study.record import CrashPolicy, stored_policy, stored_spec, worker_records
 from hpo.study.storage import (
     StorageGuard,
     count_trial_states,

@@ -19,10 +19,7 @@ from hpo.engines import make_engine
 from hpo.engines.evaluation import evaluate_plans
 from hpo.space import RegularizationPlan
 from hpo.spec import PENALTY_KINDS, spec_from_dict
-from hpo.study.record import (
-    WINDOWS_ATTR,
-    stored_plan,
-)
+from hpo.study.record import WINDOWS_ATTR, stored_plan
 from hpo.study.windows import LADDER, Ladder, probe_cost
 
 Step = tuple[float, float, float, bool]

@@ -32,11 +32,7 @@ from hpo.cli.options import (
     timeout_option,
     trials_per_batch_option,
 )
-from hpo.cli.training import (
-    show_data_findings,
-    train_here,
-    with_model,
-)
+from hpo.cli.training import show_data_findings, train_here, with_model
 from hpo.data import load_folds
 from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder

@@ -6,12 +6,7 @@ from pathlib import Path
 
 import click
 
-from hpo.cli.options import (
-    NON_NEGATIVE,
-    data_option,
-    storage_option,
-    storage_url,
-)
+from hpo.cli.options import NON_NEGATIVE, data_option, storage_option, storage_url
 from hpo.errors import HpoError
 from hpo.results.export import (
     check_export_dir,
@@ -24,12 +19,7 @@ from hpo.results.export import (
     training_rows,
 )
 from hpo.study.creation import load_study
-from hpo.study.record import (
-    SPEC_ATTR,
-    is_baseline,
-    stored_seed,
-    stored_spec,
-)
+from hpo.study.record import SPEC_ATTR, is_baseline, stored_seed, stored_spec
 
 __all__ = ["COMMANDS"]
 

@@ -20,10 +20,7 @@ from hpo.cli.options import (
     storage_url,
 )
 from hpo.cli.output import text_table
-from hpo.cli.training import (
-    train_here,
-    with_model,
-)
+from hpo.cli.training import train_here, with_model
 from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
 from hpo.errors import HpoError
@@ -39,11 +36,7 @@ from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import evaluate_seeds
 from hpo.spec import StudySpec, load_spec
 from hpo.study.budget import trials_to_run
-from hpo.study.creation import (
-    check_holdout,
-    create_or_load_study,
-    update_stored_spec,
-)
+from hpo.study.creation import check_holdout, create_or_load_study, update_stored_spec
 from hpo.study.record import (
     NESTED_SUMMARY_ATTR,
     CrashPolicy,

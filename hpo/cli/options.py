@@ -16,9 +16,7 @@ import click
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.spec import ENGINES, apply_overrides
-from hpo.study.record import (
-    CrashPolicy,
-)
+from hpo.study.record import CrashPolicy
 from hpo.study.storage import Access, checked_storage_url
 
 if TYPE_CHECKING:

@@ -24,19 +24,11 @@ from hpo.cli.options import (
     timeout_option,
     trials_per_batch_option,
 )
-from hpo.cli.output import (
-    echo_err,
-    print_best,
-    text_table,
-    trial_record,
-)
+from hpo.cli.output import echo_err, print_best, text_table, trial_record
 from hpo.errors import HpoError
 from hpo.spec import load_spec
 from hpo.study.creation import load_study
-from hpo.study.record import (
-    best_trial,
-    read_trial,
-)
+from hpo.study.record import best_trial, read_trial
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:

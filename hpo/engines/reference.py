@@ -20,12 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hpo.data import Fold
-from hpo.engines.contract import (
-    EvaluationResult,
-    Monitor,
-    NullMonitor,
-    oof_accuracy,
-)
+from hpo.engines.contract import EvaluationResult, Monitor, NullMonitor, oof_accuracy
 from hpo.engines.keras_model import import_keras
 from hpo.engines.network import build_model
 from hpo.errors import HpoError

@@ -53,12 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import Fold, Table, aligned_empty, is_aligned
-from hpo.engines.contract import (
-    EvaluationResult,
-    Monitor,
-    NullMonitor,
-    oof_accuracy,
-)
+from hpo.engines.contract import EvaluationResult, Monitor, NullMonitor, oof_accuracy
 from hpo.engines.keras_model import import_keras, tf
 from hpo.lazy import lazy_import
 from hpo.log import get_logger

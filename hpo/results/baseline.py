@@ -19,11 +19,7 @@ from hpo.lazy import lazy_import
 from hpo.results.holdout import load_evaluation
 from hpo.results.rerun import compare_pair, load_reruns
 from hpo.results.stats import paired_p
-from hpo.study.record import (
-    baseline_trial,
-    best_trial,
-    is_baseline,
-)
+from hpo.study.record import baseline_trial, best_trial, is_baseline
 
 if TYPE_CHECKING:
     import optuna

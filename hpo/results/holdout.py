@@ -27,12 +27,7 @@ from hpo.results.notes import write_trial_note_section
 from hpo.results.spec_text import ensure_spec_note
 from hpo.results.stats import Scores, combined_ci, rows_paired_p
 from hpo.spec import StudySpec
-from hpo.study.record import (
-    HOLDOUT_EVALUATION_ATTR,
-    is_baseline,
-    stored_plan,
-    stored_spec,
-)
+from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan, stored_spec
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:

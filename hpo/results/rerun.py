@@ -27,10 +27,7 @@ from hpo.log import get_logger
 from hpo.results.notes import write_trial_note_section
 from hpo.results.stats import Scores, summarize, welch_p
 from hpo.spec import StudySpec
-from hpo.study.record import (
-    RERUN_ATTR_PREFIX,
-    stored_plan,
-)
+from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
 from hpo.study.storage import error_text
 
 if TYPE_CHECKING:

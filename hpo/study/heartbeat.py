@@ -23,10 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.log import get_logger
 from hpo.study.bulk import record_heartbeats
-from hpo.study.record import (
-    WORKER_ATTR_PREFIX,
-    CrashPolicy,
-)
+from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy
 from hpo.study.storage import StorageGuard
 
 if TYPE_CHECKING:

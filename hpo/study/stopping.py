@@ -40,10 +40,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.lazy import lazy_import
 from hpo.space import RegularizationPlan, random_plan
 from hpo.spec import PENALTY_KINDS, StudySpec
-from hpo.study.record import (
-    EARLY_STOP_ATTR,
-    stored_plan,
-)
+from hpo.study.record import EARLY_STOP_ATTR, stored_plan
 
 if TYPE_CHECKING:
     import numpy as np

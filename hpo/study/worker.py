@@ -28,10 +28,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from hpo.data import FoldSet
-from hpo.engines.contract import (
-    Engine,
-    EvaluationResult,
-)
+from hpo.engines.contract import Engine, EvaluationResult
 from hpo.engines.evaluation import evaluate_plans
 from hpo.lazy import lazy_import
 from hpo.log import get_logger

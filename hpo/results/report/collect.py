@@ -19,11 +19,7 @@ from hpo.results.rerun import RerunStats, load_reruns
 from hpo.results.spec_text import with_study_windows
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
-from hpo.study.record import (
-    read_trial,
-    stored_data_warnings,
-    stored_spec,
-)
+from hpo.study.record import read_trial, stored_data_warnings, stored_spec
 from hpo.study.stopping import stored_stop
 
 if TYPE_CHECKING:
