@@ -3,7 +3,7 @@
 A study is shared by workers that know only its name, and any trial must be rebuildable years
 later, so every key hpo writes is named once below, with what it means. Keys used across modules
 are constants here; a finished trial's result keys are written by one function, :func:`result_attrs`.
-This table is the documentation (README links here); a test checks that the key constants and the
+This table is the documentation (docs/architecture.md points here); a test checks that the key constants and the
 keys :func:`result_attrs` and :func:`sampled_attrs` write are all in it.
 
 Study user attributes
