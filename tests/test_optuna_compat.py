@@ -178,6 +178,23 @@ def test_tpe_reads_and_writes_a_study_view_through_the_names_it_answers(
     assert compat.storage_of(study).get_trial_system_attrs(tid) == {"kept": 1}
 
 
+def test_tpe_samples_on_a_study_view_without_reading_or_writing_the_study(
+    study: optuna.Study,
+) -> None:
+    study.optimize(_objective, n_trials=4)
+    running = study.ask()
+    frozen = compat.storage_of(study).get_trial(compat.trial_id(running))
+    view = compat.TPEStudyView(study, study.get_trials(deepcopy=False))
+    tpe = optuna.samplers.TPESampler(
+        seed=1, n_startup_trials=2, multivariate=True, constant_liar=True
+    )
+    space = tpe.infer_relative_search_space(view, frozen)  # type: ignore[arg-type]
+    sent = _statements(_rdb(study))
+    params = tpe.sample_relative(view, frozen, space)  # type: ignore[arg-type]
+    assert params.keys() == {"x", "y"}
+    assert sent == [], "TPE reads or writes the study through a name the view does not answer"
+
+
 def test_the_density_hook_sees_every_fit_tpe_makes(study: optuna.Study) -> None:
     fits: list[int] = []
 

@@ -146,9 +146,10 @@ def forget_cached_trials(study: optuna.Study) -> None:
 def cache_new_trials(study: optuna.Study, frozen: Sequence[FrozenTrial]) -> None:
     """Put trials created past Optuna (``insert_running_trials``) into its storage cache as its
     own ``create_new_trial`` does (``_CachedStorage._lock``, ``._studies``, ``_StudyInfo``,
-    ``._add_trials_to_cache``), so reading them costs no query. Without the cache entry Optuna
-    would still read them from the database, one query each; if these names change, that is
-    the fallback (nothing is cached when the storage is not the expected cache)."""
+    ``._add_trials_to_cache``): the cache answers for them without a query, and some of its
+    writes (``set_trial_param``) look a trial up there and fail for one it does not know. No
+    public call adds a trial to the cache. If these names change, claims fail with
+    AttributeError (tests/test_optuna_compat.py names the function)."""
     cache = storage_of(study)
     if not isinstance(cache, _cached._CachedStorage):
         return
@@ -226,8 +227,9 @@ class TPEStudyView:
     TPE reads a study's trials through its private ``_get_trials`` and writes the liar's copy
     through its private ``_storage``; this view answers both (and the public ``get_trials``)
     from the list, and drops those writes (:class:`_WithoutLiarCopies`). If TPE starts reading
-    through another name, it reads the study itself: slower, and the batch snapshot is lost,
-    which tests/test_sampler.py's count of reads catches."""
+    through another name, it reads the study itself: slower, the batch snapshot and the
+    bounded history are lost; tests/test_optuna_compat.py checks that TPE samples on this view
+    without a query."""
 
     def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
         self._study = study
