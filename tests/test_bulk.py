@@ -29,13 +29,8 @@ from hpo.study.bulk import (
     record_heartbeats,
     record_sampled,
 )
-from hpo.study.storage import (
-    failed_trials,
-    normalize_url,
-    open_storage,
-    unwrap_rdb,
-    user_attr_values,
-)
+from hpo.study.optuna_compat import LIAR_KEY, failed_trials, user_attr_values
+from hpo.study.storage import normalize_url, open_storage, unwrap_rdb
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -309,7 +304,7 @@ def test_failed_trials_and_a_user_attribute_are_read_without_the_rest(
 def test_a_sampled_batch_stores_no_copy_of_the_liars_parameters(tmp_path: Path) -> None:
     # hpo stores a batch's parameters before it trains; TPE's copy of them (one write a trial)
     # is dropped. The key it is recognized by must still be Optuna's.
-    assert tpe._RELATIVE_PARAMS_KEY == sampling._LIAR_KEY
+    assert tpe._RELATIVE_PARAMS_KEY == LIAR_KEY
     study = optuna.create_study(
         storage=open_storage(f"sqlite:///{tmp_path}/liar.db"),
         direction="maximize",

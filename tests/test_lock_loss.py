@@ -17,8 +17,9 @@ from pg import admin_connect
 from hpo.study import budget
 from hpo.study.budget import COUNTED_STATES, claim_trials
 from hpo.study.heartbeat import Heartbeat
+from hpo.study.optuna_compat import count_trial_states
 from hpo.study.record import FAILURE_ATTR, FAILURE_OVER_BUDGET, CrashPolicy
-from hpo.study.storage import StorageGuard, count_trial_states, open_storage
+from hpo.study.storage import StorageGuard, open_storage
 
 pytestmark = pytest.mark.postgres
 

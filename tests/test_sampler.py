@@ -132,7 +132,7 @@ def test_a_batch_reads_the_history_once_and_lies_about_its_own_members(
         view = study.sampler._local.view
         # Each sampled member is in the snapshot with its parameters, as the constant liar's.
         for trial in trials:
-            (member,) = [t for t in view._trials if t.number == trial.number]
+            (member,) = [t for t in view.trials if t.number == trial.number]
             assert member.state == TrialState.RUNNING and member.params == trial.params
     assert len(reads) == 1
     # Outside a batch every trial reads afresh.

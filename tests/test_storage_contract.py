@@ -33,14 +33,9 @@ from hpo.study import budget
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.creation import create_or_load_study
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
+from hpo.study.optuna_compat import count_trial_states
 from hpo.study.record import CrashPolicy, stored_policy, stored_spec, worker_records
-from hpo.study.storage import (
-    StorageGuard,
-    count_trial_states,
-    normalize_url,
-    open_storage,
-    outage_reason,
-)
+from hpo.study.storage import StorageGuard, normalize_url, open_storage, outage_reason
 from hpo.study.worker import optimize
 
 ROOT = Path(__file__).resolve().parents[1]

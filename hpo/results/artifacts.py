@@ -49,6 +49,7 @@ from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import fold_seed
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec
+from hpo.study import optuna_compat as compat
 from hpo.study.record import (
     FINISHED_ARTIFACT_PREFIX,
     LIVE_ARTIFACT_PREFIX,
@@ -116,13 +117,13 @@ class TrialArtifact:
 
 def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[TrialArtifact]:
     """Every artifact attached to ``trial``, wherever optuna-dashboard looks for them."""
-    storage = study._storage
+    storage, trial_id = compat.storage_of(study), compat.trial_id(trial)
     metas: list[dict[str, Any]] = []
-    for key, value in storage.get_trial_system_attrs(trial._trial_id).items():
+    for key, value in storage.get_trial_system_attrs(trial_id).items():
         if key.startswith(LIVE_ARTIFACT_PREFIX) and value:
             metas.append(json.loads(value))
-    prefix = f"{FINISHED_ARTIFACT_PREFIX}{trial._trial_id}:"
-    for key, value in storage.get_study_system_attrs(study._study_id).items():
+    prefix = f"{FINISHED_ARTIFACT_PREFIX}{trial_id}:"
+    for key, value in storage.get_study_system_attrs(compat.study_id(study)).items():
         if key.startswith(prefix) and value:
             metas.append(json.loads(value))
     return [
@@ -471,8 +472,8 @@ class ArtifactRecorder:
             "mimetype": mimetype or "application/octet-stream",
             "encoding": encoding,
         }
-        study._storage.set_study_system_attr(
-            study._study_id,
-            f"{FINISHED_ARTIFACT_PREFIX}{trial._trial_id}:{artifact_id}",
+        compat.storage_of(study).set_study_system_attr(
+            compat.study_id(study),
+            f"{FINISHED_ARTIFACT_PREFIX}{compat.trial_id(trial)}:{artifact_id}",
             json.dumps(meta),
         )

@@ -27,6 +27,7 @@ from hpo.results.notes import write_trial_note_section
 from hpo.results.spec_text import ensure_spec_note
 from hpo.results.stats import Scores, combined_ci, rows_paired_p
 from hpo.spec import StudySpec
+from hpo.study import optuna_compat as compat
 from hpo.study.record import HOLDOUT_EVALUATION_ATTR, is_baseline, stored_plan, stored_spec
 from hpo.study.storage import error_text
 
@@ -243,7 +244,7 @@ def record_evaluation(study: optuna.Study, evaluation: HoldoutEvaluation) -> Non
     """Store on the study (``holdout:evaluation``) and as each trial's note section."""
     study.set_user_attr(HOLDOUT_EVALUATION_ATTR, evaluation.to_dict())
     _refresh_study_note(study)
-    ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
+    ids = {t.number: compat.trial_id(t) for t in study.get_trials(deepcopy=False)}
     for score in evaluation.plans:
         if score.trial not in ids:
             continue

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hpo.lazy import lazy_import
+from hpo.study import optuna_compat as compat
 
 if TYPE_CHECKING:
     import optuna
-    import optuna_dashboard._note as dashboard_notes
-else:
-    optuna = lazy_import("optuna")
-    dashboard_notes = lazy_import("optuna_dashboard._note")
 
 __all__ = ["replace_section", "write_trial_note_section"]
 
@@ -39,13 +35,6 @@ def replace_section(body: str, header: str, text: str) -> str:
 
 
 def write_trial_note_section(study: optuna.Study, trial_id: int, header: str, text: str) -> None:
-    # optuna-dashboard keeps trial notes in study system attrs (always writable); its public
-    # save_note() needs a live Trial, which a finished trial is not.
-    storage = study._storage
-    current = dashboard_notes.get_note_from_system_attrs(
-        storage.get_study_system_attrs(study._study_id), trial_id
-    )
-    body = replace_section(current["body"], header, text)
-    dashboard_notes.save_note_with_version(
-        storage, study._study_id, trial_id, current["version"] + 1, body
-    )
+    """Replace section ``header`` of trial ``trial_id``'s dashboard note with ``text``."""
+    body, version = compat.read_trial_note(study, trial_id)
+    compat.save_trial_note(study, trial_id, version + 1, replace_section(body, header, text))

@@ -27,6 +27,7 @@ from hpo.log import get_logger
 from hpo.results.notes import write_trial_note_section
 from hpo.results.stats import Scores, summarize, welch_p
 from hpo.spec import StudySpec
+from hpo.study import optuna_compat as compat
 from hpo.study.record import RERUN_ATTR_PREFIX, stored_plan
 from hpo.study.storage import error_text
 
@@ -276,7 +277,9 @@ def record_reruns(study: optuna.Study, results: Sequence[RerunStats]) -> None:
         trial = by_number.get(stats.trial)
         if trial is not None:
             try:
-                write_trial_note_section(study, trial._trial_id, _NOTE_HEADER, _note_text(stats))
+                write_trial_note_section(
+                    study, compat.trial_id(trial), _NOTE_HEADER, _note_text(stats)
+                )
             except Exception as exc:  # the note is a convenience; the attr is the record
                 _log.warning("trial %d: rerun note not written (%s)", stats.trial, error_text(exc))
 

@@ -1,7 +1,7 @@
 """The study layer: an Optuna study in SQLite or PostgreSQL shared by any number of workers.
 
-``storage`` (URLs, locks, outages) ← ``record`` (every stored key) ← ``heartbeat``, ``budget``
-(crash safety, the exact global budget) ← ``worker`` (the ask/tell loop) ← ``session`` (one
-process's run). ``signals`` turns SIGINT/SIGTERM into a clean stop. Nothing here knows about
+``optuna_compat`` (Optuna's private names and tables, nowhere else) ← ``storage`` (URLs,
+locks, outages) ← ``record`` (every stored key) ← ``heartbeat``, ``budget`` (crash safety, the
+exact global budget) ← ``worker`` (the ask/tell loop) ← ``session`` (one process's run). ``signals`` turns SIGINT/SIGTERM into a clean stop. Nothing here knows about
 the command line or about how results are shown.
 """

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
+from hpo.study import optuna_compat as compat
 from hpo.study.bulk import create_trials
 from hpo.study.heartbeat import Heartbeat, worker_id
 from hpo.study.record import (
@@ -42,16 +43,7 @@ from hpo.study.record import (
     is_baseline,
 )
 from hpo.study.signals import critical
-from hpo.study.storage import (
-    count_trial_states,
-    failed_trials,
-    outage_reason,
-    rdb_of,
-    running_with_system_attr,
-    running_without_heartbeat,
-    study_lock,
-    user_attr_values,
-)
+from hpo.study.storage import outage_reason, rdb_of, study_lock
 
 if TYPE_CHECKING:
     import optuna
@@ -150,15 +142,15 @@ def claim_trials(
     that the trials after it are proposed with its results in hand.
     """
     storage = rdb_of(study)
-    study_id = study._study_id
+    sid = compat.study_id(study)
     ticket = ticket or Ticket()
-    with critical(), study_lock(storage, study_id) as lock:
+    with critical(), study_lock(storage, sid) as lock:
         if judge_stale:
             _fail_stale(study, policy)
         mine: list[optuna.Trial] = []
         if ticket.sent:
             mine = _adopt(study, ticket, heartbeat, into)
-        counts = count_trial_states(storage, study_id)
+        counts = compat.count_trial_states(storage, sid)
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         if n_trials is not None and finished >= n_trials and not into:
             return Claim((), True, counts)
@@ -192,14 +184,14 @@ def claim_trials(
             new = _ask(study, asked, ticket, n_trials, queued=waiting > 0)
             waiting -= len(new)
             for trial in new:
-                heartbeat.hold(trial._trial_id, trial.number)
+                heartbeat.hold(compat.trial_id(trial), trial.number)
             into.extend(new)
             mine.extend(new)
             if len(new) < asked:
                 break  # the budget is full (counted again as the trials were created)
         # The claim's first heartbeats, in one transaction. A worker that dies before it leaves
         # trials with none, which other workers fail after a grace period (_fail_stale).
-        heartbeat.beat(t._trial_id for t in into)  # with any from an earlier try
+        heartbeat.beat(compat.trial_id(t) for t in into)  # with any from an earlier try
         if mine and n_trials is not None and not lock.still_held():
             # Lost between a check and a create, another worker may have counted without our
             # newest trials: whatever now passes the budget is ours to give back. If the
@@ -223,12 +215,14 @@ def _give_back_excess(
 ) -> None:
     """Fail this claim's newest trials while the study holds more than ``n_trials`` (they have
     not trained; ``over-budget`` is never retried, so the slots go back to the budget)."""
-    excess = _taken(count_trial_states(rdb_of(study), study._study_id)) - n_trials
+    excess = _taken(compat.count_trial_states(rdb_of(study), compat.study_id(study))) - n_trials
     while excess > 0 and mine:
         trial = mine.pop()
-        study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, FAILURE_OVER_BUDGET)
+        compat.storage_of(study).set_trial_system_attr(
+            compat.trial_id(trial), FAILURE_ATTR, FAILURE_OVER_BUDGET
+        )
         study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        heartbeat.release([trial._trial_id])
+        heartbeat.release([compat.trial_id(trial)])
         into.remove(trial)
         excess -= 1
         _log.warning(
@@ -244,16 +238,16 @@ def _adopt(
 ) -> list[optuna.Trial]:
     """The RUNNING trials an earlier try of this claim created without hearing back (held, and
     appended to ``into``)."""
-    known = {trial._trial_id for trial in into}
+    known = {compat.trial_id(trial) for trial in into}
     found = [
         optuna.Trial(study, trial_id)
-        for trial_id in running_with_system_attr(
-            rdb_of(study), study._study_id, CLAIM_ATTR, ticket.id
+        for trial_id in compat.running_with_system_attr(
+            rdb_of(study), compat.study_id(study), CLAIM_ATTR, ticket.id
         )
         if trial_id not in known
     ]
     for trial in found:
-        heartbeat.hold(trial._trial_id, trial.number)
+        heartbeat.hold(compat.trial_id(trial), trial.number)
         _log.info("trial %d: created before the database went away; training it", trial.number)
     into.extend(found)
     return found
@@ -286,7 +280,7 @@ def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
     # has seen it without a heartbeat for a grace period, timed by the database's clock (see
     # running_without_heartbeat: a start time from another machine may be hours off).
     storage = rdb_of(study)
-    now, trial_ids = running_without_heartbeat(storage, study._study_id)
+    now, trial_ids = compat.running_without_heartbeat(storage, compat.study_id(study))
     for key in [k for k in _FIRST_SEEN if k[0] == storage.url and k[1] not in trial_ids]:
         del _FIRST_SEEN[key]  # it got its heartbeat, or ended, since
     for trial_id in trial_ids:
@@ -295,8 +289,10 @@ def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:
             continue
         del _FIRST_SEEN[(storage.url, trial_id)]
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            if study._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
-                log_stale_trial(study, study._storage.get_trial(trial_id))
+            if compat.storage_of(study).set_trial_state_values(
+                trial_id, state=optuna.trial.TrialState.FAIL
+            ):
+                log_stale_trial(study, compat.storage_of(study).get_trial(trial_id))
 
 
 def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
@@ -306,14 +302,14 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
     rdb = rdb_of(study)
     failed = [
         (trial_id, number)
-        for trial_id, number, failure in failed_trials(
-            rdb, study._study_id, system_attr=FAILURE_ATTR
+        for trial_id, number, failure in compat.failed_trials(
+            rdb, compat.study_id(study), system_attr=FAILURE_ATTR
         )
         if failure in _RETRYABLE
     ]
     if not failed:
         return 0
-    retried = set(user_attr_values(rdb, study._study_id, RETRY_OF_ATTR))
+    retried = set(compat.user_attr_values(rdb, compat.study_id(study), RETRY_OF_ATTR))
     queued = 0
     for trial_id, number in failed:
         if queued >= room:
@@ -370,14 +366,16 @@ def budget_left(study: optuna.Study, n_trials: int | None) -> int:
     in the database (a hint for messages; only a claim, under the lock, counts exactly)."""
     if n_trials is None:
         return _UNLIMITED
-    return max(0, n_trials - _taken(count_trial_states(rdb_of(study), study._study_id)))
+    return max(
+        0, n_trials - _taken(compat.count_trial_states(rdb_of(study), compat.study_id(study)))
+    )
 
 
 def trials_to_run(study: optuna.Study, n_trials: int | None) -> int:
     """Trials still to train: the free slots and the queued trials (the baseline, retries)."""
     if n_trials is None:
         return _UNLIMITED
-    counts = count_trial_states(rdb_of(study), study._study_id)
+    counts = compat.count_trial_states(rdb_of(study), compat.study_id(study))
     return max(0, n_trials - _taken(counts)) + counts.get("WAITING", 0)
 
 

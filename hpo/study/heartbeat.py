@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hpo.log import get_logger
+from hpo.study import optuna_compat as compat
 from hpo.study.bulk import record_heartbeats
 from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy
 from hpo.study.storage import StorageGuard
@@ -132,7 +133,9 @@ class Heartbeat:
             # Nothing to send: no sign that the database is reachable, so the guard is not told
             # so (it would print "reachable again" once a second through an outage).
             return True
-        ok, _ = self.guard.attempt(lambda: record_heartbeats(self.study._storage, ids), "heartbeat")
+        ok, _ = self.guard.attempt(
+            lambda: record_heartbeats(compat.storage_of(self.study), ids), "heartbeat"
+        )
         return ok
 
     def _run(self) -> None:
@@ -148,8 +151,8 @@ class Heartbeat:
             record = {**self._record, "trials": sorted(self._held.values())}
         record["last_seen"] = time.time()
         self.guard.attempt(
-            lambda: self.study._storage.set_study_system_attr(
-                self.study._study_id, WORKER_ATTR_PREFIX + self.worker, record
+            lambda: compat.storage_of(self.study).set_study_system_attr(
+                compat.study_id(self.study), WORKER_ATTR_PREFIX + self.worker, record
             ),
             "worker record",
         )

@@ -119,6 +119,7 @@ from hpo.lazy import lazy_import
 from hpo.seeds import MAX_SEED, sampler_seed
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec, spec_from_dict, spec_to_dict, startup_trials
+from hpo.study import optuna_compat as compat
 
 if TYPE_CHECKING:
     import optuna
@@ -338,7 +339,7 @@ def spec_changes(
 
 def worker_records(study: optuna.Study) -> list[dict[str, Any]]:
     """Every worker that ever joined the study, most recently seen first."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = compat.storage_of(study).get_study_system_attrs(compat.study_id(study))
     records = [
         dict(value)
         for key, value in attrs.items()

@@ -46,11 +46,12 @@ import copy
 import heapq
 import math
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
 from hpo.spec import MIN_SAMPLER_HISTORY, STARTUP_CAP, startup_trials
+from hpo.study import optuna_compat as compat
 
 if TYPE_CHECKING:
     import optuna
@@ -70,10 +71,7 @@ __all__ = [
     "startup_trials",
 ]
 
-# Where TPE keeps the constant liar's copy of a running trial's parameters
-# (optuna.samplers._tpe.sampler._RELATIVE_PARAMS_KEY, followed by ":0", ":1", ...).
-_LIAR_KEY = "tpe:relative_params"
-# TPE's "good" set never holds more than 25 trials (optuna.samplers._tpe.sampler.default_gamma);
+# TPE's "good" set never holds more than 25 trials (its default gamma, min(ceil(n / 10), 25));
 # at MIN_SAMPLER_HISTORY = 10 x KEPT_BEST trials or more it is exactly these 25.
 KEPT_BEST = 25
 
@@ -120,60 +118,7 @@ class StartupDesign:
         return None
 
 
-class _HistoryView:
-    """The study as TPE sees it: a fixed list of trials; everything else is the study's, but
-    for the constant liar's writes (:class:`_WithoutLiarCopies`)."""
-
-    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
-        self._study = study
-        self._trials = trials
-        self._storage = _WithoutLiarCopies(study._storage)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(
-        self,
-        deepcopy: bool = True,
-        states: Container[optuna.trial.TrialState] | None = None,
-        use_cache: bool = False,
-    ) -> list[FrozenTrial]:
-        del deepcopy, use_cache  # a snapshot: never copied, never re-read
-        if states is None:
-            return list(self._trials)
-        return [t for t in self._trials if t.state in states]
-
-    def get_trials(
-        self,
-        deepcopy: bool = True,
-        states: Container[optuna.trial.TrialState] | None = None,
-    ) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy, states)
-
-
-class _WithoutLiarCopies:
-    """A study's storage that drops TPE's copy of each trial's relatively sampled parameters.
-
-    With the constant liar, TPE stores them as a system attribute of the RUNNING trial (one
-    transaction a trial), for other workers to see before the trial's parameters are stored.
-    hpo stores a batch's parameters as soon as the whole batch is sampled (a few milliseconds a
-    trial), before it trains; a worker that reads the study in that moment sees these trials
-    without parameters, as it sees any trial claimed but not sampled yet, and leaves them out
-    of its liar until its next batch. In exchange, a write a trial less.
-    """
-
-    def __init__(self, storage: Any) -> None:
-        self._inner = storage
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if not key.startswith(_LIAR_KEY):
-            self._inner.set_trial_system_attr(trial_id, key, value)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class HistorySampler(optuna.samplers.TPESampler):
+class HistorySampler(compat.DensityHook, optuna.samplers.TPESampler):
     """:class:`optuna.samplers.TPESampler` over a per-batch snapshot of at most ``max_history``
     finished trials (0: all of them).
 
@@ -220,24 +165,24 @@ class HistorySampler(optuna.samplers.TPESampler):
     def sampled(self, trial: FrozenTrial) -> None:
         """Add a batch member, now sampled, to the snapshot as the constant liar's RUNNING
         trial (replacing the paramless copy read when it had just been claimed)."""
-        view: _HistoryView | None = getattr(self._local, "view", None)
+        view: compat.TPEStudyView | None = getattr(self._local, "view", None)
         if view is not None and getattr(self._local, "batch", False):
-            view._trials = [t for t in view._trials if t.number != trial.number] + [trial]
+            view.trials = [t for t in view.trials if t.number != trial.number] + [trial]
 
-    def _view(self, study: optuna.Study, trial: FrozenTrial) -> _HistoryView:
+    def _view(self, study: optuna.Study, trial: FrozenTrial) -> compat.TPEStudyView:
         """The snapshot: the batch's, else one per trial (TPE asks once per parameter group)."""
-        view: _HistoryView | None = getattr(self._local, "view", None)
+        view: compat.TPEStudyView | None = getattr(self._local, "view", None)
         in_batch = getattr(self._local, "batch", False)
         owner = None if in_batch else trial.number
         # Optuna may pass a wrapper of the study (Hyperband's per-bracket view, a new one each
         # call): the snapshot belongs to the study beneath.
         if (
             view is not None
-            and _beneath(view._study) is _beneath(study)
+            and compat.underlying_study(view) is compat.underlying_study(study)
             and self._local.owner == owner
         ):
             return view
-        view = _HistoryView(study, self.bounded(self._read(study)))
+        view = compat.TPEStudyView(study, self.bounded(self._read(study)))
         self._local.view, self._local.owner = view, owner
         return view
 
@@ -249,7 +194,7 @@ class HistorySampler(optuna.samplers.TPESampler):
             optuna.trial.TrialState.RUNNING,
         )
         # Not the cache's copy of RUNNING trials: other workers' parameters matter to the liar.
-        return study._get_trials(deepcopy=False, states=states, use_cache=False)
+        return compat.uncached_trials(study, states)
 
     def bounded(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         """``trials`` with the finished ones cut to ``max_history``: the best
@@ -286,7 +231,7 @@ class HistorySampler(optuna.samplers.TPESampler):
             self._local.space = dict(space)
         return space
 
-    def _build_parzen_estimator(
+    def fit_density(
         self,
         study: optuna.Study,
         search_space: dict[str, BaseDistribution],
@@ -298,15 +243,15 @@ class HistorySampler(optuna.samplers.TPESampler):
         a batch instead of once a trial. It is a pure function of its inputs, so reusing it
         changes nothing."""
         if not getattr(self._local, "batch", False):
-            return super()._build_parzen_estimator(study, search_space, trials, handle_below)
+            return super().fit_density(study, search_space, trials, handle_below)
         key = (tuple(sorted(search_space)), handle_below, tuple(t.number for t in trials))
         fit = self._local.fits.get(key)
         if fit is None:
-            fit = super()._build_parzen_estimator(study, search_space, trials, handle_below)
+            fit = super().fit_density(study, search_space, trials, handle_below)
             self._local.fits[key] = fit
         return fit
 
-    def _starting(self, view: _HistoryView, trial: FrozenTrial) -> bool:
+    def _starting(self, view: compat.TPEStudyView, trial: FrozenTrial) -> bool:
         """Whether ``trial`` is a start-up trial (and who proposes it is noted): one of the
         first ``n_startup_trials`` by number, or any trial while none has finished.
 
@@ -316,7 +261,7 @@ class HistorySampler(optuna.samplers.TPESampler):
         budget. Trial numbers are unique across workers, so the start-up is exactly the first
         ``n_startup_trials`` trials however they are claimed; a later trial is TPE's, fitted
         on what has finished so far (the rest are the constant liar's running trials)."""
-        finished = view._get_trials(
+        finished = view.get_trials(
             states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
         starting = trial.number < self.n_startup_trials or not finished
@@ -352,12 +297,6 @@ class HistorySampler(optuna.samplers.TPESampler):
         return super().sample_independent(view, trial, param_name, param_distribution)  # type: ignore[arg-type]
 
 
-def _beneath(study: Any) -> Any:
-    while hasattr(study, "_study"):
-        study = study._study
-    return study
-
-
 def sampling_batch(study: optuna.Study) -> contextlib.AbstractContextManager[None]:
     """Sample a batch of trials of ``study`` from one read of its history (a no-op for a
     sampler that is not a :class:`HistorySampler`)."""
@@ -378,4 +317,4 @@ def note_sampled(study: optuna.Study, trial: optuna.Trial) -> None:
     """Tell ``study``'s sampler that ``trial`` of the current batch has all its parameters."""
     if isinstance(study.sampler, HistorySampler):
         # The trial's own up-to-date frozen copy (Optuna keeps its params there as suggested).
-        study.sampler.sampled(copy.copy(trial._cached_frozen_trial))
+        study.sampler.sampled(copy.copy(compat.frozen_of(trial)))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import random
 import re
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
+from hpo.study import optuna_compat
 
 if TYPE_CHECKING:
     import optuna
@@ -57,10 +57,8 @@ __all__ = [
     "StorageGuard",
     "check_sqlite",
     "checked_storage_url",
-    "count_trial_states",
     "creation_lock",
     "error_text",
-    "failed_trials",
     "is_postgresql",
     "mask_url",
     "normalize_url",
@@ -68,13 +66,10 @@ __all__ = [
     "outage_reason",
     "rdb_of",
     "resolve_storage_url",
-    "running_with_system_attr",
-    "running_without_heartbeat",
     "sqlite_error",
     "sqlite_file",
     "study_lock",
     "unwrap_rdb",
-    "user_attr_values",
 ]
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
@@ -353,9 +348,7 @@ def _check_study_tables(url: str) -> None:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=120)
         try:
-            rows = conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'studies'"
-            ).fetchall()
+            found = optuna_compat.has_optuna_tables(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -363,7 +356,7 @@ def _check_study_tables(url: str) -> None:
         if error is None:
             raise
         raise error from None
-    if not rows:
+    if not found:
         raise HpoError(
             f"storage {mask_url(url)}: SQLite file {database} holds no hpo studies (it is not "
             "an Optuna database); check the path in --storage or HPO_STORAGE"
@@ -550,8 +543,8 @@ def study_lock(
 
 def unwrap_rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
     """The RDB storage under ``storage`` (Optuna wraps it in a cache)."""
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    backend = optuna_compat.rdb_backend(storage)
+    if backend is None:
         raise HpoError("hpo needs an SQL storage (sqlite:///FILE.db or postgresql://...)")
     return backend
 
@@ -559,97 +552,12 @@ def unwrap_rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStora
 def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
     """The RDB storage under a study."""
     try:
-        return unwrap_rdb(study._storage)
+        return unwrap_rdb(optuna_compat.storage_of(study))
     except HpoError:
         raise HpoError(
             f"study {study.study_name!r} is not in a SQL database; hpo needs sqlite:/// or "
             "postgresql:// storage"
         ) from None
-
-
-# --- direct reads of Optuna's tables (its schema is versioned and checked on open) -------------
-
-
-def count_trial_states(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
-    """Trials of a study by state name, straight from the database (no cache)."""
-    query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state")
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query, {"s": study_id}).all()
-    return {str(state): int(count) for state, count in rows}
-
-
-def failed_trials(
-    storage: optuna.storages.RDBStorage, study_id: int, *, system_attr: str
-) -> list[tuple[int, int, Any]]:
-    """(trial id, number, the value of system attribute ``system_attr`` or None) of each FAIL
-    trial of a study, by number: what deciding on a retry needs, without reading the study's
-    every trial (Optuna's only way to find failed trials), which took seconds at 10,000."""
-    query = sqlalchemy.text(
-        "SELECT t.trial_id, t.number, a.value_json FROM trials t "
-        "LEFT JOIN trial_system_attributes a ON a.trial_id = t.trial_id AND a.key = :k "
-        "WHERE t.study_id = :s AND t.state = 'FAIL' ORDER BY t.number"
-    )
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query, {"s": study_id, "k": system_attr}).all()
-    return [
-        (int(trial_id), int(number), None if value is None else json.loads(value))
-        for trial_id, number, value in rows
-    ]
-
-
-def running_with_system_attr(
-    storage: optuna.storages.RDBStorage, study_id: int, key: str, value: Any
-) -> list[int]:
-    """The ids of a study's RUNNING trials whose system attribute ``key`` is ``value``, by
-    number."""
-    query = sqlalchemy.text(
-        "SELECT t.trial_id FROM trials t "
-        "JOIN trial_system_attributes a ON a.trial_id = t.trial_id "
-        "WHERE t.study_id = :s AND t.state = 'RUNNING' AND a.key = :k AND a.value_json = :v "
-        "ORDER BY t.number"
-    )
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query, {"s": study_id, "k": key, "v": json.dumps(value)}).all()
-    return [int(trial_id) for (trial_id,) in rows]
-
-
-def user_attr_values(storage: optuna.storages.RDBStorage, study_id: int, key: str) -> list[Any]:
-    """The values of user attribute ``key`` over the trials of a study that have it."""
-    query = sqlalchemy.text(
-        "SELECT a.value_json FROM trial_user_attributes a "
-        "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :s AND a.key = :k"
-    )
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query, {"s": study_id, "k": key}).all()
-    return [json.loads(value) for (value,) in rows]
-
-
-def running_without_heartbeat(
-    storage: optuna.storages.RDBStorage, study_id: int
-) -> tuple[float, list[int]]:
-    """The database's clock (seconds since the epoch, UTC) and the ids of RUNNING trials that
-    never recorded a heartbeat.
-
-    Optuna's stale check skips such trials, so a worker that died between creating a trial and
-    its first heartbeat would leave it RUNNING forever. Their start times cannot judge them:
-    Optuna writes them in the local time of whichever machine created the trial, and machines
-    in other time zones would read them hours off. The database's own clock is the one clock
-    every worker shares.
-    """
-    query = sqlalchemy.text(
-        "SELECT t.trial_id FROM trials t "
-        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        "WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL"
-    )
-    clock = sqlalchemy.text(
-        "SELECT (julianday('now') - 2440587.5) * 86400.0"
-        if storage.engine.dialect.name == "sqlite"
-        else "SELECT EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)"
-    )
-    with storage.engine.connect() as conn:
-        now = float(conn.execute(clock).scalar_one())
-        rows = conn.execute(query, {"s": study_id}).all()
-    return now, [int(trial_id) for (trial_id,) in rows]
 
 
 # --- outages -----------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from hpo.log import get_logger
 from hpo.seeds import probe_seeds
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import PENALTY_KINDS, PenaltyWindows, StudySpec, Window
+from hpo.study import optuna_compat as compat
 from hpo.study.record import WINDOWS_ATTR
 from hpo.study.signals import critical
 from hpo.study.storage import rdb_of, study_lock
@@ -364,9 +365,10 @@ def resolve_windows(
 def _record(study: optuna.Study, ladder: Ladder) -> PenaltyWindows:
     """Store the ladder's windows unless another process stored some first; the stored ones."""
     storage = rdb_of(study)
-    with critical(), study_lock(storage, study._study_id):
+    sid = compat.study_id(study)
+    with critical(), study_lock(storage, sid):
         # Read under the lock, past any cache: another worker may have just written them.
-        current = storage.get_study_user_attrs(study._study_id).get(WINDOWS_ATTR)
+        current = storage.get_study_user_attrs(sid).get(WINDOWS_ATTR)
         if not isinstance(current, dict) or "windows" not in current:
             current = {"windows": ladder.windows().to_dict(), **ladder.to_dict()}
             study.set_user_attr(WINDOWS_ATTR, current)

@@ -34,6 +34,7 @@ from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.space import RegularizationPlan, suggest_plan, zero_plan
 from hpo.spec import StudySpec
+from hpo.study import optuna_compat as compat
 from hpo.study.budget import Claim, Ticket, claim_trials, log_stale_trial
 from hpo.study.bulk import ParamBuffer, SampledParam, complete_trials, record_sampled
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
@@ -387,7 +388,7 @@ def _sample(
     try:
         plan = suggest_plan(trial, run.spec.search)
     finally:
-        trial.storage = run.study._storage
+        trial.storage = compat.storage_of(run.study)
     sampling.note_sampled(run.study, trial)
     # A retry's parameters are its original's (fixed): nobody proposed them now.
     proposer = (
@@ -407,22 +408,20 @@ def _store_attrs(
     transaction; if one of them was failed as stale meanwhile, the others one by one. The
     trials found failed (their tell would find them finished)."""
     params = params or {}
+    storage = compat.storage_of(run.study)
     finished = []
     try:
-        record_sampled(run.study._storage, params, {t._trial_id: a for t, a in attrs.items()})
+        record_sampled(storage, params, {compat.trial_id(t): a for t, a in attrs.items()})
     except optuna.exceptions.UpdateFinishedTrialError:
         for trial, items in attrs.items():
             try:
-                record_sampled(
-                    run.study._storage,
-                    {trial._trial_id: params.get(trial._trial_id, [])},
-                    {trial._trial_id: items},
-                )
+                tid = compat.trial_id(trial)
+                record_sampled(storage, {tid: params.get(tid, [])}, {tid: items})
             except optuna.exceptions.UpdateFinishedTrialError:
                 finished.append(trial)
     for trial, items in attrs.items():
         # What trial.set_user_attr would have left on the trial object, read by trial.user_attrs.
-        trial._cached_frozen_trial.user_attrs.update(items)
+        compat.frozen_of(trial).user_attrs.update(items)
     return finished
 
 
@@ -444,7 +443,7 @@ def _run_claim(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
 def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: set[int]) -> None:
     TrialState = optuna.trial.TrialState
     spec, summary = run.spec, run.summary
-    buffer = ParamBuffer(run.study._storage)
+    buffer = ParamBuffer(compat.storage_of(run.study))
     with sampling.sampling_batch(run.study):  # one read of the study's history for the whole batch
         drawn = [
             run.guard.call(partial(_sample, run, trial, buffer), f"sampling trial {trial.number}")
@@ -503,7 +502,7 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
     )
     best = _best_text(run.study, run.guard)  # once a batch: its trials finished together
     for trial, result in zip(trials, results, strict=True):
-        run.heartbeat.release([trial._trial_id])
+        run.heartbeat.release([compat.trial_id(trial)])
         state = outcomes[trial][0]
         if finals[trial] != state:
             summary.lost += 1
@@ -543,7 +542,7 @@ def _without(
     stored (this one could not reach the database for the grace period). With no plan to
     repeat they get no retry, so training them would be for nothing."""
     for trial in gone:
-        run.heartbeat.release([trial._trial_id])
+        run.heartbeat.release([compat.trial_id(trial)])
         told.add(trial.number)
         run.summary.lost += 1
         _log.warning(
@@ -579,21 +578,22 @@ def _tell_batch(
             # function) it does nothing, so neither the study view Hyperband would pass nor a
             # repeat when an outage makes the guard retry the batch changes anything.
             run.study.sampler.after_trial(
-                run.study, trial._cached_frozen_trial, TrialState.COMPLETE, [score]
+                run.study, compat.frozen_of(trial), TrialState.COMPLETE, [score]
             )
         states = complete_trials(
-            run.study._storage, {trial._trial_id: score for trial, score in complete.items()}
+            compat.storage_of(run.study),
+            {compat.trial_id(trial): score for trial, score in complete.items()},
         )
         # Told, whatever follows: a failure telling a pruned trial must not make them "untold".
         told.update(trial.number for trial in complete)
         finals = {}
         for trial, (state, value, failure) in outcomes.items():
             if trial in complete:
-                finals[trial] = states[trial._trial_id]
+                finals[trial] = states[compat.trial_id(trial)]
             else:
                 finals[trial] = _tell(run, trial, state, value, failure)
             told.add(trial.number)
-        run.study._thread_local.cached_all_trials = None  # as study.tell does
+        compat.forget_cached_trials(run.study)  # as study.tell does
         return finals
 
 
@@ -611,11 +611,13 @@ def _tell(
     with critical():
         try:
             if failure is not None:
-                run.study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, failure)
+                compat.storage_of(run.study).set_trial_system_attr(
+                    compat.trial_id(trial), FAILURE_ATTR, failure
+                )
             frozen = run.study.tell(trial, value, state=state, skip_if_finished=True)
             return frozen.state
         except optuna.exceptions.UpdateFinishedTrialError:
-            return run.study._storage.get_trial(trial._trial_id).state
+            return compat.storage_of(run.study).get_trial(compat.trial_id(trial)).state
 
 
 def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> None:
@@ -625,7 +627,9 @@ def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> N
 
     def mark(trial: optuna.Trial) -> None:
         trial.set_user_attr(reason, message)
-        run.study._storage.set_trial_system_attr(trial._trial_id, FAILURE_ATTR, reason)
+        compat.storage_of(run.study).set_trial_system_attr(
+            compat.trial_id(trial), FAILURE_ATTR, reason
+        )
         run.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
     with critical():  # a second Ctrl-C must not leave half of them RUNNING
@@ -644,4 +648,4 @@ def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> N
                     trial.number,
                     run.policy.grace_period,
                 )
-            run.heartbeat.release([trial._trial_id])
+            run.heartbeat.release([compat.trial_id(trial)])
