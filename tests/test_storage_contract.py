@@ -483,3 +483,50 @@ def test_worker_for_a_missing_study_says_how_to_create_it(backend: str, tmp_path
         f"Error: no study named 'ghost' in {backend}; studies there: present; "
         "create it first with `hpo create STUDY_FILE --storage URL`"
     )
+
+
+# --- a stop while another worker holds the study lock ------------------------------------------
+
+
+def test_a_claim_waiting_for_the_study_lock_is_stopped_at_once(
+    backend: str, tmp_path: Path
+) -> None:
+    """Another worker holds the study's lock (paused inside its claim, say): a stop signal ends
+    this worker's wait within a second or two, with no trial made, instead of waiting for the
+    lock (on SQLite the wait had no end while the holder was paused)."""
+    import os
+    import signal
+    import threading
+
+    from hpo.study import optuna_compat as compat
+    from hpo.study.signals import Stopped, stop_on_signals
+    from hpo.study.storage import rdb_of, study_lock
+
+    study, guard = _fast_study(backend, tmp_path)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # its own connection (PostgreSQL) or open file (SQLite's flock)
+        with study_lock(rdb_of(study), compat.study_id(study)):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    beats = Heartbeat(study, FAST, guard)
+    before = count_trial_states(rdb_of(study), compat.study_id(study))  # the queued baseline
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        with stop_on_signals(), pytest.raises(Stopped, match="SIGTERM"):
+            started = time.monotonic()
+            timer.start()
+            claim_trials(
+                study, n_trials=4, size=2, policy=FAST, heartbeat=beats, judge_stale=True, into=[]
+            )
+        waited = time.monotonic() - started
+    finally:
+        timer.cancel()
+        release.set()
+        holder.join(10)
+    assert waited < 4, f"the stop took {waited:.1f} s to end the wait for the lock"
+    assert count_trial_states(rdb_of(study), compat.study_id(study)) == before

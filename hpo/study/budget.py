@@ -144,7 +144,10 @@ def claim_trials(
     storage = rdb_of(study)
     sid = compat.study_id(study)
     ticket = ticket or Ticket()
-    with critical(), study_lock(storage, sid) as lock:
+    # The wait for the lock is outside the critical section: while another worker holds it
+    # (paused, or claiming slowly), a stop must end this one at once. Nothing is created
+    # before the lock is held, so there is nothing to defer the stop for.
+    with study_lock(storage, sid) as lock, critical():
         if judge_stale:
             _fail_stale(study, policy)
         mine: list[optuna.Trial] = []

@@ -366,7 +366,7 @@ def _record(study: optuna.Study, ladder: Ladder) -> PenaltyWindows:
     """Store the ladder's windows unless another process stored some first; the stored ones."""
     storage = rdb_of(study)
     sid = compat.study_id(study)
-    with critical(), study_lock(storage, sid):
+    with study_lock(storage, sid), critical():  # waiting for the lock stays stoppable
         # Read under the lock, past any cache: another worker may have just written them.
         current = storage.get_study_user_attrs(sid).get(WINDOWS_ATTR)
         if not isinstance(current, dict) or "windows" not in current:
