@@ -10,7 +10,8 @@ Stages, each on a fresh SQLite study of wine (``--epochs``, 24 trials, one proce
 * ``claim-lock``: an ``hpo worker`` of a stored study that, having trained the ladder, waits to
   record its windows under the study's lock while this script holds it (SQLite's
   ``FILE.db.lock``, as a worker paused inside a claim would): the lock is taken when the worker
-  starts the ladder, the signal sent ``--delay`` seconds after the ladder would have ended.
+  starts the ladder, the signal sent ``--delay`` seconds after the worker is seen waiting for it
+  (``/proc/locks``).
 
 Per stage and revision it prints the median and the worst latency over ``--repeats`` runs, the
 exit codes, whether any run printed a traceback, and the trials left RUNNING. A stop that takes
@@ -81,6 +82,19 @@ def _running(db: Path) -> int:
     return int(rows[0][0])
 
 
+def _blocked_on_a_lock(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` comes to wait for a file lock within ``seconds`` (Linux lists a
+    blocked waiter in /proc/locks as a line with ``->``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" in fields and str(pid) in fields:
+                return True
+        time.sleep(0.1)
+    return False
+
+
 def one_stop(stage: str, tree: Path | None, args: argparse.Namespace) -> dict[str, object]:
     """Start the stage's process, signal it at the stage, and time its exit."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +134,10 @@ def one_stop(stage: str, tree: Path | None, args: argparse.Namespace) -> dict[st
             if stage == "claim-lock":  # hold the lock from now until the stop
                 held = open(work / "hpo.db.lock", "a+")  # noqa: SIM115
                 fcntl.flock(held, fcntl.LOCK_EX)
-                time.sleep(args.delay + 5)  # the ladder's few seconds, then the wait
+                if not _blocked_on_a_lock(process.pid, args.limit * 4):
+                    process.kill()
+                    raise RuntimeError("claim-lock: the worker never waited for the lock")
+                time.sleep(args.delay)
             if stage == "training":
                 time.sleep(args.delay)
         sent = time.monotonic()

@@ -39,6 +39,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND_LANGUAGES = ("bash", "console", "python")
+COURSE_CSV = ROOT.parent / "shared" / "data" / "jh-simple-dataset.csv"
 PAGE_TIMEOUT = 600
 
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
@@ -129,9 +130,8 @@ def _scratch(tmp_path: Path) -> Path:
     work.mkdir()
     for name in ("studies", "examples", "constraints.txt"):
         (work / name).symlink_to(ROOT / name)
-    shared = ROOT.parent / "shared"
-    (tmp_path / "shared").symlink_to(shared)
-    course = shared / "data" / "jh-simple-dataset.csv"
+    (tmp_path / "shared").symlink_to(COURSE_CSV.parents[1])
+    course = COURSE_CSV
     if course.exists():  # where studies/jh-simple.toml looks before downloading it
         (work / "data").mkdir()
         shutil.copy(course, work / "data" / course.name)
@@ -249,12 +249,22 @@ def _needs_postgresql(page: str) -> bool:
     return any("postgresql://hpo@db.example" in b.text for b in BY_PAGE[page] if not b.skip)
 
 
+def _needs_course_data(page: str) -> bool:
+    return any(
+        "jh-simple" in b.text or any("jh-simple" in c for c in b.before)
+        for b in BY_PAGE[page]
+        if not b.skip
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "page",
     [pytest.param(p, marks=pytest.mark.postgres) if _needs_postgresql(p) else p for p in RUN_PAGES],
 )
 def test_the_page_s_commands_run(page: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if _needs_course_data(page) and not COURSE_CSV.exists():
+        pytest.skip(f"needs the course data at {COURSE_CSV} (../shared beside the checkout)")
     cwd = _scratch(tmp_path)
     # The page's placeholder database becomes a fresh one on the test server.
     pg_url = request.getfixturevalue("pg_url") if _needs_postgresql(page) else "unused"

@@ -8,9 +8,12 @@ spec and crash policy stored and read back, and no password stored anywhere.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -30,12 +33,21 @@ from hpo.engines.contract import EvaluationResult, Monitor
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec, StudySpec, spec_from_dict
 from hpo.study import budget
+from hpo.study import optuna_compat as compat
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.creation import create_or_load_study
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.optuna_compat import count_trial_states
 from hpo.study.record import CrashPolicy, stored_policy, stored_spec, worker_records
-from hpo.study.storage import StorageGuard, normalize_url, open_storage, outage_reason
+from hpo.study.signals import Stopped, stop_on_signals
+from hpo.study.storage import (
+    StorageGuard,
+    normalize_url,
+    open_storage,
+    outage_reason,
+    rdb_of,
+    study_lock,
+)
 from hpo.study.worker import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -494,14 +506,6 @@ def test_a_claim_waiting_for_the_study_lock_is_stopped_at_once(
     """Another worker holds the study's lock (paused inside its claim, say): a stop signal ends
     this worker's wait within a second or two, with no trial made, instead of waiting for the
     lock (on SQLite the wait had no end while the holder was paused)."""
-    import os
-    import signal
-    import threading
-
-    from hpo.study import optuna_compat as compat
-    from hpo.study.signals import Stopped, stop_on_signals
-    from hpo.study.storage import rdb_of, study_lock
-
     study, guard = _fast_study(backend, tmp_path)
     holding, release = threading.Event(), threading.Event()
 
@@ -530,3 +534,7 @@ def test_a_claim_waiting_for_the_study_lock_is_stopped_at_once(
         holder.join(10)
     assert waited < 4, f"the stop took {waited:.1f} s to end the wait for the lock"
     assert count_trial_states(rdb_of(study), compat.study_id(study)) == before
+    # The stopped wait left no lock behind: the next claim takes it at once.
+    started = time.monotonic()
+    with study_lock(rdb_of(study), compat.study_id(study)):
+        assert time.monotonic() - started < 2

@@ -145,8 +145,11 @@ def claim_trials(
     sid = compat.study_id(study)
     ticket = ticket or Ticket()
     # The wait for the lock is outside the critical section: while another worker holds it
-    # (paused, or claiming slowly), a stop must end this one at once. Nothing is created
-    # before the lock is held, so there is nothing to defer the stop for.
+    # (paused, or claiming slowly), a stop must end this one at once. This try creates nothing
+    # before the lock is held. A retry of a claim whose reply was lost is the exception: the
+    # first try's trials are RUNNING already, found only under the lock; a stop during the
+    # retry's wait (as during its backoff) leaves them to stale detection, which fails and
+    # retries them once the grace period has passed.
     with study_lock(storage, sid) as lock, critical():
         if judge_stale:
             _fail_stale(study, policy)

@@ -1,12 +1,12 @@
 """Every use of Optuna's private names, and every statement on Optuna's tables, in one place.
 
 hpo needs a few things Optuna's public API does not offer, or offers at a cost the claim path
-cannot pay (``bench/claims.py``: at least 25 trials/s with 10,000 trials stored and 16
-workers): a study's storage and id, a trial's id, a batch of rows written in one transaction,
-reads of a study's trials past Optuna's caches, and a hook into TPE. Each function here says
-which private name it touches, why no public API serves, and what breaks if Optuna changes
-it. ``tests/test_optuna_compat.py`` exercises every one of them on SQLite and PostgreSQL
-against the oldest and the newest Optuna that pyproject.toml allows (``.ci/run``), and fails
+cannot pay (``bench/claims.py``: at least 25 trials/s with 10,000 trials stored and 16 workers): a
+study's storage and id, a trial's id, a batch of rows written in one transaction, reads of a
+study's trials past Optuna's caches, and a hook into TPE. Each function here says which private
+name it touches, why no public API serves, and what breaks if Optuna changes it.
+``tests/test_optuna_compat.py`` exercises every one of them on SQLite and PostgreSQL against the
+pinned Optuna (constraints.txt) and the oldest that pyproject.toml allows (``.ci/run``), and fails
 if any other module of hpo uses one of these names or writes SQL on Optuna's tables.
 
 The SQL follows Optuna's schema (``optuna/storages/_rdb/models.py``), which Optuna versions

@@ -29,7 +29,7 @@ reference engine, one ``model.fit`` per plan and fold, every other decade on one
 On easy data a trial can still predict every row exactly as the unregularized network does
 without being a copy of it: on wine two unregularized networks from different initial weights
 agree on all 124 rows about one time in six, and the windows leave no more such trials than
-that (``tests/test_windows.py``). Narrower windows closer to the collapse remove them only by
+that rate explains (``tests/test_windows.py``). Narrower windows closer to the collapse remove them only by
 collapsing plans that stack several penalties (``bench/window_edges.py``).
 
 The windows are recorded on the study (``hpo_penalty_windows``) with the whole ladder by the
