@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import datetime
 import io
+import os
 import re
 import sqlite3
+import time
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,12 +256,30 @@ def test_a_transaction_commits_whole_or_not_at_all(study: optuna.Study) -> None:
     assert len(study.get_trials()) == 2
 
 
+@pytest.fixture
+def far_from_utc() -> Iterator[None]:
+    """This process in a time zone nine hours from UTC: local and UTC times then differ, as they
+    do for a worker anywhere but on UTC (CI machines are on UTC)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
 def test_new_trials_are_counted_numbered_and_read_as_optuna_reads_its_own(
-    study: optuna.Study,
+    study: optuna.Study, far_from_utc: None
 ) -> None:
     sid, rdb = compat.study_id(study), _rdb(study)
     study.tell(study.ask(), 0.5)
     started = datetime.datetime.now()
+    assert started.astimezone().utcoffset() == datetime.timedelta(hours=9)
     with compat.transaction(rdb) as tx:
         assert compat.lock_and_count_trials(tx, sid) == {"COMPLETE": 1}
         ids = compat.insert_running_trials(tx, sid, 1, 2, started)
@@ -274,6 +294,20 @@ def test_new_trials_are_counted_numbered_and_read_as_optuna_reads_its_own(
         )
         assert stored.datetime_start is not None
         assert abs((stored.datetime_start - started).total_seconds()) < 1  # local time back
+    # ... from naive UTC in the table, where Optuna's own trials keep theirs.
+    with rdb.engine.connect() as conn:
+        raw = conn.execute(
+            sqlalchemy.text("SELECT datetime_start FROM trials WHERE trial_id = :t"),
+            {"t": ids[0][1]},
+        ).scalar_one()
+        own = conn.execute(
+            sqlalchemy.text("SELECT datetime_start FROM trials WHERE number = 0 AND study_id = :s"),
+            {"s": sid},
+        ).scalar_one()
+    raw = datetime.datetime.fromisoformat(str(raw))
+    utc_now = started.astimezone(datetime.UTC).replace(tzinfo=None)
+    assert abs((raw - utc_now).total_seconds()) < 5
+    assert abs((raw - datetime.datetime.fromisoformat(str(own))).total_seconds()) < 5
     assert study.ask().number == 3  # Optuna numbers on past them
     with compat.transaction(rdb) as tx:
         assert compat.lock_and_count_trials(tx, sid) == {"COMPLETE": 1, "RUNNING": 3}

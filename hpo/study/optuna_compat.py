@@ -355,8 +355,9 @@ def insert_running_trials(
     tx: Transaction, study_id: int, first: int, count: int, started: datetime
 ) -> list[tuple[int, int]]:
     """Insert ``count`` RUNNING trials numbered from ``first``, started at ``started`` (local
-    time, what Optuna gives a new trial; stored as naive UTC, as Optuna stores it); their (number, trial id) by number. Raises
-    RuntimeError if the numbers were taken twice (the caller's count missed a trial)."""
+    time, what Optuna gives a new trial; stored as naive UTC, as Optuna stores it); their
+    (number, trial id) by number. Raises RuntimeError if the numbers were taken twice (the
+    caller's count missed a trial)."""
     trials = _models.TrialModel.__table__
     stored = started.astimezone(UTC).replace(tzinfo=None)  # local time in, naive UTC stored
     rows = [
@@ -612,9 +613,9 @@ def running_without_heartbeat(
 
     Optuna's stale check skips such trials, so a worker that died between creating a trial and
     its first heartbeat would leave it RUNNING forever. Their start times cannot judge them:
-    Optuna writes them in the local time of whichever machine created the trial, and machines
-    in other time zones would read them hours off. The database's own clock is the one clock
-    every worker shares.
+    they come from the clock of whichever machine created the trial (and Optuna before 5.0
+    stored local times, hours off for a worker in another time zone). The database's own clock
+    is the one clock every worker shares.
     """
     query = sqlalchemy.text(
         "SELECT t.trial_id FROM trials t "
