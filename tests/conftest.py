@@ -21,9 +21,11 @@ Helpers are imported by name (``from conftest import make_frame``): ``tests/`` i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +82,23 @@ def one_line_error(result: Result, expected: str) -> None:
 
 
 # --- a tiny table and study files over it ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def in_time_zone(zone: str) -> Iterator[None]:
+    """This process in time zone ``zone`` (``TZ``) for the block: local times then differ from
+    UTC, as on a worker anywhere but on UTC (CI machines are on UTC)."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 def make_frame(n_rows: int = 90, seed: int = 0) -> pd.DataFrame:

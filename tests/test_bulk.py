@@ -7,7 +7,6 @@ a repeat after an outage changes nothing, and a trial another worker failed stay
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+from conftest import in_time_zone
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.samplers._tpe import sampler as tpe
 from optuna.trial import TrialState
@@ -64,17 +64,8 @@ def _comparable(frozen: optuna.trial.FrozenTrial) -> tuple[object, ...]:
 @pytest.fixture
 def far_from_utc() -> Iterator[None]:
     """The process in UTC+14, where a local time stored as if it were UTC is 14 hours off."""
-    saved = os.environ.get("TZ")
-    os.environ["TZ"] = "Pacific/Kiritimati"
-    time.tzset()
-    try:
+    with in_time_zone("Pacific/Kiritimati"):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = saved
-        time.tzset()
 
 
 def test_a_batch_writes_the_rows_optunas_own_calls_write(

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import datetime
 import io
-import os
 import re
 import sqlite3
-import time
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
+from conftest import in_time_zone
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from pg import pg_database
@@ -258,19 +257,9 @@ def test_a_transaction_commits_whole_or_not_at_all(study: optuna.Study) -> None:
 
 @pytest.fixture
 def far_from_utc() -> Iterator[None]:
-    """This process in a time zone nine hours from UTC: local and UTC times then differ, as they
-    do for a worker anywhere but on UTC (CI machines are on UTC)."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "Asia/Tokyo"
-    time.tzset()
-    try:
+    """This process nine hours from UTC."""
+    with in_time_zone("Asia/Tokyo"):
         yield
-    finally:
-        if before is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
 def test_new_trials_are_counted_numbered_and_read_as_optuna_reads_its_own(
