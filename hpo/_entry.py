@@ -5,7 +5,7 @@ Python's ``KeyboardInterrupt`` traceback from deep inside an import. So the firs
 process does, before importing anything heavy, is to make a stop signal end it at once, with the
 same line and exit code as a stop during the command: nothing has been opened or written yet,
 so there is nothing to clean up. The command then takes signals over for its whole life
-(:func:`hpo.study.signals.stop_on_signals`) and ignores them once it has said how it ended.
+(:func:`hpo.stops.stop_on_signals`) and ignores them once it has said how it ended.
 
 This module imports only the standard library, and ``hpo/__init__.py`` must stay light for the
 same reason: they are what runs before the handler is in place.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo import stops
 from hpo.data import Dataset, FoldSet, load_folds
 from hpo.data_profile import profile_dataset
 from hpo.engines import make_engine
@@ -136,6 +137,7 @@ def run_study(
     # A malformed URL or an unusable SQLite path fails before any data is read.
     url, line = checked_storage_url(storage, "create")
     dataset, folds = _data(spec, data)
+    stops.check()  # reading a large CSV takes a while: the first point a stop is seen
     say(line)
     spec = with_model(spec, folds, say)
     if workers is None:  # after with_model: a builder's model trains on the reference engine

@@ -31,20 +31,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ign
         pass
 
 
-class _NoStops(logging.Filter):
-    """Drops a library's report of an exception that is not an ``Exception``: a stop (Ctrl-C,
-    SIGTERM), which hpo reports itself in one line. SQLAlchemy logs whatever interrupts the
-    return of a connection to its pool, with a traceback, and then lets it go on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return exc is None or isinstance(exc, Exception)
-
-
 def configure(verbosity: int = 0) -> None:
-    """Send ``hpo`` logs to stderr; 0 = info, 1+ = debug, -1 = warnings only. SQLAlchemy's
-    warnings and errors go to stderr as Python's fallback prints them, less any about a stop
-    (unless ``verbosity`` > 0)."""
+    """Send ``hpo`` logs to stderr; 0 = info, 1+ = debug, -1 = warnings only."""
     logger = logging.getLogger(_ROOT)
     level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
     logger.setLevel(level)
@@ -53,14 +41,3 @@ def configure(verbosity: int = 0) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
     logger.propagate = False
-    library = logging.getLogger("sqlalchemy")
-    if not any(getattr(h, "_hpo", False) for h in library.handlers):
-        fallback = _StderrHandler()
-        fallback.setLevel(logging.WARNING)  # what Python's own fallback handler prints
-        fallback.setFormatter(logging.Formatter("%(message)s"))
-        # Records still propagate: a root handler the user set up gets them too, and with one
-        # here Python's fallback (which would print the stops) is not used.
-        library.addHandler(fallback)
-    for ours in library.handlers:
-        if getattr(ours, "_hpo", False):
-            ours.filters = [] if verbosity > 0 else [_NoStops()]

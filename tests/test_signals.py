@@ -1,28 +1,33 @@
-"""How a stop signal becomes :class:`Stopped` in the main thread (``hpo.study.signals``).
+"""How a stop signal becomes a request that work checks (``hpo.stops``).
 
-The end-to-end cases (a real ``hpo run`` signalled at each stage) are in
-``test_signals_anywhere.py``; these pin the two rules those rely on, in-process.
+The end-to-end cases (a real ``hpo run`` signalled at each stage, and random signals at random
+moments) are in ``test_signals_anywhere.py`` and ``test_stop_soak.py``; these pin the rules
+they rely on: the handler raises nothing anywhere, a check point raises, a wait ends at once,
+and a second signal ends a process with its code after the abort hooks ran.
 """
 
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import threading
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from hpo import log
-from hpo.study.signals import Stopped, critical, stop_on_signals, stop_within
+from hpo import stops
 
 
 class _SignalledWhileFinalized:
-    """An object whose finalizer receives SIGTERM, as TensorFlow's finalizers do when the signal
-    lands while they free a graph: the handler's ``Stopped`` is raised inside ``__del__``,
-    where Python can only hand it to ``sys.unraisablehook``."""
+    """An object whose finalizer receives SIGTERM, as TensorFlow's finalizers did when a
+    signal landed while they freed a graph (the old design raised the stop in there, where
+    Python can only print and drop it)."""
 
     finished: ClassVar[list[bool]] = []
 
@@ -30,87 +35,86 @@ class _SignalledWhileFinalized:
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(1000):  # bytecodes after the kill: the handler runs here, in __del__
             pass
-        self.finished.append(True)  # not reached when the stop was raised in the finalizer
+        self.finished.append(True)
 
 
-def _wait(seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def test_a_stop_that_lands_in_a_finalizer_is_raised_in_the_main_thread_soon() -> None:
-    # Training is a loop of graph calls with no critical section until the batch's tell: the
-    # stop must not wait for that (the trials would be told COMPLETE under a "stopped" line).
-    with stop_on_signals():
-        started = time.monotonic()
+def test_a_signal_raises_nothing_where_it_lands_and_the_next_check_point_stops() -> None:
+    with stops.stop_on_signals():
         _SignalledWhileFinalized.finished.clear()
-        with pytest.raises(Stopped, match="SIGTERM"):
-            _SignalledWhileFinalized()  # dropped at once: its finalizer runs here
-            gc.collect()
-            _wait(5)
-        assert time.monotonic() - started < 2
-        assert _SignalledWhileFinalized.finished == []  # the stop did land in the finalizer
+        _SignalledWhileFinalized()  # dropped at once: its finalizer runs here
+        gc.collect()
+        assert _SignalledWhileFinalized.finished == [True]  # the finalizer ran to its end
+        assert stops.requested() == "SIGTERM"
+        with pytest.raises(stops.Stopped, match="SIGTERM"):
+            stops.check()
+        assert stops.raised()
+    assert stops.requested() is None  # the block's end forgets it: the next command starts clean
 
 
-def test_a_stop_during_a_critical_section_waits_for_its_end() -> None:
-    with stop_on_signals():
-        done = []
-        with pytest.raises(Stopped, match="SIGTERM"), critical():
-            os.kill(os.getpid(), signal.SIGTERM)
-            _wait(0.2)  # the handler has run by now, and must not have raised
-            done.append("the section's work")
-        assert done == ["the section's work"]
+def test_a_wait_ends_as_soon_as_a_stop_is_requested() -> None:
+    with stops.stop_on_signals():
+        started = time.monotonic()
+        timer = _kill_after(0.3, signal.SIGINT)
+        with pytest.raises(stops.Stopped, match="SIGINT"):
+            stops.pause(30)
+        timer.join()
+        assert time.monotonic() - started < 3
 
 
-def test_a_stop_that_lands_in_a_finalizer_inside_a_critical_section_waits_for_its_end() -> None:
-    with stop_on_signals():
-        done = []
-        with pytest.raises(Stopped, match="SIGTERM"), critical():
-            _SignalledWhileFinalized()
-            gc.collect()
-            _wait(0.3)  # past the 50 ms retry: it defers to the section's end
-            done.append("the section's work")
-        assert done == ["the section's work"]
+def test_in_process_a_second_signal_is_one_more_request(tmp_path: Path) -> None:
+    """A notebook or a test that calls hpo must not be ended by a second Ctrl-C."""
+    with stops.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the process is still here: nothing ended it
+        assert stops.signals_received() == 2
+        assert stops.requested() == "SIGINT" and stops.last_signal() == "SIGTERM"
 
 
-def test_a_librarys_report_of_a_stop_is_not_printed_but_its_errors_are(
-    capsys: pytest.CaptureFixture[str],
+_SECOND_SIGNAL = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    from hpo import stops
+
+    mark = Path(sys.argv[1])
+    with stops.stop_on_signals(exit_on_second=True), stops.on_abort(
+        lambda: mark.write_text("failed the trials in flight")
+    ):
+        print("ready", flush=True)
+        time.sleep(60)  # busy where no check point is: only the second signal ends this
+    print("not reached", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_ends_the_process_with_its_code_after_the_abort_hooks(
+    tmp_path: Path, sig: int
 ) -> None:
-    """SQLAlchemy logs a stop that lands while a connection goes back to its pool, with a
-    traceback; hpo prints its own one line for a stop instead."""
-    log.configure()
-    # A logger of SQLAlchemy's tree that `hpo worker` does not quiet (it raises the pool's level).
-    pool = logging.getLogger("sqlalchemy.hpo_test")
-    for exc in (Stopped("SIGTERM"), ValueError("a real problem")):
-        try:
-            raise exc
-        except BaseException:
-            pool.error("Exception during reset or similar", exc_info=True)
-    err = capsys.readouterr().err
-    assert err.count("Exception during reset or similar") == 1, err
-    assert "ValueError: a real problem" in err and "Stopped" not in err
-    log.configure(verbosity=1)  # --debug shows everything
-    try:
-        raise Stopped("SIGINT")
-    except Stopped:
-        pool.error("Exception during reset or similar", exc_info=True)
-    assert "Stopped: SIGINT" in capsys.readouterr().err
-    log.configure()
+    mark = tmp_path / "abort-hook"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SECOND_SIGNAL, str(mark)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    process.send_signal(sig)
+    time.sleep(0.3)
+    assert process.poll() is None  # one signal is a request: the sleep has no check point
+    started = time.monotonic()
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 5
+    assert process.returncode == 128 + sig, (out, err)
+    name = signal.Signals(sig).name
+    assert err == f"stopped again by {name}: exiting at once\n"
+    assert "not reached" not in out
+    assert mark.read_text() == "failed the trials in flight"
 
 
-def test_a_stop_inside_a_conditions_wait_is_still_a_stop() -> None:
-    """Seen with the reference engine: Ctrl-C landed in `Condition.wait` (waiting on the
-    training process's future) after it released its lock; the `with` then failed to release
-    it again, and that RuntimeError, not the stop, reached the top."""
-    try:
-        try:
-            raise Stopped("SIGINT")
-        except Stopped:
-            raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 (as threading does)
-    except RuntimeError as error:
-        stop = stop_within(error)
-    assert isinstance(stop, Stopped)
-    other = RuntimeError("something else")
-    other.__context__ = Stopped("SIGINT")
-    assert stop_within(other) is None  # a real error while stopping stays an error
+def _kill_after(seconds: float, sig: int) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), sig))
+    timer.start()
+    return timer

@@ -32,6 +32,7 @@ from hpo.data import Fold, load_dataset, make_fold_set
 from hpo.engines.contract import EvaluationResult, Monitor
 from hpo.space import RegularizationPlan
 from hpo.spec import ModelSpec, StudySpec, spec_from_dict
+from hpo.stops import Stopped, stop_on_signals
 from hpo.study import budget
 from hpo.study import optuna_compat as compat
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
@@ -39,7 +40,6 @@ from hpo.study.creation import create_or_load_study
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.optuna_compat import count_trial_states
 from hpo.study.record import CrashPolicy, stored_policy, stored_spec, worker_records
-from hpo.study.signals import Stopped, stop_on_signals
 from hpo.study.storage import (
     StorageGuard,
     normalize_url,

@@ -2,30 +2,25 @@
 
 Every user error is an :class:`~hpo.errors.HpoError`, mapped once (in :class:`_Cli`) to one
 line on stderr and exit code 1, with no traceback unless ``--debug``; a stop signal, at any
-moment, to ``stopped by SIGINT`` and exit code 0 (a second one: 130, or 143 for SIGTERM). The commands live in one
-module per family (``run``: run, best, trials; ``check``: check; ``cluster``: create, worker, status; ``results``:
-dashboard, report, rerun) and are registered here.
+moment, to ``stopped by SIGINT`` and exit code 0 (a second one: 130, or 143 for SIGTERM; see
+:mod:`hpo.stops`). The commands live in one module per family (``run``: run, best, trials;
+``check``: check; ``cluster``: create, worker, status; ``results``: dashboard, report, rerun)
+and are registered here.
 """
 
 from __future__ import annotations
 
 import signal
 import warnings
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from hpo import stops
 from hpo.cli import check, cluster, export, nested, results, run
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import configure
-from hpo.study.signals import (
-    Stopped,
-    last_signal,
-    signals_received,
-    stop_on_signals,
-    stop_within,
-)
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -41,40 +36,29 @@ _PROCESS = "hpo:process"  # in click's context object: this command is the whole
 
 class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
-        # SIGINT/SIGTERM become Stopped for the command's whole life, from start-up to exit:
-        # the first stops it cleanly (exit 0), a second one ends the shutdown (128 + signal).
-        # As a process of its own, once it has said how it ended, signals are ignored: one
+        # SIGINT/SIGTERM are stop requests for the command's whole life, from start-up to
+        # exit; the command checks them where it can stop cleanly (hpo.stops) and the first
+        # ends it with one line and exit 0. As a process of its own, a second signal ends it
+        # at once (128 + signal), and once it has said how it ended, signals are ignored: one
         # during the interpreter's exit must not add a traceback or change the exit code.
         # Called in-process (tests, a notebook), the caller's handlers come back.
         as_process = isinstance(ctx.obj, dict) and ctx.obj.get(_PROCESS, False)
-        with stop_on_signals(then=signal.SIG_IGN if as_process else None):
+        with stops.stop_on_signals(
+            then=signal.SIG_IGN if as_process else None, exit_on_second=as_process
+        ):
             try:
                 result = super().invoke(ctx)
-                if signals_received() > 1:  # the second one landed where it could not stop us
-                    name = last_signal() or "SIGINT"
-                    click.echo(f"stopped again by {name}: exiting", err=True)
-                    ctx.exit(128 + signal.Signals[name].value)
+                if not stops.raised():  # a stop after the command's last check point: say so
+                    stops.check()
                 return result
             except HpoError as exc:
                 if ctx.params.get("debug"):
                     raise
                 click.echo(f"Error: {mask_url(str(exc))}", err=True)
                 ctx.exit(1)
-            except Stopped as exc:
-                _stopped(ctx, exc)
-            except Exception as exc:
-                stop = stop_within(exc)
-                if stop is None:
-                    raise
-                _stopped(ctx, stop)
-
-
-def _stopped(ctx: click.Context, stop: Stopped) -> NoReturn:
-    if signals_received() > 1:
-        click.echo(f"stopped again by {stop}: exiting at once", err=True)
-        ctx.exit(128 + signal.Signals[str(stop)].value)
-    click.echo(f"stopped by {stop}", err=True)
-    ctx.exit(0)
+            except stops.Stopped as exc:
+                click.echo(f"stopped by {exc}", err=True)
+                ctx.exit(0)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

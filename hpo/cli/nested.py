@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hpo import stops
 from hpo.cli.options import (
     COUNT,
     apply_overrides,
@@ -44,7 +45,6 @@ from hpo.study.record import (
     best_trial,
     stored_spec,
 )
-from hpo.study.signals import signals_received
 from hpo.study.storage import open_storage
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def nested(
     for fold in range(1, outer + 1):
         inner = outer_spec(spec, outer, fold)
         study, inner = _search(inner, storage_impl, policy, url, fold, outer, data_path)
-        if study is None or signals_received():
+        if study is None or stops.requested():
             # Stopped (in training, or while the model files were saved, which the recorder
             # takes as "skip the rest"): the inner study is intact; run again to resume.
             if study is not None:

@@ -14,11 +14,13 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from hpo import stops
 from hpo.data import Fold
 from hpo.engines.contract import EvaluationResult, Monitor, NullMonitor, oof_accuracy
 from hpo.engines.keras_model import import_keras
@@ -36,6 +38,9 @@ else:
     np = lazy_import("numpy")
 
 __all__ = ["ReferenceEngine", "fit_fold"]
+
+# How often the parent looks for a stop request while the training child fits a fold.
+_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,9 @@ def fit_fold(
         epochs=model.epochs,
         shuffle=shuffle,
         verbose=0,
-        callbacks=[keras.callbacks.TerminateOnNaN()],
+        callbacks=[keras.callbacks.TerminateOnNaN(), _stop_callback(keras)],
     )
+    stops.check()  # the callback ended the fit early: this fold has no result
     losses = history.history["loss"]
     # A direct call, not predict(): predict() traces one more tf.function per model.
     probabilities = np.asarray(net(fold.x_valid, training=False))
@@ -86,9 +92,23 @@ def fit_fold(
     return fitted
 
 
+def _stop_callback(keras: Any) -> Any:
+    """A callback that ends ``fit`` after the batch during which a stop was requested, as
+    Keras' own ``stop_training`` does (in the training child, the parent stops it instead)."""
+
+    class StopOnRequest(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if stops.requested() is not None:
+                self.model.stop_training = True
+
+    return StopOnRequest()
+
+
 def _child_init(log_level: int) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides what to do and kills us.
+    # Ctrl-C reaches the whole process group, and `docker stop` or a supervisor may signal
+    # it too: the parent decides what to do, and kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A parent killed with SIGKILL cannot clean up: have the kernel end us with it (Linux).
     with contextlib.suppress(OSError, AttributeError):
         pr_set_pdeathsig = 1
@@ -219,18 +239,29 @@ class ReferenceEngine:
                 max_tasks_per_child=self.folds_per_process,
             )
         try:
-            return self._pool.submit(fit_fold, *args).result()
+            return self._result_of(self._pool.submit(fit_fold, *args))
         except BrokenProcessPool:
             self.close()
+            stops.check()  # a stop signal that reached the child as well: a stop, not an error
             raise HpoError(
                 "the reference engine's training process ended before finishing a fold "
                 "(killed, out of memory, or it failed at start-up: a script that calls "
                 'hpo.optimize must do so under `if __name__ == "__main__":`, since the '
                 "training process imports the script again)"
             ) from None
-        except BaseException:
-            self.close()  # a signal or a dead child: never leave a training process behind
+        except (stops.Stopped, Exception):
+            self.close()  # a stop or a dead child: never leave a training process behind
             raise
+
+    @staticmethod
+    def _result_of(future: Future[_FittedFold]) -> _FittedFold:
+        """The child's fold, waited for in short steps: a stop request ends the wait (the
+        caller then kills the child)."""
+        while True:
+            try:
+                return future.result(timeout=_POLL_SECONDS)
+            except FutureTimeout:
+                stops.check()
 
     def close(self) -> None:
         """Stop the training process, if any (the next fold starts a fresh one)."""

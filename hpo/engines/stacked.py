@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hpo import stops
 from hpo.data import Fold, Table, aligned_empty, is_aligned
 from hpo.engines.contract import EvaluationResult, Monitor, NullMonitor, oof_accuracy
 from hpo.engines.keras_model import import_keras, tf
@@ -93,6 +94,11 @@ _PROBE_FLOATS = 4 << 20
 # RNG draws in the same order, so nothing trained changes) rather than hold 25 epochs of row
 # orders of a million-row table at once.
 _ORDER_BYTES = 32 << 20
+
+# Seconds one graph call should take at most: a stop request is checked between calls
+# (hpo.stops), so this bounds how long a stop waits for training. Measured as training goes
+# (the first call of a graph also traces it), never assumed for a machine.
+_CALL_SECONDS = 1.0
 
 InitialWeights = Sequence[Sequence[Sequence["np.ndarray"]]]
 """Per plan, per fold: the Keras ``get_weights()`` list ``[W1, b1, W2, b2, ..., Wout, bout]``."""
@@ -1029,6 +1035,7 @@ class _Run:
         self.diverged = np.zeros((k, len(plans)), dtype=bool)  # [fold, plan]
         self.diverged_at: dict[int, int] = {}
         self.epoch = 0
+        self.epoch_seconds: float | None = None  # measured by the latest graph call
         self._params: tuple[tuple[int, int], list[np.ndarray]] | None = None  # read at an epoch
         shared = engine.shared_order
         n_features = folds[0].n_features
@@ -1103,8 +1110,11 @@ class _Run:
             per_epoch = lay.folds * lay.steps * lay.batch_size * (1 if lay.shared else lay.trials)
             calls = max(1, _ORDER_BYTES // (4 * per_epoch))
             while self.epoch < target:
-                epochs = min(target - self.epoch, calls)
+                stops.check()
+                epochs = min(target - self.epoch, calls, self._epochs_per_call())
+                started = time.perf_counter()
                 self.graph.train(self._permutations(epochs), self.table.x, self.table.y)
+                self.epoch_seconds = (time.perf_counter() - started) / epochs
                 self.epoch += epochs
             probe = self._probe()
             if self.epoch >= total:
@@ -1117,6 +1127,13 @@ class _Run:
             if plan not in self.outcomes:
                 self._finish(plan, column, probe, pruned=False)
         return self._results()
+
+    def _epochs_per_call(self) -> int:
+        """Epochs the next graph call may train within :data:`_CALL_SECONDS`: one until a call
+        of this graph has been timed (its first call traces it too)."""
+        if self.epoch_seconds is None:
+            return 1
+        return max(1, int(_CALL_SECONDS / max(self.epoch_seconds, 1e-6)))
 
     def _permutations(self, epochs: int) -> Any:
         lay = self.layout
@@ -1219,6 +1236,7 @@ class _Run:
         slots = [_take_trials(old.layout, old.unflatten(slot.numpy()), keep) for slot in old.slots]
         step_count = old.step_count.numpy()
         self.layout = self._layout([self.plans[p] for p in self.live])
+        self.epoch_seconds = None  # a new graph: traced by its first call, timed again
         self.graph = _graph_for(self.layout)
         self.graph.load(
             self.folds,

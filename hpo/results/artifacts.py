@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo import stops
 from hpo.data import Dataset, FoldSet, Preprocessor
 from hpo.engines.contract import EvaluationResult
 from hpo.engines.keras_model import import_keras
@@ -56,7 +57,6 @@ from hpo.study.record import (
     stored_plan,
     stored_seed,
 )
-from hpo.study.signals import Stopped
 from hpo.study.storage import error_text, outage_reason, sqlite_file
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ class ArtifactRecorder:
         written: list[str] = []
         try:
             self._finalize(study, written)
-        except Stopped as exc:
+        except stops.Stopped as exc:
             # A model file is uploaded whole or not at all (written aside, then stored), so
             # stopping here leaves no half file, only fewer files.
             _log.warning(
@@ -347,11 +347,12 @@ class ArtifactRecorder:
             for name, make in self._files_of(trial):
                 if name in have:
                     continue
+                stops.check()  # between files: a stop leaves no half file, only fewer files
                 with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
                     try:
                         path = make(Path(tmp) / name)
                         self._upload_finished(study, trial, path)
-                    except Stopped:
+                    except stops.Stopped:
                         raise
                     except Exception as exc:
                         _log.warning(

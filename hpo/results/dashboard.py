@@ -24,6 +24,7 @@ import ipaddress
 import json
 import re
 import socketserver
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from hpo import stops
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
@@ -39,7 +41,6 @@ from hpo.results.artifacts import artifact_dir_for, open_artifact_store
 from hpo.results.spec_text import ensure_spec_note
 from hpo.spec import StudySpec
 from hpo.study.record import stored_spec
-from hpo.study.signals import Stopped
 from hpo.study.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -375,9 +376,16 @@ def serve(
         f"optuna-dashboard for {mask_url(url)} (artifacts: {artifact_dir}{where}): "
         f"open {open_at}  (Ctrl-C stops it)"
     )
+    # Ctrl-C is how a dashboard ends: the request is waited for on a thread of its own, which
+    # asks the server loop to return (it cannot be asked from the main thread it runs on).
+    watcher = threading.Thread(target=_shut_down_on_stop, args=(server,), daemon=True)
+    watcher.start()
     try:
         server.serve_forever()
-    except (KeyboardInterrupt, Stopped):
-        pass  # Ctrl-C is how a dashboard ends
     finally:
         server.server_close()
+
+
+def _shut_down_on_stop(server: Any) -> None:
+    stops.wait(None)
+    server.shutdown()

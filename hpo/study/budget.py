@@ -42,7 +42,6 @@ from hpo.study.record import (
     CrashPolicy,
     is_baseline,
 )
-from hpo.study.signals import critical
 from hpo.study.storage import outage_reason, rdb_of, study_lock
 
 if TYPE_CHECKING:
@@ -144,13 +143,13 @@ def claim_trials(
     storage = rdb_of(study)
     sid = compat.study_id(study)
     ticket = ticket or Ticket()
-    # The wait for the lock is outside the critical section: while another worker holds it
-    # (paused, or claiming slowly), a stop must end this one at once. This try creates nothing
-    # before the lock is held. A retry of a claim whose reply was lost is the exception: the
-    # first try's trials are RUNNING already, found only under the lock; a stop during the
-    # retry's wait (as during its backoff) leaves them to stale detection, which fails and
-    # retries them once the grace period has passed.
-    with study_lock(storage, sid) as lock, critical():
+    # A stop is checked only while waiting for the lock (another worker may hold it, paused or
+    # claiming slowly), never once it is held: this try creates nothing before that. A retry
+    # of a claim whose reply was lost is the exception: the first try's trials are RUNNING
+    # already, found only under the lock; a stop during the retry's wait (as during its
+    # backoff) leaves them to stale detection, which fails and retries them once the grace
+    # period has passed.
+    with study_lock(storage, sid) as lock:
         if judge_stale:
             _fail_stale(study, policy)
         mine: list[optuna.Trial] = []

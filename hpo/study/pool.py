@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo import stops
 from hpo.log import get_logger
 from hpo.study.record import WORKER_ATTR
 
@@ -49,6 +50,8 @@ RUN_PROCESSES = "HPO_RUN_PROCESSES"
 _log = get_logger("pool")
 # How long a stopped worker gets to fail its trials and exit before it is killed.
 _STOP_GRACE_SECONDS = 60.0
+# How often the run looks whether its workers have ended (a stop ends the wait at once).
+_POLL_SECONDS = 0.2
 
 
 def usable_cores() -> int:
@@ -156,26 +159,17 @@ class WorkerPool:
 
     def finish(self) -> list[int]:
         """Wait for every worker to end (they end with the budget, as this process does);
-        the exit codes. A worker that ignores a stop for a minute is killed."""
+        the exit codes. A stop requested meanwhile raises ``Stopped`` (then :meth:`close`)."""
         codes = []
         for proc in self.procs:
-            try:
-                codes.append(proc.wait())
-            except KeyboardInterrupt:  # a second Ctrl-C while waiting: stop them, then wait
-                self.stop()
-                codes.append(self._wait_or_kill(proc))
+            while (code := proc.poll()) is None:
+                stops.pause(_POLL_SECONDS)
+            codes.append(code)
         return codes
 
-    @staticmethod
-    def _wait_or_kill(proc: subprocess.Popen[bytes]) -> int:
-        try:
-            return proc.wait(timeout=_STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
-
-    def close(self) -> None:
-        """Stop and reap every worker (on any way out of the run)."""
+    def close(self) -> list[int]:
+        """Stop and reap every worker (on any way out of the run); their exit codes. A worker
+        that ignores its stop for a minute is killed."""
         self.stop()
         deadline = time.monotonic() + _STOP_GRACE_SECONDS
         for proc in self.procs:
@@ -184,6 +178,7 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        return [proc.wait() for proc in self.procs]
 
     def counts(self, study: optuna.Study) -> Counter[str]:
         """The workers' trials by state (COMPLETE, PRUNED, FAIL), read from the study."""

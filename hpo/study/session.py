@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
+from hpo import stops
 from hpo.data import FoldSet
 from hpo.engines import make_engine
 from hpo.engines.batching import choose
@@ -23,7 +24,6 @@ from hpo.log import get_logger
 from hpo.spec import StudySpec
 from hpo.study.budget import trials_to_run
 from hpo.study.pool import RUN_PROCESSES, WorkerPool
-from hpo.study.signals import Stopped, critical, stop_on_signals
 from hpo.study.storage import StorageGuard
 from hpo.study.worker import RunSummary, optimize
 
@@ -65,7 +65,8 @@ def train(
     end-of-run work, their trials counted in the summary. ``in_team``: this process is one of
     such a pool.
     """
-    with stop_on_signals():
+    with stops.stop_on_signals():
+        stops.check()  # a stop during the start-up (imports, data, storage) is seen here
         team = in_team or pool is not None
         processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
         batch = choose(
@@ -118,11 +119,9 @@ def _join(pool: WorkerPool, study: optuna.Study, summary: RunSummary) -> None:
     waited = time.monotonic()
     try:
         codes = pool.finish()
-    except Stopped as exc:  # stopped while waiting for them: they stop too
+    except stops.Stopped as exc:  # stopped while waiting for them: they stop too
         summary.interrupted = summary.interrupted or str(exc)
-        with critical():
-            pool.close()
-        codes = [proc.returncode for proc in pool.procs]
+        codes = pool.close()
     summary.seconds += time.monotonic() - waited
     counts = pool.counts(study)
     summary.completed += counts.get("COMPLETE", 0)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from hpo import stops
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
@@ -93,6 +94,7 @@ _PARAM_PASSWORD = re.compile(
 # PostgreSQL advisory locks take two int4 keys: ours are ("hpo", what). What: the schema, the
 # study table (creating and loading studies), or one study's id (claiming its trials).
 _LOCK_CLASS = 0x68706F00
+_LOCK_POLL_SECONDS = 0.05  # the longest pause between two tries for a held lock
 _SCHEMA_KEY = -1
 _CREATION_KEY = 0
 # A claim holds its lock while Optuna samples; a worker stopped with SIGSTOP must not hold it
@@ -429,10 +431,33 @@ def _file_lock(path: Path, *, create: bool = True) -> Iterator[None]:
             f"a writable directory: make {path.parent} writable or move the database"
         ) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _wait_for(lambda: _try_flock(fd))
         yield
     finally:
         os.close(fd)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _wait_for(take: Callable[[], bool]) -> None:
+    """Try ``take`` until it gets the lock, pausing between tries (2 ms, doubling to 50 ms).
+
+    Tries, not one blocking call: a blocking ``flock`` or ``pg_advisory_lock`` cannot be
+    interrupted by a stop request, and another worker may hold the lock for as long as it is
+    paused (SIGSTOP, a debugger). A stop requested meanwhile raises ``Stopped`` here, before
+    anything is created. Polling loses no fairness that matters: a claim holds the lock for
+    milliseconds, and waiters retry within 50 ms.
+    """
+    delay = 0.002
+    while not take():
+        stops.pause(delay)
+        delay = min(delay * 2, _LOCK_POLL_SECONDS)
 
 
 @contextlib.contextmanager
@@ -464,10 +489,7 @@ def _schema_lock(url: str, *, create: bool = True) -> Iterator[None]:
     try:
         with engine.connect() as conn:
             # Session-level: held across the storage's own connections and transactions.
-            conn.execute(
-                sqlalchemy.text("SELECT pg_advisory_lock(:c, :k)"),
-                {"c": _LOCK_CLASS, "k": _SCHEMA_KEY},
-            )
+            _wait_for(lambda: _try_advisory(conn, "pg_try_advisory_lock", _SCHEMA_KEY))
             conn.commit()
             try:
                 yield
@@ -480,6 +502,11 @@ def _schema_lock(url: str, *, create: bool = True) -> Iterator[None]:
                     conn.commit()
     finally:
         engine.dispose()
+
+
+def _try_advisory(conn: Any, function: str, key: int) -> bool:
+    query = sqlalchemy.text(f"SELECT {function}(:c, :k)")
+    return bool(conn.execute(query, {"c": _LOCK_CLASS, "k": key}).scalar())
 
 
 class HeldLock:
@@ -515,9 +542,7 @@ def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[HeldL
                 f"SET LOCAL idle_in_transaction_session_timeout = '{_LOCK_IDLE_TIMEOUT}'"
             )
         )
-        conn.execute(
-            sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": key}
-        )
+        _wait_for(lambda: _try_advisory(conn, "pg_try_advisory_xact_lock", key))
         yield HeldLock(conn)
     finally:
         with contextlib.suppress(Exception):
@@ -681,7 +706,7 @@ class StorageGuard:
                 if not self.failed(exc):
                     raise
                 _log.debug("%s: retrying in %.1f s", what, delay)
-                time.sleep(delay * random.uniform(0.8, 1.2))
+                stops.pause(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.max_delay)
                 continue
             self.succeeded()

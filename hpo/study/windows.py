@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hpo import stops
 from hpo.data import Fold, FoldSet
 from hpo.engines.contract import Engine
 from hpo.errors import HpoError
@@ -56,7 +57,6 @@ from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import PENALTY_KINDS, PenaltyWindows, StudySpec, Window
 from hpo.study import optuna_compat as compat
 from hpo.study.record import WINDOWS_ATTR
-from hpo.study.signals import critical
 from hpo.study.storage import rdb_of, study_lock
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def resolve_windows(
         return spec
     windows = call(partial(stored_windows, study), "reading the penalty windows")
     while windows is None and not measure:
-        time.sleep(_WAIT_SECONDS)  # a stop signal ends the wait like any other
+        stops.pause(_WAIT_SECONDS)  # a stop ends the wait like any other
         windows = call(partial(stored_windows, study), "reading the penalty windows")
     if windows is None:
         coarse = not engine.batch_seeded
@@ -366,7 +366,7 @@ def _record(study: optuna.Study, ladder: Ladder) -> PenaltyWindows:
     """Store the ladder's windows unless another process stored some first; the stored ones."""
     storage = rdb_of(study)
     sid = compat.study_id(study)
-    with study_lock(storage, sid), critical():  # waiting for the lock stays stoppable
+    with study_lock(storage, sid):  # waiting for the lock stays stoppable
         # Read under the lock, past any cache: another worker may have just written them.
         current = storage.get_study_user_attrs(sid).get(WINDOWS_ATTR)
         if not isinstance(current, dict) or "windows" not in current:

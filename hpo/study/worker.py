@@ -9,10 +9,12 @@ any number of machines sharing one study):
   trials go stale, are failed by the next claim anywhere, and retried with the same parameters.
 * Database outages stall the worker instead of killing it (``hpo.study.storage.StorageGuard``):
   a finished result stays in memory and is told when the database is back, exactly once.
-* Ctrl-C or SIGTERM stops cleanly: the trials in flight are told FAIL (marked ``interrupted``,
-  and retried by the workers that carry on; a trial stopped while its batch was still being
-  sampled has no plan to repeat, and a new trial takes its slot), nothing stays RUNNING, and the
-  process exits 0.
+* Ctrl-C or SIGTERM stops cleanly: a stop is a request (``hpo.stops``) checked before each
+  claim, in every wait, before a batch trains and inside the engine's training. The trials in
+  flight are told FAIL (marked ``interrupted``, and retried by the workers that carry on; a
+  trial stopped while its batch was still being sampled has no plan to repeat, and a new trial
+  takes its slot), nothing stays RUNNING, and the process exits 0. A batch whose training has
+  finished is told its results first: they are real.
 * A batch's parameters, attributes and results are each written in one transaction
   (``hpo.study.bulk``): the parameters once the whole batch is sampled, before it trains.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
+from hpo import stops
 from hpo.data import FoldSet
 from hpo.engines.contract import Engine, EvaluationResult
 from hpo.engines.evaluation import evaluate_plans
@@ -53,7 +56,6 @@ from hpo.study.record import (
     seed_number,
     stored_policy,
 )
-from hpo.study.signals import Stopped, critical, stop_within
 from hpo.study.stopping import check_stop, record_stop, stored_stop
 from hpo.study.storage import StorageGuard, rdb_of
 from hpo.study.windows import resolve_windows
@@ -213,6 +215,7 @@ def optimize(
             study, spec, folds, engine, call=guard.call, measure=measure_windows
         )
         while True:
+            stops.check()
             if timeout is not None and time.monotonic() - started >= timeout:
                 _log.info("timeout of %.0f s reached; not starting more trials", timeout)
                 final = "timeout"
@@ -228,7 +231,7 @@ def optimize(
                 said_waiting = False
                 continue
             if claim.startup_wait:  # the run's other processes train the start-up: seconds
-                time.sleep(_STARTUP_POLL_SECONDS)
+                stops.pause(_STARTUP_POLL_SECONDS)
                 continue
             if not said_waiting:
                 # Among the processes of one `hpo run`, waiting for the others is routine.
@@ -240,17 +243,9 @@ def optimize(
                 )
                 said_waiting = True
             heartbeat.set_state("waiting", completed=summary.completed)
-            time.sleep(policy.heartbeat_interval)
-    except Stopped as exc:
+            stops.pause(policy.heartbeat_interval)
+    except stops.Stopped as exc:
         summary.interrupted = str(exc)
-        final = "stopped"
-    except (ImportError, SystemError, RuntimeError, KeyboardInterrupt) as exc:
-        # A stop that landed in a lazy import (the windows' ladder, the early stop's GP) or a
-        # lock's handling surfaces as that error (see stop_within).
-        stop = Stopped("SIGINT") if isinstance(exc, KeyboardInterrupt) else stop_within(exc)
-        if stop is None:
-            raise
-        summary.interrupted = str(stop)
         final = "stopped"
     finally:
         heartbeat.stop(final, completed=summary.completed)
@@ -262,33 +257,33 @@ def _claim_and_run(run: _Run, n_trials: int | None, size: int, team: int = 1) ->
     trials: list[optuna.Trial] = []
     told: set[int] = set()
     ticket = Ticket()  # one for all of this claim's tries
-    try:
-        claim = run.guard.call(
-            lambda: claim_trials(
-                run.study,
-                n_trials=n_trials,
-                size=size,
-                policy=run.policy,
-                heartbeat=run.heartbeat,
-                judge_stale=run.guard.healthy_for() >= run.policy.grace_period,
-                into=trials,
-                ticket=ticket,
-                startup=_startup(run.study),
-                team=team,
-            ),
-            "claiming trials",
-        )
-        if claim.trials:
-            run.heartbeat.set_state("training", completed=run.summary.completed)
-            _run_claim(run, list(claim.trials), told)
-        return claim
-    except BaseException as exc:
-        # Nothing may stay RUNNING: fail every claimed trial not yet told, then re-raise.
-        stop = Stopped("SIGINT") if isinstance(exc, KeyboardInterrupt) else stop_within(exc)
-        _fail_untold(run, [t for t in trials if t.number not in told], stop or exc)
-        if stop is not None and stop is not exc:
-            raise stop from None  # a stop that surfaced as another error (see stop_within)
-        raise
+    # A second signal ends the process wherever it is, even while the first stop fails these
+    # trials: they are failed first, from a thread and a connection of their own.
+    with stops.on_abort(partial(_abandon, run, trials, told)):
+        try:
+            claim = run.guard.call(
+                lambda: claim_trials(
+                    run.study,
+                    n_trials=n_trials,
+                    size=size,
+                    policy=run.policy,
+                    heartbeat=run.heartbeat,
+                    judge_stale=run.guard.healthy_for() >= run.policy.grace_period,
+                    into=trials,
+                    ticket=ticket,
+                    startup=_startup(run.study),
+                    team=team,
+                ),
+                "claiming trials",
+            )
+            if claim.trials:
+                run.heartbeat.set_state("training", completed=run.summary.completed)
+                _run_claim(run, list(claim.trials), told)
+            return claim
+        except (stops.Stopped, Exception) as exc:
+            # Nothing may stay RUNNING: fail every claimed trial not yet told, then re-raise.
+            _fail_untold(run, [t for t in trials if t.number not in told], exc)
+            raise
 
 
 def _stopped_early(run: _Run, n_trials: int | None) -> bool:
@@ -324,9 +319,6 @@ def _stopped_early(run: _Run, n_trials: int | None) -> bool:
     try:
         ok, message = run.guard.attempt(decide, "checking the early stop")
     except Exception as exc:  # the rule's own failure (not an outage): train on without it
-        stop = stop_within(exc)
-        if stop is not None:
-            raise stop from None  # a stop that landed in the rule's imports (see stop_within)
         run.stop_rule_off = True
         _log.warning("early stop turned off for this run: %s: %s", type(exc).__name__, exc)
         return False
@@ -462,6 +454,7 @@ def _run_batch(run: _Run, trials: list[optuna.Trial], seeds: list[int], told: se
         trials, plans, seeds = _without(gone, run, told, trials, plans, seeds)
         if not trials:
             return
+    stops.check()  # sampled and stored: a stop now fails them before any training
     _log.info(
         "training trial%s %s (%s engine, %d folds x %d epochs)",
         "s" if len(trials) > 1 else "",
@@ -560,41 +553,41 @@ def _tell_batch(
     outcomes: Mapping[optuna.Trial, tuple[optuna.trial.TrialState, float | None, str | None]],
     told: set[int],
 ) -> dict[optuna.Trial, optuna.trial.TrialState]:
-    """Store a batch's result attributes (one transaction) and tell each trial, in one critical
-    section: a stop in between would fail trials that already carry a score. Retried whole
-    through outages: the attributes are upserts and a trial told already is not told again."""
+    """Store a batch's result attributes (one transaction) and tell each trial. No stop is
+    checked in here (a stop in between would fail trials that already carry a score). Retried
+    whole through outages: the attributes are upserts and a trial told already is not told
+    again."""
     TrialState = optuna.trial.TrialState
-    with critical():
-        _store_attrs(run, attrs)
-        # Completed trials are told together (one transaction); pruned and failed ones, rarer
-        # and with more to do (a pruned trial's value is its last intermediate one), one by one.
-        complete = {
-            trial: score
-            for trial, (state, score, failure) in outcomes.items()
-            if state == TrialState.COMPLETE and score is not None and failure is None
-        }
-        for trial, score in complete.items():
-            # What study.tell does before it stores the state. For hpo's TPE (no constraints
-            # function) it does nothing, so neither the study view Hyperband would pass nor a
-            # repeat when an outage makes the guard retry the batch changes anything.
-            run.study.sampler.after_trial(
-                run.study, compat.frozen_of(trial), TrialState.COMPLETE, [score]
-            )
-        states = complete_trials(
-            compat.storage_of(run.study),
-            {compat.trial_id(trial): score for trial, score in complete.items()},
+    _store_attrs(run, attrs)
+    # Completed trials are told together (one transaction); pruned and failed ones, rarer
+    # and with more to do (a pruned trial's value is its last intermediate one), one by one.
+    complete = {
+        trial: score
+        for trial, (state, score, failure) in outcomes.items()
+        if state == TrialState.COMPLETE and score is not None and failure is None
+    }
+    for trial, score in complete.items():
+        # What study.tell does before it stores the state. For hpo's TPE (no constraints
+        # function) it does nothing, so neither the study view Hyperband would pass nor a
+        # repeat when an outage makes the guard retry the batch changes anything.
+        run.study.sampler.after_trial(
+            run.study, compat.frozen_of(trial), TrialState.COMPLETE, [score]
         )
-        # Told, whatever follows: a failure telling a pruned trial must not make them "untold".
-        told.update(trial.number for trial in complete)
-        finals = {}
-        for trial, (state, value, failure) in outcomes.items():
-            if trial in complete:
-                finals[trial] = states[compat.trial_id(trial)]
-            else:
-                finals[trial] = _tell(run, trial, state, value, failure)
-            told.add(trial.number)
-        compat.forget_cached_trials(run.study)  # as study.tell does
-        return finals
+    states = complete_trials(
+        compat.storage_of(run.study),
+        {compat.trial_id(trial): score for trial, score in complete.items()},
+    )
+    # Told, whatever follows: a failure telling a pruned trial must not make them "untold".
+    told.update(trial.number for trial in complete)
+    finals = {}
+    for trial, (state, value, failure) in outcomes.items():
+        if trial in complete:
+            finals[trial] = states[compat.trial_id(trial)]
+        else:
+            finals[trial] = _tell(run, trial, state, value, failure)
+        told.add(trial.number)
+    compat.forget_cached_trials(run.study)  # as study.tell does
+    return finals
 
 
 def _tell(
@@ -608,20 +601,19 @@ def _tell(
     ends in. Retried through outages, so it must be idempotent: a tell that reached the
     database before the connection broke is not repeated, and a trial failed meanwhile by
     another worker is left alone."""
-    with critical():
-        try:
-            if failure is not None:
-                compat.storage_of(run.study).set_trial_system_attr(
-                    compat.trial_id(trial), FAILURE_ATTR, failure
-                )
-            frozen = run.study.tell(trial, value, state=state, skip_if_finished=True)
-            return frozen.state
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return compat.storage_of(run.study).get_trial(compat.trial_id(trial)).state
+    try:
+        if failure is not None:
+            compat.storage_of(run.study).set_trial_system_attr(
+                compat.trial_id(trial), FAILURE_ATTR, failure
+            )
+        frozen = run.study.tell(trial, value, state=state, skip_if_finished=True)
+        return frozen.state
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return compat.storage_of(run.study).get_trial(compat.trial_id(trial)).state
 
 
 def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> None:
-    stopped = isinstance(exc, Stopped | KeyboardInterrupt)
+    stopped = isinstance(exc, stops.Stopped)
     reason = FAILURE_INTERRUPTED if stopped else FAILURE_ERROR
     message = str(exc) or type(exc).__name__
 
@@ -632,20 +624,38 @@ def _fail_untold(run: _Run, trials: list[optuna.Trial], exc: BaseException) -> N
         )
         run.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
-    with critical():  # a second Ctrl-C must not leave half of them RUNNING
-        for trial in trials:
-            try:
-                ok, _ = run.guard.attempt(partial(mark, trial), "failing a trial")
-            except Exception as error:  # already on an error path: report, don't mask it
-                ok = False
-                _log.debug("failing trial %d: %r", trial.number, error)
-            if ok:
-                run.summary.failed += 1
-            else:
-                _log.warning(
-                    "could not mark trial %d failed; once its heartbeat is %d s old another "
-                    "worker fails and retries it",
-                    trial.number,
-                    run.policy.grace_period,
-                )
-            run.heartbeat.release([compat.trial_id(trial)])
+    for trial in trials:
+        try:
+            ok, _ = run.guard.attempt(partial(mark, trial), "failing a trial")
+        except Exception as error:  # already on an error path: report, don't mask it
+            ok = False
+            _log.debug("failing trial %d: %r", trial.number, error)
+        if ok:
+            run.summary.failed += 1
+        else:
+            _log.warning(
+                "could not mark trial %d failed; once its heartbeat is %d s old another "
+                "worker fails and retries it",
+                trial.number,
+                run.policy.grace_period,
+            )
+        run.heartbeat.release([compat.trial_id(trial)])
+
+
+def _abandon(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
+    """A second signal's abort hook (``hpo.stops``): fail the claimed trials not yet told,
+    marked interrupted as a first stop would, so they are retried at once, not after the
+    grace period. It runs in a thread of its own while the main thread is anywhere: Optuna's
+    cache and its lock are left alone, and the RDB storage gives this thread a session (and a
+    pooled connection) of its own. Each write is idempotent, and one the main thread makes too
+    (it may be failing them right now) changes nothing."""
+    storage = rdb_of(run.study)
+    name = stops.last_signal() or "SIGINT"
+    for trial in [t for t in list(trials) if t.number not in told]:
+        tid = compat.trial_id(trial)
+        try:
+            storage.set_trial_user_attr(tid, FAILURE_INTERRUPTED, name)
+            storage.set_trial_system_attr(tid, FAILURE_ATTR, FAILURE_INTERRUPTED)
+            storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # told (or failed) meanwhile
