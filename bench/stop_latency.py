@@ -11,7 +11,7 @@ Stages, each on a fresh SQLite study of wine (``--epochs``, 24 trials, one proce
   record its windows under the study's lock while this script holds it (SQLite's
   ``FILE.db.lock``, as a worker paused inside a claim would): the lock is taken when the worker
   starts the ladder, the signal sent ``--delay`` seconds after the worker is seen waiting for it
-  (``/proc/locks``).
+  (it has the lock file open: ``/proc/PID/fd``).
 
 Per stage and revision it prints the median and the worst latency over ``--repeats`` runs, the
 exit codes, whether any run printed a traceback, and the trials left RUNNING. A stop that takes
@@ -82,16 +82,19 @@ def _running(db: Path) -> int:
     return int(rows[0][0])
 
 
-def _blocked_on_a_lock(pid: int, seconds: float) -> bool:
-    """Whether process ``pid`` comes to wait for a file lock within ``seconds`` (Linux lists a
-    blocked waiter in /proc/locks as a line with ``->``)."""
+def _waiting_for_the_lock(pid: int, lock: Path, seconds: float) -> bool:
+    """Whether process ``pid`` comes to wait for ``lock`` (held here) within ``seconds``: it
+    has the lock file open, which it does only while it takes the lock (a blocking ``flock``
+    before the stops were requests, tries with a pause between them since)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        for line in Path("/proc/locks").read_text().splitlines():
-            fields = line.split()
-            if "->" in fields and str(pid) in fields:
-                return True
-        time.sleep(0.1)
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if Path(os.readlink(fd)) == lock.resolve():
+                    return True
+            except OSError:  # closed meanwhile
+                continue
+        time.sleep(0.05)
     return False
 
 
@@ -134,7 +137,7 @@ def one_stop(stage: str, tree: Path | None, args: argparse.Namespace) -> dict[st
             if stage == "claim-lock":  # hold the lock from now until the stop
                 held = open(work / "hpo.db.lock", "a+")  # noqa: SIM115
                 fcntl.flock(held, fcntl.LOCK_EX)
-                if not _blocked_on_a_lock(process.pid, args.limit * 4):
+                if not _waiting_for_the_lock(process.pid, work / "hpo.db.lock", args.limit * 4):
                     process.kill()
                     raise RuntimeError("claim-lock: the worker never waited for the lock")
                 time.sleep(args.delay)

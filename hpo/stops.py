@@ -7,13 +7,14 @@ bounded to about a second), once per Keras batch, and in every wait (for a lock,
 idle worker, a child process). Nothing is ever raised into arbitrary code, so a stop cannot
 land inside an import, a finalizer, a lock's release or a library's cleanup.
 
-A second signal ends the process at once, with exit code 128 + n: its handler starts one
-thread that gives the registered abort hooks (:func:`on_abort`: failing the trials in flight,
-on a connection of their own) a few seconds, then ends the process from that thread. The main
-thread carries on meanwhile, so a transaction it has open (which an abort hook may be waiting
-for) still commits; the writes on both sides are idempotent. That holds only for a command
-that is the whole process (``exit_on_second``); called from a notebook or a test, a second
-signal is one more request.
+A second signal ends the process at once, with exit code 128 + n. Signals are counted as they
+are delivered, on a thread of their own (``signal.set_wakeup_fd``), so a second one is seen
+even while the main thread is inside a long C call; that thread gives the registered abort
+hooks (:func:`on_abort`: failing the trials in flight, on a connection of their own) a few
+seconds, then ends the process. The main thread carries on meanwhile, so a transaction it has
+open (which an abort hook may be waiting for) still commits; the writes on both sides are
+idempotent. That holds only for a command that is the whole process (``exit_on_second``);
+called from a notebook or a test, a second signal is one more request.
 
 Signals reach the main thread only, so only the main thread installs the handler; any thread
 may check or wait.
@@ -37,6 +38,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Stopped",
+    "at_once",
     "check",
     "last_signal",
     "on_abort",
@@ -70,6 +72,7 @@ class _State:
     raised = False  # a check point has raised Stopped for the request (someone handles it)
     installed = False
     exit_on_second = False
+    at_once = False  # inside at_once(): this process holds nothing a stop must clean up
     aborts: ClassVar[list[Callable[[], None]]] = []
     lock = threading.Lock()
 
@@ -131,6 +134,26 @@ def reset() -> None:
 
 
 @contextmanager
+def at_once() -> Iterator[None]:
+    """A start-up step with no check point inside (TensorFlow's import: seconds) during which
+    the process holds nothing a stop must clean up: no trial, no lock, no write under way. A
+    stop signal then ends the process at once, as ``stopped by SIGINT`` with exit 0, instead of
+    waiting for the step to end. Only where the command is the whole process; elsewhere the
+    stop is checked when the step ends."""
+    check()
+    with _State.lock:
+        _State.at_once = True
+    try:
+        yield
+    finally:
+        # Under the lock: the listener, having seen the flag, may be ending the process now;
+        # then this thread waits here and never starts what follows.
+        with _State.lock:
+            _State.at_once = False
+    check()
+
+
+@contextmanager
 def on_abort(hook: Callable[[], None]) -> Iterator[None]:
     """Run ``hook`` (from another thread, with a few seconds to finish) if a second signal
     ends the process while the block runs. It must open its own connections: the main thread
@@ -151,33 +174,66 @@ def _abort(signum: int) -> None:
         os.write(2, f"stopped again by {name}: exiting at once\n".encode())
     with _State.lock:
         hooks = list(_State.aborts)
+    done = threading.Event()
 
-    def run() -> None:
-        done = threading.Event()
+    def hooks_then_done() -> None:
+        for hook in hooks:
+            with suppress(Exception):  # the process is ending: nobody to report to
+                hook()
+        done.set()
 
-        def hooks_then_done() -> None:
-            for hook in hooks:
-                with suppress(Exception):  # the process is ending: nobody to report to
-                    hook()
-            done.set()
-
-        threading.Thread(target=hooks_then_done, daemon=True).start()
-        done.wait(_ABORT_SECONDS)
-        for stream in (sys.stdout, sys.stderr):
-            with suppress(Exception):
-                stream.flush()
-        os._exit(128 + signum)
-
-    threading.Thread(target=run, name="hpo-abort", daemon=True).start()
+    threading.Thread(target=hooks_then_done, name="hpo-abort", daemon=True).start()
+    done.wait(_ABORT_SECONDS)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(128 + signum)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    # Runs on the main thread once it is back in Python code; two deliveries of one signal
+    # meanwhile come as one call, so counting them is the listener's job.
     del frame
-    _State.received += 1
-    first = _State.received == 1
     request(signal.Signals(signum).name)
-    if not first and _State.exit_on_second:
-        _abort(signum)
+
+
+def _listen(fd: int) -> None:
+    """Read one byte per delivered signal (``signal.set_wakeup_fd``) until ``fd`` closes.
+
+    Every delivery arrives here at once, even while the main thread is inside a long C call
+    (a TensorFlow graph call, an import, a database driver's wait), when its Python handler
+    has not run yet and would see two signals as one. So the request is made, and a second
+    signal ends the process, from this thread.
+    """
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            _State.received += 1  # written by this thread only
+            name = signal.Signals(signum).name
+            request(name)
+            if not _State.exit_on_second:
+                continue
+            if _State.received > 1:
+                _abort(signum)
+            with _State.lock:
+                if _State.at_once:
+                    _exit_now(f"stopped by {name}", 0)
+
+
+def _exit_now(line: str, code: int) -> None:
+    with suppress(OSError):
+        os.write(2, f"{line}\n".encode())
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @contextmanager
@@ -199,11 +255,20 @@ def stop_on_signals(*, then: Any = None, exit_on_second: bool = False) -> Iterat
     reset()
     _State.installed = True
     _State.exit_on_second = exit_on_second
+    read, write = os.pipe()
+    os.set_blocking(write, False)  # a full pipe drops a byte rather than block the handler
+    previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    listener = threading.Thread(target=_listen, args=(read,), name="hpo-stops", daemon=True)
+    listener.start()
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if then is None else then)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write)  # the listener reads the end of the pipe and returns
+        listener.join(5)
+        os.close(read)
         _State.installed = False
         _State.exit_on_second = False
         reset()  # what comes next in this process (another command, a test) starts unstopped

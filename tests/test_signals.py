@@ -73,7 +73,7 @@ def test_in_process_a_second_signal_is_one_more_request(tmp_path: Path) -> None:
 
 _SECOND_SIGNAL = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import hashlib, sys
     from pathlib import Path
     from hpo import stops
 
@@ -82,7 +82,9 @@ _SECOND_SIGNAL = textwrap.dedent(
         lambda: mark.write_text("failed the trials in flight")
     ):
         print("ready", flush=True)
-        time.sleep(60)  # busy where no check point is: only the second signal ends this
+        # One long C call (minutes): Python runs no signal handler until it returns, so both
+        # signals must be seen, and the second one acted on, from outside the main thread.
+        hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 10**9)
     print("not reached", flush=True)
     """
 )
@@ -102,7 +104,7 @@ def test_a_second_signal_ends_the_process_with_its_code_after_the_abort_hooks(
     assert process.stdout is not None and process.stdout.readline() == "ready\n"
     process.send_signal(sig)
     time.sleep(0.3)
-    assert process.poll() is None  # one signal is a request: the sleep has no check point
+    assert process.poll() is None  # one signal is a request: the C call has no check point
     started = time.monotonic()
     process.send_signal(sig)
     out, err = process.communicate(timeout=30)
@@ -112,6 +114,32 @@ def test_a_second_signal_ends_the_process_with_its_code_after_the_abort_hooks(
     assert err == f"stopped again by {name}: exiting at once\n"
     assert "not reached" not in out
     assert mark.read_text() == "failed the trials in flight"
+
+
+_AT_ONCE = textwrap.dedent(
+    """
+    import hashlib
+    from hpo import stops
+
+    with stops.stop_on_signals(exit_on_second=True):
+        with stops.at_once():  # holding nothing, as during TensorFlow's import at start-up
+            print("ready", flush=True)
+            hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 10**9)
+        print("not reached", flush=True)
+    """
+)
+
+
+def test_a_stop_during_a_start_up_step_that_holds_nothing_ends_the_process_at_once() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _AT_ONCE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 5
+    assert (process.returncode, out, err) == (0, "", "stopped by SIGINT\n")
 
 
 def _kill_after(seconds: float, sig: int) -> threading.Timer:

@@ -31,7 +31,7 @@ from pg import pg_database
 from hpo.data import Fold, load_dataset, make_fold_set
 from hpo.engines.contract import EvaluationResult, Monitor
 from hpo.space import RegularizationPlan
-from hpo.spec import ModelSpec, StudySpec, spec_from_dict
+from hpo.spec import ModelSpec, StudySpec, spec_from_dict, spec_to_dict
 from hpo.stops import Stopped, stop_on_signals
 from hpo.study import budget
 from hpo.study import optuna_compat as compat
@@ -39,7 +39,17 @@ from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.creation import create_or_load_study
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.optuna_compat import count_trial_states
-from hpo.study.record import CrashPolicy, stored_policy, stored_spec, worker_records
+from hpo.study.record import (
+    BASELINE_ATTR,
+    FAILURE_ATTR,
+    FAILURE_INTERRUPTED,
+    SAMPLER_ATTR,
+    SPEC_ATTR,
+    CrashPolicy,
+    stored_policy,
+    stored_spec,
+    worker_records,
+)
 from hpo.study.storage import (
     StorageGuard,
     normalize_url,
@@ -244,6 +254,29 @@ def test_racing_processes_on_an_empty_database_create_schema_and_study_once(
     assert stored_spec(study) == spec.replace(source="study 'contract'")
 
 
+@pytest.mark.parametrize("made", ["the study", "its spec"])
+def test_a_creation_killed_halfway_is_finished_by_the_next_process(
+    backend: str, tmp_path: Path, made: str
+) -> None:
+    """A second Ctrl-C (or SIGKILL) ends a process at once, also between the writes that make a
+    study: the next process to load it stores what is missing, and the baseline is queued."""
+    spec = _spec(tmp_path)
+    storage = open_storage(backend)
+    half = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize")
+    if made == "its spec":
+        half.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+    study, created = create_or_load_study(spec, storage, policy=FAST)
+    assert created
+    assert spec_to_dict(stored_spec(study)) == spec_to_dict(spec)
+    assert stored_policy(study) == FAST
+    assert SAMPLER_ATTR in study.user_attrs
+    (baseline,) = study.get_trials(deepcopy=False)
+    assert baseline.state == TrialState.WAITING and baseline.user_attrs[BASELINE_ATTR] is True
+    # A later process resumes it as any study: nothing is queued twice.
+    again, created = create_or_load_study(spec, open_storage(backend))
+    assert not created and len(again.get_trials(deepcopy=False)) == 1
+
+
 def test_spec_and_crash_policy_are_stored_and_read_back(backend: str, tmp_path: Path) -> None:
     spec = _spec(tmp_path, name="stored")
     policy = CrashPolicy(heartbeat_interval=3, grace_period=17, max_retries=5)
@@ -372,6 +405,36 @@ def test_stale_trial_is_failed_and_retried_with_its_parameters_a_bounded_number_
     assert "retry_of" not in fresh.user_attrs
     states = count_trial_states(open_storage(backend), study._study_id)
     assert states == {"FAIL": 2, "RUNNING": 1}
+
+
+@_QUICK_ON_POSTGRESQL
+def test_a_stopped_trial_is_retried_however_often_it_is_stopped_and_only_crashes_count(
+    backend: str, tmp_path: Path
+) -> None:
+    """A stop is no fault of the trial's: with max_retries=1, a trial stopped three times is
+    still retried (a baseline stopped by every Ctrl-C must be trained in the end); crashes
+    count, so after the second one the slot goes to a new trial."""
+    study, _ = _fast_study(backend, tmp_path)
+    beats = Heartbeat(study, FAST, StorageGuard(backend), worker="here:1")
+    trial = _claim_one(study, beats)
+    x = trial.suggest_float("x", 0.0, 1.0)
+
+    def fail(trial: optuna.Trial, failure: str | None) -> optuna.Trial:
+        if failure is not None:  # as the worker marks a stop; a crash has no mark
+            compat.storage_of(study).set_trial_system_attr(
+                compat.trial_id(trial), FAILURE_ATTR, failure
+            )
+        study.tell(trial, state=TrialState.FAIL)
+        beats.release([compat.trial_id(trial)])
+        return _claim_one(study, beats)
+
+    for failure in (FAILURE_INTERRUPTED, FAILURE_INTERRUPTED, FAILURE_INTERRUPTED, None):
+        retry = fail(trial, failure)
+        assert retry.user_attrs.get("retry_of") == trial.number, failure
+        assert retry.suggest_float("x", 0.0, 1.0) == x
+        trial = retry
+    fresh = fail(trial, None)  # the second crash of the chain: max_retries=1 is spent
+    assert "retry_of" not in fresh.user_attrs
 
 
 @_QUICK_ON_POSTGRESQL

@@ -8,8 +8,10 @@ count never passes the budget and exactly ``n_trials`` trials finish.
 Under the same lock a claim first fails stale trials (heartbeat older than the grace period:
 their worker is dead), then queues a retry of each failed trial that deserves one: the same
 parameters as a WAITING trial, linked to the original (user attr ``retry_of``, and Optuna's
-``failed_trial`` / ``retry_history`` system attrs), at most ``max_retries`` times per chain.
-``study.ask()`` hands out WAITING trials before sampling new ones.
+``failed_trial`` / ``retry_history`` system attrs), at most ``max_retries`` times per chain for crashes (a stopped
+worker's trials are retried however often they are stopped: a stop is no fault of theirs, and a
+baseline stopped four times must still be trained). ``study.ask()`` hands out WAITING trials
+before sampling new ones.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hpo.study.heartbeat import Heartbeat, worker_id
 from hpo.study.record import (
     BASELINE_ATTR,
     CLAIM_ATTR,
+    CRASHES_ATTR,
     FAILURE_ATTR,
     FAILURE_INTERRUPTED,
     FAILURE_OVER_BUDGET,
@@ -68,7 +71,7 @@ _RETRYABLE = (None, FAILURE_INTERRUPTED)
 _FIRST_SEEN: dict[tuple[str, int], float] = {}
 # Failed trials this process found not to deserve a retry, so that they are not read again at
 # every claim (a FAIL trial never changes): (storage URL, trial id) -> None if it has no plan
-# to repeat, else the length of its retry chain (the study's max_retries may be raised later).
+# to repeat, else the crashes of its retry chain (the study's max_retries may be raised later).
 _NOT_RETRIED: dict[tuple[str, int], int | None] = {}
 _UNLIMITED = 1 << 30
 _log = get_logger("budget")
@@ -324,16 +327,16 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
             continue
         trial = rdb.get_trial(trial_id)
         chain = [*trial.system_attrs.get(RETRY_CHAIN_ATTR, []), trial.number]
+        crashed = trial.system_attrs.get(FAILURE_ATTR) != FAILURE_INTERRUPTED
+        crashes = int(trial.system_attrs.get(CRASHES_ATTR, len(chain) - 1)) + crashed
         if not trial.distributions and not is_baseline(trial):
             # Died (or was stopped) before its plan was stored: nothing to repeat, a new trial
             # takes the slot.
             _NOT_RETRIED[rdb.url, trial_id] = None
             continue
-        if len(chain) > policy.max_retries:
-            _log.debug(
-                "trial %d: retried %d times already; not again", trial.number, len(chain) - 1
-            )
-            _NOT_RETRIED[rdb.url, trial_id] = len(chain)
+        if crashes > policy.max_retries:
+            _log.debug("trial %d: crashed %d times; not retried again", trial.number, crashes)
+            _NOT_RETRIED[rdb.url, trial_id] = crashes
             continue
         study.add_trial(
             optuna.trial.create_trial(
@@ -341,16 +344,19 @@ def _queue_retries(study: optuna.Study, policy: CrashPolicy, room: int) -> int:
                 params=trial.params,
                 distributions=trial.distributions,
                 user_attrs=_retry_attrs(trial, chain[0]),
-                system_attrs={RETRY_FIRST_ATTR: chain[0], RETRY_CHAIN_ATTR: chain},
+                system_attrs={
+                    RETRY_FIRST_ATTR: chain[0],
+                    RETRY_CHAIN_ATTR: chain,
+                    CRASHES_ATTR: crashes,
+                },
             )
         )
         queued += 1
         _log.info(
-            "trial %d failed (%s): queued retry %d of %d with the same parameters",
+            "trial %d failed (%s): queued %s with the same parameters",
             trial.number,
             trial.system_attrs.get(FAILURE_ATTR) or "its worker died",
-            len(chain),
-            policy.max_retries,
+            f"retry {crashes} of {policy.max_retries}" if crashed else "a retry",
         )
     return queued
 

@@ -197,17 +197,13 @@ def create_or_load_study(
                     study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
                 )
             else:
-                study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
-                study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
-                start = SamplerStart.new(spec)
-                study.set_user_attr(SAMPLER_ATTR, start.to_dict())
-                study.sampler = make_sampler(spec, seed_offset=seed_offset, start=start)
-                if spec.search.baseline:
-                    # Trial 0, queued before any worker can ask: the network with no penalty,
-                    # so every study shows what regularization bought. It has no params, which
-                    # keeps it out of TPE's model (its zeros are outside the log-uniform ranges).
-                    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+                _finish_creation(study, spec, policy, seed_offset)
                 return study, True
+        if not study.get_trials(deepcopy=False):
+            # A creation that ended halfway (the process was killed between its steps; a
+            # created study always has its baseline queued): finish it now, under the lock.
+            _finish_creation(study, spec, policy, seed_offset)
+            return study, True
     check_same_protocol(spec, study)
     # A seeded sampler starts its random stream afresh in every process: resumed with the
     # offset it was created with, it would propose the trials it proposed then. Offset by the
@@ -218,6 +214,28 @@ def create_or_load_study(
         start=SamplerStart.of(study, spec),
     )
     return study, False
+
+
+def _finish_creation(
+    study: optuna.Study, spec: StudySpec, policy: CrashPolicy | None, seed_offset: int
+) -> None:
+    """Store what a new study carries, each part only where it is missing: the spec, the crash
+    policy, the sampler's start-up, and the queued baseline. Each is a write of its own, so a
+    process killed between them leaves a study the next one finishes (see the caller)."""
+    stored = study.user_attrs
+    if SPEC_ATTR not in stored:
+        study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+    if POLICY_ATTR not in stored:
+        study.set_user_attr(POLICY_ATTR, (policy or CrashPolicy()).to_dict())
+    start = SamplerStart.of(study, spec) if SAMPLER_ATTR in stored else SamplerStart.new(spec)
+    if SAMPLER_ATTR not in stored:
+        study.set_user_attr(SAMPLER_ATTR, start.to_dict())
+    study.sampler = make_sampler(spec, seed_offset=seed_offset, start=start)
+    if spec.search.baseline and not study.get_trials(deepcopy=False):
+        # Trial 0, queued before any worker can ask: the network with no penalty, so every
+        # study shows what regularization bought. It has no params, which keeps it out of TPE's
+        # model (its zeros are outside the log-uniform ranges).
+        study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
 
 
 def join_study(

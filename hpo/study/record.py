@@ -95,6 +95,8 @@ Trial system attributes
                                   retry, the ones that were stored though it never heard back
 ``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
 ``retry_history``                 trial of the chain so far
+``hpo:crashes``                   failures of the chain so far that count against ``max_retries``:
+                                  all but ``interrupted`` ones (a stop is no fault of the trial's)
 ``artifacts:<artifact id>``       a file attached while the trial ran (Optuna's own artifact API)
 ``completed_rung_<n>``            the checkpoint value with which the trial passed rung ``n`` of
                                   ``[pruner]`` successive halving or Hyperband (Optuna's pruner
@@ -133,6 +135,7 @@ else:
 __all__ = [
     "BASELINE_ATTR",
     "CLAIM_ATTR",
+    "CRASHES_ATTR",
     "DATA_WARNINGS_ATTR",
     "EARLY_STOP_ATTR",
     "FAILURE_ATTR",
@@ -217,6 +220,7 @@ FAILURE_OVER_BUDGET = "over-budget"
 LIVE_ARTIFACT_PREFIX = "artifacts:"
 RETRY_CHAIN_ATTR = "retry_history"  # as Optuna's RetryHeartbeatStaleTrialCallback writes it
 RETRY_FIRST_ATTR = "failed_trial"
+CRASHES_ATTR = "hpo:crashes"
 
 
 # --- the crash policy ------------------------------------------------------------------------

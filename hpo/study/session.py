@@ -66,7 +66,8 @@ def train(
     such a pool.
     """
     with stops.stop_on_signals():
-        stops.check()  # a stop during the start-up (imports, data, storage) is seen here
+        with stops.at_once():  # nothing held yet: a stop need not wait for TensorFlow's import
+            versions = tensorflow_versions()
         team = in_team or pool is not None
         processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
         batch = choose(
@@ -87,7 +88,7 @@ def train(
                 engine,
                 n_trials=n_trials,
                 timeout=timeout,
-                versions=tensorflow_versions(),
+                versions=versions,
                 on_result=recorder,
                 guard=StorageGuard(storage_url),
                 in_team=team,
