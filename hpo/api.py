@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hpo import stops
 from hpo.data import Dataset, FoldSet, load_folds
@@ -191,6 +191,14 @@ def run_study(
     return RunOutcome(study, spec, created, summary, url)
 
 
+def _stop_the_caller(signal_name: str) -> NoReturn:
+    """Cleaned up (trials in flight failed, nothing left RUNNING): now stop the caller as the
+    signal would have without hpo."""
+    if signal_name == "SIGINT":
+        raise KeyboardInterrupt
+    raise SystemExit(128 + 15)
+
+
 def _pool(
     spec: StudySpec,
     url: str,
@@ -315,15 +323,13 @@ def optimize(
             # TPE's `group` option is hpo's choice, not the caller's: its warning is noise.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             outcome = run_study(spec, data=data, storage=storage, workers=workers)
+    except stops.Stopped as exc:  # stopped before training began (loading the data, say)
+        _stop_the_caller(str(exc))
     finally:
         optuna.logging.set_verbosity(verbosity)
     summary = outcome.summary
-    if summary.interrupted == "SIGINT":
-        # Cleaned up (trials in flight failed, nothing left RUNNING): now stop the caller as
-        # Ctrl-C would have without hpo.
-        raise KeyboardInterrupt
     if summary.interrupted:
-        raise SystemExit(128 + 15)
+        _stop_the_caller(summary.interrupted)
     _log.info(
         "ran %d trial%s (%d pruned, %d failed) in %.1f s",
         summary.completed,

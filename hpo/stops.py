@@ -73,6 +73,8 @@ class _State:
     installed = False
     exit_on_second = False
     at_once = False  # inside at_once(): this process holds nothing a stop must clean up
+    exiting = False  # the listener is ending the process (at_once's end must not go on)
+    stderr = 2  # a copy of fd 2 made at install: TensorFlow's import points fd 2 at a pipe
     aborts: ClassVar[list[Callable[[], None]]] = []
     lock = threading.Lock()
 
@@ -150,6 +152,9 @@ def at_once() -> Iterator[None]:
         # then this thread waits here and never starts what follows.
         with _State.lock:
             _State.at_once = False
+            exiting = _State.exiting
+        if exiting:
+            threading.Event().wait()
     check()
 
 
@@ -169,9 +174,7 @@ def on_abort(hook: Callable[[], None]) -> Iterator[None]:
 
 def _abort(signum: int) -> None:
     """A second signal: the abort hooks get a few seconds, then the process ends (128 + n)."""
-    name = signal.Signals(signum).name
-    with suppress(OSError):
-        os.write(2, f"stopped again by {name}: exiting at once\n".encode())
+    _say(f"stopped again by {signal.Signals(signum).name}: exiting at once")
     with _State.lock:
         hooks = list(_State.aborts)
     done = threading.Event()
@@ -184,10 +187,7 @@ def _abort(signum: int) -> None:
 
     threading.Thread(target=hooks_then_done, name="hpo-abort", daemon=True).start()
     done.wait(_ABORT_SECONDS)
-    for stream in (sys.stdout, sys.stderr):
-        with suppress(Exception):
-            stream.flush()
-    os._exit(128 + signum)
+    _flush_and_exit(128 + signum)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -223,13 +223,20 @@ def _listen(fd: int) -> None:
             if _State.received > 1:
                 _abort(signum)
             with _State.lock:
-                if _State.at_once:
-                    _exit_now(f"stopped by {name}", 0)
+                _State.exiting = _State.at_once
+            if _State.exiting:
+                _say(f"stopped by {name}")
+                _flush_and_exit(0)
 
 
-def _exit_now(line: str, code: int) -> None:
+def _say(line: str) -> None:
+    """One line on the process's stderr, the copy of fd 2 made at install (during
+    TensorFlow's import fd 2 is a pipe whose reader might not forward it before the exit)."""
     with suppress(OSError):
-        os.write(2, f"{line}\n".encode())
+        os.write(_State.stderr, f"{line}\n".encode())
+
+
+def _flush_and_exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
@@ -251,24 +258,36 @@ def stop_on_signals(*, then: Any = None, exit_on_second: bool = False) -> Iterat
     if _State.installed or threading.current_thread() is not threading.main_thread():
         yield  # signals reach only the main thread; an outer block already handles them
         return
-    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    reset()
+    reset()  # first: a signal from here on is this block's
     _State.installed = True
     _State.exit_on_second = exit_on_second
-    read, write = os.pipe()
-    os.set_blocking(write, False)  # a full pipe drops a byte rather than block the handler
-    previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-    listener = threading.Thread(target=_listen, args=(read,), name="hpo-stops", daemon=True)
-    listener.start()
+    previous: dict[int, Any] = {}
+    previous_fd = -1
+    read = write = -1
+    listener: threading.Thread | None = None
     try:
+        _State.stderr = os.dup(2) if exit_on_second else 2
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # a full pipe drops a byte rather than block the handler
+        previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        listener = threading.Thread(target=_listen, args=(read,), name="hpo-stops", daemon=True)
+        listener.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _handler)
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if then is None else then)
-        signal.set_wakeup_fd(previous_fd)
-        os.close(write)  # the listener reads the end of the pipe and returns
-        listener.join(5)
-        os.close(read)
+        for signum, old in previous.items():
+            signal.signal(signum, old if then is None else then)
+        if write >= 0:
+            signal.set_wakeup_fd(previous_fd)
+            os.close(write)  # the listener reads the end of the pipe and returns
+        if listener is not None:
+            listener.join(5)
+        if read >= 0:
+            os.close(read)
+        if _State.stderr != 2:
+            os.close(_State.stderr)
+            _State.stderr = 2
         _State.installed = False
         _State.exit_on_second = False
         reset()  # what comes next in this process (another command, a test) starts unstopped

@@ -378,14 +378,18 @@ def serve(
     )
     # Ctrl-C is how a dashboard ends: the request is waited for on a thread of its own, which
     # asks the server loop to return (it cannot be asked from the main thread it runs on).
-    watcher = threading.Thread(target=_shut_down_on_stop, args=(server,), daemon=True)
+    served = threading.Event()
+    watcher = threading.Thread(target=_shut_down_on_stop, args=(server, served), daemon=True)
     watcher.start()
     try:
         server.serve_forever()
     finally:
+        served.set()
         server.server_close()
 
 
-def _shut_down_on_stop(server: Any) -> None:
-    stops.wait(None)
-    server.shutdown()
+def _shut_down_on_stop(server: Any, served: threading.Event) -> None:
+    while not served.is_set():
+        if stops.wait(0.5):
+            server.shutdown()
+            return

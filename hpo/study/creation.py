@@ -26,6 +26,7 @@ from hpo.study.record import (
     SamplerStart,
     outer_fold_number,
     spec_changes,
+    stored_spec,
     stored_spec_data,
 )
 from hpo.study.storage import Access, creation_lock, mask_url, open_storage, unwrap_rdb
@@ -199,9 +200,9 @@ def create_or_load_study(
             else:
                 _finish_creation(study, spec, policy, seed_offset)
                 return study, True
-        if not study.get_trials(deepcopy=False):
-            # A creation that ended halfway (the process was killed between its steps; a
-            # created study always has its baseline queued): finish it now, under the lock.
+        if _half_made(study):
+            # A creation that ended halfway (the process was killed between its steps): finish
+            # it now, under the lock.
             _finish_creation(study, spec, policy, seed_offset)
             return study, True
     check_same_protocol(spec, study)
@@ -214,6 +215,19 @@ def create_or_load_study(
         start=SamplerStart.of(study, spec),
     )
     return study, False
+
+
+def _half_made(study: optuna.Study) -> bool:
+    """Whether ``study`` lacks part of what its creation stores: an attribute, or (no trial at
+    all while its stored spec asks for one) the queued baseline. A study with trials is never
+    half-made: a trial is only claimed once a creation has finished."""
+    if study.get_trials(deepcopy=False):
+        return False
+    stored = study.user_attrs
+    if any(key not in stored for key in (SPEC_ATTR, POLICY_ATTR, SAMPLER_ATTR)):
+        return True
+    spec = stored_spec(study)
+    return spec is not None and spec.search.baseline
 
 
 def _finish_creation(

@@ -123,6 +123,7 @@ class WorkerPool:
     timeout: float | None = None
     import_paths: Sequence[str] = ()
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _signalled: set[int] = field(default_factory=set)  # pids sent their one SIGTERM
 
     def start(self) -> None:
         env = {
@@ -152,9 +153,11 @@ class WorkerPool:
 
     def stop(self) -> None:
         """Ask the workers still running to stop as Ctrl-C would (they fail their trials in
-        flight, which the study retries, and exit)."""
+        flight, which the study retries, and exit). Each is asked once: a second signal would
+        make it exit at once instead."""
         for proc in self.procs:
-            if proc.poll() is None:
+            if proc.poll() is None and proc.pid not in self._signalled:
+                self._signalled.add(proc.pid)
                 proc.send_signal(signal.SIGTERM)
 
     def finish(self) -> list[int]:

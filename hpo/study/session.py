@@ -8,6 +8,7 @@ it records (``hpo.results.artifacts.ArtifactRecorder`` in practice).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from hpo import stops
 from hpo.data import FoldSet
 from hpo.engines import make_engine
 from hpo.engines.batching import choose
-from hpo.engines.contract import EvaluationResult
+from hpo.engines.contract import Engine, EvaluationResult
 from hpo.engines.keras_model import tensorflow_versions
 from hpo.log import get_logger
 from hpo.spec import StudySpec
@@ -66,20 +67,19 @@ def train(
     such a pool.
     """
     with stops.stop_on_signals():
-        with stops.at_once():  # nothing held yet: a stop need not wait for TensorFlow's import
-            versions = tensorflow_versions()
+        try:
+            # Nothing held yet: a stop need not wait for TensorFlow's import (seconds). Not
+            # with a pool: its workers must be stopped by this process, not orphaned.
+            with stops.at_once() if pool is None else contextlib.nullcontext():
+                versions = tensorflow_versions()
+            engine = _engine(spec, folds, study, n_trials, pool, in_team)
+        except stops.Stopped as exc:  # before any trial (the batch size is timed): none to fail
+            summary = RunSummary(interrupted=str(exc))
+            if pool is not None:
+                _join(pool, study, summary)
+            return summary
         team = in_team or pool is not None
         processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
-        batch = choose(
-            spec,
-            folds,
-            trials_to_run=trials_to_run(study, n_trials),
-            processes=processes if team else 1,
-        )
-        if batch.how != "set":
-            # Every process of a run measures for itself (under the others' load); one says so.
-            _log.log(logging.DEBUG if in_team else logging.INFO, "stacked engine: %s", batch.text())
-        engine = make_engine(replace(spec.engine, trials_per_batch=batch.trials))
         try:
             summary = optimize(
                 study,
@@ -100,6 +100,10 @@ def train(
             engine.close()
         if pool is not None:
             _join(pool, study, summary)
+        if not summary.interrupted and stops.requested():
+            # A stop after the last check point: the work is done, but the caller (a notebook:
+            # the block's end forgets the request) must still hear that it was asked to stop.
+            summary.interrupted = stops.requested()
         if recorder is not None and not summary.interrupted:
             recorder.finalize(study)  # a signal meanwhile skips the rest, and says so
         elif recorder is not None and summary.completed and not in_team:  # the run says it
@@ -112,17 +116,42 @@ def train(
     return summary
 
 
+def _engine(
+    spec: StudySpec,
+    folds: FoldSet,
+    study: optuna.Study,
+    n_trials: int | None,
+    pool: WorkerPool | None,
+    in_team: bool,
+) -> Engine:
+    """The study's engine, with the stacked engine's batch size for this machine (measured
+    once per machine and shape, under the load of this run's processes)."""
+    team = in_team or pool is not None
+    processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
+    batch = choose(
+        spec,
+        folds,
+        trials_to_run=trials_to_run(study, n_trials),
+        processes=processes if team else 1,
+    )
+    if batch.how != "set":
+        # Every process of a run measures for itself (under the others' load); one says so.
+        _log.log(logging.DEBUG if in_team else logging.INFO, "stacked engine: %s", batch.text())
+    return make_engine(replace(spec.engine, trials_per_batch=batch.trials))
+
+
 def _join(pool: WorkerPool, study: optuna.Study, summary: RunSummary) -> None:
     """Wait for the pool's workers (stopping them if this process was stopped) and add their
     trials to ``summary``."""
-    if summary.interrupted:
-        pool.stop()  # in sessions of their own, the workers get no signal but this one
     waited = time.monotonic()
-    try:
-        codes = pool.finish()
-    except stops.Stopped as exc:  # stopped while waiting for them: they stop too
-        summary.interrupted = summary.interrupted or str(exc)
+    if summary.interrupted:  # in sessions of their own, the workers get no signal but ours
         codes = pool.close()
+    else:
+        try:
+            codes = pool.finish()
+        except stops.Stopped as exc:  # stopped while waiting for them: they stop too
+            summary.interrupted = str(exc)
+            codes = pool.close()
     summary.seconds += time.monotonic() - waited
     counts = pool.counts(study)
     summary.completed += counts.get("COMPLETE", 0)

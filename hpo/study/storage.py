@@ -452,11 +452,12 @@ def _wait_for(take: Callable[[], bool]) -> None:
     interrupted by a stop request, and another worker may hold the lock for as long as it is
     paused (SIGSTOP, a debugger). A stop requested meanwhile raises ``Stopped`` here, before
     anything is created. Polling loses no fairness that matters: a claim holds the lock for
-    milliseconds, and waiters retry within 50 ms.
+    milliseconds, and waiters retry within 75 ms.
     """
     delay = 0.002
     while not take():
-        stops.pause(delay)
+        # Jittered, so that waiters that started together do not keep trying together.
+        stops.pause(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, _LOCK_POLL_SECONDS)
 
 

@@ -659,3 +659,5 @@ def _abandon(run: _Run, trials: list[optuna.Trial], told: set[int]) -> None:
             storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # told (or failed) meanwhile
+        except Exception:  # the process is ending: the next trial may still be failed
+            continue
