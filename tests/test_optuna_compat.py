@@ -216,10 +216,20 @@ def _reporting(trial: optuna.Trial) -> float:
     return value
 
 
-def test_tpe_reads_every_trial_under_a_hyperband_bracket(study: optuna.Study) -> None:
-    study.pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27)
+def test_tpe_reads_every_trial_under_a_hyperband_bracket(url: str) -> None:
+    # A fixed name and seed: Hyperband puts a trial in a bracket by a hash of the study's name
+    # and the trial's number, and prunes by the values, so a random name (the `study` fixture's)
+    # could put every trial in one bracket, or prune some, once in a while.
+    study = optuna.create_study(
+        study_name="brackets",
+        storage=open_storage(url),
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27),
+    )
     study.optimize(_reporting, n_trials=8)
-    every = [t.number for t in study.get_trials(deepcopy=False)]
+    every = [t.number for t in study.get_trials(deepcopy=False, states=(COMPLETE,))]
+    assert len(every) >= 2
     brackets = [
         optuna.pruners._filter_study(study, frozen) for frozen in study.get_trials(deepcopy=False)
     ]
