@@ -175,6 +175,11 @@ def on_abort(hook: Callable[[], None]) -> Iterator[None]:
 def _abort(signum: int) -> None:
     """A second signal: the abort hooks get a few seconds, then the process ends (128 + n)."""
     _say(f"stopped again by {signal.Signals(signum).name}: exiting at once")
+    _hooks_then_exit(128 + signum)
+
+
+def _hooks_then_exit(code: int) -> None:
+    """Run the abort hooks (at most :data:`_ABORT_SECONDS`), then end the process."""
     with _State.lock:
         hooks = list(_State.aborts)
     done = threading.Event()
@@ -187,7 +192,7 @@ def _abort(signum: int) -> None:
 
     threading.Thread(target=hooks_then_done, name="hpo-abort", daemon=True).start()
     done.wait(_ABORT_SECONDS)
-    _flush_and_exit(128 + signum)
+    _flush_and_exit(code)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
@@ -226,7 +231,7 @@ def _listen(fd: int) -> None:
                 _State.exiting = _State.at_once
             if _State.exiting:
                 _say(f"stopped by {name}")
-                _flush_and_exit(0)
+                _hooks_then_exit(0)  # a run's worker processes are told to stop too
 
 
 def _say(line: str) -> None:

@@ -68,9 +68,10 @@ def train(
     """
     with stops.stop_on_signals():
         try:
-            # Nothing held yet: a stop need not wait for TensorFlow's import (seconds). Not
-            # with a pool: its workers must be stopped by this process, not orphaned.
-            with stops.at_once() if pool is None else contextlib.nullcontext():
+            # Nothing held yet: a stop need not wait for TensorFlow's import (seconds). A run's
+            # worker processes are then told to stop by the abort hook.
+            stop_pool = stops.on_abort(pool.stop) if pool is not None else contextlib.nullcontext()
+            with stop_pool, stops.at_once():
                 versions = tensorflow_versions()
             engine = _engine(spec, folds, study, n_trials, pool, in_team)
         except stops.Stopped as exc:  # before any trial (the batch size is timed): none to fail
