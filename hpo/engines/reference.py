@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import signal
 import time
@@ -92,16 +93,22 @@ def fit_fold(
     return fitted
 
 
-def _stop_callback(keras: Any) -> Any:
-    """A callback that ends ``fit`` after the batch during which a stop was requested, as
-    Keras' own ``stop_training`` does (in the training child, the parent stops it instead)."""
+@functools.cache
+def _stop_callback_class(keras: Any) -> Any:
+    """A callback class that ends ``fit`` after the batch during which a stop was requested, as
+    Keras' own ``stop_training`` does (in the training child, the parent stops it instead).
+    Made once per process: Keras is imported lazily, so the class cannot be defined at import."""
 
     class StopOnRequest(keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             if stops.requested() is not None:
                 self.model.stop_training = True
 
-    return StopOnRequest()
+    return StopOnRequest
+
+
+def _stop_callback(keras: Any) -> Any:
+    return _stop_callback_class(keras)()
 
 
 def _child_init(log_level: int) -> None:

@@ -181,7 +181,7 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return [proc.wait() for proc in self.procs]
+        return [int(proc.returncode) for proc in self.procs]
 
     def counts(self, study: optuna.Study) -> Counter[str]:
         """The workers' trials by state (COMPLETE, PRUNED, FAIL), read from the study."""

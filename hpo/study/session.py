@@ -67,20 +67,20 @@ def train(
     such a pool.
     """
     with stops.stop_on_signals():
+        team = in_team or pool is not None
+        processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
         try:
             # Nothing held yet: a stop need not wait for TensorFlow's import (seconds). A run's
             # worker processes are then told to stop by the abort hook.
             stop_pool = stops.on_abort(pool.stop) if pool is not None else contextlib.nullcontext()
             with stop_pool, stops.at_once():
                 versions = tensorflow_versions()
-            engine = _engine(spec, folds, study, n_trials, pool, in_team)
+            engine = _engine(spec, folds, study, n_trials, processes if team else 1, in_team)
         except stops.Stopped as exc:  # before any trial (the batch size is timed): none to fail
             summary = RunSummary(interrupted=str(exc))
             if pool is not None:
                 _join(pool, study, summary)
             return summary
-        team = in_team or pool is not None
-        processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
         try:
             summary = optimize(
                 study,
@@ -122,19 +122,12 @@ def _engine(
     folds: FoldSet,
     study: optuna.Study,
     n_trials: int | None,
-    pool: WorkerPool | None,
+    processes: int,
     in_team: bool,
 ) -> Engine:
     """The study's engine, with the stacked engine's batch size for this machine (measured
-    once per machine and shape, under the load of this run's processes)."""
-    team = in_team or pool is not None
-    processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
-    batch = choose(
-        spec,
-        folds,
-        trials_to_run=trials_to_run(study, n_trials),
-        processes=processes if team else 1,
-    )
+    once per machine and shape, under the load of the run's ``processes``)."""
+    batch = choose(spec, folds, trials_to_run=trials_to_run(study, n_trials), processes=processes)
     if batch.how != "set":
         # Every process of a run measures for itself (under the others' load); one says so.
         _log.log(logging.DEBUG if in_team else logging.INFO, "stacked engine: %s", batch.text())
