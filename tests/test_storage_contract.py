@@ -170,8 +170,8 @@ def test_budget_counts_finished_running_and_queued_but_not_failed(
 _CLAIMER = """
     import sys, time
     from hpo.study.budget import claim_trials
-    from hpo.study.heartbeat import Heartbeat, worker_id
-    from hpo.study.record import stored_policy
+    from hpo.study.heartbeat import Heartbeat
+    from hpo.study.record import stored_policy, worker_id
     from hpo.study.creation import join_study
     from hpo.study.storage import StorageGuard, open_storage
 

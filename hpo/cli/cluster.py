@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -46,16 +47,17 @@ from hpo.study.creation import (
     load_study,
     update_stored_spec,
 )
-from hpo.study.heartbeat import worker_id
 from hpo.study.pool import end_with_run
 from hpo.study.record import (
     CrashPolicy,
     SamplerStart,
     best_trial,
     read_trial,
+    short_worker_id,
     store_data_warnings,
     stored_policy,
     stored_spec,
+    worker_id,
     worker_records,
 )
 from hpo.study.stopping import stored_stop
@@ -285,8 +287,21 @@ def study_status(
     }
 
 
+def _shown_ids(ids: Iterable[str]) -> dict[str, str]:
+    """How the text status shows each worker id: shortened, unless two would look alike."""
+    ids = set(ids)
+    short = {worker: short_worker_id(worker) for worker in ids}
+    if len(set(short.values())) < len(ids):
+        return {worker: worker for worker in ids}
+    return short
+
+
 def _status_text(status: dict[str, Any]) -> str:
     states = status["states"]
+    shown = _shown_ids(
+        [str(w["id"]) for w in status["workers"]]
+        + [str(r["worker"]) for r in status["running"] if r["worker"]]
+    )
     lines = [f"study {status['study']!r} in {status['storage']}"]
     if status["budget"] is not None:
         lines.append(
@@ -307,8 +322,8 @@ def _status_text(status: dict[str, Any]) -> str:
             f"early stop: {status['early_stop_rule']}, "
             + ("did not trigger within the budget" if status["done"] else "not triggered yet")
         )
-    shown = ", ".join(f"{state} {count}" for state, count in states.items())
-    lines.append(f"trials: {shown or 'none yet'}")
+    counts = ", ".join(f"{state} {count}" for state, count in states.items())
+    lines.append(f"trials: {counts or 'none yet'}")
     search = status["search"]
     if search is not None:
         windows = search["windows"]
@@ -330,7 +345,10 @@ def _status_text(status: dict[str, Any]) -> str:
     if status["running"]:
         lines.append(
             "running: "
-            + ", ".join(f"{r['number']} ({r['worker'] or '?'})" for r in status["running"])
+            + ", ".join(
+                f"{r['number']} ({shown[str(r['worker'])] if r['worker'] else '?'})"
+                for r in status["running"]
+            )
         )
     for retry in status["retries"]:
         lines.append(
@@ -347,7 +365,7 @@ def _status_text(status: dict[str, Any]) -> str:
         held = f", {verb} {', '.join(map(str, w['trials']))}" if w["trials"] else ""
         done = f"{w['completed']} trial{'' if w['completed'] == 1 else 's'} done"
         lines.append(
-            f"  {w['id']:<28} {w['state']:<9} last seen {w['last_seen_s']:.0f} s ago, {done}{held}"
+            f"  {shown[str(w['id'])]:<28} {w['state']:<9} last seen {w['last_seen_s']:.0f} s ago, {done}{held}"
         )
     best = status["best"]
     lines.append(

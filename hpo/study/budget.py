@@ -28,7 +28,7 @@ from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.study import optuna_compat as compat
 from hpo.study.bulk import create_trials
-from hpo.study.heartbeat import Heartbeat, worker_id
+from hpo.study.heartbeat import Heartbeat
 from hpo.study.record import (
     BASELINE_ATTR,
     CLAIM_ATTR,
@@ -44,6 +44,7 @@ from hpo.study.record import (
     WORKER_ATTR,
     CrashPolicy,
     is_baseline,
+    worker_id,
 )
 from hpo.study.storage import outage_reason, rdb_of, study_lock
 
@@ -103,8 +104,7 @@ class Ticket:
     of a heartbeat. The claim's retry finds them by this mark instead, and trains them.
     """
 
-    # Host and pid for whoever reads it; the random part because two containers can share a
-    # host name and a pid.
+    # The worker's id, for whoever reads it; the random part tells its claims apart.
     id: str = field(default_factory=lambda: f"{worker_id()}:{uuid.uuid4().hex[:12]}")
     sent: bool = False  # a create with this mark was sent: the retry must look for its trials
 

@@ -5,8 +5,8 @@ themselves, so a thread here records one for every trial the worker holds, every
 ``heartbeat_interval`` seconds. A RUNNING trial whose heartbeat is older than ``grace_period``
 belongs to a dead worker: the next claim fails it and queues a retry (see ``hpo.study.budget``).
 
-The same thread keeps the worker's own record on the study (``hpo:worker:HOST:PID``: state,
-held trials, last seen) for ``hpo status``.
+The same thread keeps the worker's own record on the study (``hpo:worker:`` and the worker's
+id, :func:`hpo.study.record.worker_id`: state, held trials, last seen) for ``hpo status``.
 
 The policy is part of the study (stored at creation), so every worker beats and judges with
 the same numbers.
@@ -24,20 +24,15 @@ from typing import TYPE_CHECKING, Any
 from hpo.log import get_logger
 from hpo.study import optuna_compat as compat
 from hpo.study.bulk import record_heartbeats
-from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy
+from hpo.study.record import WORKER_ATTR_PREFIX, CrashPolicy, worker_id
 from hpo.study.storage import StorageGuard
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Heartbeat", "configure_stale_detection", "worker_id"]
+__all__ = ["Heartbeat", "configure_stale_detection"]
 
 _log = get_logger("heartbeat")
-
-
-def worker_id() -> str:
-    """``host:pid``: unique per process, and in a container the host name is the container's."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def configure_stale_detection(

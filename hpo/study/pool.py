@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from hpo import stops
 from hpo.log import get_logger
-from hpo.study.record import WORKER_ATTR
+from hpo.study.record import WORKER_ATTR, WORKER_TAG_ENV, new_worker_tag, worker_id_of
 
 if TYPE_CHECKING:
     import optuna
@@ -123,6 +123,7 @@ class WorkerPool:
     timeout: float | None = None
     import_paths: Sequence[str] = ()
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _tags: dict[int, str] = field(default_factory=dict)  # pid -> the id tag it was given
     _signalled: set[int] = field(default_factory=set)  # pids sent their one SIGTERM
 
     def start(self) -> None:
@@ -142,14 +143,21 @@ class WorkerPool:
         if self.timeout is not None:
             command += ["--timeout", str(self.timeout)]
         for _ in range(self.size):
-            self.procs.append(
-                subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            # Its id's tag, chosen here: the run counts its workers' trials by their ids.
+            tag = new_worker_tag()
+            proc = subprocess.Popen(
+                command,
+                env={**env, WORKER_TAG_ENV: tag},
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
+            self.procs.append(proc)
+            self._tags[proc.pid] = tag
 
     @property
     def worker_ids(self) -> set[str]:
         host = socket.gethostname()
-        return {f"{host}:{proc.pid}" for proc in self.procs}
+        return {worker_id_of(host, pid, tag) for pid, tag in self._tags.items()}
 
     def stop(self) -> None:
         """Ask the workers still running to stop as Ctrl-C would (they fail their trials in

@@ -43,7 +43,10 @@ Study user attributes
 Study system attributes
 
 =========================================  ==========================================================
-``hpo:worker:<host>:<pid>``                a worker's own record: state, held trials, done, last seen
+``hpo:worker:<worker id>``                 a worker's own record: ``id``, ``host``, ``pid``, state,
+                                           held trials, done, started, last seen; the id is
+                                           ``HOST:PID:TAG`` (:func:`worker_id`; a study from before
+                                           the tag was added keeps ``HOST:PID`` records, read alike)
 ``dashboard:artifacts:<trial>:<file id>``  a file attached to a finished trial (optuna-dashboard's)
 (optuna-dashboard's note keys)             the spec as the study's note (led by data warnings and the
                                            holdout / nested scores); ``### Rerun`` and ``### Holdout``
@@ -60,7 +63,7 @@ Trial user attributes
 ``proposed_by``                   who drew the parameters: ``qmc`` or ``random`` (the start-up,
                                   ``[sampler] startup``) or ``tpe``; absent on the baseline, on
                                   retries and with another sampler
-``worker``                        the worker that trained it (``host:pid``)
+``worker``                        the worker that trained it (its id, ``HOST:PID:TAG``)
 ``fold_accuracies``, ``fold_std`` accuracy of each fold's held-out rows (every repeat's), their std
 ``epochs``                        epochs trained (fewer when pruned)
 ``seconds``                       training wall time; for a batch, its wall time / trials in it
@@ -90,7 +93,7 @@ Trial system attributes
 ``hpo:failure``                   why hpo failed the trial: ``interrupted``, ``error``, ``non-finite``,
                                   ``over-budget`` (created after its worker lost the study lock);
                                   absent on a trial failed for a stale heartbeat (its worker died)
-``hpo:claim``                     the claim that created the trial (``HOST:PID:RANDOM``): a worker whose
+``hpo:claim``                     the claim that created the trial (``WORKER ID:RANDOM``): a worker whose
                                   database went away while it created a claim's trials finds, on its
                                   retry, the ones that were stored though it never heard back
 ``failed_trial``,                 Optuna's retry convention: the chain's first trial, and every
@@ -110,7 +113,10 @@ stacked engine, the folds done on the reference engine); ``[pruner]`` judges tri
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import secrets
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -162,17 +168,20 @@ __all__ = [
     "WINDOWS_ATTR",
     "WORKER_ATTR",
     "WORKER_ATTR_PREFIX",
+    "WORKER_TAG_ENV",
     "CrashPolicy",
     "SamplerStart",
     "StoredTrial",
     "baseline_trial",
     "best_trial",
     "is_baseline",
+    "new_worker_tag",
     "outer_fold_number",
     "read_trial",
     "result_attrs",
     "sampled_attrs",
     "seed_number",
+    "short_worker_id",
     "spec_changes",
     "store_data_warnings",
     "stored_data_warnings",
@@ -181,6 +190,8 @@ __all__ = [
     "stored_seed",
     "stored_spec",
     "stored_spec_data",
+    "worker_id",
+    "worker_id_of",
     "worker_records",
 ]
 
@@ -339,6 +350,59 @@ def spec_changes(
             if old_section.get(key) != value:
                 changes.append((f"{section}.{key}", old_section.get(key), value))
     return changes
+
+
+# --- who a worker is --------------------------------------------------------------------------
+
+# A run's pool names the tag of each worker it starts through this variable, so it knows their
+# ids (hpo.study.pool); the worker takes it out of its environment, so it reaches no other process.
+WORKER_TAG_ENV = "HPO_WORKER_TAG"
+_TAG = re.compile(r"[0-9a-f]{8}")
+_identity: tuple[int, str] | None = None  # (pid, id): a forked child draws its own
+
+
+def new_worker_tag() -> str:
+    return secrets.token_hex(4)
+
+
+def worker_id_of(host: str, pid: int, tag: str) -> str:
+    return f"{host}:{pid}:{tag}"
+
+
+def worker_id() -> str:
+    """This process's id on every study: ``HOST:PID:TAG``, the same for the process's life.
+
+    Host and pid say where to look for it; the random tag makes it unique, because two
+    containers can share a host name and a pid (and a pid comes back after a restart).
+    """
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:
+        given = os.environ.pop(WORKER_TAG_ENV, "")
+        tag = given if _TAG.fullmatch(given) else new_worker_tag()
+        _identity = (pid, worker_id_of(socket.gethostname(), pid, tag))
+    return _identity[1]
+
+
+def short_worker_id(worker: str, *, host_chars: int = 20, tag_chars: int = 4) -> str:
+    """``worker`` as ``hpo status`` shows it: a long host name cut to its end (where container
+    and pod names keep what tells them apart), the tag cut to its start. An id of another form
+    (a record from before the tag, ``HOST:PID``) is shown as it is.
+
+    >>> short_worker_id("node-7:4242:9f3c2a1b")
+    'node-7:4242:9f3c'
+    >>> short_worker_id("hpo-worker-7d9f8c6b5-x2x7k:1:9f3c2a1b")
+    '...r-7d9f8c6b5-x2x7k:1:9f3c'
+    >>> short_worker_id("node-7:4242")
+    'node-7:4242'
+    """
+    host, _, rest = worker.partition(":")
+    pid, _, tag = rest.partition(":")
+    if not (pid.isdigit() and _TAG.fullmatch(tag)):
+        return worker
+    if len(host) > host_chars:
+        host = "..." + host[-(host_chars - 3) :]
+    return f"{host}:{pid}:{tag[:tag_chars]}"
 
 
 def worker_records(study: optuna.Study) -> list[dict[str, Any]]:
