@@ -38,6 +38,7 @@ from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.results.artifacts import ArtifactRecorder
+from hpo.results.spec_text import refresh_spec_note
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
 from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
@@ -164,6 +165,7 @@ def run_study(
                 f"study {spec.name!r}: updated "
                 + ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
             )
+    refresh_spec_note(study, spec)  # before training: the dashboard shows it from the start
     left = trials_to_run(study, spec.budget.n_trials)
     say(
         f"study {spec.name!r}: {'created' if created else 'resumed'}; "

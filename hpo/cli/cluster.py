@@ -38,7 +38,7 @@ from hpo.data import load_folds
 from hpo.errors import HpoError
 from hpo.results.artifacts import ArtifactRecorder
 from hpo.results.baseline import baseline_gain
-from hpo.results.spec_text import pruner_text
+from hpo.results.spec_text import pruner_text, refresh_spec_note
 from hpo.spec import StudySpec, load_spec
 from hpo.study.creation import (
     check_holdout,
@@ -132,6 +132,8 @@ def create(
             f"study {spec.name!r} already exists in {shown} ({len(study.trials)} trials); "
             + ("updated " + ", ".join(changes) if changes else "nothing changed")
         )
+    # The dashboard shows the study's note and writes nothing: the note is written here.
+    refresh_spec_note(study, spec)
     # Never echo a password, and never print a masked URL as if it could be pasted.
     where = f" --storage {url}" if shown == url else " (with the same --storage or HPO_STORAGE)"
     click.echo(f"start workers with: hpo worker {spec.name}{where}")
@@ -189,6 +191,7 @@ def worker(
             err=True,
         )
         store_data_warnings(study, show_data_findings(dataset, spec))
+        refresh_spec_note(study, spec)  # its data warnings lead the note
     summary = train_here(
         study,
         spec,

@@ -1,7 +1,8 @@
-"""optuna-dashboard on a study's storage, with the spec of every hpo study as its note.
+"""optuna-dashboard on a study's storage, which shows the spec of every hpo study as its note.
 
-The note is written once per study (never over a note a person has edited), so the dashboard
-shows which data, folds, model and search space every trial of the study used. The server is
+Starting the dashboard changes nothing in the database: the note (which data, folds, model and
+search space every trial of the study used) is written by the commands that change a study
+(:mod:`hpo.results.spec_text`); a study without one is shown without one. The server is
 optuna-dashboard's own WSGI app in a threaded ``wsgiref`` server we bind ourselves: a busy port
 becomes one clear error instead of a traceback, and the line we print never shows a password.
 
@@ -38,7 +39,7 @@ from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.results.artifacts import artifact_dir_for, open_artifact_store
-from hpo.results.spec_text import ensure_spec_note
+from hpo.results.spec_text import has_note
 from hpo.spec import StudySpec
 from hpo.study.record import stored_spec
 from hpo.study.storage import mask_url, open_storage
@@ -58,18 +59,20 @@ __all__ = [
     "Guard",
     "dashboard_access",
     "dashboard_artifact_dir",
-    "ensure_spec_notes",
     "is_loopback",
     "open_url",
+    "read_specs",
     "serve",
 ]
 
 _log = get_logger("dashboard")
 
 
-def ensure_spec_notes(storage: optuna.storages.BaseStorage) -> list[StudySpec]:
-    """Spec notes on every study of ``storage`` created by hpo; returns their specs."""
+def read_specs(storage: optuna.storages.BaseStorage) -> list[StudySpec]:
+    """The specs of every study of ``storage`` created by hpo; reads only (a dashboard may run
+    under a database role that cannot write)."""
     specs = []
+    without_note = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         try:
@@ -80,11 +83,15 @@ def ensure_spec_notes(storage: optuna.storages.BaseStorage) -> list[StudySpec]:
         if spec is None:
             continue
         specs.append(spec)
-        try:
-            if ensure_spec_note(study, spec):
-                _log.info("study %r: wrote the spec as the study's note", spec.name)
-        except Exception as exc:  # a read-only database: the dashboard shows it without one
-            _log.debug("study %r: spec note not written (%s)", spec.name, exc)
+        if not has_note(study):
+            without_note.append(summary.study_name)
+    if without_note:
+        _log.info(
+            "%s no note yet (`hpo create`, `run`, `worker` and `evaluate` write it; the "
+            "dashboard writes nothing): %s",
+            "1 study has" if len(without_note) == 1 else f"{len(without_note)} studies have",
+            ", ".join(repr(name) for name in without_note),
+        )
     return specs
 
 
@@ -342,7 +349,7 @@ def serve(
 
     # A read-only dashboard opens the storage as a reader: no file, folder, lock or table made.
     storage = open_storage(url, access="write" if access.allow_writes else "read")
-    specs = ensure_spec_notes(storage)
+    specs = read_specs(storage)
     artifact_dir = dashboard_artifact_dir(url, specs, artifacts)
     app = optuna_dashboard.wsgi(
         storage, artifact_store=open_artifact_store(artifact_dir, create=False)

@@ -24,7 +24,7 @@ from hpo.engines.evaluation import evaluate_plans
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.results.notes import write_trial_note_section
-from hpo.results.spec_text import ensure_spec_note
+from hpo.results.spec_text import refresh_spec_note
 from hpo.results.stats import Scores, combined_ci, rows_paired_p
 from hpo.spec import StudySpec
 from hpo.study import optuna_compat as compat
@@ -259,12 +259,8 @@ def record_evaluation(study: optuna.Study, evaluation: HoldoutEvaluation) -> Non
 def _refresh_study_note(study: optuna.Study) -> None:
     """Bring hpo's own study note (the spec, led by the honest scores) up to date."""
     spec = stored_spec(study)
-    if spec is None:
-        return
-    try:
-        ensure_spec_note(study, spec)
-    except Exception as exc:  # the note is a convenience; the attr is the record
-        _log.warning("study note not updated (%s)", error_text(exc))
+    if spec is not None:
+        refresh_spec_note(study, spec)
 
 
 def load_evaluation(study: optuna.Study) -> HoldoutEvaluation | None:

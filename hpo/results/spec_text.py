@@ -1,7 +1,8 @@
 """The study file in plain words: tables for the report, Markdown for optuna-dashboard's note.
 
 Written for people who never saw the TOML: which data, folds, model and search space every trial
-of the study used. Nothing here shows a storage URL, and a data URL loses its password, query and
+of the study used. The note is written by the commands that change a study (``create``, ``run``,
+``worker``, ``evaluate``, ``nested``), never by ``hpo dashboard``, which only reads. Nothing here shows a storage URL, and a data URL loses its password, query and
 fragment (tokens often live there).
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.data import quoted
 from hpo.lazy import lazy_import
+from hpo.log import get_logger
 from hpo.spec import AutoRange, DataSpec, PenaltyWindows, StudySpec, startup_trials
 from hpo.study.creation import pruner_settings
 from hpo.study.record import (
@@ -24,7 +26,7 @@ from hpo.study.record import (
     stored_data_warnings,
 )
 from hpo.study.stopping import stored_stop
-from hpo.study.storage import mask_url
+from hpo.study.storage import error_text, mask_url
 from hpo.study.windows import stored_windows
 
 if TYPE_CHECKING:
@@ -35,7 +37,9 @@ else:
 
 __all__ = [
     "ensure_spec_note",
+    "has_note",
     "pruner_text",
+    "refresh_spec_note",
     "search_rows",
     "spec_markdown",
     "spec_sections",
@@ -43,6 +47,8 @@ __all__ = [
 ]
 
 Section = tuple[str, list[tuple[str, str]]]
+
+_log = get_logger("note")
 
 _MODEL_TEXT = {
     "fold": "the model trained on the first fold",
@@ -358,3 +364,17 @@ def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
         return False  # a note someone wrote stays as it is
     optuna_dashboard.save_note(study, ours)
     return True
+
+
+def refresh_spec_note(study: optuna.Study, spec: StudySpec) -> None:
+    """:func:`ensure_spec_note` for a command that has just changed ``study``; a failure is
+    a warning, not the command's end: the note is a convenience, the attributes are the record."""
+    try:
+        ensure_spec_note(study, spec)
+    except Exception as exc:
+        _log.warning("study %r: its note was not updated (%s)", study.study_name, error_text(exc))
+
+
+def has_note(study: optuna.Study) -> bool:
+    """Whether ``study`` has a study note (hpo's or a person's); reads only."""
+    return bool(optuna_dashboard.get_note(study).strip())
