@@ -9,6 +9,7 @@ lately and the best trial.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -60,6 +61,7 @@ from hpo.study.record import (
 )
 from hpo.study.stopping import stored_stop
 from hpo.study.storage import mask_url, open_storage
+from hpo.study.stores import check_store, data_for, store_data, study_place
 from hpo.study.windows import stored_windows
 
 if TYPE_CHECKING:
@@ -80,7 +82,17 @@ _ENDED = ("finished", "stopped", "timeout", "crashed")
 @n_trials_option("Global trial budget, shared by all workers.")
 @engine_option
 @trials_per_batch_option
-@data_option("With [model] builder: the CSV to build the model for (default: the study's source).")
+@data_option(
+    "The CSV to store with --store-data, and with [model] builder to build the model for "
+    "(default: the study's source)."
+)
+@click.option(
+    "--store-data",
+    "store_data_flag",
+    is_flag=True,
+    help="Put the data into the study's artifact store (as [data] store = true), so workers "
+    "need no copy of it and no internet access.",
+)
 @crash_policy_options
 def create(
     study_file: str,
@@ -91,6 +103,7 @@ def create(
     engine: str | None,
     trials_per_batch: int | str | None,
     data_path: str | None,
+    store_data_flag: bool,
     heartbeat_interval: int,
     grace_period: int,
     max_retries: int,
@@ -108,6 +121,8 @@ def create(
         engine=engine,
         trials_per_batch=trials_per_batch,
     )
+    if store_data_flag:
+        spec = spec.replace(data=dataclasses.replace(spec.data, store=True))
     policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     if spec.model.builder is not None:
         # The searched layers are the builder's, known once its model is built for this data.
@@ -115,7 +130,9 @@ def create(
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
     study, created = create_or_load_study(spec, open_storage(url), policy=policy)
+    place = study_place(study, url, create=created or spec.data.store)
     if created:
+        check_store(place)  # a bucket that cannot be reached: one line now, not in every worker
         click.echo(
             f"created study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "
             f"{spec.engine.name} engine, {spec.cv.folds} folds x {spec.model.epochs} epochs; "
@@ -129,6 +146,14 @@ def create(
         click.echo(
             f"study {spec.name!r} already exists in {shown} ({len(study.trials)} trials); "
             + ("updated " + ", ".join(changes) if changes else "nothing changed")
+        )
+    click.echo(f"artifacts: {place.where}")
+    if spec.data.store:
+        record, stored_now = store_data(study, spec, place, data_path=data_path)
+        click.echo(
+            f"data: {record.name} ({record.bytes} bytes, sha256 {record.sha256[:12]}) "
+            + ("stored" if stored_now else "already stored")
+            + f" in {place.where}; workers need no --data"
         )
     # Never echo a password, and never print a masked URL as if it could be pasted.
     where = f" --storage {url}" if shown == url else " (with the same --storage or HPO_STORAGE)"
@@ -167,6 +192,9 @@ def worker(
         name, open_storage(url, access="write"), shown_url=url, worker=worker_id()
     )
     budget = n_trials if n_trials is not None else spec.budget.n_trials
+    # Data stored with the study: fetched from its store (hash checked), or --data checked
+    # against it.
+    data_path = data_for(study, data_path, url=url)
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
     resolved = with_model(spec, folds)  # the builder imports and builds on this machine
     if spec.model.builder_signature not in (None, resolved.model.builder_signature):
