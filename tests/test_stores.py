@@ -14,12 +14,15 @@ import io
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -190,6 +193,110 @@ def test_stored_data_is_fetched_checked_and_a_damaged_copy_refused(
     assert not list((tmp_path / "data-cache" / "stored").iterdir())  # no partial file left
 
 
+# --- an S3 bucket on a real S3-protocol server ------------------------------------------------
+
+S3_SECRET = "s3-secret-never-printed-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server in its own process on a free port, with bucket
+    ``hpo-test``; yields the AWS environment variables that reach it."""
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "moto_server"
+    )
+    if server is None:
+        pytest.fail("moto_server is missing: pip install 'moto[server]' (in the dev extras)")
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "hpo-test-key",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            _s3().create_bucket(Bucket="hpo-test")
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _s3() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def test_s3_store_holds_the_data_and_files_under_its_prefix_and_never_shows_the_secret(
+    s3_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    url = f"sqlite:///{tmp_path}/s3.db"
+    path = _spec_text(tmp_path, 'store = "s3://hpo-test/runs/one/"')
+    result = hpo("create", path, "--storage", url, "--store-data")
+    assert result.exit_code == 0, result.output
+    assert "artifacts: s3://hpo-test/runs/one/" in result.stdout
+    study = optuna.load_study(study_name="st", storage=url)
+    record = stores.stored_data(study)
+    assert record is not None
+    listed = _s3().list_objects_v2(Bucket="hpo-test", Prefix="runs/one/")
+    assert [o["Key"] for o in listed["Contents"]] == [f"runs/one/{record.artifact_id}"]
+    fetched = stores.data_for(study, None, url=url)
+    assert fetched is not None
+    assert Path(fetched).read_bytes() == (tmp_path / "tiny.csv").read_bytes()
+    stored = json.dumps(
+        [study.user_attrs, compat.storage_of(study).get_study_system_attrs(compat.study_id(study))]
+    )
+    assert S3_SECRET not in result.output + stored
+
+    # A file gone from the bucket: named, with why.
+    place = stores.study_place(study, url, create=False)
+    assert stores.artifact_problem(place, record.artifact_id) is None
+    _s3().delete_object(Bucket="hpo-test", Key=f"runs/one/{record.artifact_id}")
+    assert stores.artifact_problem(place, record.artifact_id) == "not found"
+    Path(fetched).unlink()
+    with pytest.raises(HpoError, match=r"cannot be read from s3://hpo-test/runs/one/: not found"):
+        stores.data_for(study, None, url=url)
+
+    # A bucket that is not there: `hpo create` says so in one line.
+    missing = _spec_text(tmp_path, 'store = "s3://no-such-bucket"')
+    result = hpo("create", missing, "--storage", f"sqlite:///{tmp_path}/m.db", "--name", "m")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == (
+        "Error: artifact store s3://no-such-bucket: cannot write to it (NoSuchBucket: An error "
+        "occurred (NoSuchBucket) when calling the PutObject operation: The specified bucket "
+        "does not exist)"
+    )
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/m.db") == []  # nothing created
+    assert S3_SECRET not in result.output
+
+
 # --- several machines, one PostgreSQL study --------------------------------------------------
 
 # Fixed alpha ranges: no alpha windows to measure before the first trial (tens of seconds).
@@ -202,7 +309,7 @@ def _machine(root: Path, name: str) -> Path:
     return home
 
 
-def _env(url: str, home: Path, **extra: str) -> dict[str, str]:
+def _machine_env(url: str, home: Path, **extra: str) -> dict[str, str]:
     env = hpo_env(url, HOME=str(home / "home"), **extra)
     env.pop("HPO_DATA_DIR", None)  # each machine's own ./data
     return env
@@ -243,21 +350,38 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @pytest.mark.slow  # five hpo processes, one of them training, one exporting
 @pytest.mark.postgres
-def test_three_machines_share_data_and_artifacts_through_the_database(
-    pg_url: str, tmp_path: Path
+@pytest.mark.parametrize("kind", ["database", "s3"])
+def test_three_machines_share_data_and_artifacts_through_the_store(
+    pg_url: str,
+    tmp_path: Path,
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b, c = (_machine(tmp_path, m) for m in ("a", "b", "c"))
+    aws: dict[str, str] = {}
+    store, where = "", "the study's database"  # the default for a PostgreSQL study
+    if kind == "s3":
+        aws = request.getfixturevalue("s3_server")
+        for key, value in aws.items():  # for this process's own reads
+            monkeypatch.setenv(key, value)
+        where = f"s3://hpo-test/{tmp_path.name}"
+        store = f'store = "{where}"\n'
     study_file = tiny_study(
-        a, "travel", n_trials=3, extra=FIXED_WINDOWS + "\n[artifacts]\ntop_k = 2\n"
+        a, "travel", n_trials=3, extra=FIXED_WINDOWS + f"\n[artifacts]\ntop_k = 2\n{store}"
     )
+
+    def _env(url: str, home: Path) -> dict[str, str]:
+        return _machine_env(url, home, **aws)
+
     with contextlib.ExitStack() as stack:
         on_a, on_b, on_c = (HpoProcesses(m) for m in (a, b, c))
         for group in (on_a, on_b, on_c):
             stack.callback(group.kill_all)
         created = on_a.run(["create", str(study_file), "--store-data"], env=_env(pg_url, a))
-        assert "artifacts: the study's database" in created
+        assert f"artifacts: {where}" in created
         assert re.search(
-            r"data: tiny\.csv \(\d+ bytes, sha256 \w{12}\) stored in the study's database", created
+            rf"data: tiny\.csv \(\d+ bytes, sha256 \w{{12}}\) stored in {where}", created
         )
         content = (a / "tiny.csv").read_bytes()
         (a / "tiny.csv").unlink()  # the data now lives only in the database
@@ -318,16 +442,13 @@ def test_three_machines_share_data_and_artifacts_through_the_database(
                     assert (status, body) == (200, fh.read())
 
         # One file gone from the store: report says which and why.
-        with sqlalchemy.create_engine(
-            pg_url.replace("postgresql://", "postgresql+psycopg://")
-        ).begin() as conn:
-            gone = files[(top[0].number, f"trial-{top[0].number}-confusion.png")].artifact_id
-            conn.execute(
-                sqlalchemy.text(f"DELETE FROM {ARTIFACT_TABLE} WHERE artifact_id = :a"), {"a": gone}
-            )
+        gone = files[(top[0].number, f"trial-{top[0].number}-confusion.png")].artifact_id
+        place.store.remove(gone)
         again = on_c.run(["report", "travel", "--out", "r2"], env=_env(pg_url, c))
         assert (
             f"not read: trial {top[0].number}: trial-{top[0].number}-confusion.png (artifact "
-            f"{gone[:8]}) cannot be read from the study's database: not found"
+            f"{gone[:8]}) cannot be read from {where}: not found"
         ) in again
+        if aws:
+            assert S3_SECRET not in created + worker + report + exported + again
     assert os.listdir(c / "r")

@@ -61,7 +61,14 @@ from hpo.study.record import (
 )
 from hpo.study.stopping import stored_stop
 from hpo.study.storage import mask_url, open_storage
-from hpo.study.stores import check_store, data_for, store_data, study_place
+from hpo.study.stores import (
+    check_store,
+    data_for,
+    default_store,
+    open_place,
+    store_data,
+    study_place,
+)
 from hpo.study.windows import stored_windows
 
 if TYPE_CHECKING:
@@ -129,10 +136,15 @@ def create(
         spec = with_model(spec, load_folds(spec.data, spec.cv, path_override=data_path)[1])
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
-    study, created = create_or_load_study(spec, open_storage(url), policy=policy)
+    rdb = open_storage(url)
+    # A bucket that cannot be reached: one line now, before the study exists, not in every
+    # worker later.
+    check_store(
+        open_place(default_store(spec, url), url=url, spec=spec, storage=rdb, create=True)
+    )
+    study, created = create_or_load_study(spec, rdb, policy=policy)
     place = study_place(study, url, create=created or spec.data.store)
     if created:
-        check_store(place)  # a bucket that cannot be reached: one line now, not in every worker
         click.echo(
             f"created study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "
             f"{spec.engine.name} engine, {spec.cv.folds} folds x {spec.model.epochs} epochs; "
