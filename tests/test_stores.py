@@ -165,7 +165,8 @@ def test_stored_data_is_fetched_checked_and_a_damaged_copy_refused(
     content = (tmp_path / "tiny.csv").read_bytes()
     assert now and record.sha256 == hashlib.sha256(content).hexdigest()
     assert study.user_attrs[DATA_ATTR]["bytes"] == len(content)
-    assert stores.store_data(study, spec, place)[1] is False  # the same rows: kept
+    assert stores.store_data(study, spec, place)[1] is False  # stored already: kept
+    assert stores.store_data(study, spec, place, data_path=str(tmp_path / "tiny.csv"))[1] is False
 
     fetched = stores.data_for(study, None, url=url)
     assert fetched is not None and Path(fetched).read_bytes() == content
@@ -173,6 +174,8 @@ def test_stored_data_is_fetched_checked_and_a_damaged_copy_refused(
 
     changed = tmp_path / "changed.csv"
     changed.write_bytes(content.replace(b"\n", b"\r\n"))
+    with pytest.raises(HpoError, match=r"already stores other data .* never change"):
+        stores.store_data(study, spec, place, data_path=str(changed))
     with pytest.raises(HpoError) as refused:
         stores.data_for(study, str(changed), url=url)
     assert str(refused.value) == (

@@ -471,11 +471,15 @@ def store_data(
     data_path: str | None = None,
 ) -> tuple[StoredData, bool]:
     """Put the rows ``spec`` names (or ``data_path``) into ``place`` and record them on the
-    study; returns the record and whether it was stored now. Data already stored with the same
-    content is kept; other content is refused (a study's rows never change)."""
+    study; returns the record and whether it was stored now. Data already stored is kept: a
+    ``data_path`` with other content is refused (a study's rows never change)."""
+    existing = stored_data(study)
+    if existing is not None and data_path is None:
+        # Stored already (a one-shot `create` run again): the source is not read, nor
+        # downloaded again; it may be gone from this machine.
+        return existing, False
     content, name = source_bytes(spec.data, path_override=data_path)
     digest = hashlib.sha256(content).hexdigest()
-    existing = stored_data(study)
     if existing is not None:
         if existing.sha256 == digest:
             return existing, False
