@@ -202,6 +202,13 @@ def test_an_unreadable_artifact_is_named_with_why_not_left_out(
     assert "confusion matrix of the best trial" not in page.images
     assert html.escape(line) in (out / "report.html").read_text()
     assert "artifacts" in page.sections
+    # The dashboard logs the same line when it starts (it writes nothing to say so).
+    from hpo.results.dashboard import unreadable_artifacts
+    from hpo.study.storage import open_storage
+
+    assert unreadable_artifacts(open_storage(url, access="read"), url) == [
+        f"study {NAME!r}: {line}"
+    ]
 
 
 def test_report_of_an_unknown_study_names_what_is_there(built: BuiltStudy) -> None:
