@@ -139,9 +139,7 @@ def create(
     rdb = open_storage(url)
     # A bucket that cannot be reached: one line now, before the study exists, not in every
     # worker later.
-    check_store(
-        open_place(default_store(spec, url), url=url, spec=spec, storage=rdb, create=True)
-    )
+    check_store(open_place(default_store(spec, url), url=url, spec=spec, storage=rdb, create=True))
     study, created = create_or_load_study(spec, rdb, policy=policy)
     place = study_place(study, url, create=created or spec.data.store)
     if created:
