@@ -13,14 +13,15 @@ WORKDIR /app
 # Dependencies first (read from pyproject.toml, at the versions CI tests: constraints.txt), so
 # editing the code does not reinstall TensorFlow; then the package itself.
 COPY pyproject.toml README.md constraints.txt ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" > /tmp/requirements.txt \
+# With the s3 extra (boto3), so [artifacts] store = "s3://..." works in the image too.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies']['s3'], sep=chr(10))" > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt
 COPY hpo ./hpo
 RUN pip install --no-deps .
 
 COPY studies ./studies
 
-# Run as a user, with the folders the compose volumes mount owned by it.
+# Run as a user; ./data caches the data fetched from the study's store (no volume needed).
 RUN useradd --create-home --uid 1000 hpo \
     && mkdir -p /app/data /app/artifacts \
     && chown hpo:hpo /app/data /app/artifacts

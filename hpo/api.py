@@ -47,6 +47,7 @@ from hpo.study.pool import WorkerPool, usable_cores, workers_for
 from hpo.study.record import best_trial, read_trial, store_data_warnings
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
+from hpo.study.stores import store_data, study_place
 from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
@@ -156,6 +157,17 @@ def run_study(
     found = data_findings(dataset, spec, warn)
     study, created = create_or_load_study(spec, rdb)
     check_holdout(study, dataset.holdout)
+    if spec.data.store:
+        if not (data is None or isinstance(data, str | Path)):
+            raise HpoError("[data] store = true needs the data as a CSV file, not a DataFrame")
+        record, now = store_data(
+            study,
+            spec,
+            study_place(study, url, create=True),
+            data_path=None if data is None else str(data),
+        )
+        if now:
+            say(f"data: stored {record.name} (sha256 {record.sha256[:12]}) with the study")
     store_data_warnings(study, found)
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.

@@ -78,6 +78,7 @@ __all__ = [
     "quoted",
     "read_csv",
     "row_count",
+    "source_bytes",
     "split_holdout",
 ]
 
@@ -389,6 +390,22 @@ def _resolve_csv(spec: DataSpec) -> Path:
     if not cached.exists():
         _download(spec.url, cached, spec.sha256)
     return cached
+
+
+def source_bytes(spec: DataSpec, *, path_override: str | Path | None = None) -> tuple[bytes, str]:
+    """The bytes of the rows ``spec`` names, as a CSV, and what they came from: the file (a
+    URL's cached download, fetched if missing), or a package data set written as CSV (which
+    :func:`read_csv` reads back into the same table). ``[data] store`` keeps these bytes."""
+    if path_override is None and spec.dataset is not None:
+        text = _load_package_dataset(spec.dataset).to_csv(index=False)
+        return text.encode("utf-8"), f"{spec.dataset} (as CSV)"
+    path = Path(path_override) if path_override is not None else _resolve_csv(spec)
+    try:
+        return path.read_bytes(), str(path)
+    except FileNotFoundError:
+        raise HpoError(f"{path}: data file not found") from None
+    except OSError as exc:
+        raise HpoError(f"{path}: cannot read the data file ({exc.strerror})") from None
 
 
 def read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from hpo.errors import HpoError
 __all__ = [
     "ACTIVATIONS",
     "ARTIFACT_MODELS",
+    "ARTIFACT_STORES",
     "AUTO",
     "EARLY_STOPS",
     "ENGINES",
@@ -35,6 +36,7 @@ __all__ = [
     "PLACEMENTS",
     "PRUNERS",
     "PRUNER_KEYS",
+    "S3_SCHEME",
     "STARTUPS",
     "STARTUP_CAP",
     "TARGET_KINDS",
@@ -55,6 +57,7 @@ __all__ = [
     "Window",
     "apply_overrides",
     "load_spec",
+    "s3_location",
     "spec_from_dict",
     "spec_to_dict",
     "startup_trials",
@@ -224,7 +227,9 @@ class DataSpec:
     columns to one-hot encode instead of z-scoring. ``missing_target``: what rows without a
     target get ("error" or "drop"). ``target_kind``: "auto" refuses a target that looks like a
     regression target; "classes" says its values really are classes. ``ignore_warnings``:
-    columns kept on purpose, whose identifier and leak warnings are silenced.
+    columns kept on purpose, whose identifier and leak warnings are silenced. ``store``: ``hpo
+    create`` puts the rows (the CSV's bytes, or the package data set as CSV) into the study's
+    artifact store with their SHA-256, so workers need neither the file nor internet access.
     """
 
     path: str | None = None
@@ -238,6 +243,7 @@ class DataSpec:
     missing_target: str = "error"
     target_kind: str = "auto"
     ignore_warnings: tuple[str, ...] = ()
+    store: bool = False
 
     def __post_init__(self) -> None:
         # Header cells are stripped when the data is read, so names here are too: a study file
@@ -615,6 +621,38 @@ class BudgetSpec:
 
 
 ARTIFACT_MODELS = ("fold", "refit", "none")
+ARTIFACT_STORES = ("database", "folder")
+S3_SCHEME = "s3://"
+# S3's bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
+# ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def s3_location(url: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of an ``s3://BUCKET/PREFIX`` store (the prefix without slashes at
+    its ends, possibly empty). A URL with credentials in it is refused without repeating it:
+    they come from the usual AWS environment variables.
+
+    >>> s3_location("s3://hpo-runs/team/a/")
+    ('hpo-runs', 'team/a')
+    """
+    rest = url[len(S3_SCHEME) :] if url.startswith(S3_SCHEME) else None
+    if rest is None:
+        raise ValueError(f"`store` {url!r} is not an s3://BUCKET/PREFIX URL")
+    bucket, _, prefix = rest.partition("/")
+    if "@" in bucket or ":" in bucket:
+        raise ValueError(
+            "`store` must not hold credentials (an s3:// URL with '@' or ':' before the bucket); "
+            "give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+        )
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(
+            f"`store` {url!r} names no valid S3 bucket ({bucket!r}: 3 to 63 lowercase letters, "
+            "digits, dots and hyphens); write s3://BUCKET or s3://BUCKET/PREFIX"
+        )
+    if "?" in prefix or "#" in prefix or "//" in prefix.strip("/"):
+        raise ValueError(f"`store` {url!r} has a malformed prefix {prefix!r}")
+    return bucket, prefix.strip("/")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -622,18 +660,34 @@ class ArtifactsSpec:
     """What the best trials leave behind for the dashboard and the report.
 
     ``model``: "fold" saves the model trained on the first fold, "refit" retrains the plan on all
-    rows, "none" saves no model. ``path``: the artifact store folder (default: next to a SQLite
-    study file, else ``./artifacts``); shared workers need a path they all reach. ``live``: a
+    rows, "none" saves no model. ``store``: where the files go, for every process of the study:
+    "database" (chunked into the study's own database; the default for PostgreSQL),
+    "s3://BUCKET/PREFIX" (credentials from the AWS environment variables) or "folder" (the
+    default for SQLite); fixed when the study is created. ``path``: the folder of a "folder"
+    store (default: next to a SQLite study file, else ``./artifacts``). ``live``: a
     per-fold table for every trial and a confusion matrix for each trial among the best as it
     finishes, during the run (default: files for the final best ``top_k`` at the end).
     """
 
+    store: str | None = None
     path: str | None = None
     top_k: int = 3
     model: str = "fold"
     live: bool = False
 
     def __post_init__(self) -> None:
+        if self.store is not None:
+            if self.store not in ARTIFACT_STORES and not self.store.startswith(S3_SCHEME):
+                raise ValueError(
+                    f"`store` must be {', '.join(map(repr, ARTIFACT_STORES))} or "
+                    f"'s3://BUCKET/PREFIX', but got {self.store!r}"
+                )
+            if self.store.startswith(S3_SCHEME):
+                s3_location(self.store)  # a bad bucket or a URL with credentials: refused here
+            if self.path is not None and self.store != "folder":
+                raise ValueError(
+                    f"`path` names a folder, but `store` is {self.store!r}; remove one of them"
+                )
         if self.top_k < 0:
             raise ValueError(f"`top_k >= 0` must hold, but got (top_k={self.top_k})")
         if self.model not in ARTIFACT_MODELS:

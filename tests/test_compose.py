@@ -20,7 +20,9 @@ from optuna.trial import TrialState
 from pg import HpoProcesses, hpo_env, tiny_study
 
 from hpo.cli import cli
+from hpo.results.artifacts import trial_artifacts
 from hpo.study.storage import open_storage
+from hpo.study.stores import artifact_problem, study_place
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -111,9 +113,65 @@ def test_database_password_comes_from_the_environment_and_is_never_in_a_url() ->
         assert environment["PGPASSWORD"] == ENV["POSTGRES_PASSWORD"]  # libpq reads it
         assert ENV["POSTGRES_PASSWORD"] not in environment["HPO_STORAGE"]
         assert ENV["POSTGRES_PASSWORD"] not in " ".join(_argv(services[name]))
-    # Named volumes: the database and the downloaded data outlive the containers.
+    # One named volume, the database's: data and artifacts travel through it (the study's
+    # stored data and its artifact store), so no worker or dashboard needs a shared volume.
     assert services["postgres"]["volumes"] == ["pgdata:/var/lib/postgresql/data"]
-    assert {"pgdata", "data"} <= set(compose["volumes"])
+    assert set(compose["volumes"]) == {"pgdata"}
+    assert "volumes" not in services["worker"] and "volumes" not in services["dashboard"]
+    # Study files without rebuilding the image: studies/ mounted read-only into `create`.
+    assert services["create"]["volumes"] == ["./studies:/app/studies:ro"]
+    assert "--store-data" in _argv(services["create"])
+    assert "--artifacts" not in _argv(services["dashboard"])  # the study's own store
+
+
+def _option(argv: list[str], option: str) -> str:
+    return argv[argv.index(option) + 1]
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{}, {"HPO_STUDY_FILE": "studies/mine.toml"}, {"HPO_STUDY": "mine"}],
+    ids=["defaults", "only-the-file", "only-the-name"],
+)
+def test_create_and_workers_name_the_same_study_whatever_is_changed(
+    variables: dict[str, str],
+) -> None:
+    """HPO_STUDY names the study for every service: `create` stores the file under it, so
+    changing the file or the name alone never leaves workers looking for another study."""
+    services = _compose({**ENV, **variables})["services"]
+    create, worker = _argv(services["create"]), _argv(services["worker"])
+    assert create[2] == variables.get("HPO_STUDY_FILE", "studies/jh-simple.toml")
+    assert _option(create, "--name") == worker[2] == variables.get("HPO_STUDY", "jh-simple")
+    assert services["worker"]["healthcheck"]["test"][3] == worker[2]
+
+
+def test_dashboard_admits_the_host_remote_browsers_use() -> None:
+    default = _argv(_compose(ENV)["services"]["dashboard"])
+    assert _option(default, "--allowed-host") == "localhost"  # loopback: changes nothing
+    remote = _compose({**ENV, "DASHBOARD_BIND": "0.0.0.0", "DASHBOARD_HOST": "hpo.lan"})
+    dashboard = remote["services"]["dashboard"]
+    assert dashboard["ports"] == ["0.0.0.0:8080:8080"]
+    assert _option(_argv(dashboard), "--allowed-host") == "hpo.lan"
+
+
+def test_workers_and_dashboard_have_healthchecks_that_run_real_commands() -> None:
+    services = _compose(ENV)["services"]
+    worker = services["worker"]["healthcheck"]["test"]
+    assert worker[:2] == ["CMD", "hpo"]
+    result = CliRunner().invoke(cli, [*worker[2:], "--help"])
+    assert result.exit_code == 0, result.output
+    assert worker[2] == "status" and worker[-2:] == ["--format", "json"]
+    dashboard = services["dashboard"]["healthcheck"]["test"]
+    assert dashboard[:4] == ["CMD", "python", "-c", dashboard[3]]
+    compile(dashboard[3], "healthcheck", "exec")  # valid Python
+    # It asks the dashboard's own loopback, with the token from the environment (a token in
+    # the command line would show in `docker inspect` and the process list).
+    assert "http://127.0.0.1:8080/api/meta" in dashboard[3]
+    assert "os.environ['HPO_DASHBOARD_TOKEN']" in dashboard[3]
+    assert ENV["HPO_DASHBOARD_TOKEN"] not in dashboard[3]
+    for name in ("worker", "dashboard"):
+        check = services[name]["healthcheck"]
+        assert {"interval", "timeout", "retries"} <= set(check)
 
 
 @pytest.mark.parametrize("service", ["create", "worker", "dashboard"])
@@ -185,6 +243,8 @@ def test_the_compose_topology_without_docker_four_workers_exact_budget(
     create = _argv(services["create"])
     output = processes.run(create[1:], env=env_of("create"))
     assert f"created study 'composed' in {pg_url}: budget {n_trials} trials" in output
+    # No shared volume: the data now lives only in the database (stored by `create`).
+    (tmp_path / "tiny.csv").unlink()
     workers = [
         processes.start(_argv(services["worker"])[1:], env=env_of("worker"), log=f"worker{i}.log")
         for i in range(4)
@@ -194,6 +254,14 @@ def test_the_compose_topology_without_docker_four_workers_exact_budget(
         assert "Traceback" not in worker.text()
 
     study = optuna.load_study(study_name="composed", storage=open_storage(pg_url))
+    # ... and the workers' files are in the study's database, not beside them.
+    assert not (tmp_path / "artifacts").exists()
+    place = study_place(study, pg_url, create=False)
+    names = [a.filename for a in trial_artifacts(study, study.best_trial)]
+    assert len(names) == 3 and all(
+        artifact_problem(place, a.artifact_id) is None
+        for a in trial_artifacts(study, study.best_trial)
+    )
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(n_trials))  # distinct, and not one past the budget
     assert all(t.state == TrialState.COMPLETE for t in study.trials)

@@ -88,7 +88,7 @@ def test_report_is_one_offline_page_with_every_plot(built: BuiltStudy, tmp_path:
 
     text = (out / "report.html").read_text()
     page = Page(text)
-    assert page.sections == ["best", "baseline", *PLOTS, "top", "settings"]
+    assert page.sections == ["best", "baseline", *PLOTS, "top", "artifacts", "settings"]
     assert page.fetched == [] and "script" not in page.tags and "link" not in page.tags
     titles = {
         "Optimization history": "history",
@@ -172,6 +172,43 @@ def test_too_few_trials_explain_the_missing_plots(tmp_path: Path) -> None:
     page = Page(text)
     assert "settings" not in page.sections  # no stored spec: no settings section, no crash
     assert "Best trial: #1, accuracy 0.7000" in text
+
+
+def test_an_unreadable_artifact_is_named_with_why_not_left_out(
+    built: BuiltStudy, tmp_path: Path
+) -> None:
+    """The study's own store (here its folder beside the database copy), read without
+    --artifacts; the best trial's confusion matrix is gone from it."""
+    import shutil
+
+    from hpo.results.artifacts import trial_artifacts
+
+    url = built.copy(tmp_path)
+    shutil.copytree(built.artifact_dir, tmp_path / "copy-artifacts")
+    study = load(url)
+    best = study.best_trial
+    png = next(a for a in trial_artifacts(study, best) if a.filename.endswith("-confusion.png"))
+    (tmp_path / "copy-artifacts" / png.artifact_id).unlink()
+    out = tmp_path / "r"
+    result = hpo("report", NAME, "--storage", url, "--out", out)
+    assert result.exit_code == 0, result.output
+    line = (
+        f"trial {best.number}: trial-{best.number}-confusion.png (artifact "
+        f"{png.artifact_id[:8]}) cannot be read from {tmp_path}/copy-artifacts: not found"
+    )
+    assert f"not read: {line}" in result.stderr.splitlines()
+    assert sum(x.startswith("not read") for x in result.stderr.splitlines()) == 1
+    page = Page((out / "report.html").read_text())
+    assert "confusion matrix of the best trial" not in page.images
+    assert html.escape(line) in (out / "report.html").read_text()
+    assert "artifacts" in page.sections
+    # The dashboard logs the same line when it starts (it writes nothing to say so).
+    from hpo.results.dashboard import unreadable_artifacts
+    from hpo.study.storage import open_storage
+
+    assert unreadable_artifacts(open_storage(url, access="read"), url) == [
+        f"study {NAME!r}: {line}"
+    ]
 
 
 def test_report_of_an_unknown_study_names_what_is_there(built: BuiltStudy) -> None:

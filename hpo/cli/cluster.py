@@ -9,6 +9,7 @@ lately and the best trial.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -62,6 +63,14 @@ from hpo.study.record import (
 )
 from hpo.study.stopping import stored_stop
 from hpo.study.storage import mask_url, open_storage
+from hpo.study.stores import (
+    check_store,
+    data_for,
+    default_store,
+    open_place,
+    store_data,
+    study_place,
+)
 from hpo.study.windows import stored_windows
 
 if TYPE_CHECKING:
@@ -82,7 +91,17 @@ _ENDED = ("finished", "stopped", "timeout", "crashed")
 @n_trials_option("Global trial budget, shared by all workers.")
 @engine_option
 @trials_per_batch_option
-@data_option("With [model] builder: the CSV to build the model for (default: the study's source).")
+@data_option(
+    "The CSV to store with --store-data, and with [model] builder to build the model for "
+    "(default: the study's source)."
+)
+@click.option(
+    "--store-data",
+    "store_data_flag",
+    is_flag=True,
+    help="Put the data into the study's artifact store (as [data] store = true), so workers "
+    "need no copy of it and no internet access.",
+)
 @crash_policy_options
 def create(
     study_file: str,
@@ -93,6 +112,7 @@ def create(
     engine: str | None,
     trials_per_batch: int | str | None,
     data_path: str | None,
+    store_data_flag: bool,
     heartbeat_interval: int,
     grace_period: int,
     max_retries: int,
@@ -110,13 +130,20 @@ def create(
         engine=engine,
         trials_per_batch=trials_per_batch,
     )
+    if store_data_flag:
+        spec = spec.replace(data=dataclasses.replace(spec.data, store=True))
     policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     if spec.model.builder is not None:
         # The searched layers are the builder's, known once its model is built for this data.
         spec = with_model(spec, load_folds(spec.data, spec.cv, path_override=data_path)[1])
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
-    study, created = create_or_load_study(spec, open_storage(url), policy=policy)
+    rdb = open_storage(url)
+    # A bucket that cannot be reached: one line now, before the study exists, not in every
+    # worker later.
+    check_store(open_place(default_store(spec, url), url=url, spec=spec, storage=rdb, create=True))
+    study, created = create_or_load_study(spec, rdb, policy=policy)
+    place = study_place(study, url, create=created or spec.data.store)
     if created:
         click.echo(
             f"created study {spec.name!r} in {shown}: budget {spec.budget.n_trials} trials, "
@@ -131,6 +158,14 @@ def create(
         click.echo(
             f"study {spec.name!r} already exists in {shown} ({len(study.trials)} trials); "
             + ("updated " + ", ".join(changes) if changes else "nothing changed")
+        )
+    click.echo(f"artifacts: {place.where}")
+    if spec.data.store:
+        record, stored_now = store_data(study, spec, place, data_path=data_path)
+        click.echo(
+            f"data: {record.name} ({record.bytes} bytes, sha256 {record.sha256[:12]}) "
+            + ("stored" if stored_now else "already stored")
+            + f" in {place.where}; workers need no --data"
         )
     # The dashboard shows the study's note and writes nothing: the note is written here.
     refresh_spec_note(study, spec)
@@ -171,6 +206,9 @@ def worker(
         name, open_storage(url, access="write"), shown_url=url, worker=worker_id()
     )
     budget = n_trials if n_trials is not None else spec.budget.n_trials
+    # Data stored with the study: fetched from its store (hash checked), or --data checked
+    # against it.
+    data_path = data_for(study, data_path, url=url)
     dataset, folds = load_folds(spec.data, spec.cv, path_override=data_path)
     resolved = with_model(spec, folds)  # the builder imports and builds on this machine
     if spec.model.builder_signature not in (None, resolved.model.builder_signature):

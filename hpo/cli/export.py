@@ -20,6 +20,7 @@ from hpo.results.export import (
 )
 from hpo.study.creation import load_study
 from hpo.study.record import SPEC_ATTR, is_baseline, stored_seed, stored_spec
+from hpo.study.stores import data_for
 
 __all__ = ["COMMANDS"]
 
@@ -63,6 +64,7 @@ def export(
     trial = pick_trial(study, trial_number)
     directory = Path(out_dir) if out_dir else default_export_dir(name, trial.number)
     check_export_dir(directory)  # before the data is read and the training starts
+    data_path = data_for(study, data_path, url=url)  # the study's stored data, if it has some
     dataset = training_rows(study, spec, data_path=data_path)
     for note in dataset.notes:
         click.echo(f"note: {note}", err=True)

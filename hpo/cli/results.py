@@ -25,7 +25,7 @@ from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
 from hpo.errors import HpoError
 from hpo.log import get_logger
-from hpo.results.artifacts import artifact_dir_for
+from hpo.results.artifacts import open_artifact_store
 from hpo.results.dashboard import TOKEN_ENV, dashboard_access, is_loopback, serve
 from hpo.results.holdout import (
     HoldoutEvaluation,
@@ -47,6 +47,7 @@ from hpo.study.record import (
     stored_spec,
 )
 from hpo.study.storage import mask_url
+from hpo.study.stores import ArtifactPlace, data_for, study_place
 
 if TYPE_CHECKING:
     import optuna
@@ -144,18 +145,29 @@ def dashboard(
     "--artifacts",
     "artifacts_dir",
     type=click.Path(file_okay=False),
-    help="Artifact folder to take the best trial's confusion matrix from (default: the study's).",
+    help="Read the artifacts from this folder instead of the study's artifact store.",
 )
 def report(name: str, storage: str | None, out_dir: str, artifacts_dir: str | None) -> None:
     """Write an HTML report with plots of study NAME to --out DIR."""
     url = storage_url(storage, access="read")
     study = load_study(name, url)
-    artifact_dir = (
-        Path(artifacts_dir) if artifacts_dir else artifact_dir_for(url, stored_spec(study))
-    )
-    written = write_report(study, out_dir, shown_storage=mask_url(url), artifact_dir=artifact_dir)
+    place: ArtifactPlace | None
+    if artifacts_dir:
+        folder = Path(artifacts_dir)
+        place = ArtifactPlace(
+            "folder", str(folder), open_artifact_store(folder, create=False), folder
+        )
+    else:
+        try:
+            place = study_place(study, url, create=False)
+        except HpoError as exc:  # say why, and report the rest
+            click.echo(f"not read: the artifacts ({exc})", err=True)
+            place = None
+    written = write_report(study, out_dir, shown_storage=mask_url(url), artifacts=place)
     for plot, why in written.skipped.items():
         click.echo(f"not drawn: {plot} ({why})", err=True)
+    for line in written.unreadable:
+        click.echo(f"not read: {line}", err=True)
     click.echo(f"wrote {written.html_path} with {len(written.pngs)} plots; open it in a browser")
 
 
@@ -252,6 +264,7 @@ def rerun(
         cv = replace(spec.cv, repeats=repeats) if repeats is not None else spec.cv
     except ValueError as exc:
         raise HpoError(f"--repeats {repeats}: {exc}") from None
+    data_path = data_for(study, data_path, url=url)
     dataset, folds = load_folds(spec.data, cv, path_override=data_path)
     check_holdout(study, dataset.holdout)
     # No pruning in a rerun: every seed must run to the end to be comparable.
@@ -314,6 +327,7 @@ def evaluate(name: str, storage: str | None, top: int, seeds: int, data_path: st
             "a new study with `holdout = 0.2` in its [cv] table; for data too small to spare "
             "rows, nested cross-validation is the alternative"
         )
+    data_path = data_for(study, data_path, url=url)
     search, held = load_holdout(spec.data, spec.cv, path_override=data_path)
     check_holdout(study, search.holdout)
     trials = _pick_trials(study, None, top, verb="evaluate")

@@ -19,8 +19,9 @@ build one per good trial. ``model = "fold"`` saves the first fold's weights (an 
 returns none gets the first fold trained again by the reference protocol, same plan and seed);
 ``model = "refit"`` retrains each of the study's final best on all rows.
 
-The store is a folder (``optuna.artifacts.FileSystemArtifactStore``): ``[artifacts] path``, else
-beside a SQLite study file (``hpo.db`` -> ``hpo-artifacts/``), else ``./artifacts``.
+The store is the study's (:mod:`hpo.study.stores`): its database, an S3 bucket or a folder, as
+``[artifacts] store`` named when the study was created. :func:`read_trial_artifacts` reads them
+back for the report and the dashboard, saying for each file that cannot be read which and why.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from hpo.engines.contract import EvaluationResult
 from hpo.engines.keras_model import import_keras
 from hpo.engines.network import build_model
 from hpo.engines.reference import fit_fold
-from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
 from hpo.results.spec_text import ensure_spec_note
@@ -54,10 +54,21 @@ from hpo.study import optuna_compat as compat
 from hpo.study.record import (
     FINISHED_ARTIFACT_PREFIX,
     LIVE_ARTIFACT_PREFIX,
+    SPEC_ATTR,
     stored_plan,
     stored_seed,
 )
-from hpo.study.storage import error_text, outage_reason, sqlite_file
+from hpo.study.storage import error_text, outage_reason
+from hpo.study.stores import (
+    FOLDER,
+    ArtifactPlace,
+    default_store,
+    folder_for,
+    folder_store,
+    open_place,
+    read_error,
+    study_place,
+)
 
 if TYPE_CHECKING:
     import matplotlib.figure as mpl_figure
@@ -72,12 +83,14 @@ else:
     optuna_artifacts = lazy_import("optuna.artifacts")
 
 __all__ = [
+    "ArtifactRead",
     "ArtifactRecorder",
     "TrialArtifact",
     "artifact_dir_for",
     "confusion_counts",
     "confusion_figure",
     "open_artifact_store",
+    "read_trial_artifacts",
     "trial_artifacts",
 ]
 
@@ -85,27 +98,14 @@ _log = get_logger("artifacts")
 
 
 def artifact_dir_for(storage_url: str, spec: StudySpec | None) -> Path:
-    """Where the artifacts of a study live: ``[artifacts] path``, else beside the SQLite file
-    (``hpo.db`` -> ``hpo-artifacts``), else ``./artifacts`` (PostgreSQL: name a shared path)."""
-    if spec is not None and spec.artifacts.path:
-        return Path(spec.artifacts.path)
-    database = sqlite_file(storage_url)
-    if database is not None:
-        return database.with_name(f"{database.stem}-artifacts")
-    return Path("artifacts")
+    """The folder of a study's ``"folder"`` store: ``[artifacts] path``, else beside the SQLite
+    file (``hpo.db`` -> ``hpo-artifacts``), else ``./artifacts``."""
+    return folder_for(storage_url, spec)
 
 
 def open_artifact_store(directory: Path, *, create: bool) -> Any:
     """A file-system artifact store on ``directory`` (created when ``create``)."""
-    if create:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HpoError(
-                f"{directory}: cannot create the artifact folder ({exc.strerror}); "
-                "set [artifacts] path to a writable folder"
-            ) from None
-    return optuna_artifacts.FileSystemArtifactStore(directory)
+    return folder_store(directory, create=create)
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,48 @@ def trial_artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> lis
         for m in metas
         if m is not None
     ]
+
+
+@dataclass(frozen=True)
+class ArtifactRead:
+    """One artifact of a trial, read back: its ``data``, or why it cannot be read."""
+
+    trial: int
+    artifact: TrialArtifact
+    data: bytes | None
+    problem: str | None
+
+    def line(self, place: ArtifactPlace) -> str:
+        """ "trial 3: trial-3-confusion.png (artifact 1234abcd) cannot be read from ...: why"."""
+        return (
+            f"trial {self.trial}: {self.artifact.filename} (artifact "
+            f"{self.artifact.artifact_id[:8]}) cannot be read from {place.where}: {self.problem}"
+        )
+
+
+def read_trial_artifacts(
+    study: optuna.Study,
+    trials: Sequence[optuna.trial.FrozenTrial],
+    place: ArtifactPlace,
+    *,
+    wanted: Callable[[TrialArtifact], bool] = lambda artifact: True,
+) -> list[ArtifactRead]:
+    """Every artifact of ``trials`` (those ``wanted``: their bytes; the others are checked as
+    far as their first byte), each with why it cannot be read when it cannot."""
+    reads = []
+    for trial in trials:
+        for artifact in trial_artifacts(study, trial):
+            data: bytes | None = None
+            problem: str | None = None
+            try:
+                with place.store.open_reader(artifact.artifact_id) as fh:
+                    data = bytes(fh.read() if wanted(artifact) else fh.read(1))
+            except Exception as exc:
+                problem = read_error(exc)
+            reads.append(
+                ArtifactRead(trial.number, artifact, data if wanted(artifact) else None, problem)
+            )
+    return reads
 
 
 def confusion_counts(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
@@ -219,10 +261,23 @@ class ArtifactRecorder:
         if spec.artifacts.model == "refit" and dataset is None:
             raise ValueError('[artifacts] model = "refit" needs the rows: pass dataset=')
         self.spec = spec
-        self.directory = (
-            Path(artifact_dir) if artifact_dir is not None else artifact_dir_for(storage_url, spec)
-        )
-        self.store = open_artifact_store(self.directory, create=True)
+        self.storage_url = storage_url
+        # ``artifact_dir``: a folder of the caller's choosing. Else the study's own store, opened
+        # at the first file (the study's stored spec names it); a folder is made now, so that a
+        # bad path fails before any training.
+        self._place: ArtifactPlace | None = None
+        self.directory: Path | None = None
+        if artifact_dir is not None:
+            self.directory = Path(artifact_dir)
+            self._place = ArtifactPlace(
+                FOLDER,
+                str(self.directory),
+                folder_store(self.directory, create=True),
+                self.directory,
+            )
+        elif spec.artifacts.store in (None, FOLDER) and default_store(spec, storage_url) == FOLDER:
+            self.directory = artifact_dir_for(storage_url, spec)
+            folder_store(self.directory, create=True)
         self._dataset = dataset
         self._classes = fold_set.classes
         first = fold_set.repeats[0]
@@ -240,6 +295,30 @@ class ArtifactRecorder:
         # False in the other processes of an `hpo run`: the run's own process refits, once.
         self._refit_here = refit_here
 
+    def place(self, study: optuna.Study) -> ArtifactPlace:
+        """The store this recorder writes to: the study's (as its stored spec names it)."""
+        if self._place is None:
+            if SPEC_ATTR in study.user_attrs:
+                self._place = study_place(study, self.storage_url, create=True)
+            else:  # a study hpo did not create: the default for this spec and storage
+                self._place = open_place(
+                    default_store(self.spec, self.storage_url),
+                    url=self.storage_url,
+                    spec=self.spec,
+                    storage=compat.storage_of(study),
+                    create=True,
+                )
+            if self._place.directory is not None:
+                self.directory = self._place.directory
+        return self._place
+
+    @property
+    def where(self) -> str:
+        """The store, for messages (before the first file: the folder, or "the study's store")."""
+        if self._place is not None:
+            return self._place.where
+        return str(self.directory) if self.directory is not None else "the study's artifact store"
+
     # --- the hot path ----------------------------------------------------------------------
 
     def __call__(self, trial: optuna.Trial, result: EvaluationResult) -> None:
@@ -251,7 +330,7 @@ class ArtifactRecorder:
             _log.warning(
                 "trial %d: artifacts not saved to %s (%s)",
                 trial.number,
-                self.directory,
+                self.where,
                 error_text(exc),
             )
             _log.debug("artifact failure", exc_info=True)
@@ -292,7 +371,7 @@ class ArtifactRecorder:
 
     def _upload_live(self, trial: optuna.Trial, path: Path) -> None:
         optuna_artifacts.upload_artifact(
-            artifact_store=self.store, file_path=str(path), study_or_trial=trial
+            artifact_store=self.place(trial.study).store, file_path=str(path), study_or_trial=trial
         )
 
     def _write_folds_csv(self, folder: Path, number: int, result: EvaluationResult) -> Path:
@@ -334,7 +413,7 @@ class ArtifactRecorder:
                 len(written),
             )
         except Exception as exc:
-            _log.warning("model files not written to %s (%s)", self.directory, error_text(exc))
+            _log.warning("model files not written to %s (%s)", self.where, error_text(exc))
         return len(written)
 
     def _finalize(self, study: optuna.Study, written: list[str]) -> None:
@@ -361,7 +440,7 @@ class ArtifactRecorder:
                         continue
                 written.append(name)
                 if name.endswith(".keras"):
-                    _log.info("trial %d: saved %s to %s", trial.number, name, self.directory)
+                    _log.info("trial %d: saved %s to %s", trial.number, name, self.where)
 
     def _files_of(
         self, trial: optuna.trial.FrozenTrial
@@ -465,7 +544,7 @@ class ArtifactRecorder:
     ) -> None:
         artifact_id = str(uuid.uuid4())
         with path.open("rb") as fh:
-            self.store.write(artifact_id, fh)
+            self.place(study).store.write(artifact_id, fh)
         mimetype, encoding = mimetypes.guess_type(path.name)
         meta = {
             "artifact_id": artifact_id,

@@ -38,11 +38,20 @@ from hpo import stops
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
-from hpo.results.artifacts import artifact_dir_for, open_artifact_store
+from hpo.results.artifacts import artifact_dir_for, open_artifact_store, read_trial_artifacts
 from hpo.results.spec_text import has_note
 from hpo.spec import StudySpec
 from hpo.study.record import stored_spec
 from hpo.study.storage import mask_url, open_storage
+from hpo.study.stores import (
+    FOLDER,
+    ArtifactPlace,
+    FirstFound,
+    folder_for,
+    open_place,
+    store_setting,
+    study_place,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -58,11 +67,12 @@ __all__ = [
     "Access",
     "Guard",
     "dashboard_access",
-    "dashboard_artifact_dir",
+    "dashboard_places",
     "is_loopback",
     "open_url",
     "read_specs",
     "serve",
+    "unreadable_artifacts",
 ]
 
 _log = get_logger("dashboard")
@@ -95,20 +105,59 @@ def read_specs(storage: optuna.storages.BaseStorage) -> list[StudySpec]:
     return specs
 
 
-def dashboard_artifact_dir(url: str, specs: Iterable[StudySpec], explicit: str | None) -> Path:
-    """The artifact store to serve: ``--artifacts``, else the one the studies' specs name, else
-    the default beside the SQLite file (or ``./artifacts``)."""
+def dashboard_places(
+    url: str,
+    storage: optuna.storages.BaseStorage,
+    specs: Iterable[StudySpec],
+    explicit: str | None,
+) -> list[ArtifactPlace]:
+    """The artifact stores to serve: ``--artifacts DIR``, else every store the studies' specs
+    name (each study's own: the database, a bucket, a folder), else the default folder."""
     if explicit:
-        return Path(explicit)
-    named = sorted({spec.artifacts.path for spec in specs if spec.artifacts.path})
-    if len(named) > 1:
-        _log.warning(
-            "studies here use different [artifacts] paths (%s); serving %s; pass --artifacts DIR "
-            "to see another",
-            ", ".join(named),
-            named[0],
-        )
-    return Path(named[0]) if named else artifact_dir_for(url, None)
+        folder = Path(explicit)
+        return [
+            ArtifactPlace(FOLDER, str(folder), open_artifact_store(folder, create=False), folder)
+        ]
+    places: dict[tuple[str, str], ArtifactPlace] = {}
+    for spec in specs:
+        setting = store_setting(spec)
+        key = (setting, str(folder_for(url, spec)) if setting == FOLDER else "")
+        if key not in places:
+            try:
+                places[key] = open_place(setting, url=url, spec=spec, storage=storage, create=False)
+            except HpoError as exc:  # boto3 missing, say: the other stores are still served
+                _log.warning("study %r: its artifacts cannot be served (%s)", spec.name, exc)
+    if not places:
+        folder = artifact_dir_for(url, None)
+        return [
+            ArtifactPlace(FOLDER, str(folder), open_artifact_store(folder, create=False), folder)
+        ]
+    return list(places.values())
+
+
+def unreadable_artifacts(
+    storage: optuna.storages.BaseStorage, url: str, explicit: ArtifactPlace | None = None
+) -> list[str]:
+    """One line for every artifact of a study's final best ``[artifacts] top_k`` trials that
+    cannot be read from the study's store, saying which and why (read as far as the first
+    byte). The dashboard would show such a file as a broken link."""
+    lines = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        try:
+            spec = stored_spec(study)
+            if spec is None:
+                continue
+            place = explicit or study_place(study, url, create=False, spec=spec)
+        except HpoError as exc:
+            lines.append(f"study {summary.study_name!r}: artifacts not checked ({exc})")
+            continue
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[: spec.artifacts.top_k]
+        for read in read_trial_artifacts(study, top, place, wanted=lambda artifact: False):
+            if read.problem is not None:
+                lines.append(f"study {study.study_name!r}: {read.line(place)}")
+    return lines
 
 
 def open_url(host: str, port: int) -> str:
@@ -350,9 +399,11 @@ def serve(
     # A read-only dashboard opens the storage as a reader: no file, folder, lock or table made.
     storage = open_storage(url, access="write" if access.allow_writes else "read")
     specs = read_specs(storage)
-    artifact_dir = dashboard_artifact_dir(url, specs, artifacts)
+    places = dashboard_places(url, storage, specs, artifacts)
+    for line in unreadable_artifacts(storage, url, places[0] if artifacts else None):
+        _log.warning("%s", line)
     app = optuna_dashboard.wsgi(
-        storage, artifact_store=open_artifact_store(artifact_dir, create=False)
+        storage, artifact_store=FirstFound([place.store for place in places])
     )
     try:
         server = make_server(
@@ -378,9 +429,12 @@ def serve(
             f"log in once at {login_at}?token={quote(access.token, safe='')}  "
             "(sets a cookie in that browser; or send Authorization: Bearer TOKEN)"
         )
-    where = "" if artifact_dir.is_dir() else " (none yet)"
+    shown = ", ".join(
+        place.where + ("" if place.directory is None or place.directory.is_dir() else " (none yet)")
+        for place in places
+    )
     announce(
-        f"optuna-dashboard for {mask_url(url)} (artifacts: {artifact_dir}{where}): "
+        f"optuna-dashboard for {mask_url(url)} (artifacts: {shown}): "
         f"open {open_at}  (Ctrl-C stops it)"
     )
     # Ctrl-C is how a dashboard ends: the request is waited for on a thread of its own, which

@@ -136,6 +136,15 @@ def search_rows(spec: StudySpec) -> list[tuple[str, ...]]:
     return rows
 
 
+def _store_text(spec: StudySpec) -> str:
+    store = spec.artifacts.store
+    if store == "database":
+        return "the study's database"
+    if store is not None and store != "folder":
+        return store
+    return spec.artifacts.path or "a folder: next to the SQLite file, else ./artifacts"
+
+
 def spec_sections(spec: StudySpec) -> list[Section]:
     """The spec as titled lists of (setting, value) in plain words; no storage URL, no secrets."""
     data, cv, model, engine = spec.data, spec.cv, spec.model, spec.engine
@@ -260,7 +269,7 @@ def spec_sections(spec: StudySpec) -> list[Section]:
             [
                 ("kept for", f"the best {spec.artifacts.top_k} trials"),
                 ("model file", _MODEL_TEXT[spec.artifacts.model]),
-                ("store", spec.artifacts.path or "next to the SQLite file, else ./artifacts"),
+                ("store", _store_text(spec)),
             ],
         ),
     ]

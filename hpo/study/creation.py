@@ -30,6 +30,7 @@ from hpo.study.record import (
     stored_spec_data,
 )
 from hpo.study.storage import Access, creation_lock, mask_url, open_storage, unwrap_rdb
+from hpo.study.stores import default_store, store_setting, with_store
 
 if TYPE_CHECKING:
     import optuna
@@ -179,6 +180,9 @@ def create_or_load_study(
     """
     sampler = make_sampler(spec, seed_offset=seed_offset)
     pruner = make_pruner(spec)
+    # The artifact store is fixed now and stored with the spec: every process of the study
+    # (on any machine) reads it from there.
+    spec = with_store(spec, default_store(spec, unwrap_rdb(storage).url))
     with creation_lock(unwrap_rdb(storage)):
         try:
             study = optuna.load_study(
@@ -341,6 +345,7 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         return
+    _check_same_store(spec, study)
     changes = spec_changes(stored, spec, _PROTOCOL_SECTIONS)
     if changes:
         _refuse_new_auto_default(spec, changes)
@@ -365,9 +370,25 @@ def check_same_protocol(spec: StudySpec, study: optuna.Study) -> None:
             )
 
 
+def _check_same_store(spec: StudySpec, study: optuna.Study) -> None:
+    """A study keeps the artifact store it was created with (its files are there): a study
+    file that names another one is refused; one that names none takes the study's."""
+    if spec.artifacts.store is None:
+        return
+    kept = store_setting(stored_spec(study))
+    if spec.artifacts.store != kept:
+        raise HpoError(
+            f"study {spec.name!r} keeps its artifacts in store {kept!r}, but this run has "
+            f"[artifacts] store = {spec.artifacts.store!r}; a study's store never changes: "
+            "remove the key, or use a new name (--name)"
+        )
+
+
 def update_stored_spec(study: optuna.Study, spec: StudySpec) -> list[tuple[str, Any, Any]]:
     """Store ``spec``'s budget, engine and pruner on an existing study (``hpo create`` again, or
-    ``hpo run`` resuming it, so that workers joining later get them); returns what changed."""
+    ``hpo run`` resuming it, so that workers joining later get them); returns what changed.
+    The study's artifact store stays the one it was created with."""
+    spec = with_store(spec, store_setting(stored_spec(study)))
     changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), spec, _UPDATABLE_SECTIONS)
     if changes:
         study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))

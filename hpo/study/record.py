@@ -34,6 +34,9 @@ Study user attributes
                                   moved too few rows anywhere short of collapse,
                                   ``without_effect``); written once, by the first process to
                                   train (:mod:`hpo.study.windows`)
+``hpo_data``                      the rows stored with the study (``[data] store``): ``artifact_id`` in
+                                  the study's artifact store, ``sha256`` and ``bytes`` of the file,
+                                  ``name`` (the file it came from, or the package data set as CSV)
 ``hpo_early_stop``                why the study ended before its budget (``[budget] early_stop``):
                                   ``trials``, ``best``, ``bound``, ``noise``, ``message``, and the
                                   ``n_trials`` it was decided under (a new budget decides again)
@@ -106,6 +109,18 @@ Trial system attributes
                                   writes it)
 ================================  ===================================================================
 
+Files (artifacts and stored data) live in the study's artifact store, named in its spec
+(``[artifacts] store``, fixed at creation; a spec stored without one means ``"folder"``): a
+folder, an S3 bucket (object key ``PREFIX/<artifact id>``), or the study's own database, in one
+table of hpo's beside Optuna's:
+
+=========================================  ==========================================================
+``hpo_artifact_chunks``                    ``artifact_id`` (text), ``chunk`` (0, 1, ...; the key is
+                                           both), ``data`` (at most :data:`ARTIFACT_CHUNK_BYTES`
+                                           bytes of the file); a file's chunks are written in one
+                                           transaction, so a reader sees all of them or none
+=========================================  ==========================================================
+
 Intermediate values are the out-of-fold accuracies at pruning checkpoints (step: the epoch on the
 stacked engine, the folds done on the reference engine); ``[pruner]`` judges trials on them.
 """
@@ -139,9 +154,12 @@ else:
     sampling = lazy_import("hpo.study.sampler")
 
 __all__ = [
+    "ARTIFACT_CHUNK_BYTES",
+    "ARTIFACT_TABLE",
     "BASELINE_ATTR",
     "CLAIM_ATTR",
     "CRASHES_ATTR",
+    "DATA_ATTR",
     "DATA_WARNINGS_ATTR",
     "EARLY_STOP_ATTR",
     "FAILURE_ATTR",
@@ -206,6 +224,10 @@ NESTED_SUMMARY_ATTR = "nested:summary"
 SAMPLER_ATTR = "hpo_sampler"
 WINDOWS_ATTR = "hpo_penalty_windows"
 EARLY_STOP_ATTR = "hpo_early_stop"
+DATA_ATTR = "hpo_data"
+# The table of the "database" artifact store, and the most bytes of a file one row holds.
+ARTIFACT_TABLE = "hpo_artifact_chunks"
+ARTIFACT_CHUNK_BYTES = 1 << 20
 # Study system attributes.
 WORKER_ATTR_PREFIX = "hpo:worker:"
 # optuna-dashboard lists a finished trial's artifacts from this prefix; Optuna's own

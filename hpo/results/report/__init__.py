@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.errors import HpoError
-from hpo.results.report.collect import best_confusion, collect, placement_of
+from hpo.results.artifacts import ArtifactRead
+from hpo.results.report.collect import artifact_reads, collect, placement_of
 from hpo.results.report.page import plots_for, render
 from hpo.results.report.plots import FIGURES, MIN_TRIALS_FOR_IMPORTANCE, png
 
 if TYPE_CHECKING:
     import optuna
+
+    from hpo.study.stores import ArtifactPlace
 
 __all__ = ["MIN_TRIALS_FOR_IMPORTANCE", "Report", "placement_of", "write_report"]
 
@@ -30,6 +33,8 @@ class Report:
     html_path: Path
     pngs: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # The top trials' artifacts that could not be read: one line each, saying which and why.
+    unreadable: list[str] = field(default_factory=list)
 
 
 def write_report(
@@ -37,9 +42,11 @@ def write_report(
     out_dir: str | Path,
     *,
     shown_storage: str = "",
-    artifact_dir: Path | None = None,
+    artifacts: ArtifactPlace | None = None,
 ) -> Report:
-    """Write ``out_dir/report.html`` and its PNGs for ``study``."""
+    """Write ``out_dir/report.html`` and its PNGs for ``study``; ``artifacts``: the study's
+    artifact store, to draw the best trial's confusion matrix from and check the top trials'
+    files in (None: no artifacts)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -62,10 +69,25 @@ def write_report(
         report.pngs.append(path)
 
     best = data.best
-    confusion = best_confusion(study, best.number, artifact_dir) if best else None
+    reads: list[ArtifactRead] = [] if artifacts is None else artifact_reads(study, data, artifacts)
+    confusion = next(
+        (
+            r.data
+            for r in reads
+            if best is not None
+            and r.data is not None
+            and r.artifact.filename == f"trial-{best.number}-confusion.png"
+        ),
+        None,
+    )
     if confusion is not None:
         path = out / "best-confusion.png"
         path.write_bytes(confusion)
         report.pngs.append(path)
-    report.html_path.write_text(render(data, plots, confusion, shown_storage), encoding="utf-8")
+    if artifacts is not None:
+        report.unreadable = [r.line(artifacts) for r in reads if r.problem is not None]
+    report.html_path.write_text(
+        render(data, plots, confusion, shown_storage, reads=reads, artifacts=artifacts),
+        encoding="utf-8",
+    )
     return report

@@ -8,11 +8,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.log import get_logger
-from hpo.results.artifacts import open_artifact_store, trial_artifacts
+from hpo.results.artifacts import ArtifactRead, TrialArtifact, read_trial_artifacts
 from hpo.results.baseline import BaselineGain, baseline_gain
 from hpo.results.holdout import HoldoutEvaluation, load_evaluation
 from hpo.results.rerun import RerunStats, load_reruns
@@ -21,6 +20,7 @@ from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
 from hpo.study.record import read_trial, stored_data_warnings, stored_spec
 from hpo.study.stopping import stored_stop
+from hpo.study.stores import ArtifactPlace
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +30,7 @@ __all__ = [
     "TOP_N",
     "StudyData",
     "Trial",
-    "best_confusion",
+    "artifact_reads",
     "collect",
     "complete_trials",
     "l1_alpha",
@@ -153,17 +153,19 @@ def ranked_trials(trials: Sequence[Trial]) -> list[Trial]:
     return sorted(complete_trials(trials), key=lambda t: (-(t.value or 0.0), t.number))
 
 
-def best_confusion(study: optuna.Study, number: int, artifact_dir: Path | None) -> bytes | None:
-    """The confusion-matrix PNG that trial ``number`` left in the artifact store, if readable."""
-    if artifact_dir is None or not artifact_dir.is_dir():
-        return None
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    for artifact in trial_artifacts(study, trial):
-        if artifact.filename.endswith("-confusion.png"):
-            store = open_artifact_store(artifact_dir, create=False)
-            try:
-                with store.open_reader(artifact.artifact_id) as fh:
-                    return bytes(fh.read())
-            except Exception:  # a store moved or cleaned: the report goes on without it
-                _log.debug("confusion matrix of trial %d not readable", number, exc_info=True)
-    return None
+def artifact_reads(
+    study: optuna.Study, data: StudyData, place: ArtifactPlace
+) -> list[ArtifactRead]:
+    """The artifacts of the study's final best ``[artifacts] top_k`` trials (the best one's
+    confusion matrix read whole, the others checked as far as their first byte), each with why
+    it cannot be read when it cannot."""
+    top_k = data.spec.artifacts.top_k if data.spec is not None else 3
+    numbers = {t.number for t in ranked_trials(data.trials)[:top_k]}
+    best = data.best.number if data.best is not None else None
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number in numbers]
+    trials.sort(key=lambda t: (-(t.value or 0.0), t.number))
+
+    def wanted(artifact: TrialArtifact) -> bool:
+        return artifact.filename == f"trial-{best}-confusion.png"
+
+    return read_trial_artifacts(study, trials, place, wanted=wanted)

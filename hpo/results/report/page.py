@@ -36,6 +36,9 @@ from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from hpo.results.artifacts import ArtifactRead
+    from hpo.study.stores import ArtifactPlace
 else:
     np = lazy_import("numpy")
 
@@ -122,7 +125,13 @@ def _template() -> Template:
 
 
 def render(
-    data: StudyData, plots: Sequence[Plot], confusion: bytes | None, shown_storage: str
+    data: StudyData,
+    plots: Sequence[Plot],
+    confusion: bytes | None,
+    shown_storage: str,
+    *,
+    reads: Sequence[ArtifactRead] = (),
+    artifacts: ArtifactPlace | None = None,
 ) -> str:
     """The whole page: header and cards, the best trial, every plot, the top trials, settings."""
     spec, trials, best = data.spec, data.trials, data.best
@@ -150,6 +159,8 @@ def render(
         else:
             sections.append(_section(plot))
     sections.append(_top_section(trials))
+    if artifacts is not None:
+        sections.append(_artifacts_section(reads, artifacts))
     if spec is not None:
         sections.append(_settings_section(spec))
     return _template().substitute(
@@ -391,6 +402,35 @@ def _best_section(best: Trial | None, confusion: bytes | None) -> str:
             "columns predicted ones; off-diagonal cells are the mistakes.</p>"
             f'<img src="data:image/png;base64,{data}" alt="confusion matrix of the best trial" '
             'style="max-width:560px">'
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _artifacts_section(reads: Sequence[ArtifactRead], place: ArtifactPlace) -> str:
+    """The files the top trials left in the artifact store, and which of them cannot be read."""
+    parts = [
+        '<section id="artifacts"><h2>Artifacts of the best trials</h2>',
+        f"<p>From the study's artifact store: {_esc(place.where)}.</p>",
+    ]
+    if not reads:
+        parts.append('<p class="missing">The best trials have no artifacts recorded.</p>')
+    else:
+        rows = [
+            [
+                str(r.trial),
+                r.artifact.filename,
+                "readable" if r.problem is None else f"cannot be read: {r.problem}",
+            ]
+            for r in reads
+        ]
+        parts.append(_table(["trial", "file", "state"], rows))
+    bad = [r for r in reads if r.problem is not None]
+    if bad:
+        parts.append(
+            f'<p class="missing">{len(bad)} of {len(reads)} files cannot be read: '
+            + "; ".join(_esc(r.line(place)) for r in bad)
+            + "</p>"
         )
     parts.append("</section>")
     return "".join(parts)

@@ -1,0 +1,457 @@
+"""A study's artifact store and stored data: the database store, the choice of store, the data
+that travels with the study, and the "several machines" story on a real PostgreSQL study.
+
+The last tests stand three working directories (each with its own HOME and data cache) in for
+three machines: the study is created in A, a worker trains in B with nothing but the study's
+name and the storage URL, and `report`, `export` and the dashboard in C see B's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+from conftest import hpo, one_line_error
+from pg import HpoProcesses, hpo_env, tiny_study
+
+from hpo.errors import HpoError
+from hpo.results.artifacts import trial_artifacts
+from hpo.spec import load_spec, spec_from_dict
+from hpo.study import optuna_compat as compat
+from hpo.study import stores
+from hpo.study.creation import create_or_load_study
+from hpo.study.record import ARTIFACT_TABLE, DATA_ATTR, SPEC_ATTR, stored_spec
+from hpo.study.storage import open_storage
+
+# --- the database store ----------------------------------------------------------------------
+
+
+def _db_store(url: str) -> stores.DatabaseArtifactStore:
+    return stores.DatabaseArtifactStore(open_storage(url).engine)
+
+
+def _tables(url: str) -> list[str]:
+    return sqlalchemy.inspect(open_storage(url).engine).get_table_names()
+
+
+def test_database_store_round_trips_files_in_chunks_through_optunas_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(storage=open_storage(url))
+    store = _db_store(url)
+    # Before the first write the table does not exist, and a reader does not make it.
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound, match="no file was ever"):
+        store.open_reader("0123abcd")
+    assert ARTIFACT_TABLE not in _tables(url)
+
+    monkeypatch.setattr(stores, "ARTIFACT_CHUNK_BYTES", 7)  # many chunks from a small file
+    content = bytes(range(256)) * 3
+    (tmp_path / "f.bin").write_bytes(content)
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=store, file_path=str(tmp_path / "f.bin"), study_or_trial=study
+    )
+    with sqlalchemy.create_engine(url).connect() as conn:
+        rows = conn.execute(
+            sqlalchemy.text(f"SELECT count(*) FROM {ARTIFACT_TABLE} WHERE artifact_id = :a"),
+            {"a": artifact_id},
+        ).scalar_one()
+    assert rows == -(-len(content) // 7)
+    optuna.artifacts.download_artifact(
+        artifact_store=store, artifact_id=artifact_id, file_path=str(tmp_path / "back.bin")
+    )
+    assert (tmp_path / "back.bin").read_bytes() == content
+    with store.open_reader(artifact_id) as fh:  # small reads across chunk boundaries
+        assert fh.read(5) + fh.read(11) + fh.read() == content
+
+    store.write("e" * 8, io.BytesIO(b""))  # an empty file exists, and reads empty
+    with store.open_reader("e" * 8) as fh:
+        assert fh.read() == b""
+    store.remove(artifact_id)
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):
+        store.open_reader(artifact_id)
+
+
+# --- which store a study uses ----------------------------------------------------------------
+
+
+def _spec_text(tmp_path: Path, artifacts: str) -> Path:
+    path = tiny_study(tmp_path, "st", n_trials=2, extra=f"\n[artifacts]\n{artifacts}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("artifacts", "expected"),
+    [
+        (
+            'store = "disk"',
+            "[artifacts] `store` must be 'database', 'folder' or 's3://BUCKET/PREFIX', but got "
+            "'disk'",
+        ),
+        (
+            'store = "s3://Bad_Bucket/x"',
+            "[artifacts] `store` 's3://Bad_Bucket/x' names no valid S3 bucket ('Bad_Bucket': 3 to "
+            "63 lowercase letters, digits, dots and hyphens); write s3://BUCKET or "
+            "s3://BUCKET/PREFIX",
+        ),
+        (
+            'store = "s3://AKIAXXX:hunter2@bucket/x"',
+            "[artifacts] `store` must not hold credentials (an s3:// URL with '@' or ':' before "
+            "the bucket); give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+            "environment",
+        ),
+        (
+            'store = "database"\npath = "/mnt/x"',
+            "[artifacts] `path` names a folder, but `store` is 'database'; remove one of them",
+        ),
+    ],
+)
+def test_a_bad_store_is_one_line_naming_file_key_and_value(
+    tmp_path: Path, artifacts: str, expected: str
+) -> None:
+    path = _spec_text(tmp_path, artifacts)
+    result = hpo("create", path, "--storage", f"sqlite:///{tmp_path}/x.db")
+    one_line_error(result, f"{path}: {expected}")
+    assert "hunter2" not in result.output
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_the_store_is_fixed_at_creation_and_kept(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/k.db"
+    spec = load_spec(_spec_text(tmp_path, "top_k = 1"))
+    study, _ = create_or_load_study(spec, open_storage(url))
+    assert stored_spec(study).artifacts.store == "folder"  # the default for SQLite
+    # A file naming another store is refused on resume; one naming none keeps the study's.
+    with pytest.raises(HpoError, match="keeps its artifacts in store 'folder', but this run"):
+        create_or_load_study(spec.replace(artifacts=spec.artifacts.__class__(store="database")),
+                             open_storage(url))  # fmt: skip
+    from hpo.study.creation import update_stored_spec
+
+    update_stored_spec(study, spec)
+    assert stored_spec(study).artifacts.store == "folder"
+    # A study stored before stores were chosen (no `store` in its spec) keeps its folder.
+    raw = dict(study.user_attrs[SPEC_ATTR])
+    raw["artifacts"] = {k: v for k, v in raw["artifacts"].items() if k != "store"}
+    assert stores.store_setting(spec_from_dict(raw)) == "folder"
+
+
+# --- stored data -----------------------------------------------------------------------------
+
+
+def test_stored_data_is_fetched_checked_and_a_damaged_copy_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    spec = load_spec(_spec_text(tmp_path, 'store = "database"'))
+    study, _ = create_or_load_study(spec, open_storage(url))
+    place = stores.study_place(study, url, create=True)
+    record, now = stores.store_data(study, spec, place)
+    content = (tmp_path / "tiny.csv").read_bytes()
+    assert now and record.sha256 == hashlib.sha256(content).hexdigest()
+    assert study.user_attrs[DATA_ATTR]["bytes"] == len(content)
+    assert stores.store_data(study, spec, place)[1] is False  # stored already: kept
+    assert stores.store_data(study, spec, place, data_path=str(tmp_path / "tiny.csv"))[1] is False
+
+    fetched = stores.data_for(study, None, url=url)
+    assert fetched is not None and Path(fetched).read_bytes() == content
+    assert Path(fetched).parent == tmp_path / "data-cache" / "stored"
+
+    changed = tmp_path / "changed.csv"
+    changed.write_bytes(content.replace(b"\n", b"\r\n"))
+    with pytest.raises(HpoError, match=r"already stores other data .* never change"):
+        stores.store_data(study, spec, place, data_path=str(changed))
+    with pytest.raises(HpoError) as refused:
+        stores.data_for(study, str(changed), url=url)
+    assert str(refused.value) == (
+        f"{changed}: its content differs from the data stored with study 'st' (sha256 "
+        f"{hashlib.sha256(changed.read_bytes()).hexdigest()[:12]} here, {record.sha256[:12]} "
+        "stored from tiny.csv); leave out --data to train on the stored copy"
+    )
+    assert stores.data_for(study, str(tmp_path / "tiny.csv"), url=url) == str(tmp_path / "tiny.csv")
+
+    Path(fetched).unlink()
+    with sqlalchemy.create_engine(url).begin() as conn:  # a bit flipped in the stored copy
+        conn.execute(
+            sqlalchemy.text(f"UPDATE {ARTIFACT_TABLE} SET data = :d WHERE artifact_id = :a"),
+            {"d": content[:-1] + b"X", "a": record.artifact_id},
+        )
+    with pytest.raises(HpoError, match=r"has sha256 \w{12}, but the study recorded .*damaged"):
+        stores.data_for(study, None, url=url)
+    assert not list((tmp_path / "data-cache" / "stored").iterdir())  # no partial file left
+
+
+# --- an S3 bucket on a real S3-protocol server ------------------------------------------------
+
+S3_SECRET = "s3-secret-never-printed-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server in its own process on a free port, with bucket
+    ``hpo-test``; yields the AWS environment variables that reach it."""
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "moto_server"
+    )
+    if server is None:
+        pytest.fail("moto_server is missing: pip install 'moto[server]' (in the dev extras)")
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "hpo-test-key",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            _s3().create_bucket(Bucket="hpo-test")
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _s3() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def test_s3_store_holds_the_data_and_files_under_its_prefix_and_never_shows_the_secret(
+    s3_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    url = f"sqlite:///{tmp_path}/s3.db"
+    path = _spec_text(tmp_path, 'store = "s3://hpo-test/runs/one/"')
+    result = hpo("create", path, "--storage", url, "--store-data")
+    assert result.exit_code == 0, result.output
+    assert "artifacts: s3://hpo-test/runs/one/" in result.stdout
+    study = optuna.load_study(study_name="st", storage=url)
+    record = stores.stored_data(study)
+    assert record is not None
+    listed = _s3().list_objects_v2(Bucket="hpo-test", Prefix="runs/one/")
+    assert [o["Key"] for o in listed["Contents"]] == [f"runs/one/{record.artifact_id}"]
+    fetched = stores.data_for(study, None, url=url)
+    assert fetched is not None
+    assert Path(fetched).read_bytes() == (tmp_path / "tiny.csv").read_bytes()
+    stored = json.dumps(
+        [study.user_attrs, compat.storage_of(study).get_study_system_attrs(compat.study_id(study))]
+    )
+    assert S3_SECRET not in result.output + stored
+
+    # A file gone from the bucket: named, with why.
+    place = stores.study_place(study, url, create=False)
+    assert stores.artifact_problem(place, record.artifact_id) is None
+    _s3().delete_object(Bucket="hpo-test", Key=f"runs/one/{record.artifact_id}")
+    assert stores.artifact_problem(place, record.artifact_id) == "not found"
+    Path(fetched).unlink()
+    with pytest.raises(HpoError, match=r"cannot be read from s3://hpo-test/runs/one/: not found"):
+        stores.data_for(study, None, url=url)
+
+    # A bucket that is not there: `hpo create` says so in one line.
+    missing = _spec_text(tmp_path, 'store = "s3://no-such-bucket"')
+    result = hpo("create", missing, "--storage", f"sqlite:///{tmp_path}/m.db", "--name", "m")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == (
+        "Error: artifact store s3://no-such-bucket: cannot write to it (NoSuchBucket: An error "
+        "occurred (NoSuchBucket) when calling the PutObject operation: The specified bucket "
+        "does not exist)"
+    )
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/m.db") == []  # nothing created
+    assert S3_SECRET not in result.output
+
+
+# --- several machines, one PostgreSQL study --------------------------------------------------
+
+# Fixed alpha ranges: no alpha windows to measure before the first trial (tens of seconds).
+FIXED_WINDOWS = "\n[search]\nl1 = [1e-5, 1e-1]\nl2 = [1e-5, 1e-1]\n"
+
+
+def _machine(root: Path, name: str) -> Path:
+    home = root / name
+    (home / "home").mkdir(parents=True)
+    return home
+
+
+def _machine_env(url: str, home: Path, **extra: str) -> dict[str, str]:
+    env = hpo_env(url, HOME=str(home / "home"), **extra)
+    env.pop("HPO_DATA_DIR", None)  # each machine's own ./data
+    return env
+
+
+@contextlib.contextmanager
+def _dashboard(directory: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", "--port", "0"],
+        cwd=directory,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"open (http://127\.0\.0\.1:\d+)/dashboard", line)
+        assert match, line + (process.stderr.read() if process.stderr else "")
+        yield match[1], process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.status), bytes(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.slow  # five hpo processes, one of them training, one exporting
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["database", "s3"])
+def test_three_machines_share_data_and_artifacts_through_the_store(
+    pg_url: str,
+    tmp_path: Path,
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b, c = (_machine(tmp_path, m) for m in ("a", "b", "c"))
+    aws: dict[str, str] = {}
+    store, where = "", "the study's database"  # the default for a PostgreSQL study
+    if kind == "s3":
+        aws = request.getfixturevalue("s3_server")
+        for key, value in aws.items():  # for this process's own reads
+            monkeypatch.setenv(key, value)
+        where = f"s3://hpo-test/{tmp_path.name}"
+        store = f'store = "{where}"\n'
+    study_file = tiny_study(
+        a, "travel", n_trials=3, extra=FIXED_WINDOWS + f"\n[artifacts]\ntop_k = 2\n{store}"
+    )
+
+    def _env(url: str, home: Path) -> dict[str, str]:
+        return _machine_env(url, home, **aws)
+
+    with contextlib.ExitStack() as stack:
+        on_a, on_b, on_c = (HpoProcesses(m) for m in (a, b, c))
+        for group in (on_a, on_b, on_c):
+            stack.callback(group.kill_all)
+        created = on_a.run(["create", str(study_file), "--store-data"], env=_env(pg_url, a))
+        assert f"artifacts: {where}" in created
+        assert re.search(
+            rf"data: tiny\.csv \(\d+ bytes, sha256 \w{{12}}\) stored in {where}", created
+        )
+        content = (a / "tiny.csv").read_bytes()
+        (a / "tiny.csv").unlink()  # the data now lives only in the database
+
+        # B: a bare machine, nothing but the name and the URL.
+        worker = on_b.run(["worker", "travel"], env=_env(pg_url, b), timeout=240)
+        assert "worker ran 3 trials" in worker, worker
+        stored = b / "data" / "stored" / f"{hashlib.sha256(content).hexdigest()}.csv"
+        assert stored.read_bytes() == content
+        assert not (b / "artifacts").exists()  # nothing written beside the worker
+
+        # ... and with a changed copy of the data, a worker refuses in one line.
+        changed = b / "changed.csv"
+        changed.write_bytes(content + b"\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "hpo", "worker", "travel", "--data", str(changed)],
+            cwd=b, env=_env(pg_url, b), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert (
+            done.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"Error: {changed}: its content differs from the data stored with study 'travel'"
+            )
+        )
+        assert "Traceback" not in done.stderr
+
+        # C: report and export see B's files and data; the dashboard serves them.
+        report = on_c.run(["report", "travel", "--out", "r"], env=_env(pg_url, c))
+        assert "not read" not in report, report
+        page = (c / "r" / "report.html").read_text()
+        assert 'alt="confusion matrix of the best trial"' in page
+        assert "cannot be read" not in page
+        study = optuna.load_study(study_name="travel", storage=pg_url)
+        top = sorted(study.trials, key=lambda t: (-t.value, t.number))[:2]
+        files = {(t.number, a.filename): a for t in top for a in trial_artifacts(study, t)}
+        assert {name for _, name in files} == {
+            f"trial-{t.number}-{kind}"
+            for t in top
+            for kind in ("confusion.png", "fold1.keras", "folds.csv")
+        }
+        exported = on_c.run(
+            ["export", "travel", "--out", "model"], env=_env(pg_url, c), timeout=240
+        )
+        assert (c / "model" / "model.keras").is_file(), exported
+
+        place = stores.study_place(study, pg_url, create=False)
+        with _dashboard(c, _env(pg_url, c)) as (base, _):
+            summaries = json.loads(_get(f"{base}/api/studies")[1])["study_summaries"]
+            study_id = int(summaries[0]["study_id"])
+            trial_ids = {t.number: compat.trial_id(t) for t in study.trials}
+            for (number, _name), artifact in files.items():
+                status, body = _get(
+                    f"{base}/artifacts/{study_id}/{trial_ids[number]}/{artifact.artifact_id}"
+                )
+                with place.store.open_reader(artifact.artifact_id) as fh:
+                    assert (status, body) == (200, fh.read())
+
+        # One file gone from the store: report says which and why.
+        gone = files[(top[0].number, f"trial-{top[0].number}-confusion.png")].artifact_id
+        place.store.remove(gone)
+        again = on_c.run(["report", "travel", "--out", "r2"], env=_env(pg_url, c))
+        assert (
+            f"not read: trial {top[0].number}: trial-{top[0].number}-confusion.png (artifact "
+            f"{gone[:8]}) cannot be read from {where}: not found"
+        ) in again
+        if aws:
+            assert S3_SECRET not in created + worker + report + exported + again
+    assert os.listdir(c / "r")
