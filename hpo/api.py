@@ -43,7 +43,7 @@ from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_d
 from hpo.study.budget import trials_to_run
 from hpo.study.creation import check_holdout, create_or_load_study, load_study, update_stored_spec
 from hpo.study.pool import WorkerPool, usable_cores, workers_for
-from hpo.study.record import best_trial, read_trial, store_data_warnings
+from hpo.study.record import best_trial, read_trial, store_data_source, store_data_warnings
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
 from hpo.study.worker import RunSummary
@@ -156,6 +156,7 @@ def run_study(
     study, created = create_or_load_study(spec, rdb)
     check_holdout(study, dataset.holdout)
     store_data_warnings(study, found)
+    store_data_source(study, dataset.origin())
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.
         changes = update_stored_spec(study, spec)
@@ -254,7 +255,9 @@ def data_findings(dataset: Dataset, spec: StudySpec, say: Callable[[str], None])
     """Say what loading changed and the data's warnings; return the warnings."""
     for note in dataset.notes:
         say(f"note: {note}")
-    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    profile = profile_dataset(
+        dataset, spec.cv, ignore=spec.data.ignore_warnings, target=spec.data.target
+    )
     for warning in profile.warnings:
         say(f"warning: {warning.message}")
     return [w.message for w in profile.warnings]

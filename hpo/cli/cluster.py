@@ -53,6 +53,7 @@ from hpo.study.record import (
     SamplerStart,
     best_trial,
     read_trial,
+    store_data_source,
     store_data_warnings,
     stored_policy,
     stored_spec,
@@ -187,6 +188,7 @@ def worker(
             err=True,
         )
         store_data_warnings(study, show_data_findings(dataset, spec))
+        store_data_source(study, dataset.origin())
     summary = train_here(
         study,
         spec,
