@@ -44,7 +44,7 @@ from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_d
 from hpo.study.budget import trials_to_run
 from hpo.study.creation import check_holdout, create_or_load_study, load_study, update_stored_spec
 from hpo.study.pool import WorkerPool, usable_cores, workers_for
-from hpo.study.record import best_trial, read_trial, store_data_warnings
+from hpo.study.record import best_trial, read_trial, store_data_source, store_data_warnings
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
 from hpo.study.stores import store_data, study_place
@@ -169,6 +169,7 @@ def run_study(
         if now:
             say(f"data: stored {record.name} (sha256 {record.sha256[:12]}) with the study")
     store_data_warnings(study, found)
+    store_data_source(study, dataset.origin())
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.
         changes = update_stored_spec(study, spec)
@@ -268,7 +269,9 @@ def data_findings(dataset: Dataset, spec: StudySpec, say: Callable[[str], None])
     """Say what loading changed and the data's warnings; return the warnings."""
     for note in dataset.notes:
         say(f"note: {note}")
-    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    profile = profile_dataset(
+        dataset, spec.cv, ignore=spec.data.ignore_warnings, target=spec.data.target
+    )
     for warning in profile.warnings:
         say(f"warning: {warning.message}")
     return [w.message for w in profile.warnings]

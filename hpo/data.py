@@ -18,14 +18,16 @@ stacked engine in its graph, batch by batch; by :attr:`Fold.x_train` for ``model
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import math
 import os
 import shutil
 import tempfile
 import urllib.error
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,6 +68,7 @@ __all__ = [
     "category_text",
     "check_classes",
     "check_numbers",
+    "class_fix",
     "clean_table",
     "fold_rows",
     "holdout_fold_set",
@@ -80,6 +83,8 @@ __all__ = [
     "row_count",
     "source_bytes",
     "split_holdout",
+    "tiny_classes",
+    "too_few",
 ]
 
 _log = get_logger("data")
@@ -92,6 +97,8 @@ class Dataset:
     ``categorical``: the numeric-coded columns the study file says are categories.
     ``dropped``: the columns ``[data] drop`` removed. ``notes``: what loading changed, in plain
     words (names stripped of whitespace, rows without a target dropped), for the user to see.
+    ``url``: where a downloaded file came from; ``sha256``: the SHA-256 of the file read (a
+    CSV, not a package data set or a DataFrame), so a study records the exact data it used.
     """
 
     features: pd.DataFrame
@@ -102,6 +109,20 @@ class Dataset:
     dropped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     holdout: Holdout | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+    def origin(self) -> dict[str, str]:
+        """Where the rows were read from, as a study records it: ``path`` (or ``dataset``, or
+        ``frame``), ``url`` when downloaded, and the file's ``sha256``."""
+        if self.sha256 is None:
+            key = "dataset" if self.source.startswith("sklearn:") else "frame"
+            return {key: self.source}
+        return {
+            "path": self.source,
+            **({"url": self.url} if self.url is not None else {}),
+            "sha256": self.sha256,
+        }
 
     @property
     def n_rows(self) -> int:
@@ -361,20 +382,38 @@ def _sha256(path: Path) -> str:
 
 
 def _download(url: str, dest: Path, sha256: str | None) -> None:
+    """``url`` into ``dest``; a failed download leaves nothing behind, not even the folders
+    made for it (``hpo check`` touches no storage, even when it fails)."""
     _log.info("downloading %s -> %s", url, dest)
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch(url, dest, sha256)
+    except BaseException:
+        for folder in made:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _fetch(url: str, dest: Path, sha256: str | None) -> None:
+    tmp_path: Path | None = None
     try:
         with (
             urllib_request.urlopen(url, timeout=60) as response,
             tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp,
         ):
+            tmp_path = Path(tmp.name)
             shutil.copyfileobj(response, tmp)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except BaseException as exc:  # a stop mid-download too: no half file is left
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        if not isinstance(exc, urllib.error.URLError | OSError | ValueError):
+            raise
         reason = getattr(exc, "reason", exc)
         raise HpoError(
             f"{url}: download failed ({reason}); download it yourself and pass --data PATH"
         ) from None
-    tmp_path = Path(tmp.name)
     if sha256 is not None and (actual := _sha256(tmp_path)) != sha256.lower():
         tmp_path.unlink()
         raise HpoError(f"{url}: sha256 is {actual}, but the study file expects {sha256}")
@@ -459,22 +498,41 @@ def read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _clean_cells(frame: pd.DataFrame, na_values: tuple[str, ...]) -> tuple[pd.DataFrame, list[str]]:
+def _clean_cells(
+    frame: pd.DataFrame,
+    na_values: tuple[str, ...],
+    column_na_values: Mapping[str, tuple[str, ...]],
+) -> tuple[pd.DataFrame, list[str]]:
     """Text cells stripped of surrounding whitespace, then the missing-value markers applied
-    again; a column that is all numbers once stripped becomes numeric.
+    again (``column_na_values``: a column's own, besides ``na_values``); a column that is all
+    numbers once stripped becomes numeric.
 
     UCI-style files write ``39, ?, <=50K``: without this, ``' ?'`` would not match the marker
     ``?``, and every class name would start with a space.
     """
-    markers = set(na_values) | {""}
     changed = []
+    marked: dict[str, int] = {}
     frame = frame.copy(deep=False)
     for column in frame.columns:
         values = frame[column]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        own = column_na_values.get(column, ())
+        if pd.api.types.is_bool_dtype(values):
             continue
+        if pd.api.types.is_numeric_dtype(values):
+            if own:  # a number marker ("0") is that value, however the file wrote it ("0.0")
+                hits = values.isin(_numbers(own))
+                marked[column] = int(hits.sum())
+                frame[column] = values.mask(hits)
+            continue
+        markers = set(na_values) | {""}
         text = values.astype("string")
         stripped = text.str.strip()
+        if own:
+            hits = stripped.isin(set(own) - markers) | pd.to_numeric(
+                stripped, errors="coerce"
+            ).isin(_numbers(own))
+            marked[column] = int(hits.sum())
+            stripped = stripped.mask(hits)
         stripped = stripped.mask(stripped.isin(markers))
         if not stripped.equals(text):
             changed.append(column)
@@ -491,7 +549,22 @@ def _clean_cells(frame: pd.DataFrame, na_values: tuple[str, ...]) -> tuple[pd.Da
             f"column{'s' if len(changed) > 1 else ''}: {quoted(changed[:5])}"
             + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         )
+    if marked:
+        counts = ", ".join(
+            f"{count} value{'' if count == 1 else 's'} in {column!r}"
+            for column, count in marked.items()
+        )
+        notes.append(f"read as missing by [data] na_values per column: {counts}")
     return frame, notes
+
+
+def _numbers(markers: Iterable[str]) -> list[float]:
+    """The markers that are numbers, as numbers."""
+    found = []
+    for marker in markers:
+        with contextlib.suppress(ValueError):
+            found.append(float(marker))
+    return found
 
 
 def check_numbers(frame: pd.DataFrame, source: str, *, skip: tuple[str, ...] = ()) -> None:
@@ -549,13 +622,18 @@ def _clean_names(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[s
 
 
 def clean_table(
-    frame: pd.DataFrame, na_values: tuple[str, ...], source: str
+    frame: pd.DataFrame,
+    na_values: tuple[str, ...],
+    source: str,
+    *,
+    column_na_values: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """A raw table cleaned as every study's rows are (names and text values stripped, a name
-    twice refused, ``na_values`` markers made gaps, all-number text made numeric), and notes
-    saying what that changed. ``hpo predict`` cleans new rows with it too."""
+    twice refused, ``na_values`` markers, and each column's ``column_na_values``, made gaps,
+    all-number text made numeric), and notes saying what that changed. ``hpo predict`` cleans
+    new rows with it too."""
     frame, notes = _clean_names(frame, source)
-    frame, cell_notes = _clean_cells(frame, na_values)
+    frame, cell_notes = _clean_cells(frame, na_values, column_na_values or {})
     return frame, notes + cell_notes
 
 
@@ -633,8 +711,14 @@ def _check_columns(frame: pd.DataFrame, spec: DataSpec, source: str) -> None:
             f"{source}: target column {spec.target!r} not found; columns are "
             f"{quoted(frame.columns)}{hint}"
         )
-    for key in ("drop", "categorical", "ignore_warnings"):
-        absent = [c for c in getattr(spec, key) if c not in frame.columns]
+    per_column = [name for name, _ in spec.column_na_values]
+    for key, names in (
+        ("drop", spec.drop),
+        ("categorical", spec.categorical),
+        ("ignore_warnings", spec.ignore_warnings),
+        ("na_values", per_column),
+    ):
+        absent = [c for c in names if c not in frame.columns]
         if absent:
             raise HpoError(
                 f"{source}: column {absent[0]!r} listed in [data] {key} is not in the data; "
@@ -651,22 +735,26 @@ def load_dataset(
     """Load and check the rows ``spec`` names. ``path_override`` (a CSV) or ``frame`` (a pandas
     DataFrame, as in a notebook) win over path/url/dataset; a frame goes through the same
     checks as a CSV's rows (names stripped, markers in ``na_values`` made missing, ...)."""
+    read: Path | None = None  # the CSV file the rows come from
     if frame is not None:
         if not isinstance(frame, pd.DataFrame):
             raise HpoError(f"data must be a CSV path or a pandas DataFrame, but got {type(frame)}")
         source = f"DataFrame ({frame.shape[0]} rows x {frame.shape[1]} columns)"
         frame = frame.reset_index(drop=True)
     elif path_override is not None:
+        read = Path(path_override)
         source = str(path_override)
-        frame = read_csv(Path(path_override), spec.na_values)
+        frame = read_csv(read, spec.na_values)
     elif spec.dataset is not None:
         source = spec.dataset
         frame = _load_package_dataset(spec.dataset)
     else:
-        csv = _resolve_csv(spec)
-        source = str(csv)
-        frame = read_csv(csv, spec.na_values)
-    frame, notes = clean_table(frame, spec.na_values, source)
+        read = _resolve_csv(spec)
+        source = str(read)
+        frame = read_csv(read, spec.na_values)
+    frame, notes = clean_table(
+        frame, spec.na_values, source, column_na_values=dict(spec.column_na_values)
+    )
     _check_columns(frame, spec, source)
     check_numbers(frame, source, skip=spec.drop)
     if frame.empty:
@@ -693,6 +781,7 @@ def load_dataset(
     target = frame[spec.target]
     _check_target_kind(target, spec, source)
     names = _labels_text(target)
+    frame, names = _drop_and_merge_classes(frame, names, spec, source, notes)
     classes = tuple(sorted(names.unique()))
     if len(classes) < 2:
         shown = f" ({classes[0]!r})" if classes else ""
@@ -707,15 +796,76 @@ def load_dataset(
         raise HpoError(
             f"{source}: no feature columns left after dropping the target and {list(spec.drop)}"
         )
+    categorical = spec.categorical
+    if spec.all_integer_categorical:
+        categorical = _whole_number_columns(features)
+        shown = quoted(categorical[:10]) + (
+            f" and {len(categorical) - 10} more" if len(categorical) > 10 else ""
+        )
+        notes.append(
+            f'[data] categorical = "all-integer": one-hot encoding {len(categorical)} '
+            f"whole-number column{'' if len(categorical) == 1 else 's'}"
+            + (f": {shown}" if categorical else "")
+        )
     return Dataset(
         features=features,
         labels=labels,
         classes=classes,
         source=source,
-        categorical=spec.categorical,
+        categorical=categorical,
         dropped=spec.drop,
         notes=tuple(notes),
+        url=spec.url if read is not None and path_override is None else None,
+        sha256=None if read is None else _sha256(read),
     )
+
+
+def _whole_number_columns(features: pd.DataFrame) -> tuple[str, ...]:
+    """The numeric columns whose values (gaps aside) are all whole numbers: integer codes."""
+    found = []
+    for column in features.columns:
+        values = features[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        present = values.dropna().to_numpy(dtype=np.float64)
+        if len(present) and bool(np.all(present == np.round(present))):
+            found.append(str(column))
+    return tuple(found)
+
+
+def _drop_and_merge_classes(
+    frame: pd.DataFrame, names: pd.Series, spec: DataSpec, source: str, notes: list[str]
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows and class names after ``[data] drop_classes`` and ``merge_classes``, each said
+    in a note; a class named there that the target does not hold is an error."""
+    present = set(names.unique())
+    listed = [(c, "drop_classes") for c in spec.drop_classes] + [
+        (c, f"merge_classes.{new}") for new, old in spec.merge_classes for c in old
+    ]
+    for name, key in listed:
+        if name not in present:
+            raise HpoError(
+                f"{source}: class {name!r} listed in [data] {key} is not in the target column "
+                f"{spec.target!r}; its classes are {quoted(sorted(present))}"
+            )
+    if spec.drop_classes:
+        dropped = names.isin(spec.drop_classes)
+        notes.append(
+            f"dropped {row_count(int(dropped.sum()))} of class"
+            f"{'es' if len(spec.drop_classes) > 1 else ''} {quoted(spec.drop_classes)} "
+            "([data] drop_classes)"
+        )
+        keep = ~dropped.to_numpy()
+        frame = frame.loc[keep].reset_index(drop=True)
+        names = names.loc[keep].reset_index(drop=True)
+    for new, old in spec.merge_classes:
+        merged = names.isin(old)
+        notes.append(
+            f"merged classes {quoted(old)} into {new!r} ({row_count(int(merged.sum()))}; "
+            "[data] merge_classes)"
+        )
+        names = names.mask(merged, new)
+    return frame, names
 
 
 def check_classes(dataset: Dataset, cv: CVSpec, target: str) -> None:
@@ -939,13 +1089,16 @@ def fold_rows(
         seed = split_seed(cv.seed, repeat) if cv.shuffle else None
     if cv.stratified:
         classes, counts = np.unique(labels, return_counts=True)
-        smallest = int(np.argmin(counts))
-        if counts[smallest] < cv.folds:
-            label = int(classes[smallest])
-            name = class_names[label] if class_names else label
+        short = [
+            (str(class_names[int(c)]) if class_names else str(int(c)), int(n))
+            for c, n in zip(classes, counts, strict=True)
+            if n < cv.folds
+        ]
+        if short:
             raise HpoError(
-                f"{source}: class {name!r} has {row_count(counts[smallest])}, "
-                f"fewer than folds={cv.folds}; use fewer folds or set [cv] stratified = false"
+                f"{source}: {too_few(short, f'folds={cv.folds}')}; stratified folds need every "
+                f"class in each fold: {class_fix(short)}, use fewer folds, or set [cv] "
+                "stratified = false"
             )
         splitter: sklearn_splits.KFold | sklearn_splits.StratifiedKFold = (
             sklearn_splits.StratifiedKFold(cv.folds, shuffle=cv.shuffle, random_state=seed)
@@ -1028,12 +1181,12 @@ def split_holdout(dataset: Dataset, cv: CVSpec) -> Holdout | None:
     stratify = dataset.labels if cv.stratified else None
     if stratify is not None:
         counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
-        rare = int(np.argmin(counts))
-        if counts[rare] < 2:
+        short = [(dataset.classes[i], int(n)) for i, n in enumerate(counts) if n < 2]
+        if short:
             raise HpoError(
-                f"{dataset.source}: class {dataset.classes[rare]!r} has {counts[rare]} row, "
-                "too few to put some in the holdout and some in the search; drop that class "
-                "or set [cv] stratified = false"
+                f"{dataset.source}: {too_few(short, '2')}, too few to put some in the "
+                f"holdout and some in the search: {class_fix(short)}, or set [cv] "
+                "stratified = false"
             )
     try:
         search, held = sklearn_splits.train_test_split(
@@ -1057,13 +1210,62 @@ def _check_left_for_folds(dataset: Dataset, search: np.ndarray, cv: CVSpec, what
     total = np.bincount(dataset.labels, minlength=len(dataset.classes))
     left = np.bincount(dataset.labels[search], minlength=len(dataset.classes))
     short = [i for i in range(len(total)) if left[i] < cv.folds]
-    if short:
+    if not short:
+        return
+    names = [(dataset.classes[i], int(total[i])) for i in short]
+    if len(short) == 1:
         i = short[0]
-        raise HpoError(
-            f"{dataset.source}: class {dataset.classes[i]!r} has {row_count(total[i])}; {what} "
-            f"{total[i] - left[i]} of them aside, leaving {left[i]}, fewer than folds={cv.folds}; "
-            "use fewer folds, a smaller holdout, or [cv] stratified = false"
+        said = (
+            f"class {dataset.classes[i]!r} has {row_count(total[i])}; {what} "
+            f"{total[i] - left[i]} of them aside, leaving {left[i]}, fewer than folds={cv.folds}"
         )
+    else:
+        each = ", ".join(
+            f"{dataset.classes[i]!r} ({left[i]} of {row_count(total[i])} left)" for i in short
+        )
+        said = (
+            f"{len(short)} classes have fewer rows than folds={cv.folds} left once {what} "
+            f"some aside: {each}"
+        )
+    raise HpoError(
+        f"{dataset.source}: {said}; {class_fix(names)}, use fewer folds, a smaller holdout, "
+        "or set [cv] stratified = false"
+    )
+
+
+def too_few(classes: Sequence[tuple[str, int]], need: str) -> str:
+    """``class 'z' has 1 row, fewer than NEED`` or ``2 classes have fewer rows than NEED: 'a'
+    (1 row), 'b' (4 rows)``."""
+    if len(classes) == 1:
+        (name, count), *_ = classes
+        return f"class {name!r} has {row_count(count)}, fewer than {need}"
+    each = ", ".join(f"{name!r} ({row_count(count)})" for name, count in classes)
+    return f"{len(classes)} classes have fewer rows than {need}: {each}"
+
+
+def class_fix(classes: Sequence[tuple[str, int]]) -> str:
+    """The ``[data]`` keys that drop or merge ``classes``, spelled as the study file takes them
+    (TOML strings read JSON's escapes)."""
+    names = json.dumps([name for name, _ in classes])
+    them = "it" if len(classes) == 1 else "them"
+    return (
+        f"drop {them} ([data] drop_classes = {names}) or merge {them} into another class "
+        f"([data] merge_classes = {{ NAME = {names} }})"
+    )
+
+
+def tiny_classes(dataset: Dataset, cv: CVSpec) -> tuple[str, list[tuple[str, int]]]:
+    """The classes with fewer rows than the folds need (counted before the holdout is set
+    aside, when it is not yet: then a class needs folds / (1 - holdout) rows), and that need in
+    words."""
+    need: float = cv.folds
+    said = f"folds={cv.folds}"
+    share = cv.holdout if dataset.holdout is None else 0.0
+    if share:
+        need = math.ceil(cv.folds / (1 - share))
+        said = f"the {need} that folds={cv.folds} need after holdout={cv.holdout}"
+    counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
+    return said, [(dataset.classes[i], int(n)) for i, n in enumerate(counts) if n < need]
 
 
 def _holdout(fraction: float, dataset: Dataset, search: np.ndarray, held: np.ndarray) -> Holdout:

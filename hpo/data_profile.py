@@ -10,9 +10,17 @@ them for a column kept on purpose.
 
 Thresholds, and why:
 
-* **Identifier.** Text whose values are all different (at least ``_MIN_ROWS`` rows), or a
-  numeric column that strictly increases or decreases along the rows. A shuffled measurement is
-  strictly monotone by chance with probability ``2 / n!``: never, at ``n >= 10``.
+* **Identifier.** A numeric column that strictly increases or decreases along the rows (a
+  shuffled measurement is strictly monotone by chance with probability ``2 / n!``: never, at
+  ``n >= 10``), or, in any order, a text or whole-number column whose distinct values are at
+  least ``_ID_SHARE`` (90%) of the rows (at least ``_MIN_ROWS`` rows). Codes are text or whole
+  numbers (text that is mostly numbers, read as text because of a marker, is judged as the
+  numbers); a column with decimals is a measurement, nearly unique per row by nature (a float
+  with 4 significant digits over 300 rows repeats few values), so decimals are never named for
+  being unique. 90%, not 100%: a register number repeats for a patient seen twice (horse-colic's
+  ``hospital_num``: 283 values in 299 rows). A whole-number measurement spread over many times
+  more values than rows (an amount in cents) is named too: the warning is a question, and
+  ``ignore_warnings`` answers it.
 * **Many categories.** A text column with more distinct values than half the rows, or more than
   ``_MANY_CATEGORIES`` (300): one-hot encoding makes each value an input column, most of them
   seen in a handful of rows, so they cost input width and time and teach the network little.
@@ -28,6 +36,11 @@ Thresholds, and why:
   and 0.92. Some do (iris' petal width, 0.95): the message is a question, and
   ``ignore_warnings`` answers it. Rows beyond ``_LEAK_ROWS`` (10,000) are sampled, so the check
   stays within seconds on any number of rows.
+* **Small classes.** In a split that is not stratified, a class with fewer rows than folds (or,
+  before a ``[cv] holdout`` is set aside, fewer than ``folds / (1 - holdout)``): some folds
+  train without it, and its held-out rows there are always wrong. A stratified split refuses
+  such classes instead (:func:`hpo.data.fold_rows`); both name every one, and the
+  ``[data] drop_classes`` / ``merge_classes`` that would remove them.
 * **Numbers read as text.** A text column in which at least 80% of the values are numbers and
   at most three distinct tokens are not: almost always a missing-value marker such as ``?``
   that ``[data] na_values`` does not name.
@@ -39,7 +52,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hpo.data import Dataset, Preprocessor, fold_rows, quoted, row_count
+from hpo.data import (
+    Dataset,
+    Preprocessor,
+    class_fix,
+    fold_rows,
+    quoted,
+    row_count,
+    tiny_classes,
+    too_few,
+)
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.seeds import split_seed
@@ -65,6 +87,7 @@ __all__ = [
 KINDS = ("numeric", "categorical", "identifier", "constant", "empty")
 
 _MIN_ROWS = 10
+_ID_SHARE = 0.9
 _MANY_CATEGORIES = 300
 _LEAK_ACCURACY = 0.95
 _LEAK_LIFT = 0.8
@@ -90,7 +113,8 @@ class DataWarning:
     """Something about ``column`` the user should decide on before trusting the study."""
 
     column: str
-    kind: str  # leak | constant | identifier | numbers-as-text | many-categories
+    # leak | constant | identifier | numbers-as-text | many-categories | small-classes
+    kind: str
     message: str
 
 
@@ -107,10 +131,14 @@ class DataProfile:
     ignored: tuple[DataWarning, ...]
 
 
-def profile_dataset(dataset: Dataset, cv: CVSpec, *, ignore: Sequence[str] = ()) -> DataProfile:
-    """Describe ``dataset`` and warn about columns that look like identifiers or leaks.
+def profile_dataset(
+    dataset: Dataset, cv: CVSpec, *, ignore: Sequence[str] = (), target: str = "target"
+) -> DataProfile:
+    """Describe ``dataset`` and warn about columns that look like identifiers or leaks, and
+    about classes too small for the folds.
 
-    ``ignore``: columns whose warnings the user silenced (they come back in ``ignored``).
+    ``ignore``: columns whose warnings the user silenced (they come back in ``ignored``);
+    ``target``: the target column's name (its warning is silenced by naming it there).
     """
     features = dataset.features
     prep = Preprocessor(dataset.categorical).fit(features)
@@ -143,6 +171,9 @@ def profile_dataset(dataset: Dataset, cv: CVSpec, *, ignore: Sequence[str] = ())
         warning = _warning(column, identifier, prep.width, leaks.get(name), majority)
         if warning is not None:
             found.append(warning)
+    small = _small_classes(dataset, cv, target)
+    if small is not None:
+        found.append(small)
     counts = np.bincount(dataset.labels, minlength=len(dataset.classes))
     return DataProfile(
         source=dataset.source,
@@ -180,17 +211,32 @@ def _kind(column: _Column, identifier: str | None) -> str:
 
 
 def _identifier(column: _Column) -> str | None:
-    """Why the column looks like a row identifier, or None."""
+    """Why the column looks like a row identifier, or None (the rule: module docstring)."""
     n_rows = len(column.values)
-    if n_rows < _MIN_ROWS or column.missing or column.distinct < n_rows:
+    if n_rows < _MIN_ROWS or column.distinct < _ID_SHARE * n_rows:
         return None
-    if not column.numeric:
-        return "its values are all different (one per row)"
-    if column.values.is_monotonic_increasing:
-        return "it increases strictly with row order"
-    if column.values.is_monotonic_decreasing:
-        return "it decreases strictly with row order"
-    return None
+    if column.numeric and not column.missing and column.distinct == n_rows:
+        if column.values.is_monotonic_increasing:
+            return "it increases strictly with row order"
+        if column.values.is_monotonic_decreasing:
+            return "it decreases strictly with row order"
+    if not _code_like(column.values):
+        return None
+    share = column.distinct / n_rows
+    # Never "100%" unless it is: 299 values in 300 rows reads 99%.
+    shown = "100%" if column.distinct == n_rows else f"{min(share, 0.99):.0%}"
+    return f"{column.distinct} distinct values in {n_rows} rows ({shown})"
+
+
+def _code_like(values: pd.Series) -> bool:
+    """Whether the values could be codes: whole numbers, or text that is not
+    mostly numbers (numbers read as text because of a marker are judged as numbers)."""
+    present = values.dropna()
+    numbers = pd.to_numeric(present.astype("string").str.strip(), errors="coerce").dropna()
+    if len(numbers) < _NUMERIC_SHARE * len(present):
+        return True  # text
+    found = numbers.to_numpy(dtype=np.float64)
+    return bool(np.all(found == np.round(found)))
 
 
 def _warning(
@@ -254,6 +300,24 @@ def _warning(
             f"median of {row_count(per_value)} each){cost}; {fix}",
         )
     return None
+
+
+def _small_classes(dataset: Dataset, cv: CVSpec, target: str) -> DataWarning | None:
+    """Classes with fewer rows than folds, in a split that is not stratified (a stratified one
+    refuses them before this): some folds then train without such a class, and its held-out
+    rows there are always wrong."""
+    if cv.stratified:
+        return None
+    need, short = tiny_classes(dataset, cv)
+    if not short:
+        return None
+    them, their = ("it", "its") if len(short) == 1 else ("them", "their")
+    return DataWarning(
+        target,
+        "small-classes",
+        f"target {target!r}: {too_few(short, need)}: some folds train without {them}, and "
+        f"{their} held-out rows there are always wrong; {class_fix(short)}",
+    )
 
 
 def _looks_like_leak(accuracy: float, majority: float) -> bool:

@@ -24,6 +24,8 @@ from hpo.errors import HpoError
 
 __all__ = [
     "ACTIVATIONS",
+    "ALL_COLUMNS",
+    "ALL_INTEGER",
     "ARTIFACT_MODELS",
     "ARTIFACT_STORES",
     "AUTO",
@@ -223,13 +225,19 @@ class SearchSpec:
 class DataSpec:
     """Where the rows come from and how to read them.
 
-    ``path`` and ``url`` together: ``path`` caches the download. ``categorical``: numeric-coded
-    columns to one-hot encode instead of z-scoring. ``missing_target``: what rows without a
-    target get ("error" or "drop"). ``target_kind``: "auto" refuses a target that looks like a
-    regression target; "classes" says its values really are classes. ``ignore_warnings``:
-    columns kept on purpose, whose identifier and leak warnings are silenced. ``store``: ``hpo
-    create`` puts the rows (the CSV's bytes, or the package data set as CSV) into the study's
-    artifact store with their SHA-256, so workers need neither the file nor internet access.
+    ``path`` and ``url`` together: ``path`` caches the download. ``na_values``: markers read as
+    missing in every column; ``column_na_values``: more markers for one column each (the study
+    file's ``na_values = { glucose = ["0"], "*" = ["?"] }``). ``categorical``: numeric-coded
+    columns to one-hot encode instead of z-scoring; ``all_integer_categorical`` (the study
+    file's ``categorical = "all-integer"``): every column whose values are all whole numbers.
+    ``missing_target``: what rows without a target get ("error" or "drop"). ``target_kind``:
+    "auto" refuses a target that looks like a regression target; "classes" says its values
+    really are classes. ``ignore_warnings``: columns kept on purpose, whose identifier and leak
+    warnings are silenced. ``drop_classes``: classes whose rows are dropped; ``merge_classes``:
+    (new class, the classes it replaces) pairs, for classes too small to cross-validate.
+    ``store``: ``hpo create`` puts the rows (the CSV's bytes, or the package data set as CSV)
+    into the study's artifact store with their SHA-256, so workers need neither the file nor
+    internet access.
     """
 
     path: str | None = None
@@ -239,11 +247,15 @@ class DataSpec:
     target: str
     drop: tuple[str, ...] = ()
     na_values: tuple[str, ...] = ()
+    column_na_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
     categorical: tuple[str, ...] = ()
+    all_integer_categorical: bool = False
     missing_target: str = "error"
     target_kind: str = "auto"
     ignore_warnings: tuple[str, ...] = ()
     store: bool = False
+    drop_classes: tuple[str, ...] = ()
+    merge_classes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         # Header cells are stripped when the data is read, so names here are too: a study file
@@ -251,6 +263,18 @@ class DataSpec:
         object.__setattr__(self, "target", self.target.strip())
         for key in ("drop", "categorical", "ignore_warnings"):
             object.__setattr__(self, key, tuple(name.strip() for name in getattr(self, key)))
+        object.__setattr__(
+            self,
+            "column_na_values",
+            tuple((name.strip(), tuple(markers)) for name, markers in self.column_na_values),
+        )
+        # Text values are stripped when read too (the target's among them): so are class names.
+        object.__setattr__(
+            self,
+            "merge_classes",
+            tuple((new.strip(), tuple(o.strip() for o in old)) for new, old in self.merge_classes),
+        )
+        object.__setattr__(self, "drop_classes", tuple(name.strip() for name in self.drop_classes))
         if self.dataset is not None and (self.path is not None or self.url is not None):
             raise ValueError("give either `dataset` or `path`/`url`, not both")
         if self.dataset is None and self.path is None and self.url is None:
@@ -281,6 +305,8 @@ class DataSpec:
             if len(set(names)) != len(names):
                 twice = next(n for n in names if names.count(n) > 1)
                 raise ValueError(f"`{key}` lists column {twice!r} twice")
+        self._check_markers()
+        self._check_classes()
         if self.missing_target not in MISSING_TARGET:
             raise ValueError(
                 f"`missing_target` must be one of {', '.join(map(repr, MISSING_TARGET))}, "
@@ -291,6 +317,56 @@ class DataSpec:
                 f"`target_kind` must be one of {', '.join(map(repr, TARGET_KINDS))}, "
                 f"but got {self.target_kind!r}"
             )
+
+    def _check_markers(self) -> None:
+        columns = [name for name, _ in self.column_na_values]
+        for name, markers in self.column_na_values:
+            if not name:
+                raise ValueError("`na_values` has a table entry with an empty column name")
+            if columns.count(name) > 1:
+                raise ValueError(f"`na_values` lists column {name!r} twice")
+            if name == self.target:
+                raise ValueError(
+                    f"`na_values` lists the target column {name!r} (rows without a target: "
+                    "`missing_target`)"
+                )
+            if name in self.drop:
+                raise ValueError(f"column {name!r} is in both `na_values` and `drop`")
+            if not markers:
+                raise ValueError(f"`na_values.{name}` is empty: give its markers, or leave it out")
+        if self.all_integer_categorical and self.categorical:
+            raise ValueError(
+                '`categorical` is either "all-integer" or a list of columns, but got both'
+            )
+
+    def _check_classes(self) -> None:
+        """``drop_classes`` and ``merge_classes``: each class once, in one of them."""
+        seen: dict[str, str] = {}
+        for name in self.drop_classes:
+            if name in seen:
+                raise ValueError(f"`drop_classes` lists class {name!r} twice")
+            seen[name] = "`drop_classes`"
+        for new, old in self.merge_classes:
+            where = f"`merge_classes.{new}`" if new else "`merge_classes`"
+            if not new:
+                raise ValueError("`merge_classes` has an entry with an empty class name")
+            if not old:
+                raise ValueError(f"{where} is empty: list the classes it replaces")
+            if new in self.drop_classes:
+                raise ValueError(f"class {new!r} is both dropped (`drop_classes`) and {where}")
+            for name in old:
+                if name in seen and seen[name] == where:
+                    raise ValueError(f"{where} lists class {name!r} twice")
+                if name in seen:
+                    raise ValueError(f"class {name!r} is in both {seen[name]} and {where}")
+                seen[name] = where
+        for new, _ in self.merge_classes:
+            # A chain (b into a, a into c) would depend on the order the merges are applied.
+            if seen.get(new, f"`merge_classes.{new}`") != f"`merge_classes.{new}`":
+                raise ValueError(
+                    f"class {new!r} is the name of `merge_classes.{new}` and is listed in "
+                    f"{seen[new]}"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -912,11 +988,17 @@ def _required(cls: type) -> tuple[str, ...]:
 
 
 def _coerce(section: str, cls: type, raw: Mapping[str, Any], origin: str) -> Any:
+    if cls is DataSpec:
+        return _data(raw, origin)
     _check_keys(section, raw, _field_names(cls), origin)
     values = {
         key: _value(f"{section}.{key}", _HINTS[cls][key], value, origin)
         for key, value in raw.items()
     }
+    return _build(section, cls, values, origin)
+
+
+def _build(section: str, cls: type, values: dict[str, Any], origin: str) -> Any:
     for key in _required(cls):
         if key not in values:
             raise HpoError(f"{origin}: [{section}] is missing the required key `{key}`")
@@ -924,6 +1006,83 @@ def _coerce(section: str, cls: type, raw: Mapping[str, Any], origin: str) -> Any
         return cls(**values)
     except ValueError as exc:
         raise HpoError(f"{origin}: [{section}] {exc}") from None
+
+
+# [data] fields the study file spells another way (parsed by _data, written by _data_to_plain).
+_DATA_INTERNAL = ("column_na_values", "all_integer_categorical")
+_DATA_SPECIAL = ("na_values", "categorical", "merge_classes")
+# In a per-column `na_values` table, the markers of every column.
+ALL_COLUMNS = "*"
+ALL_INTEGER = "all-integer"
+
+
+def _data(raw: Mapping[str, Any], origin: str) -> DataSpec:
+    """``[data]``: the plain keys as every section's; ``na_values`` (a list, or a table per
+    column), ``categorical`` (a list, or ``"all-integer"``) and ``merge_classes`` (a table of
+    lists) by their own forms."""
+    keys = tuple(key for key in _field_names(DataSpec) if key not in _DATA_INTERNAL)
+    _check_keys("data", raw, keys, origin)
+    values = {
+        key: _value(f"data.{key}", _HINTS[DataSpec][key], value, origin)
+        for key, value in raw.items()
+        if key not in _DATA_SPECIAL
+    }
+    strings = tuple[str, ...]
+    if "na_values" in raw:
+        markers = raw["na_values"]
+        if isinstance(markers, Mapping):
+            per_column = {
+                str(name): _value(f"data.na_values.{name}", strings, value, origin)
+                for name, value in markers.items()
+            }
+            values["na_values"] = per_column.pop(ALL_COLUMNS, ())
+            values["column_na_values"] = tuple(per_column.items())
+        elif isinstance(markers, list):
+            values["na_values"] = _value("data.na_values", strings, markers, origin)
+        else:
+            raise HpoError(
+                f"{origin}: `data.na_values` must be a list of strings (markers in every column) "
+                'or a table of column = [markers] (e.g. { glucose = ["0"], "*" = ["?"] }), but '
+                f"got {markers!r}"
+            )
+    if "categorical" in raw:
+        columns = raw["categorical"]
+        if columns == ALL_INTEGER:
+            values["all_integer_categorical"] = True
+        elif isinstance(columns, list):
+            values["categorical"] = _value("data.categorical", strings, columns, origin)
+        else:
+            raise HpoError(
+                f'{origin}: `data.categorical` must be a list of column names or "{ALL_INTEGER}" '
+                f"(every whole-number column), but got {columns!r}"
+            )
+    if "merge_classes" in raw:
+        merges = raw["merge_classes"]
+        if not isinstance(merges, Mapping):
+            raise HpoError(
+                f"{origin}: `data.merge_classes` must be a table of new class = [classes it "
+                f'replaces] (e.g. {{ other = ["a", "b"] }}), but got {merges!r}'
+            )
+        values["merge_classes"] = tuple(
+            (str(new), _value(f"data.merge_classes.{new}", strings, old, origin))
+            for new, old in merges.items()
+        )
+    spec: DataSpec = _build("data", DataSpec, values, origin)
+    return spec
+
+
+def _data_to_plain(data: DataSpec, plain: dict[str, Any]) -> dict[str, Any]:
+    """``[data]`` as the study file writes it (``plain``: its fields as every section's)."""
+    out = {key: value for key, value in plain.items() if key not in _DATA_INTERNAL}
+    if data.column_na_values:
+        out["na_values"] = {
+            **({ALL_COLUMNS: list(data.na_values)} if data.na_values else {}),
+            **{name: list(markers) for name, markers in data.column_na_values},
+        }
+    if data.all_integer_categorical:
+        out["categorical"] = ALL_INTEGER
+    out["merge_classes"] = {new: list(old) for new, old in data.merge_classes}
+    return out
 
 
 def _alpha(where: str, value: Any, origin: str) -> AlphaRange | AutoRange | None:
@@ -1175,6 +1334,7 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     return {
         "study": {"name": spec.name, "direction": spec.direction, "description": spec.description},
         **{name: plain(getattr(spec, name)) for name in _SECTION_TYPES},
+        "data": _data_to_plain(spec.data, plain(spec.data)),
         **(
             {"model": {k: v for k, v in plain(spec.model).items() if k not in _BUILT_IN_ONLY}}
             if spec.model.builder is not None

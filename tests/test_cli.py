@@ -106,7 +106,9 @@ def test_stratified_class_smaller_than_folds(
     study.write_text(study.read_text().replace("seed = 1\n", "seed = 1\nstratified = true\n", 1))
     one_line_error(
         hpo("run", study),
-        f"{path}: class 'z' has 1 row, fewer than folds=3; use fewer folds or set [cv] stratified = false",
+        f"{path}: class 'z' has 1 row, fewer than folds=3; stratified folds need every class in "
+        'each fold: drop it ([data] drop_classes = ["z"]) or merge it into another class ([data] '
+        'merge_classes = { NAME = ["z"] }), use fewer folds, or set [cv] stratified = false',
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,12 @@ def test_stratified_class_smaller_than_folds(tmp_path: Path) -> None:
     dataset = load_dataset(_data(path))
     with pytest.raises(
         HpoError,
-        match=r"class 'rare' has 2 rows, fewer than folds=3; use fewer folds or set \[cv\] stratified = false",
+        match=re.escape(
+            "class 'rare' has 2 rows, fewer than folds=3; stratified folds need every class in "
+            'each fold: drop it ([data] drop_classes = ["rare"]) or merge it into another class '
+            '([data] merge_classes = { NAME = ["rare"] }), use fewer folds, or set [cv] '
+            "stratified = false"
+        ),
     ):
         make_folds(dataset, CVSpec(folds=3, stratified=True))
     assert len(make_folds(dataset, CVSpec(folds=3, stratified=False))) == 3

@@ -309,7 +309,9 @@ def test_a_holdout_that_leaves_a_class_too_few_rows_for_the_folds_is_refused_by_
     )
     expected = (
         f"{csv}: class 'z' has 5 rows; holdout=0.2 sets 1 of them aside, leaving 4, fewer "
-        "than folds=5; use fewer folds, a smaller holdout, or [cv] stratified = false"
+        'than folds=5; drop it ([data] drop_classes = ["z"]) or merge it into another class '
+        '([data] merge_classes = { NAME = ["z"] }), use fewer folds, a smaller holdout, or set '
+        "[cv] stratified = false"
     )
     one_line_error(hpo("check", study, "--no-estimate"), expected)
     one_line_error(hpo("run", study, "--storage", f"sqlite:///{tmp_path / 'r.db'}"), expected)

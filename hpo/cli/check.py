@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from hpo.cli.options import (
@@ -68,7 +70,9 @@ def check(
     split = split_holdout(dataset, spec.cv)
     searched = dataset if split is None else dataset.subset(split.search_rows)
     fold_rows(searched.labels, spec.cv, source=dataset.source, class_names=dataset.classes)
-    profile = profile_dataset(dataset, spec.cv, ignore=spec.data.ignore_warnings)
+    profile = profile_dataset(
+        dataset, spec.cv, ignore=spec.data.ignore_warnings, target=spec.data.target
+    )
     # A builder's model is built (and checked) for this input width before anything is said.
     spec = resolve_builder(spec, profile.input_width, len(profile.classes))
     _print_data(profile, spec)
@@ -119,7 +123,9 @@ def check(
             )
         )
     verdict = f"{len(profile.warnings)} warning(s) above" if profile.warnings else "no warnings"
-    click.echo(f"ok: the study can run ({verdict}): hpo run {study_file}")
+    # The command that runs what was checked: the same study file and the same data.
+    command = ["hpo", "run", study_file, *(["--data", data_path] if data_path else [])]
+    click.echo(f"ok: the study can run ({verdict}): {shlex.join(command)}")
 
 
 def _print_data(profile: DataProfile, spec: StudySpec) -> None:

@@ -55,6 +55,7 @@ from hpo.study.record import (
     best_trial,
     read_trial,
     short_worker_id,
+    store_data_source,
     store_data_warnings,
     stored_policy,
     stored_spec,
@@ -229,6 +230,7 @@ def worker(
             err=True,
         )
         store_data_warnings(study, show_data_findings(dataset, spec))
+        store_data_source(study, dataset.origin())
         refresh_spec_note(study, spec)  # its data warnings lead the note
     summary = train_here(
         study,

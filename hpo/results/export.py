@@ -506,6 +506,7 @@ def export_trial(
         "features": prep.feature_names,
         "dropped": list(spec.data.drop),
         "na_values": list(spec.data.na_values),
+        "column_na_values": {name: list(m) for name, m in spec.data.column_na_values},
         "trained_on": _rows_trained_on(dataset),
         "scores": {
             "cv_accuracy": trial.value,
@@ -567,6 +568,12 @@ class ExportedModel:
         return tuple(str(v) for v in self.card.get("na_values", ()))
 
     @property
+    def column_na_values(self) -> dict[str, tuple[str, ...]]:
+        """Each column's own markers (``[data] na_values = { column = [...] }``)."""
+        raw = self.card.get("column_na_values", {})
+        return {str(k): tuple(str(v) for v in m) for k, m in raw.items()}
+
+    @property
     def ignored(self) -> tuple[str, ...]:
         """Columns of the study's data the model does not take: the target and the dropped."""
         return (str(self.card.get("target", "")), *(str(c) for c in self.card.get("dropped", ())))
@@ -621,7 +628,9 @@ def select_rows(
     that is absent, or one it was never trained on, is an error naming them all (one line: a
     renamed column shows as both). A number float32 cannot hold is refused as in training.
     """
-    frame, notes = clean_table(frame, exported.na_values, source)
+    frame, notes = clean_table(
+        frame, exported.na_values, source, column_na_values=exported.column_na_values
+    )
     names = [c.name for c in exported.columns]
     missing = [n for n in names if n not in frame.columns]
     unexpected = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hpo.data import quoted
@@ -23,6 +23,7 @@ from hpo.study.record import (
     NESTED_SUMMARY_ATTR,
     SPEC_ATTR,
     SamplerStart,
+    stored_data_source,
     stored_data_warnings,
 )
 from hpo.study.stopping import stored_stop
@@ -63,13 +64,30 @@ def _safe_url(url: str) -> str:
     return mask_url(urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
 
 
-def _data_source(data: DataSpec) -> str:
+def _data_source(data: DataSpec, used: Mapping[str, str] | None) -> str:
+    """Where the rows came from: as recorded by the run that read them (``used``: ``--data``
+    wins over the study file), else as the study file says."""
+    if used is not None and "path" in used:
+        sha = f" (sha256 {used['sha256'][:12]})" if used.get("sha256") else ""
+        if "url" in used:
+            return f"{used['path']}, downloaded from {_safe_url(used['url'])}{sha}"
+        return f"read from {used['path']}{sha}"
+    if used is not None and "frame" in used:
+        return f"a pandas {used['frame']}"
     if data.dataset is not None:
         return f"package data set {data.dataset}"
     if data.url is not None:
         cached = f"{data.path}, " if data.path else ""
         return f"{cached}downloaded from {_safe_url(data.url)}"
     return str(data.path)
+
+
+def _markers_text(data: DataSpec) -> str:
+    every = quoted(data.na_values) or "pandas defaults"
+    if not data.column_na_values:
+        return every
+    own = "; ".join(f"{name!r}: {quoted(markers)}" for name, markers in data.column_na_values)
+    return f"{every}; per column {own}"
 
 
 def pruner_text(spec: StudySpec) -> str:
@@ -145,8 +163,9 @@ def _store_text(spec: StudySpec) -> str:
     return spec.artifacts.path or "a folder: next to the SQLite file, else ./artifacts"
 
 
-def spec_sections(spec: StudySpec) -> list[Section]:
-    """The spec as titled lists of (setting, value) in plain words; no storage URL, no secrets."""
+def spec_sections(spec: StudySpec, source: Mapping[str, str] | None = None) -> list[Section]:
+    """The spec as titled lists of (setting, value) in plain words; no storage URL, no secrets.
+    ``source``: where a run read the rows (:func:`hpo.study.record.stored_data_source`)."""
     data, cv, model, engine = spec.data, spec.cv, spec.model, spec.engine
     hidden = " → ".join(f"Dense {units} {model.activation}" for units in model.hidden)
     sampler = spec.sampler
@@ -163,11 +182,27 @@ def spec_sections(spec: StudySpec) -> list[Section]:
         (
             "Data",
             [
-                ("source", _data_source(data)),
+                ("source", _data_source(data, source)),
                 ("target column", data.target),
                 ("dropped columns", quoted(data.drop) or "none"),
-                ("missing-value markers", quoted(data.na_values) or "pandas defaults"),
-                ("one-hot numeric columns", quoted(data.categorical) or "none"),
+                ("missing-value markers", _markers_text(data)),
+                (
+                    "one-hot numeric columns",
+                    "every whole-number column"
+                    if data.all_integer_categorical
+                    else quoted(data.categorical) or "none",
+                ),
+                *([("dropped classes", quoted(data.drop_classes))] if data.drop_classes else []),
+                *(
+                    [
+                        (
+                            "merged classes",
+                            "; ".join(f"{quoted(old)} into {new!r}" for new, old in merges),
+                        )
+                    ]
+                    if (merges := data.merge_classes)
+                    else []
+                ),
                 (
                     "rows without a target",
                     "dropped" if data.missing_target == "drop" else "refused",
@@ -287,6 +322,7 @@ def spec_markdown(
     warnings: Sequence[str] = (),
     scores: Sequence[str] = (),
     stop: str | None = None,
+    source: Mapping[str, str] | None = None,
 ) -> str:
     """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings
     and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary), and why the
@@ -318,7 +354,7 @@ def spec_markdown(
     lines.append("| " + " | ".join(rows[0]) + " |")
     lines.append("|" + "---|" * len(rows[0]))
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows[1:]]
-    for title, items in spec_sections(spec):
+    for title, items in spec_sections(spec, source):
         lines += ["", f"### {title}", "", "| setting | value |", "|---|---|"]
         lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in items]
     lines += ["", _SIGNATURE.format(attr=SPEC_ATTR)]
@@ -366,6 +402,7 @@ def ensure_spec_note(study: optuna.Study, spec: StudySpec) -> bool:
         stored_data_warnings(study),
         _score_lines(study),
         None if early is None else str(early.get("message")),
+        stored_data_source(study),
     )
     if current == ours:
         return False

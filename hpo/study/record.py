@@ -16,6 +16,11 @@ Study user attributes
 ``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
 ``hpo_data_warnings``             the data warnings (identifier, leak, ...) of the latest ``hpo run``
                                   or ``hpo worker`` to load the data: a list of one-line messages
+``hpo_data_source``               the data the latest ``hpo run`` or ``hpo worker`` loaded: ``path``
+                                  (the CSV read: ``--data PATH``, the study file's path, or the
+                                  download's cache), ``url`` when it was downloaded, and ``sha256``
+                                  of the file; or ``dataset`` (a package data set) or ``frame``
+                                  (a pandas DataFrame, described by its shape)
 ``holdout:evaluation``            the latest ``hpo evaluate``: seeds, rows, and per plan the search CV,
                                   holdout accuracies, mean, std, 95% CI, optimism; and the verdict
 ``nested:summary``                on each inner study of ``hpo nested``: every outer fold's winner,
@@ -160,6 +165,7 @@ __all__ = [
     "CLAIM_ATTR",
     "CRASHES_ATTR",
     "DATA_ATTR",
+    "DATA_SOURCE_ATTR",
     "DATA_WARNINGS_ATTR",
     "EARLY_STOP_ATTR",
     "FAILURE_ATTR",
@@ -201,7 +207,9 @@ __all__ = [
     "seed_number",
     "short_worker_id",
     "spec_changes",
+    "store_data_source",
     "store_data_warnings",
+    "stored_data_source",
     "stored_data_warnings",
     "stored_plan",
     "stored_policy",
@@ -218,6 +226,7 @@ SPEC_ATTR = "hpo_spec"
 POLICY_ATTR = "hpo_crash_policy"
 RERUN_ATTR_PREFIX = "rerun:"
 DATA_WARNINGS_ATTR = "hpo_data_warnings"
+DATA_SOURCE_ATTR = "hpo_data_source"
 HOLDOUT_ATTR = "hpo_holdout"
 HOLDOUT_EVALUATION_ATTR = "holdout:evaluation"
 NESTED_SUMMARY_ATTR = "nested:summary"
@@ -334,6 +343,18 @@ def store_data_warnings(study: optuna.Study, messages: Iterable[str]) -> None:
     messages = list(messages)
     if study.user_attrs.get(DATA_WARNINGS_ATTR, []) != messages:
         study.set_user_attr(DATA_WARNINGS_ATTR, messages)
+
+
+def store_data_source(study: optuna.Study, source: Mapping[str, str]) -> None:
+    """Record where this process read the study's rows (``Dataset.origin``: the latest
+    loader's win, as with the warnings)."""
+    if study.user_attrs.get(DATA_SOURCE_ATTR) != dict(source):
+        study.set_user_attr(DATA_SOURCE_ATTR, dict(source))
+
+
+def stored_data_source(study: optuna.Study) -> dict[str, str] | None:
+    raw = study.user_attrs.get(DATA_SOURCE_ATTR)
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
 
 
 def stored_data_warnings(study: optuna.Study) -> list[str]:

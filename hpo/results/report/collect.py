@@ -18,7 +18,12 @@ from hpo.results.rerun import RerunStats, load_reruns
 from hpo.results.spec_text import with_study_windows
 from hpo.space import LayerPenalty, RegularizationPlan
 from hpo.spec import StudySpec
-from hpo.study.record import read_trial, stored_data_warnings, stored_spec
+from hpo.study.record import (
+    read_trial,
+    stored_data_source,
+    stored_data_warnings,
+    stored_spec,
+)
 from hpo.study.stopping import stored_stop
 from hpo.study.stores import ArtifactPlace
 
@@ -93,6 +98,7 @@ class StudyData:
     baseline: BaselineGain | None = None
     holdout: HoldoutEvaluation | None = None
     early_stop: str | None = None
+    data_source: dict[str, str] | None = None  # where the latest run read the rows (record.py)
 
     @property
     def best(self) -> Trial | None:
@@ -140,6 +146,7 @@ def collect(study: optuna.Study) -> StudyData:
         baseline=baseline_gain(study),
         holdout=load_evaluation(study),
         early_stop=None if early is None else str(early.get("message")),
+        data_source=stored_data_source(study),
     )
 
 

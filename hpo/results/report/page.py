@@ -162,7 +162,7 @@ def render(
     if artifacts is not None:
         sections.append(_artifacts_section(reads, artifacts))
     if spec is not None:
-        sections.append(_settings_section(spec))
+        sections.append(_settings_section(spec, data.data_source))
     return _template().substitute(
         name=_esc(data.name),
         description=(
@@ -308,10 +308,10 @@ def _early_stop_section(message: str | None) -> str:
     )
 
 
-def _settings_section(spec: StudySpec) -> str:
+def _settings_section(spec: StudySpec, source: dict[str, str] | None) -> str:
     rows = search_rows(spec)
     blocks = [f'<div class="full"><h3>Search space</h3>{_table(rows[0], rows[1:])}</div>']
-    for title, items in spec_sections(spec):
+    for title, items in spec_sections(spec, source):
         blocks.append(f"<div><h3>{_esc(title)}</h3>{_table(['setting', 'value'], items)}</div>")
     return (
         '<section id="settings"><h2>Study settings</h2><p class="muted">As stored on the study '
