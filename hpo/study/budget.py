@@ -397,7 +397,9 @@ def nothing_to_train(study: optuna.Study, n_trials: int | None) -> bool:
     if n_trials is None:
         return False
     counts = compat.count_trial_states(rdb_of(study), compat.study_id(study))
-    return n_trials - _taken(counts) <= 0 and not counts.get("RUNNING") and not counts.get("WAITING")
+    return (
+        n_trials - _taken(counts) <= 0 and not counts.get("RUNNING") and not counts.get("WAITING")
+    )
 
 
 def _taken(counts: Mapping[str, int]) -> int:
