@@ -3,12 +3,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import ROOT, SHARED_CSV, hpo, one_line_error
+from pg import hpo_env
 
 from hpo.study.storage import open_storage
 
@@ -286,6 +289,36 @@ def test_default_storage_is_a_sqlite_file_in_the_working_directory(
     assert (tmp_path / "hpo.db").exists()
     env_result = hpo("best", "tiny", env={"HPO_STORAGE": "sqlite:///hpo.db"})
     assert env_result.exit_code == 0 and "best: trial 0" in env_result.stdout
+
+
+# Runs `python -m hpo ARGS` and says at exit whether TensorFlow was imported.
+_IMPORTS_TF = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+    "sys.argv = ['hpo', *sys.argv[1:]]\n"
+    "runpy.run_module('hpo', run_name='__main__')\n"
+)
+
+
+def test_a_finished_study_resumes_without_starting_tensorflow(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`hpo run` or `hpo worker` on a finished budget imports no TensorFlow (seconds of
+    start-up for nothing) and still says what it did."""
+    study = write_study(n_trials=2, engine="stacked")
+    storage = f"sqlite:///{tmp_path}/done.db"
+    assert hpo("run", study, "--storage", storage).exit_code == 0
+    for args in (["run", str(study)], ["worker", "tiny"]):
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORTS_TF, *args, "--storage", storage],
+            capture_output=True,
+            text=True,
+            env=hpo_env(storage),
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "ran 0 trials (0 pruned, 0 failed)" in done.stdout + done.stderr
+        assert "tensorflow imported: False" in done.stdout, (args, done.stdout[-500:])
 
 
 def test_resume_with_a_different_protocol_is_refused(

@@ -60,6 +60,7 @@ __all__ = [
     "budget_left",
     "claim_trials",
     "log_stale_trial",
+    "nothing_to_train",
     "trials_to_run",
 ]
 
@@ -388,6 +389,17 @@ def trials_to_run(study: optuna.Study, n_trials: int | None) -> int:
         return _UNLIMITED
     counts = compat.count_trial_states(rdb_of(study), compat.study_id(study))
     return max(0, n_trials - _taken(counts)) + counts.get("WAITING", 0)
+
+
+def nothing_to_train(study: optuna.Study, n_trials: int | None) -> bool:
+    """Whether the budget is finished: every slot COMPLETE or PRUNED, none queued or RUNNING
+    (a RUNNING trial's worker may die, and its retry then needs a process)."""
+    if n_trials is None:
+        return False
+    counts = compat.count_trial_states(rdb_of(study), compat.study_id(study))
+    return (
+        n_trials - _taken(counts) <= 0 and not counts.get("RUNNING") and not counts.get("WAITING")
+    )
 
 
 def _taken(counts: Mapping[str, int]) -> int:

@@ -23,7 +23,7 @@ from hpo.engines.contract import Engine, EvaluationResult
 from hpo.engines.keras_model import tensorflow_versions
 from hpo.log import get_logger
 from hpo.spec import StudySpec
-from hpo.study.budget import trials_to_run
+from hpo.study.budget import nothing_to_train, trials_to_run
 from hpo.study.pool import RUN_PROCESSES, WorkerPool
 from hpo.study.storage import StorageGuard
 from hpo.study.worker import RunSummary, optimize
@@ -67,6 +67,12 @@ def train(
     such a pool.
     """
     with stops.stop_on_signals():
+        if pool is None and not in_team and nothing_to_train(study, n_trials):
+            # A finished study (a resumed run, a late worker): no TensorFlow, no engine, which
+            # cost seconds of start-up for nothing; the recorder still adds missing files.
+            if recorder is not None:
+                recorder.finalize(study)
+            return RunSummary()
         team = in_team or pool is not None
         processes = pool.size + 1 if pool is not None else int(os.environ.get(RUN_PROCESSES, 1))
         try:
