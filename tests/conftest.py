@@ -364,6 +364,20 @@ def own_postgres() -> Iterator[OwnPostgres]:
         yield server
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, so that `pytest -n auto` ends with short tests filling the gaps instead of
+    one worker still in a 7-minute test while the others idle: the stop soak, then the other
+    slow tests, then the rest (each group in file order; xdist needs the same order in every
+    worker, and a stable sort on markers gives it)."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name == "test_stop_soak.py":
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
