@@ -56,6 +56,7 @@ else:
 
 __all__ = [
     "KINDS",
+    "LEAK_PHRASE",
     "ColumnProfile",
     "DataProfile",
     "DataWarning",
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 KINDS = ("numeric", "categorical", "identifier", "constant", "empty")
+
+LEAK_PHRASE = "alone predicts the target"
+"""In every leak warning's message: how a stored warning (a message only) is known as a leak."""
 
 _MIN_ROWS = 10
 _MANY_CATEGORIES = 300
@@ -209,7 +213,7 @@ def _warning(
         return DataWarning(
             name,
             "leak",
-            f"column {name!r} alone predicts the target with {accuracy:.2f} CV accuracy "
+            f"column {name!r} {LEAK_PHRASE} with {accuracy:.2f} CV accuracy "
             f"(always guessing the commonest class: {majority:.2f}){also}: an identifier, or a "
             "leak recorded with or after the outcome? If it is a real measurement available "
             "when predicting, keep it with [data] ignore_warnings; otherwise add it to "
@@ -219,7 +223,7 @@ def _warning(
         what = (
             "is empty (every value is missing)"
             if column.distinct == 0
-            else f"has a single value ({column.values.dropna().iloc[0]!r})"
+            else f"has a single value ({_plain(column.values.dropna().iloc[0])!r})"
         )
         return DataWarning(
             name, "constant", f"column {name!r} {what}: it tells the network nothing; {fix}"
@@ -254,6 +258,11 @@ def _warning(
             f"median of {row_count(per_value)} each){cost}; {fix}",
         )
     return None
+
+
+def _plain(value: object) -> object:
+    """A NumPy scalar as the Python number it holds (``7``, not ``np.int64(7)``)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _looks_like_leak(accuracy: float, majority: float) -> bool:
