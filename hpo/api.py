@@ -44,7 +44,13 @@ from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_d
 from hpo.study.budget import trials_to_run
 from hpo.study.creation import check_holdout, create_or_load_study, load_study, update_stored_spec
 from hpo.study.pool import WorkerPool, usable_cores, workers_for
-from hpo.study.record import best_trial, read_trial, store_data_source, store_data_warnings
+from hpo.study.record import (
+    best_trial,
+    leak_first,
+    read_trial,
+    store_data_source,
+    store_data_warnings,
+)
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
 from hpo.study.stores import store_data, study_place
@@ -272,9 +278,10 @@ def data_findings(dataset: Dataset, spec: StudySpec, say: Callable[[str], None])
     profile = profile_dataset(
         dataset, spec.cv, ignore=spec.data.ignore_warnings, target=spec.data.target
     )
-    for warning in profile.warnings:
-        say(f"warning: {warning.message}")
-    return [w.message for w in profile.warnings]
+    found = leak_first(w.message for w in profile.warnings)
+    for message in found:
+        say(f"warning: {message}")
+    return found
 
 
 def _refuse_reentry(what: str) -> None:

@@ -78,6 +78,7 @@ else:
 
 __all__ = [
     "KINDS",
+    "LEAK_PHRASE",
     "ColumnProfile",
     "DataProfile",
     "DataWarning",
@@ -85,6 +86,9 @@ __all__ = [
 ]
 
 KINDS = ("numeric", "categorical", "identifier", "constant", "empty")
+
+LEAK_PHRASE = "alone predicts the target"
+"""In every leak warning's message: how a stored warning (a message only) is known as a leak."""
 
 _MIN_ROWS = 10
 _ID_SHARE = 0.9
@@ -255,7 +259,7 @@ def _warning(
         return DataWarning(
             name,
             "leak",
-            f"column {name!r} alone predicts the target with {accuracy:.2f} CV accuracy "
+            f"column {name!r} {LEAK_PHRASE} with {accuracy:.2f} CV accuracy "
             f"(always guessing the commonest class: {majority:.2f}){also}: an identifier, or a "
             "leak recorded with or after the outcome? If it is a real measurement available "
             "when predicting, keep it with [data] ignore_warnings; otherwise add it to "
@@ -265,7 +269,7 @@ def _warning(
         what = (
             "is empty (every value is missing)"
             if column.distinct == 0
-            else f"has a single value ({column.values.dropna().iloc[0]!r})"
+            else f"has a single value ({_plain(column.values.dropna().iloc[0])!r})"
         )
         return DataWarning(
             name, "constant", f"column {name!r} {what}: it tells the network nothing; {fix}"
@@ -318,6 +322,11 @@ def _small_classes(dataset: Dataset, cv: CVSpec, target: str) -> DataWarning | N
         f"target {target!r}: {too_few(short, need)}: some folds train without {them}, and "
         f"{their} held-out rows there are always wrong; {class_fix(short)}",
     )
+
+
+def _plain(value: object) -> object:
+    """A NumPy scalar as the Python number it holds (``7``, not ``np.int64(7)``)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _looks_like_leak(accuracy: float, majority: float) -> bool:

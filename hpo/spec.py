@@ -1271,13 +1271,19 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise HpoError(f"{path}: study file not found") from None
+        raise HpoError(f"{path}: study file not found{_name_hint(path)}") from None
     except OSError as exc:
         raise HpoError(f"{path}: cannot read study file ({exc.strerror})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HpoError(f"{path}: not valid TOML ({exc})") from None
+    model = raw.get("model")
+    if isinstance(model, Mapping) and "builder_signature" in model:
+        raise HpoError(
+            f"{path}: [model] `builder_signature` is not a study-file key (hpo records it on the "
+            "study: a fingerprint of the model your builder makes); remove it"
+        )
     spec = spec_from_dict(raw, origin=str(path))
     if spec.model.builder is None:
         return spec
@@ -1285,6 +1291,20 @@ def load_spec(path: str | Path) -> StudySpec:
     # relative to the study file), whatever the current directory.
     folder = path.resolve().parent / (spec.model.builder_path or ".")
     return spec.replace(model=dataclasses.replace(spec.model, builder_path=str(folder.resolve())))
+
+
+def _name_hint(path: Path) -> str:
+    """For a bare name given where a study file belongs (``hpo run wine``): the study file it
+    may mean, and the command that shows a stored study of that name."""
+    if path.suffix or len(path.parts) != 1:
+        return ""
+    name = str(path)
+    candidates = [Path("studies") / f"{name}.toml", Path(f"{name}.toml")]
+    found = next((c for c in candidates if c.is_file()), None)
+    also = f"a study stored under that name: `hpo best {name}`"
+    if found is not None:
+        return f"; did you mean {found}? ({also})"
+    return f"; give a study file such as studies/{name}.toml ({also})"
 
 
 def _alpha_to_plain(alpha: AlphaRange | AutoRange | None) -> Any:

@@ -144,3 +144,14 @@ def test_a_study_stored_before_the_new_keys_existed_resumes(
     result = hpo("run", study_file, "--storage", url, "--n-trials", "2")
     assert result.exit_code == 0, result.output
     assert "study 'tiny': resumed; 2 trials budgeted, 1 to run" in result.stderr
+
+
+def test_a_one_seed_rerun_gives_a_number_and_no_verdict() -> None:
+    evidence = Evidence(source="reruns", test="paired over seeds", difference=0.02, p_value=None)
+    gain = BaselineGain(best=5, best_value=0.7, baseline=0, baseline_value=0.65, evidence=evidence)
+    assert gain.line("wine") == (
+        "baseline: regularization +0.0500 over the unregularized network (trial 0, 0.6500); "
+        "reruns: +0.0200, not judged against noise (one seed gives no spread): "
+        "`hpo rerun wine --seeds 3` tests it"
+    )
+    assert gain.beyond_noise is None

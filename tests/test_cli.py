@@ -385,3 +385,29 @@ def test_a_resumed_seeded_study_explores_on_instead_of_repeating_itself(
     study = optuna.load_study(study_name="tiny", storage="sqlite:///hpo.db")
     proposed = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
     assert len(proposed) == 3 and len(set(proposed)) == 3, proposed
+
+
+def test_a_bare_name_where_a_study_file_belongs_gets_a_hint(tmp_path: Path) -> None:
+    one_line_error(
+        hpo("run", "wine"),
+        "wine: study file not found; give a study file such as studies/wine.toml (a study "
+        "stored under that name: `hpo best wine`)",
+    )
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "wine.toml").write_text("")
+    one_line_error(
+        hpo("run", "wine"),
+        "wine: study file not found; did you mean studies/wine.toml? (a study stored under "
+        "that name: `hpo best wine`)",
+    )
+    one_line_error(hpo("run", "gone.toml"), "gone.toml: study file not found")
+
+
+def test_builder_signature_is_not_a_study_file_key(write_study: Callable[..., Path]) -> None:
+    path = write_study()
+    path.write_text(path.read_text().replace("[model]\n", '[model]\nbuilder_signature = "x"\n'))
+    one_line_error(
+        hpo("run", path),
+        f"{path}: [model] `builder_signature` is not a study-file key (hpo records it on the "
+        "study: a fingerprint of the model your builder makes); remove it",
+    )

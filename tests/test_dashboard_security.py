@@ -340,6 +340,33 @@ def test_allow_writes_lets_a_note_be_saved(built: BuiltStudy, tmp_path: Path) ->
         # Writes on, Host still checked.
         bad = board.request("PUT", f"/api/studies/{study_id}/note", host="evil.example", body={})
         assert bad.status == 403 and "--allowed-host" in bad.text
+        # A page of this dashboard may write; a page elsewhere (another site, or another
+        # server on this machine) may not, through the visitor's browser.
+        own = f"http://127.0.0.1:{board.port}"
+        page = {"Origin": own, "Referer": f"{own}/dashboard/studies/{study_id}"}
+        body = {"version": note["version"] + 2, "body": "from the dashboard's own page"}
+        reply = board.request("PUT", f"/api/studies/{study_id}/note", body=body, headers=page)
+        assert reply.status == 204, reply.body
+        before = board.request("GET", "/api/studies").json()
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Origin": f"http://localhost:{board.port + 1}"},
+            {"Referer": "http://evil.example/page"},
+        ):
+            (header, value) = next(iter(headers.items()))
+            for method, path, payload in (
+                ("POST", "/api/studies", {"study_name": "x", "directions": ["maximize"]}),
+                ("DELETE", f"/api/studies/{study_id}", None),
+            ):
+                refused = board.request(method, path, body=payload, headers=headers)
+                assert refused.status == 403, (headers, refused.body)
+                assert refused.json()["reason"] == (
+                    f"hpo dashboard: a write from another site ({header} '{value}') is refused; "
+                    f"writes are accepted from pages of this dashboard only "
+                    f"(http://127.0.0.1:{board.port}/dashboard)"
+                )
+        assert board.request("GET", "/api/studies").json() == before  # nothing created or gone
 
 
 # --- off loopback: a token ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -317,6 +318,26 @@ def test_predict_refuses_missing_unexpected_and_bad_values(
 
     result = hpo("predict", exported.folder, "--data", tmp_path / "absent.csv")
     one_line_error(result, f"{tmp_path / 'absent.csv'}: no such file")
+
+
+@pytest.mark.slow  # uses the trained study
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_predict_on_a_damaged_model_file_is_one_line(
+    exported: Exported, tmp_path: Path, damage: str
+) -> None:
+    folder = tmp_path / "export"
+    shutil.copytree(exported.folder, folder)
+    model = folder / exported.card["model_file"]
+    whole = model.read_bytes()
+    model.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"\0" * 64)
+    csv = tmp_path / "new.csv"
+    _messy_frame(4).to_csv(csv, index=False)
+    result = hpo("predict", folder, "--data", csv)
+    one_line_error(
+        result,
+        f"{model}: not a readable Keras model file (damaged or cut short); export the trial "
+        "again with `hpo export`",
+    )
 
 
 @pytest.mark.slow  # trains an export

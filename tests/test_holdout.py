@@ -23,6 +23,7 @@ from conftest import hpo, make_frame, one_line_error
 from hpo.data import Fold, Preprocessor, load_dataset, split_holdout
 from hpo.engines.stacked import StackedEngine
 from hpo.spec import CVSpec, load_spec
+from hpo.study.record import store_data_warnings
 from hpo.study.storage import open_storage
 
 WriteStudy = Callable[..., Path]
@@ -124,8 +125,15 @@ def test_no_trial_preprocessing_rerun_or_evaluation_sees_a_held_out_row(
                 fold.x_valid, prep.transform(features.iloc[valid]), rtol=0, atol=1e-6
             )
 
+    leak = "column 'code' alone predicts the target with 1.00 CV accuracy"
+    store_data_warnings(optuna.load_study(study_name="tiny", storage=url), [leak])
     result = hpo("evaluate", "tiny", "--storage", url, "--top", "1", "--seeds", "2")
     assert result.exit_code == 0, result.output
+    # The study's data warnings lead the scores they question.
+    assert result.stdout.splitlines()[0] == (
+        f"warning (possible leak: the score may be inflated): {leak}"
+    )
+    assert result.stdout.splitlines()[1].startswith("trial ")
     evaluation = received[searched:]
     assert evaluation, "evaluate trained nothing"
     for folds in evaluation:

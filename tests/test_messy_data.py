@@ -17,7 +17,7 @@ import optuna
 import optuna_dashboard
 import pandas as pd
 import pytest
-from conftest import hpo, make_frame, one_line_error
+from conftest import NAME, BuiltStudy, hpo, make_frame, one_line_error
 
 from hpo.data import Preprocessor, load_dataset, load_folds
 from hpo.data_profile import profile_dataset
@@ -534,3 +534,35 @@ def test_hpo_keeps_its_own_note_up_to_date_and_never_touches_a_persons(tmp_path:
     store_data_warnings(study, [])
     assert not ensure_spec_note(study, study_spec)
     assert optuna_dashboard.get_note(study) == "my own words"
+
+
+def test_a_constant_number_is_shown_as_the_number(tmp_path: Path) -> None:
+    frame = _frame()
+    frame["seven"] = 7
+    frame.to_csv(tmp_path / "seven.csv", index=False)
+    spec = DataSpec(path=str(tmp_path / "seven.csv"), target="kind")
+    profile = profile_dataset(load_dataset(spec), CVSpec(folds=3, seed=1))
+    (warning,) = [w for w in profile.warnings if w.column == "seven"]
+    assert warning.message.startswith("column 'seven' has a single value (7): ")
+
+
+def test_best_and_status_show_the_warnings_before_the_score_a_leak_first(
+    built: BuiltStudy, tmp_path: Path
+) -> None:
+    url = built.copy(tmp_path)
+    other = "column 'same' has a single value ('yes'): it tells the network nothing"
+    leak = "column 'code' alone predicts the target with 1.00 CV accuracy"
+    study = optuna.load_study(study_name=NAME, storage=url)
+    store_data_warnings(study, [other, leak])
+    assert study.user_attrs["hpo_data_warnings"] == [leak, other]  # stored leak first
+    marked = f"warning (possible leak: the score may be inflated): {leak}"
+    best = hpo("best", NAME, "--storage", url).stdout.splitlines()
+    assert best[:3] == [marked, f"warning: {other}", best[2]]
+    assert best[2].startswith("best: trial ")
+    status = hpo("status", NAME, "--storage", url).stdout.splitlines()
+    at = status.index(marked)
+    assert status[at + 1] == f"warning: {other}" and status[at + 2].startswith("best: trial ")
+    shown = json.loads(hpo("status", NAME, "--storage", url, "--format", "json").stdout)
+    assert shown["data_warnings"] == [leak, other]
+    record = json.loads(hpo("best", NAME, "--storage", url, "--format", "json").stdout)
+    assert record["data_warnings"] == [leak, other]

@@ -12,11 +12,12 @@ import optuna
 import optuna_dashboard
 import pytest
 import scipy.stats
-from conftest import hpo, one_line_error
+from conftest import hpo, make_frame, one_line_error, tiny_data_table
 from optuna.trial import TrialState
 from pg import HpoProcesses, hpo_env
 
 from hpo.data import load_dataset, split_holdout
+from hpo.results.artifacts import trial_artifacts
 from hpo.results.stats import summarize
 from hpo.study.record import stored_spec
 from hpo.study.storage import open_storage
@@ -128,10 +129,11 @@ def test_nested_resumes_after_a_kill_without_redoing_finished_folds(
 
 def test_nested_refusals(write_study: WriteStudy, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    one_line_error(
-        hpo("nested", _nested(write_study), "--outer", "1", "--storage", url),
-        "--outer must be 2 or more, but got 1",
-    )
+    for outer in ("0", "1"):  # the same rule for both (0 once said ">= 1")
+        one_line_error(
+            hpo("nested", _nested(write_study), "--outer", outer, "--storage", url),
+            f"--outer must be 2 or more, but got {outer}",
+        )
     held = write_study(name="held")
     held.write_text(held.read_text().replace("[cv]\n", "[cv]\nholdout = 0.2\n", 1))
     one_line_error(
@@ -139,3 +141,51 @@ def test_nested_refusals(write_study: WriteStudy, tmp_path: Path) -> None:
         f"{held}: [cv] holdout and nested cross-validation both set rows aside; remove "
         "holdout for `hpo nested`",
     )
+
+
+def test_nested_says_and_stores_a_leak_and_writes_no_model_files(
+    write_study: WriteStudy, tmp_path: Path
+) -> None:
+    frame = make_frame()
+    frame["code"] = frame["kind"].map({"x": 10, "y": 20, "z": 30})  # the target, recoded
+    frame.to_csv(tmp_path / "leaky.csv", index=False)
+    study_file = write_study(
+        name="leaky",
+        engine="stacked",
+        epochs=1,
+        n_trials=2,
+        data=tiny_data_table(tmp_path / "leaky.csv"),
+    )
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    result = hpo("nested", study_file, "--outer", "2", "--seeds", "1", "--storage", url)
+    assert result.exit_code == 0, result.output
+    leak = (
+        "column 'code' alone predicts the target with 1.00 CV accuracy (always guessing the "
+        "commonest class: 0.38): an identifier, or a leak recorded with or after the outcome? "
+        "If it is a real measurement available when predicting, keep it with [data] "
+        "ignore_warnings; otherwise add it to [data] drop"
+    )
+    assert f"warning: {leak}\n" in result.stderr  # said once, at the start
+    assert result.stderr.count(leak) == 1
+    assert (
+        "inner studies save no model files (each outer fold retrains its winner on its own "
+        "rows; --save-models keeps them)\n"
+    ) in result.stderr
+    # Beside the estimate, first, marked as what makes the score suspect.
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"warning (possible leak: the score may be inflated): {leak}"
+    assert lines[1].startswith("outer fold")
+    for name in ("leaky.outer-1", "leaky.outer-2"):
+        study = _study(url, name)
+        assert study.user_attrs["hpo_data_warnings"] == [leak]
+        assert study.user_attrs["nested:summary"]["data_warnings"] == [leak]
+        assert stored_spec(study).artifacts.model == "none"  # type: ignore[union-attr]
+        # The best trials' tables and confusion matrices (cheap, shown in the dashboard), no
+        # model file.
+        files = [a.filename for t in study.trials for a in trial_artifacts(study, t)]
+        assert files and not [f for f in files if f.endswith(".keras")], files
+    best = hpo("best", "leaky.outer-1", "--storage", url)
+    assert best.stdout.splitlines()[0] == (
+        f"warning (possible leak: the score may be inflated): {leak}"
+    )
+    assert best.stdout.splitlines()[1].startswith("best: trial ")

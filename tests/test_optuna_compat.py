@@ -16,6 +16,7 @@ import datetime
 import io
 import re
 import sqlite3
+import time
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,6 +367,24 @@ def test_running_trials_complete_with_their_values_and_failed_ones_stay_failed(
     assert study.best_value == 0.75
 
 
+def test_a_finished_trials_duration_is_set_by_moving_its_start(study: optuna.Study) -> None:
+    rdb = _rdb(study)
+    done, long_done, running = study.ask(), study.ask(), study.ask()
+    time.sleep(0.05)
+    study.tell(done, 0.5)
+    study.tell(long_done, 0.5)
+    seconds = {compat.trial_id(t): s for t, s in ((done, 0.02), (long_done, 3600), (running, 1))}
+    started = {tid: rdb.get_trial(tid).datetime_start for tid in seconds}
+    for _ in range(2):  # a repeat changes nothing
+        with compat.transaction(rdb) as tx:
+            compat.set_trial_durations(tx, seconds)
+    moved = rdb.get_trial(compat.trial_id(done))
+    assert moved.datetime_complete - moved.datetime_start == datetime.timedelta(seconds=0.02)
+    for trial in (long_done, running):  # never earlier than it started; running: untouched
+        tid = compat.trial_id(trial)
+        assert rdb.get_trial(tid).datetime_start == started[tid]
+
+
 def test_heartbeats_are_recorded_and_renewed_where_optuna_looks(study: optuna.Study) -> None:
     sid, rdb = compat.study_id(study), _rdb(study)
     ids = [compat.trial_id(study.ask()) for _ in range(3)]
@@ -410,10 +429,11 @@ def test_counts_failures_claims_and_user_attributes_are_read_from_the_tables(
 def test_an_optuna_database_is_told_from_another_sqlite_file(tmp_path: Path) -> None:
     open_storage(f"sqlite:///{tmp_path}/optuna.db")
     sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE notes (x)").connection.commit()
-    for name, expected in (("optuna.db", True), ("other.db", False)):
+    for name, expected, foreign in (("optuna.db", True, []), ("other.db", False, ["notes"])):
         conn = sqlite3.connect(tmp_path / name)
         try:
             assert compat.has_optuna_tables(conn) is expected
+            assert compat.foreign_tables(conn) == foreign
         finally:
             conn.close()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hpo.engines.contract import EvaluationResult
 from hpo.space import RegularizationPlan
@@ -67,3 +70,27 @@ def test_every_key_constant_is_documented() -> None:
         if not _matches(value, documented) and not any(d.startswith(value) for d in documented)
     )
     assert missing == []
+
+
+@pytest.mark.slow  # a real run: TensorFlow and a stacked batch
+def test_a_batch_trials_duration_is_its_share_of_the_batch(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    import optuna
+    from conftest import hpo
+
+    result = hpo("run", write_study(engine="stacked", epochs=2, n_trials=4))
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/hpo.db")
+    batched = 0
+    for trial in study.trials:
+        assert trial.datetime_start is not None and trial.datetime_complete is not None
+        duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        attrs = trial.user_attrs
+        # What optuna-dashboard shows as Duration: the trial's own (rounded) seconds.
+        assert abs(duration - attrs["seconds"]) < 0.002, (trial.number, duration, attrs)
+        if attrs.get("trials_in_batch", 1) > 1:
+            batched += 1
+            share = attrs["batch_seconds"] / attrs["trials_in_batch"]
+            assert abs(share - attrs["seconds"]) < 0.002
+    assert batched >= 2  # a batch of two trained (the tiny study's trials_per_batch = 2)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import NAME, BuiltStudy, hpo, load
+from conftest import NAME, BuiltStudy, hpo, load, one_line_error
 
 from hpo.engines.contract import EvaluationResult
 from hpo.results.rerun import RerunStats, compare, summarize, verdict
@@ -59,10 +59,9 @@ def test_the_verdict_separates_real_gaps_from_noise() -> None:
     assert comparisons[3].beyond_noise is False and comparisons[3].cis_overlap is True
     assert comparisons[2].difference == pytest.approx(0.1)
     lines = verdict([worse, tied, best])
-    assert lines[0].startswith("trial 1 vs trial 3: +0.0020, Welch p = ")
-    assert lines[0].endswith("CIs overlap -> within noise")
-    assert lines[1].startswith("trial 1 vs trial 2: +0.1000, Welch p = ")
-    assert lines[1].endswith("CIs apart -> beyond noise")
+    p_tied, p_worse = comparisons[3].p_value, comparisons[2].p_value
+    assert lines[0] == f"trial 1 vs trial 3: +0.0020, Welch p = {p_tied:.3g} >= 0.05: within noise"
+    assert lines[1] == f"trial 1 vs trial 2: +0.1000, Welch p = {p_worse:.3g} < 0.05: beyond noise"
     assert lines[2] == "verdict: trial 1 beats trial 2 beyond noise, but not trial 3"
     assert verdict([best, worse])[-1] == "verdict: trial 1 is better than the others beyond noise"
     assert verdict([best, tied])[-1] == (
@@ -268,3 +267,45 @@ def test_a_study_without_a_spec_cannot_be_rerun(tmp_path: Path) -> None:
         "Error: study 'plain' has no stored spec (user attr hpo_spec); only studies created by "
         "`hpo run` or `hpo create` can be rerun\n"
     )
+
+
+def test_overlapping_intervals_are_not_named_beside_a_significant_test() -> None:
+    # Welch p < 0.05 while the two 95% intervals overlap: the verdict names the test only.
+    best = stats(1, [0.74, 0.75, 0.76, 0.75, 0.74, 0.76])
+    other = stats(2, [0.72, 0.735, 0.745, 0.73, 0.72, 0.74])
+    (comparison,) = compare([best, other])
+    assert comparison.cis_overlap and comparison.beyond_noise
+    line = verdict([best, other])[0]
+    assert (
+        line
+        == f"trial 1 vs trial 2: +0.0183, Welch p = {comparison.p_value:.3g} < 0.05: beyond noise"
+    )
+    assert "overlap" not in line
+
+
+def test_a_rerun_with_fewer_seeds_does_not_replace_a_stronger_one(
+    built: BuiltStudy, tmp_path: Path
+) -> None:
+    from hpo.results.rerun import record_reruns
+
+    url = built.copy(tmp_path)
+    study = load(url)
+    three = RerunStats(
+        trial=3,
+        original=None,
+        accuracies=(0.6, 0.62, 0.61),
+        seeds=(7, 8, 9),
+        repeats=1,
+        folds=3,
+        epochs=2,
+        engine="reference",
+    )
+    record_reruns(study, [three])
+    before = dict(load(url).user_attrs)
+    result = hpo("rerun", NAME, "--storage", url, "--trial", 3, "--seeds", 1)
+    one_line_error(
+        result,
+        "study 'results': trial 3 has a rerun with 3 seeds (user attr rerun:3); --seeds 1 would "
+        "replace it with less evidence: give --seeds 3 or more",
+    )
+    assert load(url).user_attrs == before  # nothing trained, nothing replaced

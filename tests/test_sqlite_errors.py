@@ -180,6 +180,27 @@ def test_sqlite_file_without_studies(
     assert not (tmp_path / "other.db.lock").exists()
 
 
+@pytest.mark.parametrize("command", [*CREATORS, *WRITERS])
+def test_another_applications_sqlite_file_is_refused_and_left_byte_identical(
+    command: str, tmp_path: Path, study_file: Path
+) -> None:
+    path = tmp_path / "other-app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+        conn.execute("INSERT INTO users VALUES (1, 'ada')")
+        conn.commit()
+    before = path.read_bytes()
+    url = "sqlite:///other-app.db"
+    one_line_error(
+        hpo(*_args(command, url, study_file)),
+        f"storage {url}: other-app.db holds another application's tables (orders, users) and "
+        "no Optuna studies; hpo adds nothing to it: give a database file of its own in --storage",
+    )
+    assert path.read_bytes() == before  # not one table (nor a byte) added
+    assert _tree(tmp_path) == {"other-app.db", study_file.name, "tiny.csv"}  # no lock, journal
+
+
 @pytest.mark.parametrize("command", [*CREATORS, *WRITERS, *READERS])
 def test_directory_instead_of_a_file(command: str, tmp_path: Path, study_file: Path) -> None:
     (tmp_path / "folder.db").mkdir()

@@ -34,6 +34,7 @@ from hpo.cli.options import (
     timeout_option,
     trials_per_batch_option,
 )
+from hpo.cli.output import data_warning_lines
 from hpo.cli.training import show_data_findings, train_here, with_model
 from hpo.data import load_folds
 from hpo.errors import HpoError
@@ -57,6 +58,7 @@ from hpo.study.record import (
     short_worker_id,
     store_data_source,
     store_data_warnings,
+    stored_data_warnings,
     stored_policy,
     stored_spec,
     worker_id,
@@ -324,6 +326,7 @@ def study_status(
         "best": None
         if best is None
         else {"number": best.number, "value": best.value, "params": best.params},
+        "data_warnings": stored_data_warnings(study),
         "baseline": None
         if gain is None
         else {**gain.to_dict(), "summary": gain.line(study.study_name)},
@@ -411,6 +414,8 @@ def _status_text(status: dict[str, Any]) -> str:
             f"  {shown[str(w['id'])]:<28} {w['state']:<9} last seen {w['last_seen_s']:.0f} s ago, {done}{held}"
         )
     best = status["best"]
+    if best is not None:
+        lines += data_warning_lines(status["data_warnings"])  # before the score they question
     lines.append(
         "best: none yet"
         if best is None

@@ -10,6 +10,7 @@ import click
 from hpo import stops
 from hpo.cli.options import (
     COUNT,
+    TWO_OR_MORE,
     apply_overrides,
     crash_policy,
     crash_policy_options,
@@ -20,8 +21,8 @@ from hpo.cli.options import (
     storage_option,
     storage_url,
 )
-from hpo.cli.output import text_table
-from hpo.cli.training import train_here, with_model
+from hpo.cli.output import echo_data_warnings, text_table
+from hpo.cli.training import show_data_findings, train_here, with_model
 from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
 from hpo.errors import HpoError
@@ -43,6 +44,7 @@ from hpo.study.record import (
     CrashPolicy,
     baseline_trial,
     best_trial,
+    store_data_warnings,
     stored_spec,
 )
 from hpo.study.storage import open_storage
@@ -57,7 +59,7 @@ __all__ = ["COMMANDS"]
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @storage_option
 @name_option
-@click.option("--outer", type=COUNT, required=True, help="Outer folds K (2 or more).")
+@click.option("--outer", type=TWO_OR_MORE, required=True, help="Outer folds K (2 or more).")
 @n_trials_option("Trials of each inner study (default: the study file's budget).")
 @epochs_option("Override [model] epochs.")
 @click.option(
@@ -68,6 +70,12 @@ __all__ = ["COMMANDS"]
     help="Seeds to retrain each inner winner (and the baseline) on its outer training rows.",
 )
 @data_option("Read the data from this CSV instead of the study file's source.")
+@click.option(
+    "--save-models",
+    is_flag=True,
+    help="Save the inner studies' model files as [artifacts] model says (default: none; each "
+    "outer fold retrains its winner, so nested CV uses none of them).",
+)
 @crash_policy_options
 def nested(
     study_file: str,
@@ -78,6 +86,7 @@ def nested(
     epochs: int | None,
     seeds: int,
     data_path: str | None,
+    save_models: bool,
     heartbeat_interval: int,
     grace_period: int,
     max_retries: int,
@@ -89,8 +98,6 @@ def nested(
     Run it again to resume; `hpo worker NAME.outer-I` can join an inner study.
     """
     spec = apply_overrides(load_spec(study_file), name=name, epochs=epochs, n_trials=n_trials)
-    if outer < 2:
-        raise HpoError(f"--outer must be 2 or more, but got {outer}")
     if spec.cv.holdout:
         raise HpoError(
             f"{study_file}: [cv] holdout and nested cross-validation both set rows aside; "
@@ -99,10 +106,20 @@ def nested(
     policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     url = storage_url(storage, announce=True, access="create")
     storage_impl = open_storage(url)
+    # The warnings of the whole search data, said once, stored on every inner study and on
+    # the summary, and shown again beside the estimate they question.
+    warnings = show_data_findings(load_folds(spec.data, spec.cv, path_override=data_path)[0], spec)
+    if not save_models and spec.artifacts.model != "none":
+        spec = spec.replace(artifacts=replace(spec.artifacts, model="none"))
+        click.echo(
+            "inner studies save no model files (each outer fold retrains its winner on its own "
+            "rows; --save-models keeps them)",
+            err=True,
+        )
     results = []
     for fold in range(1, outer + 1):
         inner = outer_spec(spec, outer, fold)
-        study, inner = _search(inner, storage_impl, policy, url, fold, outer, data_path)
+        study, inner = _search(inner, storage_impl, policy, url, fold, outer, data_path, warnings)
         if study is None or stops.requested():
             # Stopped (in training, or while the model files were saved, which the recorder
             # takes as "skip the rest"): the inner study is intact; run again to resume.
@@ -119,10 +136,11 @@ def nested(
             f"{evaluation.holdout_rows} outer test rows{baseline}",
             err=True,
         )
-    summary = NestedSummary(results=tuple(r for _, r in results))
+    summary = NestedSummary(results=tuple(r for _, r in results), data_warnings=tuple(warnings))
     for study, _ in results:
         study.set_user_attr(NESTED_SUMMARY_ATTR, summary.to_dict())
         ensure_spec_note(study, stored_spec(study) or spec)
+    echo_data_warnings(summary.data_warnings)  # before the estimate they question
     _print_summary(summary)
 
 
@@ -134,13 +152,16 @@ def _search(
     fold: int,
     outer: int,
     data_path: str | None,
+    warnings: list[str],
 ) -> tuple[optuna.Study | None, StudySpec]:
     """Create or resume fold ``fold``'s inner study and train it to its budget (None if a
-    signal stopped it), with its spec as trained (a builder's layers resolved)."""
+    signal stopped it), with its spec as trained (a builder's layers resolved); the data
+    ``warnings`` are stored on it."""
     dataset, folds = load_folds(inner.data, inner.cv, path_override=data_path)
     inner = with_model(inner, folds)
     study, created = create_or_load_study(inner, storage, policy=policy)
     check_holdout(study, dataset.holdout)
+    store_data_warnings(study, warnings)
     if not created:
         update_stored_spec(study, inner)  # a new --n-trials: workers and status follow it
     left = trials_to_run(study, inner.budget.n_trials)

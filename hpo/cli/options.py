@@ -30,6 +30,7 @@ __all__ = [
     "NON_NEGATIVE",
     "PORT",
     "SECONDS",
+    "TWO_OR_MORE",
     "Number",
     "apply_overrides",
     "crash_policy",
@@ -106,6 +107,7 @@ class _CountOrAuto(Number):
 
 
 COUNT = Number(int, "a whole number >= 1", lambda n: n >= 1)
+TWO_OR_MORE = Number(int, "2 or more", lambda n: n >= 2)
 BATCH_SIZE = _CountOrAuto(int, 'a whole number >= 1 or "auto"', lambda n: n >= 1)
 NON_NEGATIVE = Number(int, "a whole number >= 0", lambda n: n >= 0)
 SECONDS = Number(float, "a finite number of seconds > 0", lambda n: math.isfinite(n) and n > 0)

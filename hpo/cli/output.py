@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from hpo.lazy import lazy_import
 from hpo.results.baseline import baseline_gain
-from hpo.study.record import best_trial, is_baseline, read_trial, stored_spec
+from hpo.study.record import (
+    best_trial,
+    is_baseline,
+    is_leak_warning,
+    leak_first,
+    read_trial,
+    stored_data_warnings,
+    stored_spec,
+)
 from hpo.study.stopping import stored_stop
 
 if TYPE_CHECKING:
@@ -16,7 +25,30 @@ if TYPE_CHECKING:
 else:
     optuna = lazy_import("optuna")
 
-__all__ = ["echo_err", "print_best", "text_table", "trial_record"]
+__all__ = [
+    "data_warning_lines",
+    "echo_data_warnings",
+    "echo_err",
+    "print_best",
+    "text_table",
+    "trial_record",
+]
+
+
+def data_warning_lines(messages: Sequence[str]) -> list[str]:
+    """A study's data warnings as lines to show beside its score: leaks first, marked as what
+    makes the score itself suspect."""
+    return [
+        f"warning (possible leak: the score may be inflated): {m}"
+        if is_leak_warning(m)
+        else f"warning: {m}"
+        for m in leak_first(messages)
+    ]
+
+
+def echo_data_warnings(messages: Sequence[str]) -> None:
+    for line in data_warning_lines(messages):
+        click.echo(line)
 
 
 def print_best(study: optuna.Study, shown_url: str) -> None:
@@ -24,6 +56,7 @@ def print_best(study: optuna.Study, shown_url: str) -> None:
     if best is None:
         click.echo(f"no complete trial yet in study {study.study_name!r} ({shown_url})")
         return
+    echo_data_warnings(stored_data_warnings(study))  # before the score they question
     folds = " ".join(f"{a:.3f}" for a in read_trial(best).fold_accuracies)
     click.echo(f"best: trial {best.number}, accuracy {best.value:.4f} (folds {folds})")
     if is_baseline(best):

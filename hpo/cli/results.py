@@ -20,7 +20,7 @@ from hpo.cli.options import (
     top_option,
     trial_option,
 )
-from hpo.cli.output import text_table
+from hpo.cli.output import echo_data_warnings, text_table
 from hpo.data import holdout_fold_set, load_folds, load_holdout
 from hpo.engines import make_engine
 from hpo.errors import HpoError
@@ -34,7 +34,14 @@ from hpo.results.holdout import (
     record_evaluation,
 )
 from hpo.results.report import write_report
-from hpo.results.rerun import RerunStats, record_reruns, rerun_seeds, rerun_trials, verdict
+from hpo.results.rerun import (
+    RerunStats,
+    record_reruns,
+    rerun_seeds,
+    rerun_trials,
+    verdict,
+    weaker_rerun,
+)
 from hpo.seeds import evaluate_seeds
 from hpo.spec import ENGINES, StudySpec
 from hpo.study.creation import check_holdout, load_study
@@ -44,6 +51,7 @@ from hpo.study.record import (
     RERUN_ATTR_PREFIX,
     SPEC_ATTR,
     is_baseline,
+    stored_data_warnings,
     stored_spec,
 )
 from hpo.study.storage import mask_url
@@ -260,6 +268,17 @@ def rerun(
     url = storage_url(storage, access="write")
     study, spec = _writable_study(name, url, "rerun")
     trials = _pick_trials(study, trial_number, top)
+    stronger = weaker_rerun(study, [t.number for t in trials], seeds)
+    if stronger is not None:
+        numbers, most = stronger
+        many = len(numbers) > 1
+        raise HpoError(
+            f"study {name!r}: trial{'s' if many else ''} {', '.join(map(str, numbers))} "
+            f"{'have reruns' if many else 'has a rerun'} with {most} seeds (user attr"
+            f"{'s' if many else ''} {', '.join(f'{RERUN_ATTR_PREFIX}{n}' for n in numbers)}); "
+            f"--seeds {seeds} would replace {'them' if many else 'it'} with less evidence: "
+            f"give --seeds {most} or more"
+        )
     try:
         cv = replace(spec.cv, repeats=repeats) if repeats is not None else spec.cv
     except ValueError as exc:
@@ -354,6 +373,7 @@ def evaluate(name: str, storage: str | None, top: int, seeds: int, data_path: st
             f"{', '.join(str(p.trial) for p in previous.plans)})",
             err=True,
         )
+    echo_data_warnings(stored_data_warnings(study))  # before the scores they question
     _print_evaluation(evaluation)
     click.echo(
         f"recorded as study user attr {HOLDOUT_EVALUATION_ATTR} (and as trial notes in "

@@ -28,7 +28,7 @@ from hpo.cli.output import echo_err, print_best, text_table, trial_record
 from hpo.errors import HpoError
 from hpo.spec import load_spec
 from hpo.study.creation import load_study
-from hpo.study.record import best_trial, read_trial
+from hpo.study.record import best_trial, read_trial, stored_data_warnings
 from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
@@ -108,7 +108,8 @@ def best(name: str, storage: str | None, fmt: str) -> None:
     if fmt == "json":
         if trial is None:
             raise HpoError(f"study {name!r} has no complete trial yet")
-        click.echo(json.dumps(trial_record(trial), indent=2))
+        record = {**trial_record(trial), "data_warnings": stored_data_warnings(study)}
+        click.echo(json.dumps(record, indent=2))
     else:
         print_best(study, mask_url(url))
 

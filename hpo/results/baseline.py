@@ -80,14 +80,19 @@ class BaselineGain:
                 f"{head}; not yet judged against noise: `hpo rerun {study_name}` reruns the best "
                 "trials and the baseline with fresh seeds (or `hpo evaluate` with a holdout)"
             )
+        if e.p_value is None:
+            # No spread to test against (a rerun with one seed): a number, never a verdict.
+            return (
+                f"{head}; {e.source}: {e.difference:+.4f}, not judged against noise (one seed "
+                f"gives no spread): `hpo rerun {study_name} --seeds 3` tests it"
+            )
         if not e.beyond_noise:
             judged = "within noise"
         elif e.difference > 0:
             judged = "beyond noise"
         else:
             judged = "the baseline is better, beyond noise"
-        p = "n/a" if e.p_value is None else f"{e.p_value:.3g}"
-        return f"{head}; {e.source}: {e.difference:+.4f}, {e.test} p = {p} -> {judged}"
+        return f"{head}; {e.source}: {e.difference:+.4f}, {e.test} p = {e.p_value:.3g} -> {judged}"
 
     def to_dict(self) -> dict[str, object]:
         e = self.evidence

@@ -9,7 +9,9 @@ becomes one clear error instead of a traceback, and the line we print never show
 optuna-dashboard has no login and its API can delete studies, tell running trials and rewrite
 notes, so :class:`Guard` wraps its app (see :class:`Access`):
 
-- every write (any method but GET, HEAD, OPTIONS) is refused with 403 unless ``--allow-writes``;
+- every write (any method but GET, HEAD, OPTIONS) is refused with 403 unless ``--allow-writes``,
+  and with it, a write whose ``Origin`` (else ``Referer``) names another site than this
+  dashboard's (an accepted host name on the port the request came to);
 - the Host header must name this machine's loopback or an ``--allowed-host``, so a web page
   cannot reach a loopback dashboard through DNS rebinding;
 - with a token (required to bind a non-loopback address) every request must carry it, as
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo import stops
@@ -217,6 +219,16 @@ def _host_name(value: str) -> str:
     return value.rstrip(".")
 
 
+def _host_port(value: str) -> int | None:
+    """The port of a Host header ``NAME:PORT`` (``[::1]:8080`` -> 8080); None without one."""
+    value = value.strip()
+    tail = value.rsplit("]", 1)[-1] if value.startswith("[") else value
+    if tail.count(":") != 1:  # none, or a bare IPv6 address
+        return None
+    port = tail.rsplit(":", 1)[1]
+    return int(port) if port.isdigit() else None
+
+
 def dashboard_access(
     host: str, *, token: str | None, allowed_hosts: Iterable[str], allow_writes: bool
 ) -> Access:
@@ -317,9 +329,49 @@ class Guard:
                     "header `Authorization: Bearer TOKEN`",
                     headers=[("WWW-Authenticate", 'Bearer realm="hpo dashboard"')],
                 )
-        if method not in _READS and not self._access.allow_writes:
-            return _response(start_response, "403 Forbidden", _WRITES_OFF, json_body=True)
+        if method not in _READS:
+            if not self._access.allow_writes:
+                return _response(start_response, "403 Forbidden", _WRITES_OFF, json_body=True)
+            foreign = self._foreign_origin(environ, given)
+            if foreign is not None:
+                return _response(
+                    start_response,
+                    "403 Forbidden",
+                    f"hpo dashboard: a write from another site ({foreign}) is refused; writes "
+                    f"are accepted from pages of this dashboard only ({self._open_at})",
+                    json_body=True,
+                )
         return self._app(environ, start_response)
+
+    def _foreign_origin(self, environ: WSGIEnvironment, host: str) -> str | None:
+        """What names a write's page when it is not this dashboard's own, else None.
+
+        A browser sends ``Origin`` (or at least ``Referer``) with every cross-site write: a
+        page elsewhere (another site, or another server on this machine) must not use the
+        visitor's browser to write here. The page's host must be an accepted name and its
+        port the one the request came to. A request with neither header comes from no web page
+        (curl, a script), which a token, when set, already had to pass."""
+        for header, key in (("Origin", "HTTP_ORIGIN"), ("Referer", "HTTP_REFERER")):
+            value = str(environ.get(key, "")).strip()
+            if not value:
+                continue
+            page = urlsplit(value)
+            try:
+                port = page.port
+            except ValueError:
+                port = -1  # no valid port: no page of this dashboard
+            name = (page.hostname or "").rstrip(".")
+            if port is None:
+                port = {"http": 80, "https": 443}.get(page.scheme, -1)
+            wanted = _host_port(host)
+            if (
+                page.scheme not in ("http", "https")
+                or name not in self._access.hosts
+                or (wanted is not None and port != wanted)
+            ):
+                return f"{header} {value[:100]!a}"
+            return None
+        return None
 
     def _matches(self, given: str, expected: str) -> bool:
         # Constant time: how long a wrong guess takes must not say how much of it was right.

@@ -691,7 +691,7 @@ def predict_rows(
     label, and each class's probability (``p_<class>``, in the card's class order)."""
     keras = import_keras()
     inputs = model_inputs(frame, exported.columns, source=source, na_values=exported.na_values)
-    model = keras.models.load_model(exported.model_path, compile=False)
+    model = _load_model(keras, exported.model_path)
     # Strings as tensors: Keras' numpy adapter refuses text arrays.
     tensors = {key: tf.constant(values) for key, values in inputs.items()}
     probabilities = np.asarray(
@@ -713,6 +713,18 @@ def predict_rows(
     for j, name in enumerate(exported.classes):
         out[f"p_{name}"] = probabilities[:, j]
     return out
+
+
+def _load_model(keras: Any, path: Path) -> Any:
+    """The exported Keras model, or one line if the file is damaged (truncated, overwritten):
+    Keras' own error is a traceback of its loader's internals."""
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception:
+        raise HpoError(
+            f"{path}: not a readable Keras model file (damaged or cut short); export the trial "
+            "again with `hpo export`"
+        ) from None
 
 
 def predict_frame(directory: str | Path, frame: pd.DataFrame) -> pd.DataFrame:

@@ -122,6 +122,8 @@ class NestedSummary:
     """The K outer scores: mean and 95% CI of the winners, and of the baseline."""
 
     results: tuple[OuterResult, ...]
+    # The data warnings of the search data, leaks first: stored with the estimate they question.
+    data_warnings: tuple[str, ...] = ()
 
     def _stats(self, values: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
         return corrected_interval(values)
@@ -170,4 +172,5 @@ class NestedSummary:
             "std": None if math.isnan(std) else round(std, 6),
             "ci95": None if ci is None else [round(v, 6) for v in ci],
             "summary": self.lines(),
+            "data_warnings": list(self.data_warnings),
         }

@@ -46,6 +46,7 @@ __all__ = [
     "rerun_trials",
     "summarize",
     "verdict",
+    "weaker_rerun",
 ]
 
 _NOTE_HEADER = "### Rerun"
@@ -145,11 +146,13 @@ def verdict(results: Sequence[RerunStats]) -> list[str]:
         ]
     lines = []
     for c in comparisons:
-        judged = "beyond noise" if c.beyond_noise else "within noise"
-        cis = "CIs overlap" if c.cis_overlap else "CIs apart"
+        # The test alone decides: two 95% intervals can overlap while the difference of the
+        # means is significant at 5%, so naming the overlap beside the verdict read as a
+        # contradiction ("CIs overlap -> beyond noise").
+        judged = "< 0.05: beyond noise" if c.beyond_noise else ">= 0.05: within noise"
         lines.append(
             f"trial {c.best} vs trial {c.other}: {c.difference:+.4f}, "
-            f"Welch p = {c.p_value:.3g}, {cis} -> {judged}"
+            f"Welch p = {c.p_value:.3g} {judged}"
         )
     best = comparisons[0].best
     tied = [c.other for c in comparisons if not c.beyond_noise]
@@ -282,6 +285,18 @@ def record_reruns(study: optuna.Study, results: Sequence[RerunStats]) -> None:
                 )
             except Exception as exc:  # the note is a convenience; the attr is the record
                 _log.warning("trial %d: rerun note not written (%s)", stats.trial, error_text(exc))
+
+
+def weaker_rerun(
+    study: optuna.Study, trials: Sequence[int], seeds: int
+) -> tuple[list[int], int] | None:
+    """The trials among ``trials`` whose recorded rerun has more seeds than ``seeds``, and the
+    most seeds among them; None when a rerun with ``seeds`` replaces nothing stronger."""
+    recorded = load_reruns(study)
+    stronger = [n for n in trials if n in recorded and len(recorded[n].accuracies) > seeds]
+    if not stronger:
+        return None
+    return sorted(stronger), max(len(recorded[n].accuracies) for n in stronger)
 
 
 def load_reruns(study: optuna.Study) -> dict[int, RerunStats]:

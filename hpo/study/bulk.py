@@ -38,6 +38,7 @@ __all__ = [
     "create_trials",
     "record_heartbeats",
     "record_sampled",
+    "set_durations",
 ]
 
 
@@ -189,6 +190,15 @@ def complete_trials(
     now = datetime.now(UTC).replace(tzinfo=None)
     with compat.transaction(unwrap_rdb(storage)) as tx:
         return compat.complete_running_trials(tx, values, now)
+
+
+def set_durations(storage: optuna.storages.BaseStorage, seconds: Mapping[int, float]) -> None:
+    """Store each finished trial's own training time (by trial id) as its duration: the
+    dashboard's end - start (see :func:`hpo.study.optuna_compat.set_trial_durations`), in one
+    transaction; repeating it changes nothing."""
+    if seconds:
+        with compat.transaction(unwrap_rdb(storage)) as tx:
+            compat.set_trial_durations(tx, seconds)
 
 
 def record_heartbeats(storage: optuna.storages.BaseStorage, trial_ids: Iterable[int]) -> None:

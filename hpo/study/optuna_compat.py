@@ -21,7 +21,7 @@ import json
 import sqlite3
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from hpo.lazy import lazy_import
@@ -65,6 +65,7 @@ __all__ = [
     "count_trial_states",
     "failed_trials",
     "first_distribution_json",
+    "foreign_tables",
     "forget_cached_trials",
     "frozen_of",
     "has_optuna_tables",
@@ -77,6 +78,7 @@ __all__ = [
     "running_with_system_attr",
     "running_without_heartbeat",
     "save_trial_note",
+    "set_trial_durations",
     "storage_of",
     "study_id",
     "transaction",
@@ -503,6 +505,28 @@ def complete_running_trials(
     return states
 
 
+def set_trial_durations(tx: Transaction, seconds: Mapping[int, float]) -> None:
+    """Move each finished trial's start to its end less ``seconds[trial id]``, never earlier
+    than it started: optuna-dashboard shows end - start as a trial's duration, which for the
+    trials of a claim or batch, created together and told together, was the whole wait. Both
+    columns hold naive UTC (see :func:`insert_running_trials`); a trial not yet finished is
+    left alone."""
+    trials = _models.TrialModel.__table__
+    rows = tx.session.execute(
+        sqlalchemy.select(
+            trials.c.trial_id, trials.c.datetime_start, trials.c.datetime_complete
+        ).where(trials.c.trial_id.in_(sorted(seconds)), trials.c.datetime_complete.is_not(None))
+    ).all()
+    for tid, start, end in rows:
+        moved = end - timedelta(seconds=max(0.0, float(seconds[int(tid)])))
+        if start is None or moved > start:
+            tx.session.execute(
+                sqlalchemy.update(trials)
+                .where(trials.c.trial_id == tid)
+                .values(datetime_start=moved)
+            )
+
+
 def beat_trials(tx: Transaction, trial_ids: Sequence[int]) -> None:
     """A heartbeat now, by the database's clock, for each trial: an update of the rows that
     exist and an insert of the others. Not one ``INSERT ... ON CONFLICT DO UPDATE``: on
@@ -640,3 +664,20 @@ def has_optuna_tables(conn: sqlite3.Connection) -> bool:
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'studies'"
     ).fetchall()
     return bool(rows)
+
+
+def foreign_tables(conn: sqlite3.Connection) -> list[str]:
+    """The tables of a SQLite database that are not Optuna's, when it holds no Optuna study
+    table (else none): another application's file, which Optuna would add its tables to. Read
+    on the caller's (read-only) connection; Optuna's table names are its models' (private)."""
+    names = [
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        )
+    ]
+    if "studies" in names:
+        return []
+    optuna_names = {*_models.BaseModel.metadata.tables, "alembic_version"}
+    return [name for name in names if name not in optuna_names]

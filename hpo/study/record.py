@@ -14,8 +14,9 @@ Study user attributes
                                   update its budget, engine and pruner
 ``hpo_crash_policy``              heartbeat interval, grace period, max retries (:class:`CrashPolicy`)
 ``rerun:<trial number>``          one ``hpo rerun`` result: seeds, accuracies, mean, std, 95% CI
-``hpo_data_warnings``             the data warnings (identifier, leak, ...) of the latest ``hpo run``
-                                  or ``hpo worker`` to load the data: a list of one-line messages
+``hpo_data_warnings``             the data warnings (identifier, leak, ...) of the latest ``hpo run``,
+                                  ``hpo worker`` or ``hpo nested`` to load the data: a list of
+                                  one-line messages, leaks first (shown beside every score)
 ``hpo_data_source``               the data the latest ``hpo run`` or ``hpo worker`` loaded: ``path``
                                   (the CSV read: ``--data PATH``, the study file's path, or the
                                   download's cache), ``url`` when it was downloaded, and ``sha256``
@@ -24,7 +25,8 @@ Study user attributes
 ``holdout:evaluation``            the latest ``hpo evaluate``: seeds, rows, and per plan the search CV,
                                   holdout accuracies, mean, std, 95% CI, optimism; and the verdict
 ``nested:summary``                on each inner study of ``hpo nested``: every outer fold's winner,
-                                  plan, search CV, outer score and baseline; their mean, std, CI
+                                  plan, search CV, outer score and baseline; their mean, std, CI;
+                                  the data warnings (``data_warnings``, leaks first)
 ``hpo_holdout``                   the rows ``[cv] holdout`` set aside: fraction, rows, of, and a
                                   SHA-256 of their positions, labels and values (written by the
                                   first process to load the data; every later one must match it)
@@ -75,6 +77,8 @@ Trial user attributes
 ``fold_accuracies``, ``fold_std`` accuracy of each fold's held-out rows (every repeat's), their std
 ``epochs``                        epochs trained (fewer when pruned)
 ``seconds``                       training wall time; for a batch, its wall time / trials in it
+``batch_seconds``                 the wall time of the whole batch the trial trained in (stacked
+                                  engine, more than one trial in the batch)
 ``engine``                        ``reference`` or ``stacked``
 ``tensorflow``, ``keras``         library versions
 ``diverged``                      the loss went non-finite; those folds' rows count as wrong
@@ -119,12 +123,17 @@ Files (artifacts and stored data) live in the study's artifact store, named in i
 folder, an S3 bucket (object key ``PREFIX/<artifact id>``), or the study's own database, in one
 table of hpo's beside Optuna's:
 
-=========================================  ==========================================================
+=========================================  ===================================================
 ``hpo_artifact_chunks``                    ``artifact_id`` (text), ``chunk`` (0, 1, ...; the key is
                                            both), ``data`` (at most :data:`ARTIFACT_CHUNK_BYTES`
                                            bytes of the file); a file's chunks are written in one
                                            transaction, so a reader sees all of them or none
 =========================================  ==========================================================
+=======
+Trial times: a finished trial's ``datetime_complete`` is when it was told; its ``datetime_start``
+is then moved to ``datetime_complete - seconds`` (never earlier than the trial was created), so
+that optuna-dashboard's Duration is the trial's own training time, a batch's time divided over its
+members, instead of the time since the claim that created it (``batch_seconds`` keeps the batch's).
 
 Intermediate values are the out-of-fold accuracies at pruning checkpoints (step: the epoch on the
 stacked engine, the folds done on the reference engine); ``[pruner]`` judges trials on them.
@@ -141,6 +150,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from hpo.data_profile import LEAK_PHRASE
 from hpo.engines.contract import EvaluationResult
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
@@ -199,6 +209,8 @@ __all__ = [
     "baseline_trial",
     "best_trial",
     "is_baseline",
+    "is_leak_warning",
+    "leak_first",
     "new_worker_tag",
     "outer_fold_number",
     "read_trial",
@@ -338,9 +350,24 @@ def stored_spec(study: optuna.Study) -> StudySpec | None:
     )
 
 
-def store_data_warnings(study: optuna.Study, messages: Iterable[str]) -> None:
-    """Keep the warnings about the data this process trains on (the latest loader's win)."""
+def is_leak_warning(message: str) -> bool:
+    """Whether a data warning says a column alone predicts the target (a likely leak)."""
+    return LEAK_PHRASE in message
+
+
+def leak_first(messages: Iterable[str]) -> list[str]:
+    """``messages`` with the leak warnings first (in their order), then the others: a leak
+    makes every score of the study suspect, so it is never one line among many."""
     messages = list(messages)
+    return [m for m in messages if is_leak_warning(m)] + [
+        m for m in messages if not is_leak_warning(m)
+    ]
+
+
+def store_data_warnings(study: optuna.Study, messages: Iterable[str]) -> None:
+    """Keep the warnings about the data this process trains on (the latest loader's win),
+    leaks first."""
+    messages = leak_first(messages)
     if study.user_attrs.get(DATA_WARNINGS_ATTR, []) != messages:
         study.set_user_attr(DATA_WARNINGS_ATTR, messages)
 
@@ -358,8 +385,9 @@ def stored_data_source(study: optuna.Study) -> dict[str, str] | None:
 
 
 def stored_data_warnings(study: optuna.Study) -> list[str]:
+    """The study's active data warnings, leaks first."""
     raw = study.user_attrs.get(DATA_WARNINGS_ATTR, [])
-    return [str(m) for m in raw] if isinstance(raw, list) else []
+    return leak_first(str(m) for m in raw) if isinstance(raw, list) else []
 
 
 def stored_policy(study: optuna.Study) -> CrashPolicy:
@@ -497,6 +525,8 @@ def result_attrs(
         attrs["shared_order"] = result.shared_order
     if result.trials_in_batch is not None:
         attrs["trials_in_batch"] = result.trials_in_batch
+        if result.trials_in_batch > 1:
+            attrs["batch_seconds"] = round(result.seconds * result.trials_in_batch, 3)
     if trials_per_batch is not None:
         attrs["trials_per_batch"] = trials_per_batch
     if result.xla_kernels is not None:

@@ -304,7 +304,8 @@ def check_sqlite(url: str, access: Access = "create") -> None:
         return
     _check_sqlite_header(database, where)
     if access == "read":
-        return
+        return  # a reader is told when it opens the file (no Optuna tables: no studies)
+    _check_not_foreign(database, where, url)
     if not os.access(database, os.W_OK):
         raise HpoError(
             f"{where}: SQLite file {database} is read-only; make it writable, or copy it "
@@ -337,6 +338,34 @@ def _check_sqlite_header(database: Path, where: str) -> None:
         raise HpoError(
             f"{where}: {database} is not a SQLite database; check the path in --storage (hpo "
             "never overwrites a file that is not its own)"
+        )
+
+
+def _check_not_foreign(database: Path, where: str, url: str) -> None:
+    """Refuse a SQLite file that holds another application's tables and no Optuna study:
+    Optuna would add its own tables beside them. Read on a read-only connection, so the file
+    stays byte for byte as it was."""
+    if database.stat().st_size == 0:
+        return
+    uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=120)
+        try:
+            foreign = optuna_compat.foreign_tables(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        error = sqlite_error(url, exc)
+        if error is None:
+            raise
+        raise error from None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise HpoError(
+            f"{where}: {database} holds another application's tables ({shown}) and no Optuna "
+            "studies; hpo adds nothing to it: give a database file of its own in --storage"
         )
 
 

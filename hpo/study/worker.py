@@ -39,7 +39,13 @@ from hpo.space import RegularizationPlan, suggest_plan, zero_plan
 from hpo.spec import StudySpec
 from hpo.study import optuna_compat as compat
 from hpo.study.budget import Claim, Ticket, claim_trials, log_stale_trial
-from hpo.study.bulk import ParamBuffer, SampledParam, complete_trials, record_sampled
+from hpo.study.bulk import (
+    ParamBuffer,
+    SampledParam,
+    complete_trials,
+    record_sampled,
+    set_durations,
+)
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.record import (
     FAILURE_ATTR,
@@ -586,6 +592,16 @@ def _tell_batch(
         else:
             finals[trial] = _tell(run, trial, state, value, failure)
         told.add(trial.number)
+    # The dashboard's duration of each trial: its own training time (a batch's share), not
+    # the time since the claim created it (record.py, "Trial times").
+    set_durations(
+        compat.storage_of(run.study),
+        {
+            compat.trial_id(trial): float(attrs[trial]["seconds"])
+            for trial, (state, _, _) in outcomes.items()
+            if finals[trial] == state and state != TrialState.FAIL
+        },
+    )
     compat.forget_cached_trials(run.study)  # as study.tell does
     return finals
 
