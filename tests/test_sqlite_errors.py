@@ -272,11 +272,14 @@ def test_create_makes_the_database_file(tmp_path: Path, study_file: Path) -> Non
     url = "sqlite:///fresh/h.db"
     result = hpo(*_args("create", url, study_file))
     assert result.exit_code == 0, result.output
-    assert _tree(tmp_path / "fresh") == {"h.db", "h.db.lock"}
+    # The database, its lock file and the study's artifact folder (create checks it can write
+    # there before the study exists, so a worker never finds it unwritable).
+    made = {"h.db", "h.db.lock", "h-artifacts"}
+    assert _tree(tmp_path / "fresh") == made
     # Now readers find it, and still add nothing.
     for command in ("best", "trials", "status"):
         assert hpo(*_args(command, url, study_file)).exit_code == 0
-    assert _tree(tmp_path / "fresh") == {"h.db", "h.db.lock"}
+    assert _tree(tmp_path / "fresh") == made
 
 
 def test_readers_add_no_lock_file(copied: Path, study_file: Path, tmp_path: Path) -> None:

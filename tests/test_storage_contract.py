@@ -37,6 +37,7 @@ from hpo.study import budget
 from hpo.study import optuna_compat as compat
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.creation import create_or_load_study
+from hpo.study.stores import default_store, with_store
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.optuna_compat import count_trial_states
 from hpo.study.record import (
@@ -216,6 +217,11 @@ def test_claims_are_atomic_no_overshoot_with_four_processes(backend: str, tmp_pa
 
 # --- creating a study --------------------------------------------------------------------------
 
+def _as_created(spec: StudySpec, backend: str) -> StudySpec:
+    """``spec`` as creation stores it: with the backend's default artifact store fixed."""
+    return with_store(spec, default_store(spec, backend))
+
+
 _CREATOR = """
     import json, sys, time
     from hpo.spec import spec_from_dict
@@ -251,7 +257,7 @@ def test_racing_processes_on_an_empty_database_create_schema_and_study_once(
     assert sorted(r["created"] for r in results) == [False, False, False, True]
     assert len({r["id"] for r in results}) == 1
     study = optuna.load_study(study_name=spec.name, storage=open_storage(backend))
-    assert stored_spec(study) == spec.replace(source="study 'contract'")
+    assert stored_spec(study) == _as_created(spec, backend).replace(source="study 'contract'")
 
 
 @pytest.mark.parametrize("made", ["the study", "its spec"])
@@ -263,11 +269,11 @@ def test_a_creation_killed_halfway_is_finished_by_the_next_process(
     spec = _spec(tmp_path)
     storage = open_storage(backend)
     half = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize")
-    if made == "its spec":
-        half.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
+    if made == "its spec":  # stored as creation stores it, its artifact store fixed
+        half.set_user_attr(SPEC_ATTR, spec_to_dict(_as_created(spec, backend)))
     study, created = create_or_load_study(spec, storage, policy=FAST)
     assert created
-    assert spec_to_dict(stored_spec(study)) == spec_to_dict(spec)
+    assert spec_to_dict(stored_spec(study)) == spec_to_dict(_as_created(spec, backend))
     assert stored_policy(study) == FAST
     assert SAMPLER_ATTR in study.user_attrs
     (baseline,) = study.get_trials(deepcopy=False)
@@ -283,7 +289,7 @@ def test_spec_and_crash_policy_are_stored_and_read_back(backend: str, tmp_path: 
     _, created = create_or_load_study(spec, open_storage(backend), policy=policy)
     assert created
     study = _fresh(optuna.load_study(study_name="stored", storage=open_storage(backend)), backend)
-    assert stored_spec(study) == spec.replace(source="study 'stored'")
+    assert stored_spec(study) == _as_created(spec, backend).replace(source="study 'stored'")
     assert stored_policy(study) == policy
     # A second creation keeps what is stored: the study is made once.
     again, created = create_or_load_study(spec, open_storage(backend), policy=CrashPolicy())
