@@ -37,7 +37,6 @@ from hpo.study import budget
 from hpo.study import optuna_compat as compat
 from hpo.study.budget import Ticket, budget_left, claim_trials, log_stale_trial
 from hpo.study.creation import create_or_load_study
-from hpo.study.stores import default_store, with_store
 from hpo.study.heartbeat import Heartbeat, configure_stale_detection
 from hpo.study.optuna_compat import count_trial_states
 from hpo.study.record import (
@@ -59,6 +58,7 @@ from hpo.study.storage import (
     rdb_of,
     study_lock,
 )
+from hpo.study.stores import default_store, with_store
 from hpo.study.worker import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
