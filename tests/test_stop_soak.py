@@ -39,7 +39,10 @@ import pytest
 import sqlalchemy
 from pg import admin_connect, hpo_env
 
-pytestmark = pytest.mark.slow
+# One backend after the other on one xdist worker (`--dist loadgroup`): each backend runs four
+# or five processes at a time already, and both at once on two cores would stretch every
+# stop past STOP_LIMIT for reasons of load alone.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("soak")]
 
 TARGET = int(os.environ.get("HPO_SOAK_SIGNALS", "100"))
 STOP_LIMIT = 15.0  # seconds from a process's last signal to its exit (a run waits for its worker)
