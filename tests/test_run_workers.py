@@ -209,7 +209,7 @@ def test_a_stopped_run_stops_its_workers_and_leaves_nothing_running(
     loaded = optuna.load_study(study_name="tiny", storage=url)
     states = Counter(t.state.name for t in loaded.trials)
     assert states.get("RUNNING", 0) == 0 and states.get("FAIL", 0) >= 2, states
-    pids = {int(t.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]) for t in loaded.trials}
+    pids = {int(t.user_attrs[WORKER_ATTR].split(":")[1]) for t in loaded.trials}  # HOST:PID:TAG
     assert len(pids) == 2
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -227,7 +227,7 @@ def test_a_killed_run_takes_its_workers_with_it(
         proc.kill()  # SIGKILL: the run cannot stop anything itself
         proc.wait()
     loaded = optuna.load_study(study_name="tiny", storage=url)
-    pids = {int(t.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]) for t in loaded.trials}
+    pids = {int(t.user_attrs[WORKER_ATTR].split(":")[1]) for t in loaded.trials}  # HOST:PID:TAG
     worker = pids - {proc.pid}
     assert len(worker) == 1
     deadline = time.monotonic() + 120

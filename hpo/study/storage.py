@@ -347,6 +347,12 @@ def _check_not_foreign(database: Path, where: str, url: str) -> None:
     stays byte for byte as it was."""
     if database.stat().st_size == 0:
         return
+    if Path(f"{database}-journal").exists():
+        # A process died mid-write (SIGKILL, a lost machine): the hot journal must be rolled
+        # back before anyone reads, which a read-only connection cannot do ("attempt to write
+        # a readonly database"). Its writer was a SQLite client of this file, most likely hpo
+        # resuming; Optuna's own opening rolls it back.
+        return
     uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=120)
