@@ -144,12 +144,13 @@ def run_worker(
     ready: Path,
     train_seconds: float,
     start_timeout: float,
+    parent: int,
 ) -> None:
     """Join the study, read its history once (as a joining worker does), say so, wait for the
     common start time, then run hpo's worker loop for ``seconds``. Exits without running if the
-    parent process is gone or the start signal has not come within ``start_timeout`` seconds
-    (the parent died, or gave up because another worker could not connect)."""
-    parent = os.getppid()
+    parent process (pid ``parent``, passed by it: one read here could already be init's, had
+    the parent died while this process was starting) is gone, or the start signal has not come
+    within ``start_timeout`` seconds."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     clock = LockClock()
     clock.install()
@@ -297,6 +298,7 @@ def measure(
                             str(ready),
                             str(train_seconds),
                             str(start_timeout),
+                            str(os.getpid()),
                         ],
                         env=env,
                         stdout=subprocess.PIPE,
@@ -380,13 +382,20 @@ def main() -> None:
         default=600.0,
         help="seconds a started worker waits for the start signal before it gives up",
     )
-    parser.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     parser.add_argument("--fill", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        url, name, go, seconds, ready, train, start_timeout = args.worker
+        url, name, go, seconds, ready, train, start_timeout, parent = args.worker
         run_worker(
-            url, name, Path(go), float(seconds), Path(ready), float(train), float(start_timeout)
+            url,
+            name,
+            Path(go),
+            float(seconds),
+            Path(ready),
+            float(train),
+            float(start_timeout),
+            int(parent),
         )
         return
     if args.fill:
