@@ -24,6 +24,13 @@ Each measurement: W worker processes start, load the study (reading its history 
 common start time, then claim and tell for ``--seconds``; throughput = trials finished / wall time
 from the start time until the last worker ends. The study's budget is far above what they finish,
 so the exact-budget path (count under the lock) is exercised without ever stopping them.
+
+``conns`` is the most database connections the workers held at once (``pg_stat_activity``,
+application_name ``hpo``, sampled every 20 ms from the first worker's start to the last one's
+end), and that divided by the workers. A side whose workers cannot start (PostgreSQL's
+``max_connections`` reached: ``too many clients``) is reported as failed, with the reason, and
+the other side is still measured. A worker whose parent dies, or that waits over
+``--start-timeout`` seconds for the start signal, exits instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,10 +137,20 @@ class LockClock:
 
 
 def run_worker(
-    url: str, name: str, go: Path, seconds: float, ready: Path, train_seconds: float
+    url: str,
+    name: str,
+    go: Path,
+    seconds: float,
+    ready: Path,
+    train_seconds: float,
+    start_timeout: float,
+    parent: int,
 ) -> None:
     """Join the study, read its history once (as a joining worker does), say so, wait for the
-    common start time, then run hpo's worker loop for ``seconds``."""
+    common start time, then run hpo's worker loop for ``seconds``. Exits without running if the
+    parent process (pid ``parent``, passed by it: one read here could already be init's, had
+    the parent died while this process was starting) is gone, or the start signal has not come
+    within ``start_timeout`` seconds."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     clock = LockClock()
     clock.install()
@@ -140,7 +158,13 @@ def run_worker(
     _, folds = load_folds(spec.data, spec.cv)
     study.get_trials(deepcopy=False)
     ready.touch()
+    deadline = time.monotonic() + start_timeout
     while not go.exists():
+        # Re-parented (to init or a subreaper) once the parent has died.
+        if os.getppid() != parent:
+            raise SystemExit("the benchmark's parent process is gone; not starting")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no start signal within {start_timeout:g} s; not starting")
         time.sleep(0.05)
     time.sleep(max(0.0, float(go.read_text()) - time.time()))
     summary = optimize(
@@ -208,22 +232,61 @@ def fill(url: str, name: str, stored: int, study: dict[str, Any] = STUDY) -> Non
 class Measured:
     per_second: float  # trials finished per second, all workers together
     lock_per_trial: float  # seconds the study lock was held per trial finished
+    connections: int  # the most connections the workers held at once
+    failed: str | None = None  # why the workers could not run (then nothing else is measured)
+
+
+class Connections:
+    """The most backends of ``database`` with application_name ``hpo`` at once, sampled every
+    20 ms on a thread (over one connection of its own, opened before the workers start)."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.most = 0
+        self._stop = threading.Event()
+        self._conn = admin()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'hpo'"
+        )
+        while not self._stop.is_set():
+            row = self._conn.execute(query, (self.database,)).fetchone()
+            self.most = max(self.most, int(row[0]) if row else 0)
+            time.sleep(0.02)
+
+    def __enter__(self) -> Connections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._conn.close()
 
 
 def measure(
-    tree: Path | None, url: str, name: str, workers: int, seconds: float, train_seconds: float
+    tree: Path | None,
+    url: str,
+    name: str,
+    workers: int,
+    seconds: float,
+    train_seconds: float,
+    start_timeout: float = 600.0,
 ) -> Measured:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if tree is not None:
         env["PYTHONPATH"] = str(tree)  # ahead of the editable install of the working tree
-    with tempfile.TemporaryDirectory() as tmp:
-        go = Path(tmp, "go")
-        procs = []
-        for i in range(workers):
-            ready = Path(tmp, f"ready-{i}")
-            procs.append(
-                (
-                    subprocess.Popen(
+    database = url.rsplit("/", 1)[1]
+    procs: list[tuple[subprocess.Popen[str], Path, Path]] = []
+    with tempfile.TemporaryDirectory() as tmp, Connections(database) as seen:
+        try:
+            go = Path(tmp, "go")
+            for i in range(workers):
+                ready, errors = Path(tmp, f"ready-{i}"), Path(tmp, f"stderr-{i}")
+                with errors.open("w") as err:
+                    proc = subprocess.Popen(
                         [
                             sys.executable,
                             __file__,
@@ -234,34 +297,63 @@ def measure(
                             str(seconds),
                             str(ready),
                             str(train_seconds),
+                            str(start_timeout),
+                            str(os.getpid()),
                         ],
                         env=env,
                         stdout=subprocess.PIPE,
+                        stderr=err,
                         text=True,
                         cwd=tmp,
-                    ),
-                    ready,
-                )
-            )
-        while not all(r.exists() for _, r in procs):
-            if any(p.poll() is not None for p, _ in procs):
-                raise SystemExit("a worker died while loading; run one with --worker to see why")
-            time.sleep(0.2)
-        start_at = time.time() + 1.0
-        Path(tmp, "go.tmp").write_text(str(start_at))
-        Path(tmp, "go.tmp").rename(go)  # whole, or not there
-        completed, last, lock = 0, start_at, 0.0
-        for proc, _ in procs:
-            out, _ = proc.communicate()
-            record = json.loads(out.strip().splitlines()[-1])
-            completed += record["completed"]
-            last = max(last, record["ended"])
-            lock += record["lock"]
-    return Measured(completed / (last - start_at), lock / max(completed, 1))
+                    )
+                procs.append((proc, ready, errors))
+            while not all(r.exists() for _, r, _ in procs):
+                dead = [(p, e) for p, _, e in procs if p.poll() is not None]
+                if dead:
+                    lines = dead[0][1].read_text(errors="replace").strip().splitlines()
+                    why = lines[-1] if lines else f"exit code {dead[0][0].returncode}"
+                    return Measured(
+                        0.0, 0.0, seen.most, f"{len(dead)} of {workers} workers died: {why}"
+                    )
+                time.sleep(0.2)
+            start_at = time.time() + 1.0
+            Path(tmp, "go.tmp").write_text(str(start_at))
+            Path(tmp, "go.tmp").rename(go)  # whole, or not there
+            completed, last, lock = 0, start_at, 0.0
+            for proc, _, _ in procs:
+                out, _ = proc.communicate()
+                record = json.loads(out.strip().splitlines()[-1])
+                completed += record["completed"]
+                last = max(last, record["ended"])
+                lock += record["lock"]
+        finally:
+            # Whatever went wrong here, no worker is left behind waiting for a start signal.
+            for proc, _, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return Measured(completed / (last - start_at), lock / max(completed, 1), seen.most)
 
 
 def _cap(measured: Measured) -> float:
     return 1.0 / measured.lock_per_trial if measured.lock_per_trial > 0 else float("inf")
+
+
+def _row(a: Measured, b: Measured, workers: int) -> str:
+    """One line of the table: trials/s before and after, their ratio, the lock's figures and
+    the connections (a failed side shows ``failed``)."""
+
+    def rate(m: Measured) -> str:
+        return "failed" if m.failed else f"{m.per_second:.1f}"
+
+    def lock(m: Measured) -> str:
+        return "-" if m.failed else f"{m.lock_per_trial * 1e3:5.1f}, {_cap(m):5.0f}"
+
+    def conns(m: Measured) -> str:
+        return f"{m.connections} ({m.connections / workers:.2f})"
+
+    ratio = "-" if a.failed or b.failed else f"{b.per_second / a.per_second:5.2f}x"
+    return f"{rate(a):>9} {rate(b):>9} {ratio:>6}   {lock(a)} / {lock(b)}   {conns(a)} / {conns(b)}"
 
 
 def main() -> None:
@@ -284,12 +376,27 @@ def main() -> None:
     parser.add_argument(
         "--fill-only", action="store_true", help="make the studies, measure nothing"
     )
-    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a started worker waits for the start signal before it gives up",
+    )
+    parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     parser.add_argument("--fill", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        url, name, go, seconds, ready, train = args.worker
-        run_worker(url, name, Path(go), float(seconds), Path(ready), float(train))
+        url, name, go, seconds, ready, train, start_timeout, parent = args.worker
+        run_worker(
+            url,
+            name,
+            Path(go),
+            float(seconds),
+            Path(ready),
+            float(train),
+            float(start_timeout),
+            int(parent),
+        )
         return
     if args.fill:
         fill(args.fill[0], args.fill[1], int(args.fill[2]))
@@ -321,9 +428,9 @@ def main() -> None:
         print(f"{os.cpu_count()} cores; {engine}; {args.seconds:g} s a measurement")
         print(
             f"{'stored':>7} {'workers':>7} {'before/s':>9} {'after/s':>9} {'ratio':>6}   "
-            f"lock ms/trial, cap/s: before / after"
+            f"lock ms/trial, cap/s: before / after   conns at once (per worker): before / after"
         )
-        results: dict[tuple[int, int], tuple[float, float]] = {}
+        results: dict[tuple[int, int], tuple[Measured, Measured]] = {}
         for stored in args.stored:
             name = f"claims-{stored}"
             started = time.monotonic()
@@ -344,24 +451,37 @@ def main() -> None:
             if args.fill_only:
                 continue
             for workers in args.workers:
-                a = measure(before_tree, url, name, workers, args.seconds, args.train_seconds)
-                b = measure(None, url, name, workers, args.seconds, args.train_seconds)
-                old, new = a.per_second, b.per_second
-                results[stored, workers] = (old, new)
-                print(
-                    f"{stored:>7} {workers:>7} {old:>9.1f} {new:>9.1f} {new / old:>5.2f}x   "
-                    f"{a.lock_per_trial * 1e3:5.1f}, {_cap(a):5.0f} / "
-                    f"{b.lock_per_trial * 1e3:5.1f}, {_cap(b):5.0f}",
-                    flush=True,
+                a, b = (
+                    measure(
+                        tree,
+                        url,
+                        name,
+                        workers,
+                        args.seconds,
+                        args.train_seconds,
+                        args.start_timeout,
+                    )
+                    for tree in (before_tree, None)
                 )
+                results[stored, workers] = (a, b)
+                print(f"{stored:>7} {workers:>7} {_row(a, b, workers)}", flush=True)
+                for side, m in (("before", a), ("after", b)):
+                    if m.failed:
+                        print(f"    {side}: failed: {m.failed}", flush=True)
         if args.fill_only:
             return
-        top = max(args.stored), max(w for w in args.workers if w <= 16)
-        old, new = results[top]
-        print(
-            f"{top[1]} workers, {top[0]} trials stored: {old:.1f} -> {new:.1f} trials/s "
-            f"({new / old:.2f}x)"
-        )
+        small = [w for w in args.workers if w <= 16]
+        top = max(args.stored), max(small or args.workers)
+        a, b = results[top]
+        if a.failed or b.failed:
+            print(f"{top[1]} workers, {top[0]} trials stored: a side failed (see above)")
+        else:
+            print(
+                f"{top[1]} workers, {top[0]} trials stored: {a.per_second:.1f} -> "
+                f"{b.per_second:.1f} trials/s ({b.per_second / a.per_second:.2f}x); "
+                f"connections per worker {a.connections / top[1]:.2f} -> "
+                f"{b.connections / top[1]:.2f}"
+            )
     finally:
         if not args.database:
             with admin() as conn:

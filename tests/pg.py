@@ -5,6 +5,11 @@ created through psycopg on the ``postgres`` database and dropped at the end, so 
 each other's studies. Tests only create and drop databases there: they never stop, restart or
 reconfigure that server, which is the machine's own and may serve other programs.
 
+``PgBouncerServer`` is a PgBouncer of the test's own (Debian's ``pgbouncer`` package) on a free
+port, in transaction pooling mode, in front of a PostgreSQL server (the shared one by default,
+which it only connects to); stopped and removed at the end. When ``pgbouncer`` is missing such a
+test skips, unless ``HPO_REQUIRE_OWN_PG=1`` makes that a failure.
+
 A test that takes a server down (an outage) or reconfigures it uses ``OwnPostgres`` instead: a
 throwaway cluster that the test creates with ``initdb`` in a temporary directory, on a free
 port, starts and stops with ``pg_ctl`` and removes at the end. When ``initdb`` is missing such
@@ -45,11 +50,13 @@ __all__ = [
     "HpoProcess",
     "HpoProcesses",
     "OwnPostgres",
+    "PgBouncerServer",
     "admin_connect",
     "hpo_env",
     "own_postgres_server",
     "pg_available",
     "pg_database",
+    "pgbouncer_server",
     "skip_unless_required",
     "tiny_study",
     "wait_until_ready",
@@ -344,6 +351,135 @@ def own_postgres_server() -> Iterator[OwnPostgres]:
     finally:
         if server is not None:
             server.remove()
+
+
+# --- a PgBouncer of the test's own -------------------------------------------------------------
+
+
+class PgBouncerServer:
+    """PgBouncer on a free port of 127.0.0.1 in front of ``host:port``, every database name
+    passed through, trust authentication (the user must be listed: ``postgres``).
+
+    ``pool_mode = transaction``: a client holds a server connection only for the length of a
+    transaction, so nothing may live in a session between transactions (no session advisory
+    locks, no prepared statements: PgBouncer 1.18, Debian 12's, cannot carry them), and
+    ``pool_size`` server connections serve any number of clients. PgBouncer refuses to run as
+    root, so as root it runs as the ``postgres`` user (``runuser``).
+    """
+
+    USER = "postgres"
+
+    def __init__(self, binary: str, *, host: str, port: int, pool_size: int, run_as: str | None):
+        self.binary = binary
+        self.run_as = run_as
+        self.root = Path(tempfile.mkdtemp(prefix="hpo-pgbouncer-"))
+        self.log = self.root / "pgbouncer.log"
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        (self.root / "users.txt").write_text(f'"{self.USER}" ""\n')
+        (self.root / "pgbouncer.ini").write_text(
+            textwrap.dedent(
+                f"""
+                [databases]
+                * = host={host} port={port}
+
+                [pgbouncer]
+                listen_addr = 127.0.0.1
+                listen_port = {self.port}
+                unix_socket_dir =
+                auth_type = trust
+                auth_file = {self.root / "users.txt"}
+                pool_mode = transaction
+                default_pool_size = {pool_size}
+                max_client_conn = 500
+                pidfile = {self.root / "pgbouncer.pid"}
+                """
+            )
+        )
+        if run_as is not None:
+            for path in (self.root, *self.root.iterdir()):
+                shutil.chown(path, user=run_as, group=None)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://{self.USER}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        prefix = ["runuser", "-u", self.run_as, "--"] if self.run_as else []
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*prefix, self.binary, str(self.root / "pgbouncer.ini")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited ({self.proc.returncode}):\n{self.text()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"pgbouncer did not listen on port {self.port}:\n{self.text()}")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def remove(self) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=10)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pgbouncer_server(
+    *, host: str = PG_HOST, port: int = PG_PORT, pool_size: int = 2
+) -> Iterator[PgBouncerServer]:
+    """A started PgBouncer in transaction mode in front of ``host:port``; removed afterwards.
+    Skips (fails under ``HPO_REQUIRE_OWN_PG=1``) when ``pgbouncer`` is missing, or when
+    running as root without a ``postgres`` user and ``runuser`` to run it as."""
+    binary = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.isfile(p)), None
+    )
+    if binary is None:
+        skip_unless_required("pgbouncer not found (apt-get install pgbouncer)")
+    run_as: str | None = None
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        import pwd
+
+        try:
+            pwd.getpwnam(PgBouncerServer.USER)
+        except KeyError:
+            skip_unless_required("running as root and there is no `postgres` user to run pgbouncer")
+        if shutil.which("runuser") is None:
+            skip_unless_required("running as root and `runuser` is missing to run pgbouncer")
+        run_as = PgBouncerServer.USER
+    server = PgBouncerServer(binary, host=host, port=port, pool_size=pool_size, run_as=run_as)
+    try:
+        for attempt in range(3):  # the free port may be taken between finding it and binding it
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                server.remove()
+                if attempt == 2:
+                    raise
+                server = PgBouncerServer(
+                    binary, host=host, port=port, pool_size=pool_size, run_as=run_as
+                )
+        yield server
+    finally:
+        server.remove()
 
 
 # --- hpo processes ---------------------------------------------------------------------------

@@ -502,6 +502,76 @@ def _offences(source: str) -> list[str]:
     return sorted(set(found))
 
 
+# --- one transaction for a lock's writes, and the cache after a rollback -----------------------
+
+
+@pytest.mark.postgres
+def test_optunas_writes_under_bound_to_join_the_outer_transaction() -> None:
+    """Under ``bound_to``, Optuna's storage calls in this thread run as savepoints of the given
+    connection's transaction: rolled back with it, committed with it, and an integrity error
+    Optuna expects (a duplicate study name) undoes only its own call. PostgreSQL only, as hpo
+    uses it (Python's sqlite3 module mishandles savepoints; SQLite's locks are files)."""
+    with pg_database() as url:
+        _writes_join_the_outer_transaction(url)
+
+
+def _writes_join_the_outer_transaction(url: str) -> None:
+    rdb = open_storage(url)
+    study = optuna.create_study(study_name="outer", storage=rdb, direction="maximize")
+    sid = compat.study_id(study)
+    conn = rdb.engine.connect()
+    conn.execute(sqlalchemy.text("SELECT 1"))  # the outer transaction begins
+    with compat.bound_to(rdb, conn):
+        assert compat.bound_connection(rdb) is conn
+        study.set_user_attr("undone", 1)
+        with pytest.raises(optuna.exceptions.DuplicatedStudyError):
+            optuna.create_study(study_name="outer", storage=rdb)
+        study.set_user_attr("after the error", 2)  # the outer transaction is still usable
+        assert compat.count_trial_states(rdb, sid) == {}  # a read on the same connection
+        study.enqueue_trial({})
+        assert compat.count_trial_states(rdb, sid) == {"WAITING": 1}
+    assert compat.bound_connection(rdb) is None
+    conn.rollback()
+    conn.close()
+    assert "undone" not in rdb.get_study_user_attrs(sid)
+    assert compat.count_trial_states(rdb, sid) == {}
+    conn = rdb.engine.connect()
+    conn.execute(sqlalchemy.text("SELECT 1"))
+    with compat.bound_to(rdb, conn):
+        study.set_user_attr("kept", 3)
+    conn.commit()
+    conn.close()
+    assert rdb.get_study_user_attrs(sid) == {"kept": 3}
+
+
+def test_a_forgotten_study_cache_is_read_again(study: optuna.Study) -> None:
+    """``forget_study_cache`` empties Optuna's cache of one study: trials it holds that the
+    database does not (a rolled-back claim's) are gone, and the next read finds the stored ones."""
+    study.tell(study.ask(), 0.5)
+    phantom = optuna.trial.create_trial(value=0.9)
+    phantom.number, phantom._trial_id = 1, 10_000  # a trial the database never stored
+    compat.cache_new_trials(study, [phantom])
+    assert len(study.get_trials(deepcopy=False)) == 2
+    compat.forget_study_cache(study)
+    assert [t.value for t in study.get_trials(deepcopy=False)] == [0.5]
+
+
+@pytest.mark.postgres
+def test_schema_complete_sees_optunas_tables_and_version_records() -> None:
+    with pg_database() as url:
+        engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            with engine.connect() as conn:
+                assert not compat.schema_complete(conn)
+            open_storage(url)
+            with engine.connect() as conn:
+                assert compat.schema_complete(conn)
+                conn.execute(sqlalchemy.text("DELETE FROM alembic_version"))
+                assert not compat.schema_complete(conn)  # a set-up that stopped halfway
+        finally:
+            engine.dispose()
+
+
 @pytest.mark.parametrize(
     "line",
     [

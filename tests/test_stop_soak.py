@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from pg import admin_connect, hpo_env
+from pg import hpo_env
 
 # One backend after the other on one xdist worker (`--dist loadgroup`): each backend runs four
 # or five processes at a time already, and both at once on two cores would stretch every
@@ -333,9 +333,8 @@ class Soak:
             procs = [
                 self.start(f"held-{i}", command, url, []) for i, command in enumerate(commands)
             ]
-            pids = {p.popen.pid for p in procs}
-            if not _until(lambda: self.lock_waiters(url, name, pids) >= len(procs), 180):
-                waiting = self.lock_waiters(url, name, pids)
+            if not _until(lambda: self.lock_waiters(url, procs) >= len(procs), 180):
+                waiting = self.lock_waiters(url, procs)
                 self.fail(
                     f"{self.backend}: only {waiting} of {len(procs)} processes came to wait "
                     "for the held lock",
@@ -351,24 +350,16 @@ class Soak:
             self.clean("held-final", ["worker", name], url)
             self.check(url, name, "held-final", final=True)
 
-    def lock_waiters(self, url: str, name: str, pids: set[int]) -> int:
+    def lock_waiters(self, url: str, procs: list[Proc]) -> int:
         """How many processes wait for the held lock. They take it by tries with a pause
         between them (a blocking wait could not be stopped), so a waiter is one that has the
-        lock file open (SQLite: it opens it only to take the lock), or a session whose last
-        statement tried the advisory lock, whose transaction is still open and who holds no
-        advisory lock (PostgreSQL; the paused holder is such a session, less the last)."""
+        lock file open (SQLite: it opens it only to take the lock), or one that has said it has
+        waited for the study lock for a while (PostgreSQL: between its tries a waiter holds no
+        transaction, nor even a connection, so the server cannot tell it from an idle one)."""
         if self.backend == "sqlite":
             lock = Path(url.removeprefix("sqlite:///") + ".lock").resolve()
-            return sum(_has_open(pid, lock) for pid in pids)
-        database = url.rsplit("/", 1)[1]
-        with admin_connect(database) as conn:  # type: ignore[attr-defined]
-            (count,) = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                "AND state = 'idle in transaction' AND query LIKE %s AND pid NOT IN "
-                "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
-                (database, "%pg_try_advisory_xact_lock%"),
-            ).fetchone()
-        return int(count)
+            return sum(_has_open(p.popen.pid, lock) for p in procs)
+        return sum("waiting for the study lock" in p.output() for p in procs)
 
 
 def _has_open(pid: int, path: Path) -> bool:

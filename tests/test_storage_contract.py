@@ -7,6 +7,7 @@ spec and crash policy stored and read back, and no password stored anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,6 +53,7 @@ from hpo.study.record import (
 )
 from hpo.study.storage import (
     StorageGuard,
+    is_postgresql,
     normalize_url,
     open_storage,
     outage_reason,
@@ -324,26 +326,41 @@ def _fast_study(backend: str, tmp_path: Path) -> tuple[optuna.Study, StorageGuar
 def test_trials_stored_by_a_create_whose_reply_was_lost_are_claimed_by_the_retry(
     backend: str, monkeypatch: pytest.MonkeyPatch, one_ticket: bool, queued: bool
 ) -> None:
-    """A claim under way when the server shuts down: the create commits, the reply is lost. The
+    """A claim under way when the server shuts down: its writes commit, the reply is lost. The
     worker's retry (same ticket) finds those trials; without the ticket they would be RUNNING
     with nobody training them, to be failed as stale later. Also when the claim already holds
-    a queued trial (the baseline, a retry) taken before the create."""
+    a queued trial (the baseline, a retry) taken before the create.
+
+    On PostgreSQL a claim is one transaction with its lock, so the reply that can be lost is
+    the one to the claim's commit; on SQLite each write commits on its own, and the create's
+    is cut off."""
     study = optuna.create_study(study_name="lost-reply", storage=open_storage(backend))
     if queued:
         study.enqueue_trial({})
-    real_create = budget.create_trials
+    real_create, real_lock = budget.create_trials, budget.study_lock
     created: list[int] = []
+    cut: list[bool] = []
+    lost = sqlalchemy.exc.OperationalError(
+        "COMMIT", {}, Exception("server closed the connection unexpectedly")
+    )
 
     def stored_then_cut_off(*args: Any, **kwargs: Any) -> list[optuna.Trial]:
         trials = real_create(*args, **kwargs)
         created.append(len(trials))
-        if len(created) == 1:
-            raise sqlalchemy.exc.OperationalError(
-                "COMMIT", {}, Exception("server closed the connection unexpectedly")
-            )
+        if len(created) == 1 and not is_postgresql(backend):
+            raise lost
         return trials
 
+    @contextlib.contextmanager
+    def committed_then_cut_off(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_lock(*args, **kwargs) as lock:
+            yield lock
+        if created and is_postgresql(backend) and not cut:
+            cut.append(True)
+            raise lost  # after the commit: the claim is stored
+
     monkeypatch.setattr(budget, "create_trials", stored_then_cut_off)
+    monkeypatch.setattr(budget, "study_lock", committed_then_cut_off)
     guard = StorageGuard(backend)
     beats = Heartbeat(study, FAST, guard, worker="cut-off:1")
     into: list[optuna.Trial] = []
@@ -368,6 +385,10 @@ def test_trials_stored_by_a_create_whose_reply_was_lost_are_claimed_by_the_retry
         assert created == [fresh]  # the retry made none: it found them
         assert sorted(beats.held().values()) == running
         assert _heartbeat_ids(backend) == {t._trial_id for t in claim.trials}
+    elif is_postgresql(backend):
+        # The retry forgot the whole first claim (the queued trial too) and claimed afresh.
+        assert len(claim.trials) == 4 and len(running) == 4 + 4
+        assert created == [fresh, 4]
     else:
         assert len(claim.trials) == 4 and len(running) == 4 + fresh
         assert created == [fresh, fresh]
@@ -578,8 +599,10 @@ def test_a_claim_waiting_for_the_study_lock_is_stopped_at_once(
     study, guard = _fast_study(backend, tmp_path)
     holding, release = threading.Event(), threading.Event()
 
-    def hold() -> None:  # its own connection (PostgreSQL) or open file (SQLite's flock)
-        with study_lock(rdb_of(study), compat.study_id(study)):
+    other = open_storage(backend)  # another worker's: its own connection, or lock file
+
+    def hold() -> None:
+        with study_lock(other, compat.study_id(study)):
             holding.set()
             release.wait(30)
 

@@ -35,7 +35,6 @@ from hpo.study.record import (
     CRASHES_ATTR,
     FAILURE_ATTR,
     FAILURE_INTERRUPTED,
-    FAILURE_OVER_BUDGET,
     RETRY_CHAIN_ATTR,
     RETRY_FIRST_ATTR,
     RETRY_OF_ATTR,
@@ -46,7 +45,7 @@ from hpo.study.record import (
     is_baseline,
     worker_id,
 )
-from hpo.study.storage import outage_reason, rdb_of, study_lock
+from hpo.study.storage import rdb_of, study_lock
 
 if TYPE_CHECKING:
     import optuna
@@ -147,99 +146,113 @@ def claim_trials(
     storage = rdb_of(study)
     sid = compat.study_id(study)
     ticket = ticket or Ticket()
+    made: list[optuna.Trial] = []  # created by this try (adopted ones excluded)
+    atomic = False
     # A stop is checked only while waiting for the lock (another worker may hold it, paused or
     # claiming slowly), never once it is held: this try creates nothing before that. A retry
     # of a claim whose reply was lost is the exception: the first try's trials are RUNNING
     # already, found only under the lock; a stop during the retry's wait (as during its
     # backoff) leaves them to stale detection, which fails and retries them once the grace
     # period has passed.
-    with study_lock(storage, sid) as lock:
-        if judge_stale:
-            _fail_stale(study, policy)
-        mine: list[optuna.Trial] = []
-        if ticket.sent:
-            mine = _adopt(study, ticket, heartbeat, into)
-        counts = compat.count_trial_states(storage, sid)
-        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        if n_trials is not None and finished >= n_trials and not into:
-            return Claim((), True, counts)
-        taken = _taken(counts)
-        # Trial numbers, as the sampler counts the start-up: every trial made so far, failed
-        # ones included (a queued one already has its number), but not those an earlier try
-        # of this claim made: the cap is on the whole claim, retried or not.
-        made = sum(counts.values()) - len(into)
-        if made < startup:
-            left = startup - made + counts.get("WAITING", 0)
-            size = min(size, math.ceil(startup / max(1, team)), left)
-        elif team > 1 and finished == 0 and counts.get("RUNNING", 0) and not into:
-            # A run with more processes than start-up trials: the start-up is all taken and
-            # none has finished, so the sampler would have nothing to learn from (it would draw
-            # more start-up points). Wait for it; with nothing running, nobody would finish it.
-            return Claim((), False, counts, startup_wait=True)
-        room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
-        queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
-        # Queued ones are already in room; an earlier try of this claim may have got some.
-        wanted = len(mine) + min(size - len(into), room + counts.get("WAITING", 0))
-        waiting = counts.get("WAITING", 0) + queued
-        while len(mine) < wanted:
-            if not lock.still_held():
-                break  # another worker may be counting now: create no more
-            # Queued trials one by one (study.ask() finds them), then the rest at once. An
-            # outage error goes to the caller, which retries the claim with the same `into`
-            # and ticket: the retry finds trials whose create was stored though its reply was
-            # lost (a `break` here would leave them to be failed as stale).
-            asked = 1 if waiting > 0 else wanted - len(mine)
-            ticket.sent = ticket.sent or waiting <= 0
-            new = _ask(study, asked, ticket, n_trials, queued=waiting > 0)
-            waiting -= len(new)
-            for trial in new:
-                heartbeat.hold(compat.trial_id(trial), trial.number)
-            into.extend(new)
-            mine.extend(new)
-            if len(new) < asked:
-                break  # the budget is full (counted again as the trials were created)
-        # The claim's first heartbeats, in one transaction. A worker that dies before it leaves
-        # trials with none, which other workers fail after a grace period (_fail_stale).
-        heartbeat.beat(compat.trial_id(t) for t in into)  # with any from an earlier try
-        if mine and n_trials is not None and not lock.still_held():
-            # Lost between a check and a create, another worker may have counted without our
-            # newest trials: whatever now passes the budget is ours to give back. If the
-            # database itself is away, nobody else can count either: keep them.
-            try:
-                _give_back_excess(study, n_trials, mine, into, heartbeat)
-            except Exception as exc:
-                if outage_reason(exc) is None:
-                    raise
-        if queued:
-            counts = {**counts, "WAITING": counts.get("WAITING", 0) + queued}
-        return Claim(tuple(into), False, counts)
+    try:
+        with study_lock(storage, sid) as lock:
+            atomic = lock.atomic
+            return _claim_locked(
+                study,
+                storage,
+                sid,
+                n_trials=n_trials,
+                size=size,
+                policy=policy,
+                heartbeat=heartbeat,
+                judge_stale=judge_stale,
+                into=into,
+                made=made,
+                ticket=ticket,
+                startup=startup,
+                team=team,
+            )
+    except BaseException:
+        if atomic:
+            # On PostgreSQL the claim is one transaction with its lock, and it did not commit:
+            # the trials this try made were never stored (or, if only the reply to the commit
+            # was lost, the retry finds them by the ticket), and nothing of what it failed,
+            # queued or changed happened. Forget them here too: in ``into``, the heartbeats and
+            # Optuna's cache.
+            heartbeat.release(compat.trial_id(t) for t in made)
+            for trial in made:
+                into.remove(trial)
+            compat.forget_study_cache(study)
+        raise
 
 
-def _give_back_excess(
+def _claim_locked(
     study: optuna.Study,
-    n_trials: int,
-    mine: list[optuna.Trial],
-    into: list[optuna.Trial],
+    storage: optuna.storages.RDBStorage,
+    sid: int,
+    *,
+    n_trials: int | None,
+    size: int,
+    policy: CrashPolicy,
     heartbeat: Heartbeat,
-) -> None:
-    """Fail this claim's newest trials while the study holds more than ``n_trials`` (they have
-    not trained; ``over-budget`` is never retried, so the slots go back to the budget)."""
-    excess = _taken(compat.count_trial_states(rdb_of(study), compat.study_id(study))) - n_trials
-    while excess > 0 and mine:
-        trial = mine.pop()
-        compat.storage_of(study).set_trial_system_attr(
-            compat.trial_id(trial), FAILURE_ATTR, FAILURE_OVER_BUDGET
-        )
-        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        heartbeat.release([compat.trial_id(trial)])
-        into.remove(trial)
-        excess -= 1
-        _log.warning(
-            "lost the study lock while claiming (its database session ended): trial %d was "
-            "over the budget of %d and is failed unrun",
-            trial.number,
-            n_trials,
-        )
+    judge_stale: bool,
+    into: list[optuna.Trial],
+    made: list[optuna.Trial],
+    ticket: Ticket,
+    startup: int,
+    team: int,
+) -> Claim:
+    """:func:`claim_trials` under the study lock; each trial it creates is also in ``made``."""
+    if judge_stale:
+        _fail_stale(study, policy)
+    mine: list[optuna.Trial] = []
+    if ticket.sent:
+        mine = _adopt(study, ticket, heartbeat, into)
+    counts = compat.count_trial_states(storage, sid)
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    if n_trials is not None and finished >= n_trials and not into:
+        return Claim((), True, counts)
+    taken = _taken(counts)
+    # Trial numbers, as the sampler counts the start-up: every trial made so far, failed
+    # ones included (a queued one already has its number), but not those an earlier try
+    # of this claim made: the cap is on the whole claim, retried or not.
+    made_so_far = sum(counts.values()) - len(into)
+    if made_so_far < startup:
+        left = startup - made_so_far + counts.get("WAITING", 0)
+        size = min(size, math.ceil(startup / max(1, team)), left)
+    elif team > 1 and finished == 0 and counts.get("RUNNING", 0) and not into:
+        # A run with more processes than start-up trials: the start-up is all taken and
+        # none has finished, so the sampler would have nothing to learn from (it would draw
+        # more start-up points). Wait for it; with nothing running, nobody would finish it.
+        return Claim((), False, counts, startup_wait=True)
+    room = _UNLIMITED if n_trials is None else max(0, n_trials - taken)
+    queued = _queue_retries(study, policy, room) if room > 0 and counts.get("FAIL") else 0
+    # Queued ones are already in room; an earlier try of this claim may have got some.
+    wanted = len(mine) + min(size - len(into), room + counts.get("WAITING", 0))
+    waiting = counts.get("WAITING", 0) + queued
+    while len(mine) < wanted:
+        # Queued trials one by one (study.ask() finds them), then the rest at once. An
+        # outage error goes to the caller, which retries the claim with the same `into`
+        # and ticket: the retry finds trials whose create was stored though its reply was
+        # lost (a `break` here would leave them to be failed as stale).
+        asked = 1 if waiting > 0 else wanted - len(mine)
+        ticket.sent = True
+        new = _ask(study, asked, ticket, n_trials, queued=waiting > 0)
+        waiting -= len(new)
+        for trial in new:
+            heartbeat.hold(compat.trial_id(trial), trial.number)
+        into.extend(new)
+        made.extend(new)
+        mine.extend(new)
+        if len(new) < asked:
+            break  # the budget is full (counted again as the trials were created)
+    # The claim's first heartbeats, with its trials (one transaction on PostgreSQL). A worker
+    # that dies before it leaves trials with none, which other workers fail after a grace
+    # period (_fail_stale).
+    heartbeat.beat(compat.trial_id(t) for t in into)  # with any from an earlier try
+    if queued:
+        counts = {**counts, "WAITING": counts.get("WAITING", 0) + queued}
+    return Claim(tuple(into), False, counts)
 
 
 def _adopt(
@@ -265,8 +278,9 @@ def _adopt(
 def _ask(
     study: optuna.Study, count: int, ticket: Ticket, n_trials: int | None, *, queued: bool
 ) -> list[optuna.Trial]:
-    """New trials of ``study``: one queued trial (the baseline, a retry) if ``queued`` may find
-    one, else up to ``count`` fresh ones in one transaction, within the budget ``n_trials``. ``study.ask()`` looks for queued trials
+    """New trials of ``study``, marked with ``ticket``: one queued trial (the baseline, a retry)
+    if ``queued`` may find one, else up to ``count`` fresh ones in one transaction, within the
+    budget ``n_trials``. ``study.ask()`` looks for queued trials
     by reading every trial that changed since this process last read them; under the study
     lock, that made every worker wait on each one's read, when the counts just taken say there
     is nothing to find."""
@@ -277,7 +291,11 @@ def _ask(
     with warnings.catch_warnings():
         # We record heartbeats ourselves (hpo.study.heartbeat), which is what this warns about.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        return [study.ask()]
+        trial = study.ask()
+    # Marked like the fresh ones: on PostgreSQL the claim commits once, at its end, and if the
+    # reply to that commit is lost, the retry finds every trial of the claim by this mark.
+    compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), CLAIM_ATTR, ticket.id)
+    return [trial]
 
 
 def _fail_stale(study: optuna.Study, policy: CrashPolicy) -> None:

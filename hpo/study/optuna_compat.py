@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import sqlalchemy
     import sqlalchemy.dialects.postgresql as sqlalchemy_postgresql
     import sqlalchemy.dialects.sqlite as sqlalchemy_sqlite
+    import sqlalchemy.orm as sqlalchemy_orm
     from optuna.distributions import BaseDistribution
     from optuna.trial import FrozenTrial
 
@@ -44,6 +46,7 @@ else:
     sqlalchemy = lazy_import("sqlalchemy")
     sqlalchemy_postgresql = lazy_import("sqlalchemy.dialects.postgresql")
     sqlalchemy_sqlite = lazy_import("sqlalchemy.dialects.sqlite")
+    sqlalchemy_orm = lazy_import("sqlalchemy.orm")
     # Optuna's session helper (its error translation) and table models.
     _optuna_rdb = lazy_import("optuna.storages._rdb.storage")
     _models = lazy_import("optuna.storages._rdb.models")
@@ -60,6 +63,8 @@ __all__ = [
     "TPEStudyView",
     "Transaction",
     "beat_trials",
+    "bound_connection",
+    "bound_to",
     "cache_new_trials",
     "complete_running_trials",
     "count_trial_states",
@@ -67,6 +72,7 @@ __all__ = [
     "first_distribution_json",
     "foreign_tables",
     "forget_cached_trials",
+    "forget_study_cache",
     "frozen_of",
     "has_optuna_tables",
     "insert_params",
@@ -78,6 +84,7 @@ __all__ = [
     "running_with_system_attr",
     "running_without_heartbeat",
     "save_trial_note",
+    "schema_complete",
     "set_trial_durations",
     "storage_of",
     "study_id",
@@ -178,6 +185,85 @@ def trial_from_frozen(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
     trial._relative_params = None
     trial._fixed_params = frozen.system_attrs.get("fixed_params", {})
     return trial
+
+
+def forget_study_cache(study: optuna.Study) -> None:
+    """Drop everything Optuna's storage cache holds about ``study`` (``_CachedStorage._lock``,
+    ``._studies``, ``._trial_id_to_study_id_and_number``, ``._study_id_and_number_to_trial_id``)
+    and its thread-local list of trials: after a claim's transaction was rolled back, the cache
+    may hold trials that were never stored, or states that were undone. The next read fills it
+    again from the database (once, for the whole study). No public call empties the cache. If
+    these names change, claims after a rolled-back one fail with AttributeError."""
+    forget_cached_trials(study)
+    cache = storage_of(study)
+    if not isinstance(cache, _cached._CachedStorage):
+        return
+    sid = study_id(study)
+    with cache._lock:
+        info = cache._studies.pop(sid, None)
+        if info is None:
+            return
+        for number, trial in info.trials.items():
+            cache._trial_id_to_study_id_and_number.pop(trial._trial_id, None)
+            cache._study_id_and_number_to_trial_id.pop((sid, number), None)
+
+
+# --- one transaction for everything a thread writes under a lock -----------------------------
+
+# Per thread: id(RDB storage) -> the connection whose open transaction holds a lock.
+_bound = threading.local()
+
+
+def bound_connection(rdb: optuna.storages.RDBStorage) -> Any:
+    """The connection this thread's writes to ``rdb`` go through while it holds a lock
+    (:func:`bound_to`), else None."""
+    found: dict[int, Any] = getattr(_bound, "connections", {})
+    return found.get(id(rdb))
+
+
+@contextlib.contextmanager
+def bound_to(rdb: optuna.storages.RDBStorage, conn: Any) -> Iterator[None]:
+    """Make every read and write of ``rdb`` in this thread run in ``conn``'s open transaction.
+
+    Optuna's storage calls take this thread's session from ``rdb.scoped_session`` (a public
+    attribute, but how Optuna uses it is not part of its API): for the duration, that session
+    is one bound to ``conn`` that opens a SAVEPOINT for each of Optuna's transactions, so that
+    its commit releases the savepoint and its rollback undoes only that call (an integrity
+    error Optuna expects, such as a study name taken) while the outer transaction, and the
+    lock in it, stay open. hpo's own reads here (:func:`count_trial_states` and the others)
+    use ``conn`` as well: with one pooled connection per process, a second checkout in this
+    thread would wait for the one it holds. Other threads keep their own sessions (and wait for
+    the connection). If Optuna stops taking its sessions from ``scoped_session``, its writes
+    under a lock commit on their own, as before this existed: the budget stays exact through
+    the study row's lock in :func:`lock_and_count_trials`, but a claim is no longer atomic.
+    """
+    registry = rdb.scoped_session.registry
+    previous = registry() if registry.has() else None
+    session = sqlalchemy_orm.Session(bind=conn, join_transaction_mode="create_savepoint")
+    registry.set(session)
+    connections: dict[int, Any] = getattr(_bound, "connections", {})
+    _bound.connections = {**connections, id(rdb): conn}
+    try:
+        yield
+    finally:
+        _bound.connections = connections
+        with contextlib.suppress(Exception):  # a dead connection: its transaction is gone
+            session.close()
+        if previous is not None:
+            registry.set(previous)
+        else:
+            registry.clear()
+
+
+@contextlib.contextmanager
+def _connect(storage: optuna.storages.RDBStorage) -> Iterator[Any]:
+    """A connection for a read: the one this thread holds a lock on, else one of the pool."""
+    conn = bound_connection(storage)
+    if conn is not None:
+        yield conn
+        return
+    with storage.engine.connect() as conn:
+        yield conn
 
 
 # --- TPE -------------------------------------------------------------------------------------
@@ -533,20 +619,23 @@ def beat_trials(tx: Transaction, trial_ids: Sequence[int]) -> None:
     PostgreSQL that draws a number from the table's 4-byte id sequence (shared by every study
     in the database) for every beat, and would run it out within months of beats every 10 s.
     Only a trial's own worker beats for it: no other process inserts its row meanwhile."""
-    beats = _models.TrialHeartbeatModel.__table__
-    existing = {
-        int(tid)
-        for (tid,) in tx.session.execute(
-            sqlalchemy.select(beats.c.trial_id).where(beats.c.trial_id.in_(trial_ids))
-        )
-    }
+    beats, trials = _models.TrialHeartbeatModel.__table__, _models.TrialModel.__table__
+    # The trials that exist, and which of them have a heartbeat row. A trial held by this
+    # worker may not exist: its claim's transaction was rolled back after the heartbeat thread
+    # read the held trials (it then waited for the connection the claim held).
+    found = tx.session.execute(
+        sqlalchemy.select(trials.c.trial_id, beats.c.trial_id)
+        .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
+        .where(trials.c.trial_id.in_(trial_ids))
+    ).all()
+    existing = {int(tid) for tid, beat in found if beat is not None}
     if existing:
         tx.session.execute(
             sqlalchemy.update(beats)
             .where(beats.c.trial_id.in_(sorted(existing)))
             .values(heartbeat=sqlalchemy.func.current_timestamp())
         )
-    missing = [{"trial_id": tid} for tid in trial_ids if tid not in existing]
+    missing = [{"trial_id": int(tid)} for tid, beat in found if beat is None]
     for chunk in _chunks(missing):
         tx.session.execute(
             _insert(tx, _models.TrialHeartbeatModel)
@@ -577,7 +666,7 @@ def count_trial_states(storage: optuna.storages.RDBStorage, study_id: int) -> di
     """Trials of a study by state name, straight from the database (no cache): Optuna's only
     way reads every trial whole, seconds at 10,000 trials, on every claim."""
     query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state")
-    with storage.engine.connect() as conn:
+    with _connect(storage) as conn:
         rows = conn.execute(query, {"s": study_id}).all()
     return {str(state): int(count) for state, count in rows}
 
@@ -593,7 +682,7 @@ def failed_trials(
         "LEFT JOIN trial_system_attributes a ON a.trial_id = t.trial_id AND a.key = :k "
         "WHERE t.study_id = :s AND t.state = 'FAIL' ORDER BY t.number"
     )
-    with storage.engine.connect() as conn:
+    with _connect(storage) as conn:
         rows = conn.execute(query, {"s": study_id, "k": system_attr}).all()
     return [
         (int(tid), int(number), None if value is None else json.loads(value))
@@ -612,7 +701,7 @@ def running_with_system_attr(
         "WHERE t.study_id = :s AND t.state = 'RUNNING' AND a.key = :k AND a.value_json = :v "
         "ORDER BY t.number"
     )
-    with storage.engine.connect() as conn:
+    with _connect(storage) as conn:
         rows = conn.execute(query, {"s": study_id, "k": key, "v": json.dumps(value)}).all()
     return [int(tid) for (tid,) in rows]
 
@@ -624,7 +713,7 @@ def user_attr_values(storage: optuna.storages.RDBStorage, study_id: int, key: st
         "SELECT a.value_json FROM trial_user_attributes a "
         "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :s AND a.key = :k"
     )
-    with storage.engine.connect() as conn:
+    with _connect(storage) as conn:
         rows = conn.execute(query, {"s": study_id, "k": key}).all()
     return [json.loads(value) for (value,) in rows]
 
@@ -651,7 +740,7 @@ def running_without_heartbeat(
         if storage.engine.dialect.name == "sqlite"
         else "SELECT EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)"
     )
-    with storage.engine.connect() as conn:
+    with _connect(storage) as conn:
         now = float(conn.execute(clock).scalar_one())
         rows = conn.execute(query, {"s": study_id}).all()
     return now, [int(tid) for (tid,) in rows]
@@ -681,3 +770,23 @@ def foreign_tables(conn: sqlite3.Connection) -> list[str]:
         return []
     optuna_names = {*_models.BaseModel.metadata.tables, "alembic_version"}
     return [name for name in names if name not in optuna_names]
+
+
+def schema_complete(conn: Any) -> bool:
+    """Whether Optuna's tables and both of its version records (``version_info``, and
+    alembic's ``alembic_version``) exist on a PostgreSQL connection: the last things Optuna's
+    RDB storage writes when it creates the schema; a storage made after a True answer only
+    reads the schema. If Optuna renames these tables, the answer is False and every process
+    takes the slower path that makes a schema (opening Optuna's storage once more)."""
+    found = conn.execute(
+        sqlalchemy.text(
+            "SELECT to_regclass('studies') IS NOT NULL AND to_regclass('version_info') IS NOT "
+            "NULL AND to_regclass('alembic_version') IS NOT NULL"
+        )
+    ).scalar()
+    if not found:
+        return False
+    query = sqlalchemy.text(
+        "SELECT EXISTS (SELECT 1 FROM version_info) AND EXISTS (SELECT 1 FROM alembic_version)"
+    )
+    return bool(conn.execute(query).scalar())

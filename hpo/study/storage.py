@@ -4,13 +4,18 @@ SQLite is the zero-setup default (one file in the working directory); PostgreSQL
 workers on several machines share. This module owns everything that depends on which one it is:
 
 * ``open_storage``: Optuna's RDB storage with engine options per backend (a busy timeout for
-  SQLite, pre-ping and small pools for PostgreSQL), the schema created under a lock so that
-  workers starting together on an empty database never race (Optuna alone does race there).
+  SQLite, pre-ping and a pool of one connection for PostgreSQL), the schema created so that
+  workers starting together on an empty database never fail (Optuna alone does race there).
 * ``check_sqlite`` / ``Access``: a SQLite path unfit for what a command does (missing file or
   directory, read-only file or directory, not SQLite) is one line naming the path and the fix,
   before anything is created; readers create no database, directory, lock file or table.
-* ``study_lock`` / ``creation_lock``: one claimer at a time (a PostgreSQL advisory lock, or a
-  file lock beside a SQLite file), which makes the global trial budget exact.
+* ``study_lock`` / ``creation_lock``: one claimer at a time, which makes the global trial budget
+  exact. On PostgreSQL a transaction-level advisory lock, and every write made while it is held
+  joins that one transaction (stored at the lock's release, or not at all); on SQLite a file
+  lock beside the database file.
+* One connection per process on PostgreSQL, and nothing that lives in a session between
+  transactions (no session locks, no prepared statements): a worker costs one database
+  connection and works through a pooler in transaction mode (PgBouncer).
 * ``StorageGuard``: runs storage calls through database outages, retrying with backoff and
   logging one line when the database goes away and one when it comes back.
 
@@ -91,14 +96,16 @@ _PARAM_PASSWORD = re.compile(
     r"(?P<tail>(?=&)|['\"]?[,;:.)\]}]*(?=\s|$))",
     re.I,
 )
-# PostgreSQL advisory locks take two int4 keys: ours are ("hpo", what). What: the schema, the
-# study table (creating and loading studies), or one study's id (claiming its trials).
+# PostgreSQL advisory locks take two int4 keys: ours are ("hpo", what). What: the study table
+# (creating and loading studies), or one study's id (claiming its trials).
 _LOCK_CLASS = 0x68706F00
 _LOCK_POLL_SECONDS = 0.05  # the longest pause between two tries for a held lock
-_SCHEMA_KEY = -1
+_LOCK_SLOW_SECONDS = 5.0  # a wait this long is worth a line: the holder is paused or stuck
+# How long processes racing to make the schema on an empty PostgreSQL database keep trying.
+_SCHEMA_RACE_SECONDS = 60.0
 _CREATION_KEY = 0
-# A claim holds its lock while Optuna samples; a worker stopped with SIGSTOP must not hold it
-# forever, so the server ends such a transaction (the claim is then simply retried).
+# A worker stopped with SIGSTOP inside a claim must not hold the study lock forever, so the
+# server ends such a transaction (everything the claim wrote goes with it; it is retried).
 _LOCK_IDLE_TIMEOUT = "120s"
 _T = TypeVar("_T")
 
@@ -175,7 +182,16 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
+# How long a thread waits for the process's one pooled connection while another thread of the
+# process uses it: a claim holds it for milliseconds, or at most until the server ends an idle
+# claim (_LOCK_IDLE_TIMEOUT); a beat on an unreachable database for connect_timeout.
+_POOL_WAIT_SECONDS = 150
+# Readers (the dashboard serves requests on threads) may open a few more while they need them;
+# a connection beyond the first is closed as soon as it is given back.
+_READER_OVERFLOW = 4
+
+
+def _engine_kwargs(url: str, access: Access = "create") -> dict[str, Any]:
     if not is_postgresql(url):
         # SQLite serializes writers; a generous busy timeout makes a few local processes queue
         # for the write lock instead of failing with "database is locked". (Python's sqlite3
@@ -184,14 +200,23 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {
         # A connection killed by a database restart is noticed at checkout, not mid-query.
         "pool_pre_ping": True,
-        # One worker uses at most three at once: main thread, heartbeat thread, claim lock.
-        "pool_size": 3,
-        "max_overflow": 2,
-        "pool_timeout": 60,
+        # One connection per process: the main thread, the heartbeat thread and a second
+        # signal's abort hook take turns on it (each holds it for one short transaction; no
+        # thread holds it between transactions, not even while waiting for the study lock).
+        # With PostgreSQL's default max_connections of 100, a worker that held three capped a
+        # study near 35 workers; behind PgBouncer the server sees its pool, not the workers.
+        "pool_size": 1,
+        "max_overflow": _READER_OVERFLOW if access == "read" else 0,
+        "pool_timeout": _POOL_WAIT_SECONDS,
         "pool_recycle": 900,
         "connect_args": {
             "connect_timeout": 10,
             "application_name": "hpo",
+            # No server-side prepared statements (psycopg prepares a query run 5 times on a
+            # connection): behind PgBouncer in transaction mode the next transaction may run on
+            # another server connection, which lacks them ("prepared statement does not
+            # exist"). hpo's statements are small; planning them again costs little.
+            "prepare_threshold": None,
             # A peer that vanished (cable, VM, netns gone) is detected in about a minute
             # instead of a query blocking until the kernel gives up.
             "keepalives": 1,
@@ -213,20 +238,23 @@ def open_storage(
 ) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url``; one clear error if the database cannot be used.
 
-    The schema is created by whichever process gets the schema lock first; the others wait
-    and find it complete. ``access`` says what the caller will do (see :data:`Access`): a
+    The schema is created once however many processes start together on an empty database
+    (under a file lock on SQLite; on PostgreSQL the losers of the race retry and find it).
+    ``access`` says what the caller will do (see :data:`Access`): a
     reader never creates a SQLite file, its directory, its lock file or Optuna's tables.
     """
     normalized = normalize_url(url)
     check_sqlite(url, access)
     reader = access == "read" and sqlite_file(normalized) is not None
     try:
+        if is_postgresql(normalized):
+            return _open_postgresql(normalized, access, storage_kwargs)
         with _schema_lock(normalized, create=access != "read"):
             if reader:
                 _check_study_tables(url)
             return optuna.storages.RDBStorage(
                 normalized,
-                engine_kwargs=_engine_kwargs(normalized),
+                engine_kwargs=_engine_kwargs(normalized, access),
                 skip_table_creation=reader,
                 **storage_kwargs,
             )
@@ -242,6 +270,107 @@ def open_storage(
         if outage_reason(exc) is None:
             raise
         raise _reach_error(url, exc) from None
+
+
+def _open_postgresql(
+    url: str, access: Access, storage_kwargs: dict[str, Any]
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on PostgreSQL, whose pool holds one connection (see
+    :func:`_engine_kwargs`), on a schema made first if it is missing (:func:`_make_schema`).
+
+    Optuna's own set-up opens a second connection while it holds one: its schema check reads
+    the schema's revision inside a session (and a first set-up asks whether the schema is new
+    inside the connection that stamps it). On a pool of one connection that would wait for
+    itself. The storage kept is made on a complete schema, which its set-up only reads, and
+    its schema check (the comparison Optuna makes) is made here, one connection at a time.
+    """
+    _make_schema(url)
+    storage = optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=_engine_kwargs(url, access),
+        skip_table_creation=True,
+        skip_compatibility_check=True,
+        **storage_kwargs,
+    )
+    if storage_kwargs.get("skip_compatibility_check"):
+        return storage
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current != head:
+        storage.engine.dispose()
+        raise HpoError(
+            f"the database at {mask_url(url)} holds Optuna's tables in schema revision "
+            f"{current}, and this Optuna ({optuna.__version__}) needs {head}: upgrade them with "
+            f"`optuna storage upgrade --storage {mask_url(url)}`, or install the Optuna that made "
+            "them"
+        )
+    return storage
+
+
+def _make_schema(url: str) -> None:
+    """Make Optuna's tables on a PostgreSQL database that lacks them; nothing if it has them.
+
+    No lock: a lock is held in a transaction, and Optuna's set-up works on other connections
+    meanwhile (two at once, one inside the other). Through a pooler with fewer server
+    connections than that (PgBouncer's ``default_pool_size``), the set-up would wait for the
+    lock's own server connection until the server ended the lock's idle transaction. Instead
+    the set-up (one Optuna storage, opening and closing its connections as it needs them) runs
+    until the schema is complete, and a process that loses a race with another making it at
+    the same moment (PostgreSQL refuses the second CREATE TABLE, or the second version row,
+    with a duplicate error) tries again: the retry finds what the winner stored and adds what
+    is still missing. The schema counts as complete only once both version records exist,
+    which Optuna writes after every table.
+    """
+    deadline = time.monotonic() + _SCHEMA_RACE_SECONDS
+    connect_args = _engine_kwargs(url)["connect_args"]
+    while True:
+        engine = sqlalchemy.create_engine(
+            url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
+        )
+        try:
+            with engine.connect() as conn:
+                if optuna_compat.schema_complete(conn):
+                    return
+            # Autocommit: Optuna's first set-up reads the schema's revision on one connection and,
+            # inside that, asks on a second whether the schema is new. In a transaction the
+            # first would keep its server connection meanwhile, and behind a pooler with one
+            # server connection the second would wait for it for ever. Each statement commits
+            # on its own instead; a process killed halfway leaves whole tables, and the next
+            # set-up (create_all checks before each table) adds the missing ones.
+            optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={
+                    "poolclass": sqlalchemy.pool.NullPool,
+                    "isolation_level": "AUTOCOMMIT",
+                    "connect_args": connect_args,
+                },
+                skip_compatibility_check=True,  # checked by the caller, one connection at a time
+            )
+            return
+        except Exception as exc:
+            if not _lost_schema_race(exc) or time.monotonic() > deadline:
+                raise
+            _log.debug("another process is making the schema: %s", _first_line(exc))
+        finally:
+            engine.dispose()
+        stops.pause(random.uniform(0.05, 0.3))
+
+
+def _lost_schema_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a table, type or row that another process created
+    at the same moment (a unique violation, or a duplicate table or object)."""
+    kinds = (
+        psycopg.errors.UniqueViolation,
+        psycopg.errors.DuplicateTable,
+        psycopg.errors.DuplicateObject,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, kinds) or isinstance(getattr(current, "orig", None), kinds):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 # --- SQLite files ------------------------------------------------------------------------------
@@ -466,7 +595,7 @@ def _file_lock(path: Path, *, create: bool = True) -> Iterator[None]:
             f"a writable directory: make {path.parent} writable or move the database"
         ) from None
     try:
-        _wait_for(lambda: _try_flock(fd))
+        _wait_for(lambda: _try_flock(fd), f"the lock file {path}")
         yield
     finally:
         os.close(fd)
@@ -480,17 +609,27 @@ def _try_flock(fd: int) -> bool:
     return True
 
 
-def _wait_for(take: Callable[[], bool]) -> None:
+def _wait_for(take: Callable[[], bool], what: str = "a lock") -> None:
     """Try ``take`` until it gets the lock, pausing between tries (2 ms, doubling to 50 ms).
 
     Tries, not one blocking call: a blocking ``flock`` or ``pg_advisory_lock`` cannot be
     interrupted by a stop request, and another worker may hold the lock for as long as it is
     paused (SIGSTOP, a debugger). A stop requested meanwhile raises ``Stopped`` here, before
     anything is created. Polling loses no fairness that matters: a claim holds the lock for
-    milliseconds, and waiters retry within 75 ms.
+    milliseconds, and waiters retry within 75 ms. A wait that lasts says so once (a holder that
+    is paused or stuck; the server ends a PostgreSQL holder's idle transaction in 120 s).
     """
     delay = 0.002
+    started = time.monotonic()
+    said = False
     while not take():
+        if not said and time.monotonic() - started >= _LOCK_SLOW_SECONDS:
+            said = True
+            _log.info(
+                "waiting for %s: another process has held it for over %.0f s",
+                what,
+                _LOCK_SLOW_SECONDS,
+            )
         # Jittered, so that waiters that started together do not keep trying together.
         stops.pause(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, _LOCK_POLL_SECONDS)
@@ -513,76 +652,90 @@ def _sqlite_lock(url: str, *, create: bool = True) -> contextlib.AbstractContext
     return _file_lock(database.with_name(database.name + ".lock"), create=create)
 
 
+def _try_xact_lock(conn: Any, key: int) -> bool:
+    """Open a transaction on ``conn`` (if none is open) and try the lock ``key`` in it."""
+    query = sqlalchemy.text(
+        "SELECT set_config('idle_in_transaction_session_timeout', :idle, true), "
+        "pg_try_advisory_xact_lock(:c, :k)"
+    )
+    row = conn.execute(query, {"idle": _LOCK_IDLE_TIMEOUT, "c": _LOCK_CLASS, "k": key}).one()
+    return bool(row[1])
+
+
+def _locked_connection(engine: Any, key: int, what: str) -> Any:
+    """A connection of ``engine`` in an open transaction that holds lock ``key``.
+
+    Each try is a transaction of its own, rolled back when the lock is taken elsewhere, and the
+    connection goes back to the pool until the next try: the worker's heartbeat thread shares
+    that one connection, and behind PgBouncer in transaction mode a transaction kept open while
+    waiting would pin a server connection each waiter, which can leave none for the workers
+    that have results to store.
+    """
+    held: list[Any] = []
+
+    def attempt() -> bool:
+        conn = engine.connect()
+        try:
+            if _try_xact_lock(conn, key):
+                held.append(conn)
+                return True
+            conn.rollback()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        conn.close()  # back to the pool, its transaction ended
+        return False
+
+    _wait_for(attempt, what)
+    return held[0]
+
+
 @contextlib.contextmanager
 def _schema_lock(url: str, *, create: bool = True) -> Iterator[None]:
-    if not is_postgresql(url):
-        with _sqlite_lock(url, create=create):
-            yield
-        return
-    engine = sqlalchemy.create_engine(
-        url, poolclass=sqlalchemy.pool.NullPool, connect_args=_engine_kwargs(url)["connect_args"]
-    )
-    try:
-        with engine.connect() as conn:
-            # Session-level: held across the storage's own connections and transactions.
-            _wait_for(lambda: _try_advisory(conn, "pg_try_advisory_lock", _SCHEMA_KEY))
-            conn.commit()
-            try:
-                yield
-            finally:
-                with contextlib.suppress(Exception):  # a dead connection released it already
-                    conn.execute(
-                        sqlalchemy.text("SELECT pg_advisory_unlock(:c, :k)"),
-                        {"c": _LOCK_CLASS, "k": _SCHEMA_KEY},
-                    )
-                    conn.commit()
-    finally:
-        engine.dispose()
-
-
-def _try_advisory(conn: Any, function: str, key: int) -> bool:
-    query = sqlalchemy.text(f"SELECT {function}(:c, :k)")
-    return bool(conn.execute(query, {"c": _LOCK_CLASS, "k": key}).scalar())
+    """Held on SQLite while Optuna's RDB storage is made (it creates the tables where they are
+    missing); PostgreSQL makes its schema without a lock (:func:`_make_schema`)."""
+    with _sqlite_lock(url, create=create):
+        yield
 
 
 class HeldLock:
-    """A lock this process holds. ``still_held()`` asks the database: a PostgreSQL lock lives
-    in its session, which the server may end (a restart, ``pg_terminate_backend``, the idle
-    limit) while we think we hold it; a SQLite file lock cannot be lost."""
+    """A lock this process holds. ``atomic``: the writes made while it is held (in the thread
+    that took it) are one database transaction with the lock, stored when the lock is released
+    or not at all (PostgreSQL); on SQLite each write commits on its own under the file lock."""
 
-    def __init__(self, conn: Any = None) -> None:
-        self._conn = conn
-
-    def still_held(self) -> bool:
-        if self._conn is None:
-            return True
-        try:
-            self._conn.execute(sqlalchemy.text("SELECT 1"))
-        except Exception:  # the session is gone, and the lock with it
-            return False
-        return True
+    def __init__(self, *, atomic: bool = False) -> None:
+        self.atomic = atomic
 
 
 @contextlib.contextmanager
-def _named_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[HeldLock]:
+def _named_lock(storage: optuna.storages.RDBStorage, key: int, what: str) -> Iterator[HeldLock]:
     if not is_postgresql(storage.url):
         with _sqlite_lock(storage.url):
             yield HeldLock()
         return
-    conn = storage.engine.connect()
+    outer = optuna_compat.bound_connection(storage)
+    if outer is not None:
+        # Taken inside another lock's transaction in this thread (the pool's one connection is
+        # that transaction's): the same transaction takes this lock too, until it ends.
+        _wait_for(lambda: _try_xact_lock(outer, key), what)
+        yield HeldLock(atomic=True)
+        return
+    # The lock lives in a transaction, and everything this thread writes while holding it goes
+    # into that same transaction (Optuna's sessions join it as savepoints). Nothing of a claim
+    # outlives the lock: if the connection dies (the worker killed, the database restarted, a
+    # paused worker's transaction ended by the server), the server rolls back the lock and the
+    # claim's writes together, so no other worker ever counts while half a claim is stored.
+    conn = _locked_connection(storage.engine, key, what)
     try:
-        # Transaction-level lock: released by COMMIT/ROLLBACK, or by the server when this
-        # connection dies (worker killed, database restarted), so it can never leak.
-        conn.execute(
-            sqlalchemy.text(
-                f"SET LOCAL idle_in_transaction_session_timeout = '{_LOCK_IDLE_TIMEOUT}'"
-            )
-        )
-        _wait_for(lambda: _try_advisory(conn, "pg_try_advisory_xact_lock", key))
-        yield HeldLock(conn)
-    finally:
+        with optuna_compat.bound_to(storage, conn):
+            yield HeldLock(atomic=True)
+        conn.commit()  # the writes and the lock's release, at once
+    except BaseException:
         with contextlib.suppress(Exception):
             conn.rollback()
+        raise
+    finally:
         with contextlib.suppress(Exception):
             conn.close()
 
@@ -592,14 +745,14 @@ def creation_lock(
 ) -> contextlib.AbstractContextManager[HeldLock]:
     """Held while a study is created with its attributes, and while one is loaded, so nobody
     sees a study without its spec."""
-    return _named_lock(storage, _CREATION_KEY)
+    return _named_lock(storage, _CREATION_KEY, "the study creation lock")
 
 
 def study_lock(
     storage: optuna.storages.RDBStorage, study_id: int
 ) -> contextlib.AbstractContextManager[HeldLock]:
     """Held while a worker counts the budget and claims trials of one study."""
-    return _named_lock(storage, study_id)
+    return _named_lock(storage, study_id, "the study lock")
 
 
 def unwrap_rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage:
