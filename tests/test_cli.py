@@ -300,6 +300,7 @@ _IMPORTS_TF = (
 )
 
 
+@pytest.mark.slow  # two more hpo processes; the quick run resumes a study in-process
 def test_a_finished_study_resumes_without_starting_tensorflow(
     write_study: Callable[..., Path], tmp_path: Path
 ) -> None:

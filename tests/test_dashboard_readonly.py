@@ -159,7 +159,11 @@ def _json(base: str, path: str) -> Any:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("role", ["select-only", "owner"])
+@pytest.mark.parametrize(
+    # The owner case in the full run only: it starts a second dashboard process.
+    "role",
+    ["select-only", pytest.param("owner", marks=pytest.mark.slow)],
+)
 def test_the_dashboard_serves_and_changes_no_row(
     role: str,
     pg_url: str,
