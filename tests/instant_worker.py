@@ -19,7 +19,7 @@ import numpy as np
 from hpo.data import load_folds
 from hpo.engines.contract import EvaluationResult
 from hpo.study.creation import join_study
-from hpo.study.heartbeat import worker_id
+from hpo.study.record import worker_id
 from hpo.study.storage import open_storage
 from hpo.study.worker import optimize
 

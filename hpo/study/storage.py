@@ -482,18 +482,7 @@ def _check_not_foreign(database: Path, where: str, url: str) -> None:
         # a readonly database"). Its writer was a SQLite client of this file, most likely hpo
         # resuming; Optuna's own opening rolls it back.
         return
-    uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=120)
-        try:
-            foreign = optuna_compat.foreign_tables(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        error = sqlite_error(url, exc)
-        if error is None:
-            raise
-        raise error from None
+    foreign = _read_only(database, url, optuna_compat.foreign_tables)
     if foreign:
         shown = ", ".join(foreign[:5]) + (
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -504,17 +493,14 @@ def _check_not_foreign(database: Path, where: str, url: str) -> None:
         )
 
 
-def _check_study_tables(url: str) -> None:
-    """A reader's check that ``url``'s SQLite file holds Optuna's tables, read without writing
-    (a read-only connection), so a wrong but existing file is named instead of initialized."""
-    database = sqlite_file(url)
-    if database is None:
-        return
+def _read_only(database: Path, url: str, read: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``read(conn)`` on a read-only connection to ``database``, so the file stays byte for
+    byte as it was; a SQLite error becomes hpo's one line for ``url``."""
     uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=120)
         try:
-            found = optuna_compat.has_optuna_tables(conn)
+            return read(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -522,6 +508,15 @@ def _check_study_tables(url: str) -> None:
         if error is None:
             raise
         raise error from None
+
+
+def _check_study_tables(url: str) -> None:
+    """A reader's check that ``url``'s SQLite file holds Optuna's tables, read without writing
+    (a read-only connection), so a wrong but existing file is named instead of initialized."""
+    database = sqlite_file(url)
+    if database is None:
+        return
+    found = _read_only(database, url, optuna_compat.has_optuna_tables)
     if not found:
         raise HpoError(
             f"storage {mask_url(url)}: SQLite file {database} holds no hpo studies (it is not "
