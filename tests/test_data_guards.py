@@ -447,3 +447,43 @@ def test_the_note_names_a_download_and_its_hash_without_secrets() -> None:
         "(sha256 abababababab) |"
     ) in note
     assert "hunter2" not in note and "token" not in note
+
+
+def test_the_recorded_download_url_keeps_no_password_or_token(tmp_path: Path) -> None:
+    """optuna-dashboard shows user attributes as they are: the stored source has no secret."""
+    from hpo.study.record import store_data_source
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    store_data_source(
+        study,
+        {
+            "path": "data/x.csv",
+            "url": "https://alice:hunter2@h.example/x.csv?token=abc#frag",
+            "sha256": "ab" * 32,
+        },
+    )
+    assert study.user_attrs[DATA_SOURCE_ATTR] == {
+        "path": "data/x.csv",
+        "url": "https://alice:***@h.example/x.csv",
+        "sha256": "ab" * 32,
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("drop_classes", ["a"]), ("merge_classes", {"ab": ["a", "b"]})]
+)
+def test_changing_the_classes_of_a_resumed_study_is_refused(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    """Dropping or merging classes changes what every trial is scored on: a resumed study
+    keeps its classes, as it keeps its target and columns."""
+    from hpo.errors import HpoError
+    from hpo.study.creation import create_or_load_study
+    from hpo.study.storage import open_storage
+
+    raw = {"study": {"name": "s"}, "data": {"path": "t.csv", "target": "kind"}}
+    url = f"sqlite:///{tmp_path}/s.db"
+    create_or_load_study(spec_from_dict(raw), open_storage(url))
+    changed = {**raw, "data": {**raw["data"], key: value}}
+    with pytest.raises(HpoError, match=rf"created with data\.{key}="):
+        create_or_load_study(spec_from_dict(changed), open_storage(url))

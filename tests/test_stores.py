@@ -151,6 +151,26 @@ def test_the_store_is_fixed_at_creation_and_kept(tmp_path: Path) -> None:
     assert stores.store_setting(spec_from_dict(raw)) == "folder"
 
 
+@pytest.mark.postgres
+def test_a_postgresql_study_stored_before_stores_resumes_with_its_folder(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """New PostgreSQL studies default to the database store; one stored before there were
+    stores keeps its folder, and resuming it with a study file that names no store works."""
+    spec = load_spec(_spec_text(tmp_path, "top_k = 1"))
+    study, _ = create_or_load_study(spec, open_storage(pg_url))
+    assert stored_spec(study).artifacts.store == "database"
+    raw = dict(study.user_attrs[SPEC_ATTR])
+    raw["artifacts"] = {k: v for k, v in raw["artifacts"].items() if k != "store"}
+    study.set_user_attr(SPEC_ATTR, raw)  # as an older hpo stored it
+    resumed, created = create_or_load_study(spec, open_storage(pg_url))
+    assert not created
+    assert stores.store_setting(stored_spec(resumed)) == "folder"
+    with pytest.raises(HpoError, match="keeps its artifacts in store 'folder', but this run"):
+        create_or_load_study(spec.replace(artifacts=spec.artifacts.__class__(store="database")),
+                             open_storage(pg_url))  # fmt: skip
+
+
 # --- stored data -----------------------------------------------------------------------------
 
 

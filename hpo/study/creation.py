@@ -56,7 +56,15 @@ __all__ = [
 
 # What must match for a resumed study to stay one experiment (data location may differ).
 _PROTOCOL_SECTIONS = ("cv", "model", "search")
-_PROTOCOL_DATA_KEYS = ("target", "drop", "categorical", "na_values", "missing_target")
+_PROTOCOL_DATA_KEYS = (
+    "target",
+    "drop",
+    "categorical",  # also "all-integer", in the study file's form
+    "na_values",  # also the per-column markers
+    "missing_target",
+    "drop_classes",
+    "merge_classes",
+)
 # What `hpo create` may change on an existing study.
 # The pruner is one of them: it changes what a study costs, not what a complete trial's score
 # means (every one trained to the end), so a resumed study may prune differently.
@@ -180,8 +188,11 @@ def create_or_load_study(
     """
     sampler = make_sampler(spec, seed_offset=seed_offset)
     pruner = make_pruner(spec)
-    # The artifact store is fixed now and stored with the spec: every process of the study
-    # (on any machine) reads it from there.
+    # The artifact store is fixed at creation and stored with the spec: every process of the
+    # study (on any machine) reads it from there. A resumed study is checked against the study
+    # file's own setting (``given``): the backend's default is for new studies only, and a
+    # study stored before stores were chosen keeps its folder.
+    given = spec
     spec = with_store(spec, default_store(spec, unwrap_rdb(storage).url))
     with creation_lock(unwrap_rdb(storage)):
         try:
@@ -209,7 +220,7 @@ def create_or_load_study(
             # it now, under the lock.
             _finish_creation(study, spec, policy, seed_offset)
             return study, True
-    check_same_protocol(spec, study)
+    check_same_protocol(given, study)
     # A seeded sampler starts its random stream afresh in every process: resumed with the
     # offset it was created with, it would propose the trials it proposed then. Offset by the
     # trials stored so far, a resume explores on and stays reproducible.

@@ -128,8 +128,8 @@ table of hpo's beside Optuna's:
                                            both), ``data`` (at most :data:`ARTIFACT_CHUNK_BYTES`
                                            bytes of the file); a file's chunks are written in one
                                            transaction, so a reader sees all of them or none
-=========================================  ==========================================================
-=======
+=========================================  ===================================================
+
 Trial times: a finished trial's ``datetime_complete`` is when it was told; its ``datetime_start``
 is then moved to ``datetime_complete - seconds`` (never earlier than the trial was created), so
 that optuna-dashboard's Duration is the trial's own training time, a batch's time divided over its
@@ -146,6 +146,7 @@ import os
 import re
 import secrets
 import socket
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,7 @@ from hpo.seeds import MAX_SEED, sampler_seed
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec, spec_from_dict, spec_to_dict, startup_trials
 from hpo.study import optuna_compat as compat
+from hpo.study.storage import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -374,9 +376,14 @@ def store_data_warnings(study: optuna.Study, messages: Iterable[str]) -> None:
 
 def store_data_source(study: optuna.Study, source: Mapping[str, str]) -> None:
     """Record where this process read the study's rows (``Dataset.origin``: the latest
-    loader's win, as with the warnings)."""
-    if study.user_attrs.get(DATA_SOURCE_ATTR) != dict(source):
-        study.set_user_attr(DATA_SOURCE_ATTR, dict(source))
+    loader's win, as with the warnings). A download URL is stored without its password, query
+    and fragment (where tokens live): optuna-dashboard shows user attributes as they are."""
+    source = dict(source)
+    if "url" in source:
+        parts = urllib.parse.urlsplit(source["url"])
+        source["url"] = mask_url(urllib.parse.urlunsplit((*parts[:3], "", "")))
+    if study.user_attrs.get(DATA_SOURCE_ATTR) != source:
+        study.set_user_attr(DATA_SOURCE_ATTR, source)
 
 
 def stored_data_source(study: optuna.Study) -> dict[str, str] | None:
