@@ -53,7 +53,7 @@ from hpo.study.record import (
 )
 from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage
-from hpo.study.stores import store_data, study_place
+from hpo.study.stores import store_data, stored_data, study_place
 from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ def run_study(
         )
         if now:
             say(f"data: stored {record.name} (sha256 {record.sha256[:12]}) with the study")
+    _check_stored_data(study, dataset)
     store_data_warnings(study, found)
     store_data_source(study, dataset.origin())
     if not created:
@@ -210,6 +211,19 @@ def run_study(
     if summary.interrupted:
         say(f"stopped by {summary.interrupted}: {stopped}")
     return RunOutcome(study, spec, created, summary, url)
+
+
+def _check_stored_data(study: optuna.Study, dataset: Dataset) -> None:
+    """A study that stores its rows trains on them everywhere: its workers read the stored
+    copy, so a local file that differs would mix two data sets into one study."""
+    record = stored_data(study)
+    if record is None or dataset.sha256 is None or dataset.sha256 == record.sha256:
+        return
+    raise HpoError(
+        f"{dataset.source}: its content differs from the data stored with study "
+        f"{study.study_name!r} (sha256 {dataset.sha256[:12]} here, {record.sha256[:12]} stored "
+        f"from {record.name}); train on the same file, or use a new name (--name)"
+    )
 
 
 def _stop_the_caller(signal_name: str) -> NoReturn:

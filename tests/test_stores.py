@@ -36,7 +36,13 @@ from hpo.spec import load_spec, spec_from_dict
 from hpo.study import optuna_compat as compat
 from hpo.study import stores
 from hpo.study.creation import create_or_load_study
-from hpo.study.record import ARTIFACT_TABLE, DATA_ATTR, SPEC_ATTR, stored_spec
+from hpo.study.record import (
+    ARTIFACT_TABLE,
+    DATA_ATTR,
+    DATA_SOURCE_ATTR,
+    SPEC_ATTR,
+    stored_spec,
+)
 from hpo.study.storage import open_storage
 
 # --- the database store ----------------------------------------------------------------------
@@ -172,6 +178,26 @@ def test_a_postgresql_study_stored_before_stores_resumes_with_its_folder(
 
 
 # --- stored data -----------------------------------------------------------------------------
+
+
+def test_hpo_run_refuses_a_local_file_that_differs_from_the_stored_data(tmp_path: Path) -> None:
+    """The study's workers train on the stored rows: a run on an edited local copy would mix
+    two data sets into one study."""
+    study_file = _spec_text(tmp_path, 'store = "database"')
+    url = f"sqlite:///{tmp_path}/r.db"
+    created = hpo("create", study_file, "--storage", url, "--store-data")
+    assert created.exit_code == 0, created.output
+    csv = tmp_path / "tiny.csv"
+    before = hashlib.sha256(csv.read_bytes()).hexdigest()
+    csv.write_text(csv.read_text().replace("\n", "\n", 1) + csv.read_text().splitlines()[1] + "\n")
+    after = hashlib.sha256(csv.read_bytes()).hexdigest()
+    one_line_error(
+        hpo("run", study_file, "--storage", url),
+        f"{csv}: its content differs from the data stored with study 'st' (sha256 "
+        f"{after[:12]} here, {before[:12]} stored from tiny.csv); train on the same file, or "
+        "use a new name (--name)",
+    )
+    assert optuna.load_study(study_name="st", storage=url).get_trials()[0].state.name == "WAITING"
 
 
 def test_stored_data_is_fetched_checked_and_a_damaged_copy_refused(
@@ -415,6 +441,9 @@ def test_three_machines_share_data_and_artifacts_through_the_store(
         stored = b / "data" / "stored" / f"{hashlib.sha256(content).hexdigest()}.csv"
         assert stored.read_bytes() == content
         assert not (b / "artifacts").exists()  # nothing written beside the worker
+        # B's local copy is not recorded as the study's source: the `hpo_data` record says it.
+        travel = optuna.load_study(study_name="travel", storage=pg_url)
+        assert DATA_SOURCE_ATTR not in travel.user_attrs, travel.user_attrs[DATA_SOURCE_ATTR]
 
         # ... and with a changed copy of the data, a worker refuses in one line.
         changed = b / "changed.csv"

@@ -72,6 +72,7 @@ from hpo.study.stores import (
     default_store,
     open_place,
     store_data,
+    stored_data,
     study_place,
 )
 from hpo.study.windows import stored_windows
@@ -232,7 +233,10 @@ def worker(
             err=True,
         )
         store_data_warnings(study, show_data_findings(dataset, spec))
-        store_data_source(study, dataset.origin())
+        if stored_data(study) is None:
+            # With the rows stored in the study, its `hpo_data` record says what was read, and
+            # this machine's copy (fetched, or --data checked against the hash) is the same.
+            store_data_source(study, dataset.origin())
         refresh_spec_note(study, spec)  # its data warnings lead the note
     summary = train_here(
         study,
