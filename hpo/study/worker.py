@@ -79,6 +79,7 @@ __all__ = ["RunSummary", "optimize"]
 _log = get_logger("worker")
 # How often a process with no start-up trial to train asks again: start-up trials take seconds.
 _STARTUP_POLL_SECONDS = 0.5
+_TEAM_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -249,7 +250,14 @@ def optimize(
                 )
                 said_waiting = True
             heartbeat.set_state("waiting", completed=summary.completed)
-            stops.pause(policy.heartbeat_interval)
+            # One of a run's own processes: the others end within seconds of each other, and
+            # the run's files wait for the last to notice (a few claims a second from at most a
+            # core's worth of processes). A worker of a cluster checks once a heartbeat.
+            stops.pause(
+                min(policy.heartbeat_interval, _TEAM_POLL_SECONDS)
+                if in_team
+                else policy.heartbeat_interval
+            )
     except stops.Stopped as exc:
         summary.interrupted = str(exc)
         final = "stopped"
