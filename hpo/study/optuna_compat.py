@@ -603,14 +603,18 @@ def set_trial_durations(tx: Transaction, seconds: Mapping[int, float]) -> None:
             trials.c.trial_id, trials.c.datetime_start, trials.c.datetime_complete
         ).where(trials.c.trial_id.in_(sorted(seconds)), trials.c.datetime_complete.is_not(None))
     ).all()
+    moves = []
     for tid, start, end in rows:
         moved = end - timedelta(seconds=max(0.0, float(seconds[int(tid)])))
         if start is None or moved > start:
-            tx.session.execute(
-                sqlalchemy.update(trials)
-                .where(trials.c.trial_id == tid)
-                .values(datetime_start=moved)
-            )
+            moves.append({"tid": tid, "moved": moved})
+    if moves:  # one statement for the batch (executemany), not a round trip per trial
+        tx.session.execute(
+            sqlalchemy.update(trials)
+            .where(trials.c.trial_id == sqlalchemy.bindparam("tid"))
+            .values(datetime_start=sqlalchemy.bindparam("moved")),
+            moves,
+        )
 
 
 def beat_trials(tx: Transaction, trial_ids: Sequence[int]) -> None:
