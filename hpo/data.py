@@ -70,6 +70,7 @@ __all__ = [
     "check_numbers",
     "class_fix",
     "clean_table",
+    "file_sha256",
     "fold_rows",
     "holdout_fold_set",
     "is_aligned",
@@ -373,7 +374,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HPO_DATA_DIR", "data"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time (data files can be large)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -414,7 +416,7 @@ def _fetch(url: str, dest: Path, sha256: str | None) -> None:
         raise HpoError(
             f"{url}: download failed ({reason}); download it yourself and pass --data PATH"
         ) from None
-    if sha256 is not None and (actual := _sha256(tmp_path)) != sha256.lower():
+    if sha256 is not None and (actual := file_sha256(tmp_path)) != sha256.lower():
         tmp_path.unlink()
         raise HpoError(f"{url}: sha256 is {actual}, but the study file expects {sha256}")
     tmp_path.replace(dest)
@@ -816,7 +818,7 @@ def load_dataset(
         dropped=spec.drop,
         notes=tuple(notes),
         url=spec.url if read is not None and path_override is None else None,
-        sha256=None if read is None else _sha256(read),
+        sha256=None if read is None else file_sha256(read),
     )
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpo.data import cache_dir, source_bytes
+from hpo.data import file_sha256 as data_file_sha256
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
 from hpo.log import get_logger
@@ -451,16 +452,13 @@ def stored_data(study: optuna.Study) -> StoredData | None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """:func:`hpo.data.file_sha256`, a missing or unreadable file said in one line."""
     try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return data_file_sha256(path)
     except FileNotFoundError:
         raise HpoError(f"{path}: data file not found") from None
     except OSError as exc:
         raise HpoError(f"{path}: cannot read the data file ({exc.strerror})") from None
-    return digest.hexdigest()
 
 
 def store_data(
