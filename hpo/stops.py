@@ -81,15 +81,21 @@ class _State:
 
 def request(name: str = "SIGINT") -> None:
     """Ask for a stop, as a signal would (``hpo.api`` callers and tests)."""
+    _note(name)
+    _State.event.set()
+
+
+def _note(name: str) -> None:
+    """Record a request without waking the waits: plain attribute writes, no lock, so it is
+    safe inside a signal handler (see :func:`_handler`)."""
     _State.last = name
     if _State.name is None:
         _State.name = name
-    _State.event.set()
 
 
 def requested() -> str | None:
     """The name of the signal that asked for a stop (``"SIGINT"``), or None."""
-    return _State.name if _State.event.is_set() else None
+    return _State.name
 
 
 def check() -> None:
@@ -108,7 +114,9 @@ def raised() -> bool:
 def wait(seconds: float | None) -> bool:
     """Wait up to ``seconds`` (None: until a stop), returning early on a stop; True if one
     was requested."""
-    return _State.event.wait(seconds)
+    # The name first: the signal handler records it at once; the event follows a moment
+    # later, from the listener thread.
+    return _State.name is not None or _State.event.wait(seconds)
 
 
 def pause(seconds: float) -> None:
@@ -197,9 +205,13 @@ def _hooks_then_exit(code: int) -> None:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     # Runs on the main thread once it is back in Python code; two deliveries of one signal
-    # meanwhile come as one call, so counting them is the listener's job.
+    # meanwhile come as one call, so counting them is the listener's job. It records the
+    # request and takes no lock: the main thread may be inside ``Event.wait`` holding the
+    # event's own (non-reentrant) lock, and ``Event.set`` here would wait for it forever
+    # (seen in the stop soak: a worker waiting for the SQLite claim lock, signalled twice).
+    # The listener thread, woken by the same delivery, sets the event.
     del frame
-    request(signal.Signals(signum).name)
+    _note(signal.Signals(signum).name)
 
 
 def _listen(fd: int) -> None:

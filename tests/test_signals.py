@@ -146,3 +146,39 @@ def _kill_after(seconds: float, sig: int) -> threading.Timer:
     timer = threading.Timer(seconds, os.kill, (os.getpid(), sig))
     timer.start()
     return timer
+
+
+_WAIT_UNDER_SIGNALS = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from hpo import stops
+
+    sys.setswitchinterval(1e-4)  # hand the GIL to the signalling thread often
+    with stops.stop_on_signals():
+        def shower():
+            for _ in range(2000):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.0002)
+
+        thread = threading.Thread(target=shower)
+        thread.start()
+        while thread.is_alive():
+            stops.reset()  # the event's own lock, again and again, while signals land
+            stops.wait(0)
+        stops.request("SIGINT")
+        print(stops.requested(), flush=True)
+    """
+)
+
+
+def test_a_signal_that_lands_inside_a_wait_does_not_deadlock_it() -> None:
+    """The handler runs on the main thread, which may be inside ``Event.wait`` holding the
+    event's lock: the handler must not take that lock (a worker waiting for the SQLite claim
+    lock hung there, signalled twice, in the stop soak)."""
+    process = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _WAIT_UNDER_SIGNALS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (process.returncode, process.stdout) == (0, "SIGINT\n"), process.stderr[-2000:]
