@@ -22,10 +22,8 @@ Helpers are imported by name (``from conftest import make_frame``): ``tests/`` i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pytest
+from alone import pytest_configure as _alone_configure
+from alone import pytest_runtest_protocol  # noqa: F401  (a hook: pytest finds it by name)
 from pg import HpoProcesses, OwnPostgres, own_postgres_server, pg_database
 
 if TYPE_CHECKING:
@@ -381,37 +381,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _alone_configure(config)
     config.addinivalue_line(
         "markers",
         "own_postgres: starts a throwaway PostgreSQL server of its own (initdb, pg_ctl); skips "
         "without them unless HPO_REQUIRE_OWN_PG=1",
     )
-    config.addinivalue_line(
-        "markers",
-        "alone: under pytest-xdist, no other test runs beside it (its time limits assume the "
-        "machine's cores are its own)",
-    )
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Under pytest-xdist, an ``alone`` test holds one lock file exclusively and every other
-    test holds it shared, setup and teardown included: while the stop soak runs, the other
-    workers wait. The soak keeps both cores busy on its own, so the suite loses little time,
-    and its limit on how long a stop may take measures hpo rather than a neighbour's load (a
-    parallel suite once pushed a stop past it). Without xdist nothing is locked."""
-    del nextitem
-    run = getattr(item.config, "workerinput", {}).get("testrunuid")
-    if run is None:
-        yield
-        return
-    exclusive = item.get_closest_marker("alone") is not None
-    with open(Path(tempfile.gettempdir()) / f"hpo-tests-{run}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture
