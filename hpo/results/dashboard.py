@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import io
 import ipaddress
 import json
 import re
@@ -86,6 +87,7 @@ __all__ = [
     "unreadable_by_study",
     "unreadable_section",
     "with_unreadable",
+    "without_unreadable",
 ]
 
 _log = get_logger("dashboard")
@@ -197,6 +199,7 @@ _UNREADABLE_END = (
     "with the study; `hpo report` checks again)._"
 )
 _STUDY_DETAIL = re.compile(r"/api/studies/(\d+)")
+_NOTE_SAVE = re.compile(r"/api/studies/\d+/note")
 
 
 def unreadable_section(lines: Iterable[str]) -> str:
@@ -205,15 +208,18 @@ def unreadable_section(lines: Iterable[str]) -> str:
     return f"{UNREADABLE_TITLE}\n\n{items}\n{_UNREADABLE_END}\n\n"
 
 
-def with_unreadable(note: str, section: str) -> str:
-    """``note`` with ``section`` after its title line (the note itself is as stored; a copy of
-    an earlier section, saved into the note from the browser with --allow-writes, is
-    replaced, not repeated)."""
+def without_unreadable(note: str) -> str:
+    """``note`` without the dashboard's section (:func:`unreadable_section`), if it has one."""
     start = note.find(UNREADABLE_TITLE)
-    if start >= 0:
-        end = note.find(_UNREADABLE_END, start)
-        if end >= 0:
-            note = note[:start] + note[end + len(_UNREADABLE_END) :].lstrip("\n")
+    end = note.find(_UNREADABLE_END, start) if start >= 0 else -1
+    if end < 0:
+        return note
+    return note[:start] + note[end + len(_UNREADABLE_END) :].lstrip("\n")
+
+
+def with_unreadable(note: str, section: str) -> str:
+    """``note`` with ``section`` after its title line (the note itself is as stored)."""
+    note = without_unreadable(note)
     if note.startswith("## "):
         title, _, rest = note.partition("\n")
         return f"{title}\n\n{section}{rest.lstrip(chr(10))}"
@@ -228,15 +234,19 @@ class NoteAddenda:
     The note is written by the commands that change a study, which cannot know: whether a file
     can be read depends on the machine that reads it (a folder, S3 credentials) and on the
     moment (a file removed later). So the dashboard says what it found itself, in the response
-    only: it writes nothing."""
+    only: it writes nothing. With ``--allow-writes`` a note saved from the page (whose editor
+    starts from the note as served) is saved without the section."""
 
     def __init__(self, app: WSGIApplication, sections: dict[int, str]) -> None:
         self._app = app
         self._sections = sections  # by study id
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        match = _STUDY_DETAIL.fullmatch(str(environ.get("PATH_INFO", "")))
+        path = str(environ.get("PATH_INFO", ""))
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if method == "PUT" and _NOTE_SAVE.fullmatch(path):
+            return self._app(_saved_without_section(environ), start_response)
+        match = _STUDY_DETAIL.fullmatch(path)
         if match is None or method != "GET" or int(match[1]) not in self._sections:
             return self._app(environ, start_response)
         answered: list[Any] = []
@@ -269,6 +279,27 @@ class NoteAddenda:
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         start_response(status, [*headers, ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _saved_without_section(environ: WSGIEnvironment) -> WSGIEnvironment:
+    """A note save (``PUT /api/studies/ID/note``, JSON ``{"version", "body"}``) whose body
+    holds the dashboard's section, without it: the section is shown, never stored."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return environ
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    try:
+        saved = json.loads(raw)
+        if isinstance(saved, dict) and isinstance(saved.get("body"), str):
+            saved["body"] = without_unreadable(saved["body"])
+            raw = json.dumps(saved).encode()
+    except ValueError:
+        pass  # not JSON: optuna-dashboard answers it as it would have
+    changed = dict(environ)
+    changed["wsgi.input"] = io.BytesIO(raw)
+    changed["CONTENT_LENGTH"] = str(len(raw))
+    return changed
 
 
 def note_sections(
