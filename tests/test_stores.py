@@ -345,6 +345,26 @@ def test_s3_store_holds_the_data_and_files_under_its_prefix_and_never_shows_the_
     assert S3_SECRET not in result.output
 
 
+def test_hpo_run_probes_the_bucket_before_it_creates_the_study(
+    s3_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket that cannot be written: one line from `hpo run` (as from `hpo create`), and no
+    study that would train and then save no file."""
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    url = f"sqlite:///{tmp_path}/p.db"
+    missing = _spec_text(tmp_path, 'store = "s3://no-such-bucket"')
+    result = hpo("run", missing, "--storage", url)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == (
+        "Error: artifact store s3://no-such-bucket: cannot write to it (NoSuchBucket: An error "
+        "occurred (NoSuchBucket) when calling the PutObject operation: The specified bucket "
+        "does not exist)"
+    )
+    assert optuna.get_all_study_names(url) == []
+    assert S3_SECRET not in result.output
+
+
 # --- several machines, one PostgreSQL study --------------------------------------------------
 
 # Fixed alpha ranges: no alpha windows to measure before the first trial (tens of seconds).
