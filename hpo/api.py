@@ -42,7 +42,13 @@ from hpo.results.spec_text import refresh_spec_note
 from hpo.space import RegularizationPlan, plan_from_params, zero_plan
 from hpo.spec import ENGINES, StudySpec, apply_overrides, load_spec, spec_from_dict
 from hpo.study.budget import trials_to_run
-from hpo.study.creation import check_holdout, create_or_load_study, load_study, update_stored_spec
+from hpo.study.creation import (
+    check_holdout,
+    create_or_load_study,
+    find_study,
+    load_study,
+    update_stored_spec,
+)
 from hpo.study.pool import WorkerPool, usable_cores, workers_for
 from hpo.study.record import (
     best_trial,
@@ -50,10 +56,23 @@ from hpo.study.record import (
     read_trial,
     store_data_source,
     store_data_warnings,
+    stored_spec,
 )
 from hpo.study.session import train
-from hpo.study.storage import checked_storage_url, open_storage
-from hpo.study.stores import store_data, stored_data, study_place
+from hpo.study.storage import checked_storage_url, open_storage, sqlite_file
+from hpo.study.stores import (
+    FOLDER,
+    check_rows,
+    check_store,
+    fixed_store,
+    open_place,
+    read_data_to_store,
+    rows_here,
+    store_data,
+    store_setting,
+    study_place,
+    with_study_store,
+)
 from hpo.study.worker import RunSummary
 
 if TYPE_CHECKING:
@@ -137,22 +156,33 @@ def run_study(
     stacked engine (one thread a process is its fastest), 1 with the reference engine (its
     TensorFlow already uses every core).
     """
-    if workers is not None and workers > 1 and not (data is None or isinstance(data, str | Path)):
+    from_file = data is None or isinstance(data, str | Path)
+    if workers is not None and workers > 1 and not from_file:
         raise HpoError(
             f"workers={workers} needs the data as a CSV file (the other processes read it "
             "themselves); give data a path, or use workers=1 with a DataFrame"
         )
+    if spec.data.store and not from_file:
+        raise HpoError(
+            "[data] store = true needs the data as a CSV file, not a DataFrame (the study keeps "
+            "the file's bytes for its workers); give data a path"
+        )
     # A malformed URL or an unusable SQLite path fails before any data is read.
     url, line = checked_storage_url(storage, "create")
-    dataset, folds = _data(spec, data)
+    # A study that exists already may keep its rows in its store: a machine without the
+    # study file's CSV trains on that copy, as `hpo worker` does.
+    rdb, existing = _existing_study(spec.name, url)
+    rows, from_store = rows_here(existing, spec, data, url)
+    dataset, folds = _data(spec, rows)
     stops.check()  # reading a large CSV takes a while: the first point a stop is seen
+    if existing is not None:
+        check_rows(existing, dataset)
     say(line)
     spec = with_model(spec, folds, say)
     if workers is None:  # after with_model: a builder's model trains on the reference engine
-        from_file = data is None or isinstance(data, str | Path)  # others can read it
         workers = usable_cores() if spec.engine.name == "stacked" and from_file else 1
-    rdb = open_storage(url)
-    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)  # a bad path fails here
+    if rdb is None:
+        rdb = open_storage(url)
     first = folds.repeats[0][0]
     say(
         f"data: {dataset.source}: {dataset.rows_text()}, {dataset.features.shape[1]} feature "
@@ -161,22 +191,40 @@ def run_study(
         + (f" x {spec.cv.repeats} repeats" if spec.cv.repeats > 1 else "")
     )
     found = data_findings(dataset, spec, warn)
+    to_store = None
+    if existing is None:
+        # Before the study exists: a store this machine cannot write to and read from (a bad
+        # bucket or credentials, an unwritable folder), or rows that cannot be stored, are one
+        # line, and leave no half-made study behind.
+        fixed = fixed_store(spec, url)
+        check_store(
+            open_place(str(fixed.artifacts.store), url=url, spec=fixed, storage=rdb, create=True)
+        )
+        if spec.data.store:
+            to_store = read_data_to_store(spec, None if data is None else str(data))
     study, created = create_or_load_study(spec, rdb)
     check_holdout(study, dataset.holdout)
+    stored = stored_spec(study)
+    if stored is not None:  # files go to the study's store, fixed when it was created
+        _say_other_folder(spec, stored, url, warn)
+        spec = with_study_store(spec, stored)
+    recorder = ArtifactRecorder(spec, url, folds, dataset=dataset)  # a bad folder fails here
     if spec.data.store:
-        if not (data is None or isinstance(data, str | Path)):
-            raise HpoError("[data] store = true needs the data as a CSV file, not a DataFrame")
         record, now = store_data(
             study,
             spec,
             study_place(study, url, create=True),
             data_path=None if data is None else str(data),
+            read=to_store,
         )
         if now:
             say(f"data: stored {record.name} (sha256 {record.sha256[:12]}) with the study")
-    _check_stored_data(study, dataset)
+    check_rows(study, dataset)
     store_data_warnings(study, found)
-    store_data_source(study, dataset.origin())
+    if not from_store:
+        # Read from the study's stored copy, the rows are the stored ones: the source recorded
+        # by the machine that read them from their origin stays.
+        store_data_source(study, dataset.origin())
     if not created:
         # `hpo status` and workers read the budget stored on the study: keep it the one in use.
         changes = update_stored_spec(study, spec)
@@ -213,16 +261,33 @@ def run_study(
     return RunOutcome(study, spec, created, summary, url)
 
 
-def _check_stored_data(study: optuna.Study, dataset: Dataset) -> None:
-    """A study that stores its rows trains on them everywhere: its workers read the stored
-    copy, so a local file that differs would mix two data sets into one study."""
-    record = stored_data(study)
-    if record is None or dataset.sha256 is None or dataset.sha256 == record.sha256:
+def _existing_study(
+    name: str, url: str
+) -> tuple[optuna.storages.RDBStorage | None, optuna.Study | None]:
+    """The storage and study ``name`` when it exists already; (None, None) for a SQLite file
+    not made yet (it is made once the data has been read: a bad CSV leaves no empty file)."""
+    database = sqlite_file(url)
+    if database is not None and not database.exists():
+        return None, None
+    rdb = open_storage(url)
+    return rdb, find_study(name, rdb)
+
+
+def _say_other_folder(
+    spec: StudySpec, stored: StudySpec, url: str, warn: Callable[[str], None]
+) -> None:
+    """Say so when the study's folder (fixed at its creation) is not the one this study file
+    names from here: the files go to the study's, as every other process's do."""
+    if stored.artifacts.path is None or store_setting(stored) != FOLDER:
         return
-    raise HpoError(
-        f"{dataset.source}: its content differs from the data stored with study "
-        f"{study.study_name!r} (sha256 {dataset.sha256[:12]} here, {record.sha256[:12]} stored "
-        f"from {record.name}); train on the same file, or use a new name (--name)"
+    if spec.artifacts.store not in (None, FOLDER):
+        return
+    here = fixed_store(spec, url)
+    if here.artifacts.store != FOLDER or here.artifacts.path in (None, stored.artifacts.path):
+        return
+    warn(
+        f"note: artifacts go to {stored.artifacts.path}, the study's folder since it was "
+        f"created (this study file's [artifacts] path is {here.artifacts.path} from here)"
     )
 
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +263,104 @@ def test_the_spec_note_keeps_secrets_out(tmp_path: Path) -> None:
     assert "| source | cache/x.csv, downloaded from https://alice:***@data.example/x.csv |" in note
     assert "hunter2" not in note and "token" not in note and "frag" not in note
     assert "> a \\| b" in note  # a pipe cannot break the Markdown table layout
+
+
+def test_the_page_and_the_log_name_the_files_it_cannot_read_and_why(
+    built: BuiltStudy, tmp_path: Path
+) -> None:
+    """The study's note is written by the commands that change the study, which cannot know
+    what a dashboard on another machine, later, can read: the dashboard checks at start-up,
+    logs each file, and shows them at the top of the note it serves (storing nothing). A file
+    no store can read is answered in one plain line (404 when none has it, 502 when a store
+    failed), not a 500 page and a traceback."""
+    import shutil
+
+    import optuna
+    import optuna_dashboard
+
+    from hpo.results.artifacts import trial_artifacts
+
+    url = built.copy(tmp_path)
+    shutil.copytree(built.artifact_dir, tmp_path / "copy-artifacts")
+    study = optuna.load_study(study_name=NAME, storage=url)
+    stored_note = optuna_dashboard.get_note(study)
+    best = study.best_trial
+    files = {a.filename: a for a in trial_artifacts(study, best)}
+    png = files[f"trial-{best.number}-confusion.png"]
+    table = files[f"trial-{best.number}-folds.csv"]
+    (tmp_path / "copy-artifacts" / png.artifact_id).unlink()
+    gone = tmp_path / "copy-artifacts" / table.artifact_id
+    gone.unlink()
+    gone.mkdir()  # a directory where the file was: read fails, but not as "not found"
+    folder = tmp_path / "copy-artifacts"
+    lines = [
+        f"trial {best.number}: {name} (artifact {a.artifact_id[:8]}) cannot be read from "
+        f"{folder}: {why}"
+        for name, a, why in sorted(
+            [
+                (png.filename, png, "not found"),
+                (
+                    table.filename,
+                    table,
+                    f"IsADirectoryError: [Errno 21] Is a directory: '{gone}'",
+                ),
+            ],
+            key=lambda item: list(files).index(item[0]),
+        )
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "HPO_STORAGE"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", "--storage", url, "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"open (http://127\.0\.0\.1:\d+)/dashboard", line)
+        assert match, line
+        board = Dashboard(line, match[1])
+        study_id = _study_id(board)
+        note = board.json(f"/api/studies/{study_id}")["note"]["body"]
+        title, section = note.split("\n\n", 2)[:2]
+        assert title == f"## Study `{NAME}`"
+        assert section == "### ⚠ Files this dashboard cannot read"
+        for expected in lines:
+            assert f"- {expected}\n" in note
+        assert note.endswith(stored_note.split("\n", 1)[1].lstrip("\n"))
+        assert optuna_dashboard.get_note(study) == stored_note  # nothing written
+
+        prefix = f"{board.base}/artifacts/{study_id}/{compat_trial_id(study, best.number)}/"
+        answers = {}
+        for artifact in (png, table):
+            try:
+                urllib.request.urlopen(prefix + artifact.artifact_id, timeout=30)
+            except urllib.error.HTTPError as exc:
+                answers[artifact.filename] = (exc.code, exc.read().decode())
+        assert answers == {
+            png.filename: (
+                404,
+                f"artifact {png.artifact_id} is in none of the stores ({folder})\n",
+            ),
+            table.filename: (
+                502,
+                f"artifact {table.artifact_id} cannot be read: from {folder}: IsADirectoryError: "
+                f"[Errno 21] Is a directory: '{gone}'\n",
+            ),
+        }
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    for expected in lines:
+        assert f"study {NAME!r}: {expected}" in err
+    assert "Traceback" not in err
+
+
+def compat_trial_id(study: Any, number: int) -> int:
+    from hpo.study import optuna_compat as compat
+
+    return int(compat.trial_id(study.trials[number]))

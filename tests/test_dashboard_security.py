@@ -325,18 +325,30 @@ def test_chromium_renders_the_study_and_its_trials_read_only(readonly: Board) ->
 
 @pytest.mark.slow  # its own dashboard process
 def test_allow_writes_lets_a_note_be_saved(built: BuiltStudy, tmp_path: Path) -> None:
+    """The copy has no artifact folder beside it, so the dashboard shows its section on the
+    files it cannot read at the top of the note; the page's editor starts from the note as
+    served, and what is saved is the person's words without that section."""
+    import optuna_dashboard
+
+    from hpo.results.dashboard import UNREADABLE_TITLE, without_unreadable
+
     url = built.copy(tmp_path)
     with running(url, tmp_path, "--allow-writes") as board:
         study_id = board.study_id()
         note = board.request("GET", f"/api/studies/{study_id}").json()["note"]
+        shown = note["body"].split("\n\n", 1)[1]
+        assert shown.startswith(UNREADABLE_TITLE)
+        edited = shown[: len(shown) - len(without_unreadable(shown))] + "kept: a person's words"
         reply = board.request(
             "PUT",
             f"/api/studies/{study_id}/note",
-            body={"version": note["version"] + 1, "body": "kept: a person's words"},
+            body={"version": note["version"] + 1, "body": edited},
         )
         assert reply.status == 204, reply.body
+        stored = optuna_dashboard.get_note(load(url))
+        assert stored == "kept: a person's words"
         saved = board.request("GET", f"/api/studies/{study_id}").json()["note"]
-        assert saved == {"version": note["version"] + 1, "body": "kept: a person's words"}
+        assert saved == {"version": note["version"] + 1, "body": edited}
         # Writes on, Host still checked.
         bad = board.request("PUT", f"/api/studies/{study_id}/note", host="evil.example", body={})
         assert bad.status == 403 and "--allowed-host" in bad.text

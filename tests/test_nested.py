@@ -189,3 +189,51 @@ def test_nested_says_and_stores_a_leak_and_writes_no_model_files(
         f"warning (possible leak: the score may be inflated): {leak}"
     )
     assert best.stdout.splitlines()[1].startswith("best: trial ")
+
+
+def test_nested_stores_the_rows_once_and_every_inner_study_refers_to_them(
+    write_study: WriteStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``[data] store = true`` the inner studies live in one storage and train on the same
+    rows: one stored copy, recorded by hash on each, so `hpo worker NAME.outer-I` and `hpo
+    nested` itself run on a machine without the CSV."""
+    import hashlib
+
+    import sqlalchemy
+
+    from hpo.study import stores
+    from hpo.study.record import ARTIFACT_TABLE, DATA_ATTR
+
+    study_file = write_study(
+        '[artifacts]\nstore = "database"\n', name="kept", engine="stacked", epochs=1, n_trials=2
+    )
+    study_file.write_text(study_file.read_text().replace("[data]\n", "[data]\nstore = true\n"))
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    result = hpo("nested", study_file, "--outer", "2", "--seeds", "1", "--storage", url)
+    assert result.exit_code == 0, result.output
+    csv = tmp_path / "tiny.csv"
+    content = csv.read_bytes()
+    records = [_study(url, f"kept.outer-{i}").user_attrs[DATA_ATTR] for i in (1, 2)]
+    assert records[0] == records[1]  # the same copy, referred to by both
+    assert records[0]["sha256"] == hashlib.sha256(content).hexdigest()
+    with sqlalchemy.create_engine(url).connect() as conn:
+        ids = list(
+            conn.execute(
+                sqlalchemy.text(f"SELECT DISTINCT artifact_id FROM {ARTIFACT_TABLE}")
+            ).scalars()
+        )
+    store = stores.DatabaseArtifactStore(open_storage(url).engine)
+    copies = []
+    for artifact_id in ids:
+        with store.open_reader(artifact_id) as fh:
+            if fh.read() == content:
+                copies.append(artifact_id)
+    assert copies == [records[0]["artifact_id"]]  # stored once, beside the trials' files
+
+    csv.unlink()  # machine B: the study file and the storage, no CSV
+    monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "b-data"))
+    fetched = stores.data_for(_study(url, "kept.outer-2"), None, url=url)
+    assert fetched is not None and Path(fetched).read_bytes() == content
+    again = hpo("nested", study_file, "--outer", "2", "--seeds", "1", "--storage", url)
+    assert again.exit_code == 0, again.output  # resumed on the stored copy
+    assert again.stdout == result.stdout

@@ -60,7 +60,7 @@ from hpo.study.storage import (
     rdb_of,
     study_lock,
 )
-from hpo.study.stores import default_store, with_store
+from hpo.study.stores import fixed_store
 from hpo.study.worker import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_claims_are_atomic_no_overshoot_with_four_processes(backend: str, tmp_pa
 
 def _as_created(spec: StudySpec, backend: str) -> StudySpec:
     """``spec`` as creation stores it: with the backend's default artifact store fixed."""
-    return with_store(spec, default_store(spec, backend))
+    return fixed_store(spec, backend)
 
 
 _CREATOR = """

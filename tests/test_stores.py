@@ -9,6 +9,7 @@ name and the storage URL, and `report`, `export` and the dashboard in C see B's 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
-from conftest import hpo, one_line_error
+from conftest import hpo, make_frame, one_line_error
 from pg import HpoProcesses, hpo_env, tiny_study
 
 from hpo.errors import HpoError
@@ -35,7 +36,7 @@ from hpo.results.artifacts import trial_artifacts
 from hpo.spec import load_spec, spec_from_dict
 from hpo.study import optuna_compat as compat
 from hpo.study import stores
-from hpo.study.creation import create_or_load_study
+from hpo.study.creation import create_or_load_study, update_stored_spec
 from hpo.study.record import (
     ARTIFACT_TABLE,
     DATA_ATTR,
@@ -147,8 +148,6 @@ def test_the_store_is_fixed_at_creation_and_kept(tmp_path: Path) -> None:
     with pytest.raises(HpoError, match="keeps its artifacts in store 'folder', but this run"):
         create_or_load_study(spec.replace(artifacts=spec.artifacts.__class__(store="database")),
                              open_storage(url))  # fmt: skip
-    from hpo.study.creation import update_stored_spec
-
     update_stored_spec(study, spec)
     assert stored_spec(study).artifacts.store == "folder"
     # A study stored before stores were chosen (no `store` in its spec) keeps its folder.
@@ -346,6 +345,26 @@ def test_s3_store_holds_the_data_and_files_under_its_prefix_and_never_shows_the_
     assert S3_SECRET not in result.output
 
 
+def test_hpo_run_probes_the_bucket_before_it_creates_the_study(
+    s3_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket that cannot be written: one line from `hpo run` (as from `hpo create`), and no
+    study that would train and then save no file."""
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    url = f"sqlite:///{tmp_path}/p.db"
+    missing = _spec_text(tmp_path, 'store = "s3://no-such-bucket"')
+    result = hpo("run", missing, "--storage", url)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1] == (
+        "Error: artifact store s3://no-such-bucket: cannot write to it (NoSuchBucket: An error "
+        "occurred (NoSuchBucket) when calling the PutObject operation: The specified bucket "
+        "does not exist)"
+    )
+    assert optuna.get_all_study_names(url) == []
+    assert S3_SECRET not in result.output
+
+
 # --- several machines, one PostgreSQL study --------------------------------------------------
 
 # Fixed alpha ranges: no alpha windows to measure before the first trial (tens of seconds).
@@ -358,10 +377,60 @@ def _machine(root: Path, name: str) -> Path:
     return home
 
 
-def _machine_env(url: str, home: Path, **extra: str) -> dict[str, str]:
-    env = hpo_env(url, HOME=str(home / "home"), **extra)
+# Variables that name a user's own state outside HOME (configuration, caches, credentials):
+# on another machine they would be that machine's, so no machine here inherits them.
+_HOME_STATE = (
+    "KERAS_HOME",
+    "MPLCONFIGDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "PYTHONUSERBASE",
+    "PYENV_ROOT",
+)
+
+
+def _under(value: str, folders: list[str]) -> bool:
+    return any(
+        part == folder or part.startswith(folder.rstrip("/") + "/")
+        for part in value.split(os.pathsep)
+        for folder in folders
+    )
+
+
+def _machine_env(url: str, home: Path, shared: list[str], **extra: str) -> dict[str, str]:
+    """A machine's environment: its own HOME and ./data, nothing that names the HOMEs it
+    shares this test's machine with (``shared``): no state variable, no PATH entry there."""
+    env = {
+        key: value
+        for key, value in hpo_env(url, **extra).items()
+        if key not in _HOME_STATE and (key == "PATH" or not _under(value, shared))
+    }
+    env["PATH"] = os.pathsep.join(
+        part for part in env.get("PATH", "").split(os.pathsep) if not _under(part, shared)
+    )
+    env["HOME"] = str(home / "home")
     env.pop("HPO_DATA_DIR", None)  # each machine's own ./data
+    assert not [key for key, value in env.items() if _under(value, shared)]
     return env
+
+
+def _poisoned_home(folder: Path) -> dict[str, bytes]:
+    """A HOME whose state breaks any process that reads it (Keras refuses its config, hpo's
+    trials-per-batch cache is no JSON); returns its files, to check none changed."""
+    files = {
+        ".keras/keras.json": b'{"floatx": "shared-home-was-read"}',
+        ".cache/hpo/trials-per-batch.json": b"shared home was read",
+        ".config/matplotlib/matplotlibrc": b"backend: shared-home-was-read\n",
+        ".aws/credentials": b"[default]\naws_access_key_id = SHARED-HOME-WAS-READ\n",
+    }
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return files
 
 
 @contextlib.contextmanager
@@ -399,7 +468,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @pytest.mark.slow  # five hpo processes, one of them training, one exporting
 @pytest.mark.postgres
-@pytest.mark.parametrize("kind", ["database", "s3"])
+@pytest.mark.parametrize("kind", ["database", "s3", "folder"])
 def test_three_machines_share_data_and_artifacts_through_the_store(
     pg_url: str,
     tmp_path: Path,
@@ -407,7 +476,16 @@ def test_three_machines_share_data_and_artifacts_through_the_store(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each machine has its own working directory and HOME. The HOME this test runs with is
+    replaced by one whose state breaks any process reading it, and no machine's environment
+    names it (or the real one): nothing a machine does may come from a HOME it shares. The
+    folder store stands for a shared mount at the same path on every machine: fixed as an
+    absolute path when A creates the study, it is where B writes and C reads."""
     a, b, c = (_machine(tmp_path, m) for m in ("a", "b", "c"))
+    shared_home = tmp_path / "shared-home"
+    poison = _poisoned_home(shared_home)
+    shared = [str(Path.home()), str(shared_home)]
+    monkeypatch.setenv("HOME", str(shared_home))  # what a machine would inherit
     aws: dict[str, str] = {}
     store, where = "", "the study's database"  # the default for a PostgreSQL study
     if kind == "s3":
@@ -416,12 +494,14 @@ def test_three_machines_share_data_and_artifacts_through_the_store(
             monkeypatch.setenv(key, value)
         where = f"s3://hpo-test/{tmp_path.name}"
         store = f'store = "{where}"\n'
+    elif kind == "folder":
+        store, where = 'store = "folder"\n', str(a / "artifacts")  # A's, made absolute
     study_file = tiny_study(
         a, "travel", n_trials=3, extra=FIXED_WINDOWS + f"\n[artifacts]\ntop_k = 2\n{store}"
     )
 
     def _env(url: str, home: Path) -> dict[str, str]:
-        return _machine_env(url, home, **aws)
+        return _machine_env(url, home, shared, **aws)
 
     with contextlib.ExitStack() as stack:
         on_a, on_b, on_c = (HpoProcesses(m) for m in (a, b, c))
@@ -504,3 +584,217 @@ def test_three_machines_share_data_and_artifacts_through_the_store(
         if aws:
             assert S3_SECRET not in created + worker + report + exported + again
     assert os.listdir(c / "r")
+    # Each machine used its own HOME (Keras wrote its configuration there) and the shared one
+    # is as it was.
+    for machine in (b, c):
+        assert (machine / "home" / ".keras" / "keras.json").is_file()
+    assert {
+        str(path.relative_to(shared_home)): path.read_bytes()
+        for path in shared_home.rglob("*")
+        if path.is_file()
+    } == poison
+
+
+def test_a_folder_store_is_fixed_at_creation_whatever_directory_a_process_runs_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder named relatively (or ./artifacts on a server database) is the creating
+    process's; stored as an absolute path, every later process finds the same one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    url = f"sqlite:///{tmp_path}/f.db"
+    monkeypatch.chdir(a)
+    spec = load_spec(_spec_text(a, 'path = "arts"'))
+    study, _ = create_or_load_study(spec, open_storage(url))
+    assert stored_spec(study).artifacts.path == str(a / "arts")
+    monkeypatch.chdir(b)
+    # Resumed elsewhere (its budget changed, so its spec is stored again): the folder stays.
+    resumed, created = create_or_load_study(spec, open_storage(url))
+    assert not created
+    update_stored_spec(resumed, spec.replace(budget=spec.budget.__class__(n_trials=5)))
+    place = stores.study_place(optuna.load_study(study_name="st", storage=url), url, create=True)
+    assert (place.setting, place.directory) == ("folder", a / "arts")
+    assert not (b / "arts").exists()
+
+    # The folder beside a SQLite file is fixed by the database's own place: nothing stored,
+    # so the two can be moved together.
+    beside = load_spec(_spec_text(a, "top_k = 1")).replace(name="beside")
+    study, _ = create_or_load_study(beside, open_storage(url))
+    assert stored_spec(study).artifacts.path is None
+    assert stores.study_place(study, url, create=False).directory == tmp_path / "f-artifacts"
+
+    # A study stored before folders were fixed keeps the folder it had.
+    raw = dict(study.user_attrs[SPEC_ATTR])
+    raw["artifacts"] = {"top_k": 1, "path": "arts"}
+    study.set_user_attr(SPEC_ATTR, raw)
+    assert stores.study_place(study, url, create=False).directory == Path("arts")
+
+
+@pytest.mark.postgres
+def test_a_folder_store_on_postgresql_is_the_creating_directorys(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    monkeypatch.chdir(a)
+    spec = load_spec(_spec_text(a, 'store = "folder"'))
+    study, _ = create_or_load_study(spec, open_storage(pg_url))
+    assert stored_spec(study).artifacts.path == str(a / "artifacts")
+    monkeypatch.chdir(b)
+    joined = optuna.load_study(study_name="st", storage=open_storage(pg_url))
+    assert stores.study_place(joined, pg_url, create=True).directory == a / "artifacts"
+    assert not (b / "artifacts").exists()
+
+
+def test_hpo_create_with_missing_data_to_store_creates_nothing(tmp_path: Path) -> None:
+    study_file = _spec_text(tmp_path, 'store = "database"')
+    (tmp_path / "tiny.csv").unlink()
+    url = f"sqlite:///{tmp_path}/c.db"
+    one_line_error(
+        hpo("create", study_file, "--storage", url, "--store-data"),
+        f"{tmp_path / 'tiny.csv'}: data file not found",
+    )
+    assert optuna.get_all_study_names(url) == []
+
+
+def test_stored_data_needs_a_file_not_a_dataframe_and_says_so_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
+    import hpo as api
+
+    spec = load_spec(tiny_study(tmp_path, "frame", n_trials=1))
+    spec = spec.replace(data=dataclasses.replace(spec.data, store=True))
+    with pytest.raises(HpoError) as refused:
+        api.optimize(spec, data=make_frame(), storage=f"sqlite:///{tmp_path}/frame.db")
+    assert str(refused.value) == (
+        "[data] store = true needs the data as a CSV file, not a DataFrame (the study keeps "
+        "the file's bytes for its workers); give data a path"
+    )
+    assert not (tmp_path / "frame.db").exists()  # nothing stored, not even the database
+
+
+def test_an_unusable_folder_store_is_one_line_and_no_study(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file where the folder would be")
+    for command in ("create", "run"):
+        path = _spec_text(tmp_path, 'path = "taken"')
+        url = f"sqlite:///{tmp_path}/{command}.db"
+        result = hpo(command, path, "--storage", url)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.stderr.splitlines()[-1] == (
+            f"Error: {tmp_path / 'taken'}: cannot create the artifact folder (File exists); set "
+            "[artifacts] "
+            "path to a writable folder"
+        ), command
+        assert optuna.get_all_study_names(url) == []
+
+
+def test_stored_data_on_a_bare_machine_hpo_run_refusals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hpo run` on a machine without the CSV, as `hpo worker`: a damaged stored copy and a
+    --data file that differs are refused in one line, before anything trains."""
+    study_file = _spec_text(tmp_path, 'store = "database"')
+    url = f"sqlite:///{tmp_path}/bare.db"
+    assert hpo("create", study_file, "--storage", url, "--store-data").exit_code == 0
+    content = (tmp_path / "tiny.csv").read_bytes()
+    (tmp_path / "tiny.csv").unlink()
+    record = stores.stored_data(optuna.load_study(study_name="st", storage=url))
+    assert record is not None
+
+    changed = tmp_path / "changed.csv"
+    changed.write_bytes(content + b"\n")
+    one_line_error(
+        hpo("run", study_file, "--storage", url, "--data", changed),
+        f"{changed}: its content differs from the data stored with study 'st' (sha256 "
+        f"{hashlib.sha256(changed.read_bytes()).hexdigest()[:12]} here, {record.sha256[:12]} "
+        "stored from tiny.csv); leave out --data to train on the stored copy",
+    )
+    with sqlalchemy.create_engine(url).begin() as conn:  # a bit flipped in the stored copy
+        conn.execute(
+            sqlalchemy.text(f"UPDATE {ARTIFACT_TABLE} SET data = :d WHERE artifact_id = :a"),
+            {"d": content[:-1] + b"X", "a": record.artifact_id},
+        )
+    result = hpo("run", study_file, "--storage", url)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.fullmatch(
+        r"Error: the data stored with study 'st' \(tiny\.csv, artifact [\w-]+\) in the study's "
+        r"database has sha256 \w{12}, but the study recorded \w{12}: the stored copy is damaged",
+        result.stderr.splitlines()[-1],
+    )
+    trials = optuna.load_study(study_name="st", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["WAITING"]  # nothing trained
+
+
+@pytest.mark.slow  # trains in this process
+def test_hpo_run_on_a_bare_machine_trains_on_the_stored_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    study_file = tiny_study(
+        a, "bare", n_trials=2, extra=FIXED_WINDOWS + '\n[artifacts]\ntop_k = 1\npath = "arts"\n'
+    )
+    url = f"sqlite:///{tmp_path}/bare.db"
+    monkeypatch.chdir(a)
+    assert hpo("create", study_file, "--storage", url, "--store-data").exit_code == 0
+    content = (a / "tiny.csv").read_bytes()
+    (a / "tiny.csv").unlink()  # study file and database reach machine B; the CSV does not
+
+    monkeypatch.chdir(b)
+    monkeypatch.setenv("HPO_DATA_DIR", str(b / "data"))
+    result = hpo("run", study_file, "--storage", url)
+    assert result.exit_code == 0, result.output
+    fetched = b / "data" / "stored" / f"{hashlib.sha256(content).hexdigest()}.csv"
+    assert fetched.read_bytes() == content
+    assert f"data: {fetched}: " in result.stderr
+    # The files go to the study's folder, fixed in A when it was created, not to B's ./arts.
+    assert (
+        f"note: artifacts go to {a / 'arts'}, the study's folder since it was created (this "
+        f"study file's [artifacts] path is {b / 'arts'} from here)"
+    ) in result.stderr
+    assert not (b / "arts").exists()
+    study = optuna.load_study(study_name="bare", storage=url)
+    place = stores.study_place(study, url, create=False)
+    assert place.directory == a / "arts"
+    best = study.best_trial
+    assert {a.filename for a in trial_artifacts(study, best)} == {
+        f"trial-{best.number}-{kind}" for kind in ("confusion.png", "fold1.keras", "folds.csv")
+    }
+    for artifact in trial_artifacts(study, best):
+        assert stores.artifact_problem(place, artifact.artifact_id) is None
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    # B's local copy is not recorded as the study's source: the `hpo_data` record says it.
+    assert DATA_SOURCE_ATTR not in study.user_attrs
+
+
+def test_first_found_tries_every_store_and_says_why_none_can_read(tmp_path: Path) -> None:
+    """The dashboard's one store over several: a store that fails (not with "not found") does
+    not hide a file another one holds; when none can read it, each says why."""
+    (tmp_path / "not-a-folder").write_text("x")
+    broken = stores.open_place(
+        "folder",
+        url=f"sqlite:///{tmp_path}/x.db",
+        spec=load_spec(_spec_text(tmp_path, f'path = "{tmp_path / "not-a-folder"}"')),
+        storage=None,
+        create=False,
+    )
+    url = f"sqlite:///{tmp_path}/held.db"
+    storage = open_storage(url)
+    holding = stores.open_place("database", url=url, spec=None, storage=storage, create=True)
+    holding.store.write("0123abcd", io.BytesIO(b"the file"))
+    served = stores.FirstFound([broken, holding])
+    with served.open_reader("0123abcd") as fh:
+        assert fh.read() == b"the file"
+
+    with pytest.raises(stores.ArtifactUnreadable) as unreadable:
+        served.open_reader("4567cdef")
+    assert str(unreadable.value) == (
+        f"artifact 4567cdef cannot be read: from {tmp_path / 'not-a-folder'}: NotADirectoryError: "
+        f"[Errno 20] Not a directory: '{tmp_path / 'not-a-folder' / '4567cdef'}'; from the "
+        "study's database: not found"
+    )
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound, match="in none of"):
+        stores.FirstFound([holding]).open_reader("4567cdef")

@@ -45,6 +45,7 @@ from hpo.spec import StudySpec, load_spec
 from hpo.study.creation import (
     check_holdout,
     create_or_load_study,
+    find_study,
     join_study,
     load_study,
     update_stored_spec,
@@ -69,8 +70,9 @@ from hpo.study.storage import mask_url, open_storage
 from hpo.study.stores import (
     check_store,
     data_for,
-    default_store,
+    fixed_store,
     open_place,
+    read_data_to_store,
     store_data,
     stored_data,
     study_place,
@@ -143,9 +145,18 @@ def create(
     url = storage_url(storage, announce=True, access="create")
     shown = mask_url(url)
     rdb = open_storage(url)
-    # A bucket that cannot be reached: one line now, before the study exists, not in every
-    # worker later.
-    check_store(open_place(default_store(spec, url), url=url, spec=spec, storage=rdb, create=True))
+    existing = find_study(spec.name, rdb)
+    to_store = None
+    if existing is None:
+        # A store this machine cannot write to and read from (a bad bucket or credentials, an
+        # unwritable folder): one line now, before the study exists, not in every worker later.
+        fixed = fixed_store(spec, url)
+        check_store(
+            open_place(str(fixed.artifacts.store), url=url, spec=fixed, storage=rdb, create=True)
+        )
+    if spec.data.store and (existing is None or stored_data(existing) is None or data_path):
+        # The rows are read before the study is made: a missing file leaves no study behind.
+        to_store = read_data_to_store(spec, data_path)
     study, created = create_or_load_study(spec, rdb, policy=policy)
     place = study_place(study, url, create=created or spec.data.store)
     if created:
@@ -165,7 +176,7 @@ def create(
         )
     click.echo(f"artifacts: {place.where}")
     if spec.data.store:
-        record, stored_now = store_data(study, spec, place, data_path=data_path)
+        record, stored_now = store_data(study, spec, place, data_path=data_path, read=to_store)
         click.echo(
             f"data: {record.name} ({record.bytes} bytes, sha256 {record.sha256[:12]}) "
             + ("stored" if stored_now else "already stored")

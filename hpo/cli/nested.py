@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import click
@@ -38,7 +38,12 @@ from hpo.results.spec_text import ensure_spec_note
 from hpo.seeds import evaluate_seeds
 from hpo.spec import StudySpec, load_spec
 from hpo.study.budget import trials_to_run
-from hpo.study.creation import check_holdout, create_or_load_study, update_stored_spec
+from hpo.study.creation import (
+    check_holdout,
+    create_or_load_study,
+    find_study,
+    update_stored_spec,
+)
 from hpo.study.record import (
     NESTED_SUMMARY_ATTR,
     CrashPolicy,
@@ -48,6 +53,20 @@ from hpo.study.record import (
     stored_spec,
 )
 from hpo.study.storage import open_storage
+from hpo.study.stores import (
+    DataToStore,
+    StoredData,
+    check_rows,
+    check_store,
+    fixed_store,
+    open_place,
+    read_data_to_store,
+    rows_here,
+    share_data,
+    store_data,
+    stored_data,
+    study_place,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -106,9 +125,17 @@ def nested(
     policy = crash_policy(heartbeat_interval, grace_period, max_retries)
     url = storage_url(storage, announce=True, access="create")
     storage_impl = open_storage(url)
+    inner_studies = [
+        find_study(outer_spec(spec, outer, fold).name, storage_impl) for fold in range(1, outer + 1)
+    ]
+    rows = _stored_rows(spec, url, data_path, storage_impl, inner_studies)
+    data_path = rows.data_path
     # The warnings of the whole search data, said once, stored on every inner study and on
     # the summary, and shown again beside the estimate they question.
-    warnings = show_data_findings(load_folds(spec.data, spec.cv, path_override=data_path)[0], spec)
+    dataset = load_folds(spec.data, spec.cv, path_override=data_path)[0]
+    if rows.holder is not None:
+        check_rows(rows.holder, dataset)
+    warnings = show_data_findings(dataset, spec)
     if not save_models and spec.artifacts.model != "none":
         spec = spec.replace(artifacts=replace(spec.artifacts, model="none"))
         click.echo(
@@ -119,7 +146,9 @@ def nested(
     results = []
     for fold in range(1, outer + 1):
         inner = outer_spec(spec, outer, fold)
-        study, inner = _search(inner, storage_impl, policy, url, fold, outer, data_path, warnings)
+        study, inner = _search(
+            inner, storage_impl, policy, url, fold, outer, data_path, warnings, rows
+        )
         if study is None or stops.requested():
             # Stopped (in training, or while the model files were saved, which the recorder
             # takes as "skip the rest"): the inner study is intact; run again to resume.
@@ -144,6 +173,76 @@ def nested(
     _print_summary(summary)
 
 
+@dataclass
+class _Rows:
+    """The rows of a nested cross-validation that stores them (``[data] store``): stored once,
+    in the first inner study's store, and referenced by hash from every other inner study in
+    the same store (they all train on the same rows, each holding out its own outer fold).
+
+    ``data_path``: the CSV this process reads (the stored copy on a machine without the study
+    file's own); ``holder``: an inner study that records them already; ``record`` and ``where``:
+    that record and its store; ``read``: the bytes, read before any inner study is created when
+    none records them yet."""
+
+    data_path: str | None
+    holder: optuna.Study | None = None
+    record: StoredData | None = None
+    where: str | None = None
+    read: DataToStore | None = None
+
+
+def _stored_rows(
+    spec: StudySpec,
+    url: str,
+    data_path: str | None,
+    storage: optuna.storages.BaseStorage,
+    inner_studies: list[optuna.Study | None],
+) -> _Rows:
+    """What the inner studies store and where this process reads the rows (see :class:`_Rows`):
+    checked against the stored copy, or fetched from it, as ``hpo run`` and ``hpo worker`` do;
+    and before the first inner study is created, the store probed and the rows read."""
+    holder = next((s for s in inner_studies if s is not None and stored_data(s)), None)
+    rows = _Rows(data_path)
+    if holder is not None:
+        place = study_place(holder, url, create=False)
+        rows = _Rows(
+            rows_here(holder, spec, data_path, url)[0],
+            holder,
+            stored_data(holder),
+            place.where,
+        )
+    if any(s is None for s in inner_studies):
+        # A store this machine cannot use, or rows that cannot be read: one line before any
+        # inner study exists.
+        inner = fixed_store(outer_spec(spec, len(inner_studies), 1), url)
+        check_store(
+            open_place(
+                str(inner.artifacts.store), url=url, spec=inner, storage=storage, create=True
+            )
+        )
+    if spec.data.store and rows.record is None:
+        rows.read = read_data_to_store(spec, data_path)
+    return rows
+
+
+def _store_rows(study: optuna.Study, inner: StudySpec, url: str, rows: _Rows) -> None:
+    """Record the rows on inner study ``study``: a reference to the copy another inner study of
+    the same store holds, else a copy stored now (the first one)."""
+    place = study_place(study, url, create=True)
+    if rows.record is not None and rows.where == place.where:
+        share_data(study, rows.record)
+        return
+    record, now = store_data(study, inner, place, data_path=rows.data_path, read=rows.read)
+    if now:
+        click.echo(
+            f"data: {record.name} ({record.bytes} bytes, sha256 {record.sha256[:12]}) stored "
+            f"in {place.where}; the other inner studies refer to it",
+            err=True,
+        )
+    if rows.record is None:
+        rows.record, rows.where = record, place.where
+
+
 def _search(
     inner: StudySpec,
     storage: optuna.storages.BaseStorage,
@@ -153,14 +252,17 @@ def _search(
     outer: int,
     data_path: str | None,
     warnings: list[str],
+    rows: _Rows,
 ) -> tuple[optuna.Study | None, StudySpec]:
     """Create or resume fold ``fold``'s inner study and train it to its budget (None if a
     signal stopped it), with its spec as trained (a builder's layers resolved); the data
-    ``warnings`` are stored on it."""
+    ``warnings`` are stored on it, and the rows too when the study file stores them."""
     dataset, folds = load_folds(inner.data, inner.cv, path_override=data_path)
     inner = with_model(inner, folds)
     study, created = create_or_load_study(inner, storage, policy=policy)
     check_holdout(study, dataset.holdout)
+    if inner.data.store:
+        _store_rows(study, inner, url, rows)
     store_data_warnings(study, warnings)
     if not created:
         update_stored_spec(study, inner)  # a new --n-trials: workers and status follow it

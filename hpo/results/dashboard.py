@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import io
 import ipaddress
 import json
 import re
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -48,6 +49,7 @@ from hpo.study.storage import mask_url, open_storage
 from hpo.study.stores import (
     FOLDER,
     ArtifactPlace,
+    ArtifactUnreadable,
     FirstFound,
     folder_for,
     open_place,
@@ -56,11 +58,16 @@ from hpo.study.stores import (
 )
 
 if TYPE_CHECKING:
+    import bottle
     import optuna
+    import optuna.artifacts as optuna_artifacts
     import optuna_dashboard
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 else:
+    # optuna-dashboard's web framework: a handler may raise its HTTPResponse to answer.
+    bottle = lazy_import("bottle")
     optuna = lazy_import("optuna")
+    optuna_artifacts = lazy_import("optuna.artifacts")
     optuna_dashboard = lazy_import("optuna_dashboard")
 
 __all__ = [
@@ -68,6 +75,8 @@ __all__ = [
     "TOKEN_ENV",
     "Access",
     "Guard",
+    "NoteAddenda",
+    "ServedArtifacts",
     "dashboard_access",
     "dashboard_places",
     "is_loopback",
@@ -75,6 +84,10 @@ __all__ = [
     "read_specs",
     "serve",
     "unreadable_artifacts",
+    "unreadable_by_study",
+    "unreadable_section",
+    "with_unreadable",
+    "without_unreadable",
 ]
 
 _log = get_logger("dashboard")
@@ -137,13 +150,14 @@ def dashboard_places(
     return list(places.values())
 
 
-def unreadable_artifacts(
+def unreadable_by_study(
     storage: optuna.storages.BaseStorage, url: str, explicit: ArtifactPlace | None = None
-) -> list[str]:
-    """One line for every artifact of a study's final best ``[artifacts] top_k`` trials that
-    cannot be read from the study's store, saying which and why (read as far as the first
-    byte). The dashboard would show such a file as a broken link."""
-    lines = []
+) -> dict[str, list[str]]:
+    """For each study with any, one line for every artifact of its final best ``[artifacts]
+    top_k`` trials that cannot be read from the study's store (``explicit``: the one given
+    instead), saying which and why (read as far as the first byte). The dashboard would show
+    such a file as a broken link; ``hpo report`` says the same lines."""
+    found: dict[str, list[str]] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         try:
@@ -152,14 +166,180 @@ def unreadable_artifacts(
                 continue
             place = explicit or study_place(study, url, create=False, spec=spec)
         except HpoError as exc:
-            lines.append(f"study {summary.study_name!r}: artifacts not checked ({exc})")
+            found[summary.study_name] = [f"artifacts not checked ({exc})"]
             continue
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         top = sorted(complete, key=lambda t: (-(t.value or 0.0), t.number))[: spec.artifacts.top_k]
-        for read in read_trial_artifacts(study, top, place, wanted=lambda artifact: False):
-            if read.problem is not None:
-                lines.append(f"study {study.study_name!r}: {read.line(place)}")
-    return lines
+        lines = [
+            read.line(place)
+            for read in read_trial_artifacts(study, top, place, wanted=lambda artifact: False)
+            if read.problem is not None
+        ]
+        if lines:
+            found[summary.study_name] = lines
+    return found
+
+
+def unreadable_artifacts(
+    storage: optuna.storages.BaseStorage, url: str, explicit: ArtifactPlace | None = None
+) -> list[str]:
+    """:func:`unreadable_by_study` as log lines, each naming its study."""
+    return [
+        f"study {name!r}: {line}"
+        for name, lines in unreadable_by_study(storage, url, explicit).items()
+        for line in lines
+    ]
+
+
+# --- what the dashboard adds to optuna-dashboard's pages, without writing it ----------------
+
+UNREADABLE_TITLE = "### ⚠ Files this dashboard cannot read"
+_UNREADABLE_END = (
+    "_Checked by `hpo dashboard` when it started, from the machine it runs on (not stored "
+    "with the study; `hpo report` checks again)._"
+)
+_STUDY_DETAIL = re.compile(r"/api/studies/(\d+)")
+_NOTE_SAVE = re.compile(r"/api/studies/\d+/note")
+
+
+def unreadable_section(lines: Iterable[str]) -> str:
+    """The section the dashboard shows at the top of a study's note for its ``lines``."""
+    items = "".join(f"- {line}\n" for line in lines)
+    return f"{UNREADABLE_TITLE}\n\n{items}\n{_UNREADABLE_END}\n\n"
+
+
+def without_unreadable(note: str) -> str:
+    """``note`` without the dashboard's section (:func:`unreadable_section`), if it has one."""
+    start = note.find(UNREADABLE_TITLE)
+    end = note.find(_UNREADABLE_END, start) if start >= 0 else -1
+    if end < 0:
+        return note
+    return note[:start] + note[end + len(_UNREADABLE_END) :].lstrip("\n")
+
+
+def with_unreadable(note: str, section: str) -> str:
+    """``note`` with ``section`` after its title line (the note itself is as stored)."""
+    note = without_unreadable(note)
+    if note.startswith("## "):
+        title, _, rest = note.partition("\n")
+        return f"{title}\n\n{section}{rest.lstrip(chr(10))}"
+    return section + note
+
+
+class NoteAddenda:
+    """WSGI middleware that shows, at the top of a study's note in optuna-dashboard's page (the
+    study detail its page reads, ``GET /api/studies/ID``), the files of the study's best trials
+    that the dashboard could not read when it started, with why.
+
+    The note is written by the commands that change a study, which cannot know: whether a file
+    can be read depends on the machine that reads it (a folder, S3 credentials) and on the
+    moment (a file removed later). So the dashboard says what it found itself, in the response
+    only: it writes nothing. With ``--allow-writes`` a note saved from the page (whose editor
+    starts from the note as served) is saved without the section."""
+
+    def __init__(self, app: WSGIApplication, sections: dict[int, str]) -> None:
+        self._app = app
+        self._sections = sections  # by study id
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", ""))
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        if method == "PUT" and _NOTE_SAVE.fullmatch(path):
+            return self._app(_saved_without_section(environ), start_response)
+        match = _STUDY_DETAIL.fullmatch(path)
+        if match is None or method != "GET" or int(match[1]) not in self._sections:
+            return self._app(environ, start_response)
+        answered: list[Any] = []
+        chunks: list[bytes] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answered[:] = [status, headers]
+            return chunks.append
+
+        result = self._app(environ, keep)
+        try:
+            chunks.extend(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, headers = answered
+        body = b"".join(chunks)
+        if status.startswith("200"):
+            try:
+                detail = json.loads(body)
+                note = detail.get("note") or {"version": 0, "body": ""}
+                note["body"] = with_unreadable(
+                    str(note.get("body", "")), self._sections[int(match[1])]
+                )
+                detail["note"] = note
+                body = json.dumps(detail).encode()
+            except (ValueError, AttributeError, TypeError) as exc:
+                _log.debug("study %s: note not extended (%s)", match[1], exc)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _saved_without_section(environ: WSGIEnvironment) -> WSGIEnvironment:
+    """A note save (``PUT /api/studies/ID/note``, JSON ``{"version", "body"}``) whose body
+    holds the dashboard's section, without it: the section is shown, never stored."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return environ
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    try:
+        saved = json.loads(raw)
+        if isinstance(saved, dict) and isinstance(saved.get("body"), str):
+            saved["body"] = without_unreadable(saved["body"])
+            raw = json.dumps(saved).encode()
+    except ValueError:
+        pass  # not JSON: optuna-dashboard answers it as it would have
+    changed = dict(environ)
+    changed["wsgi.input"] = io.BytesIO(raw)
+    changed["CONTENT_LENGTH"] = str(len(raw))
+    return changed
+
+
+def note_sections(
+    storage: optuna.storages.BaseStorage, unreadable: dict[str, list[str]]
+) -> dict[int, str]:
+    """:func:`unreadable_section` of each study with unreadable files, by study id."""
+    return {
+        storage.get_study_id_from_name(name): unreadable_section(lines)
+        for name, lines in unreadable.items()
+    }
+
+
+class ServedArtifacts:
+    """optuna-dashboard's artifact store: every store the studies name (:class:`FirstFound`).
+    A file none of them can read is answered in plain text, 404 when no store has it and 502
+    when a store failed, naming each store and why, and logged once, instead of the web
+    framework's 500 page and a traceback on the dashboard's output."""
+
+    def __init__(self, places: list[ArtifactPlace]) -> None:
+        self._stores = FirstFound(places)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        try:
+            return self._stores.open_reader(artifact_id)
+        except optuna_artifacts.exceptions.ArtifactNotFound as exc:
+            status, why = 404, str(exc)
+        except ArtifactUnreadable as exc:
+            status, why = 502, str(exc)
+        _log.warning("%s", why)
+        raise bottle.HTTPResponse(
+            why + "\n",
+            status=status,
+            headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"},
+        )
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self._stores.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self._stores.remove(artifact_id)
 
 
 def open_url(host: str, port: int) -> str:
@@ -452,11 +632,13 @@ def serve(
     storage = open_storage(url, access="write" if access.allow_writes else "read")
     specs = read_specs(storage)
     places = dashboard_places(url, storage, specs, artifacts)
-    for line in unreadable_artifacts(storage, url, places[0] if artifacts else None):
-        _log.warning("%s", line)
-    app = optuna_dashboard.wsgi(
-        storage, artifact_store=FirstFound([place.store for place in places])
-    )
+    unreadable = unreadable_by_study(storage, url, places[0] if artifacts else None)
+    for name, lines in unreadable.items():
+        for line in lines:
+            _log.warning("study %r: %s", name, line)
+    app: WSGIApplication = optuna_dashboard.wsgi(storage, artifact_store=ServedArtifacts(places))
+    if unreadable:  # the page says it too, at the top of each such study's note
+        app = NoteAddenda(app, note_sections(storage, unreadable))
     try:
         server = make_server(
             host, port, app, server_class=ThreadedServer, handler_class=QuietHandler

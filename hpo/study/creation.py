@@ -30,7 +30,7 @@ from hpo.study.record import (
     stored_spec_data,
 )
 from hpo.study.storage import Access, creation_lock, mask_url, open_storage, unwrap_rdb
-from hpo.study.stores import default_store, store_setting, with_store
+from hpo.study.stores import fixed_store, store_setting, with_study_store
 
 if TYPE_CHECKING:
     import optuna
@@ -45,6 +45,7 @@ __all__ = [
     "check_holdout",
     "check_same_protocol",
     "create_or_load_study",
+    "find_study",
     "join_study",
     "load_study",
     "make_pruner",
@@ -69,6 +70,17 @@ _PROTOCOL_DATA_KEYS = (
 # The pruner is one of them: it changes what a study costs, not what a complete trial's score
 # means (every one trained to the end), so a resumed study may prune differently.
 _UPDATABLE_SECTIONS = ("budget", "engine", "pruner")
+
+
+def find_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """Study ``name`` in ``storage`` if it exists (to read what it stores before this process
+    trains or creates anything), else None."""
+    try:
+        return optuna.load_study(
+            study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
+        )
+    except KeyError:
+        return None
 
 
 def load_study(name: str, storage_url: str, *, access: Access = "read") -> optuna.Study:
@@ -188,12 +200,13 @@ def create_or_load_study(
     """
     sampler = make_sampler(spec, seed_offset=seed_offset)
     pruner = make_pruner(spec)
-    # The artifact store is fixed at creation and stored with the spec: every process of the
-    # study (on any machine) reads it from there. A resumed study is checked against the study
-    # file's own setting (``given``): the backend's default is for new studies only, and a
-    # study stored before stores were chosen keeps its folder.
+    # The artifact store is fixed at creation and stored with the spec (a folder as an absolute
+    # path): every process of the study, on any machine and in any directory, reads it from
+    # there. A resumed study is checked against the study file's own setting (``given``): the
+    # backend's default is for new studies only, and a study stored before stores were chosen
+    # keeps its folder.
     given = spec
-    spec = with_store(spec, default_store(spec, unwrap_rdb(storage).url))
+    spec = fixed_store(spec, unwrap_rdb(storage).url)
     with creation_lock(unwrap_rdb(storage)):
         try:
             study = optuna.load_study(
@@ -398,8 +411,8 @@ def _check_same_store(spec: StudySpec, study: optuna.Study) -> None:
 def update_stored_spec(study: optuna.Study, spec: StudySpec) -> list[tuple[str, Any, Any]]:
     """Store ``spec``'s budget, engine and pruner on an existing study (``hpo create`` again, or
     ``hpo run`` resuming it, so that workers joining later get them); returns what changed.
-    The study's artifact store stays the one it was created with."""
-    spec = with_store(spec, store_setting(stored_spec(study)))
+    The study's artifact store (its setting and folder) stays the one it was created with."""
+    spec = with_study_store(spec, stored_spec(study))
     changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), spec, _UPDATABLE_SECTIONS)
     if changes:
         study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import importlib
 import io
+import os
 import shutil
 import tempfile
 import uuid
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from hpo.data import cache_dir, source_bytes
+from hpo.data import Dataset, cache_dir, source_bytes
 from hpo.data import file_sha256 as data_file_sha256
 from hpo.errors import HpoError
 from hpo.lazy import lazy_import
@@ -63,23 +64,31 @@ __all__ = [
     "DATABASE",
     "FOLDER",
     "ArtifactPlace",
+    "ArtifactUnreadable",
+    "DataToStore",
     "DatabaseArtifactStore",
     "FirstFound",
     "StoredData",
     "artifact_problem",
+    "check_rows",
     "check_store",
     "data_for",
     "default_store",
     "file_sha256",
+    "fixed_store",
     "folder_for",
     "folder_store",
     "open_place",
+    "read_data_to_store",
     "read_error",
+    "rows_here",
+    "share_data",
     "store_data",
     "store_setting",
     "stored_data",
     "study_place",
     "with_store",
+    "with_study_store",
 ]
 
 FOLDER = "folder"
@@ -105,6 +114,33 @@ def default_store(spec: StudySpec, url: str) -> str:
 def with_store(spec: StudySpec, setting: str) -> StudySpec:
     """``spec`` with ``[artifacts] store`` set to ``setting``."""
     return spec.replace(artifacts=dataclasses.replace(spec.artifacts, store=setting))
+
+
+def fixed_store(spec: StudySpec, url: str) -> StudySpec:
+    """``spec`` with the artifact store a new study at ``url`` stores: the setting
+    (:func:`default_store`) and, for a folder named by ``[artifacts] path`` or a folder of a
+    study on a server database (``./artifacts``), that folder as an absolute path, so every
+    later process of the study finds the same one whichever directory it runs in.
+
+    The folder beside a SQLite file stays unnamed: the database's own place fixes it (every
+    process of the study opens that file), and the two can be moved or copied together. The
+    path is made absolute without following links, so a shared mount reached through one
+    stays named as the user named it."""
+    setting = default_store(spec, url)
+    spec = with_store(spec, setting)
+    if setting != FOLDER or (spec.artifacts.path is None and sqlite_file(url) is not None):
+        return spec
+    folder = os.path.abspath(folder_for(url, spec))
+    return spec.replace(artifacts=dataclasses.replace(spec.artifacts, path=folder))
+
+
+def with_study_store(spec: StudySpec, stored: StudySpec | None) -> StudySpec:
+    """``spec`` (a study file's) with the store of the study whose stored spec is ``stored``:
+    its setting and folder, as fixed when it was created (a study's store never changes)."""
+    path = stored.artifacts.path if stored is not None else None
+    return spec.replace(
+        artifacts=dataclasses.replace(spec.artifacts, store=store_setting(stored), path=path)
+    )
 
 
 def store_setting(spec: StudySpec | None) -> str:
@@ -212,30 +248,48 @@ def read_error(exc: BaseException) -> str:
     return error_text(exc)
 
 
+class ArtifactUnreadable(OSError):
+    """An artifact no store could read, for a reason other than "not found" in at least one;
+    the message names each store and why."""
+
+
 class FirstFound:
     """Several stores as one, for a dashboard over studies with different stores: a read tries
-    each in turn; a write or removal goes to the first."""
+    each in turn (a store that fails does not hide a file another one holds); a write or
+    removal goes to the first.
 
-    def __init__(self, stores: Sequence[Any]) -> None:
-        if not stores:
+    When none can read a file: Optuna's ``ArtifactNotFound`` if no store has it, else
+    :class:`ArtifactUnreadable`; either way the message names every store and why."""
+
+    def __init__(self, places: Sequence[ArtifactPlace]) -> None:
+        if not places:
             raise ValueError("FirstFound needs at least one store")
-        self.stores = list(stores)
+        self.places = list(places)
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
-        missing: Exception | None = None
-        for store in self.stores:
+        failures: list[tuple[ArtifactPlace, str]] = []
+        for place in self.places:
             try:
-                return store.open_reader(artifact_id)
-            except (optuna_artifacts.exceptions.ArtifactNotFound, FileNotFoundError) as exc:
-                missing = exc
-        assert missing is not None
-        raise missing
+                reader: BinaryIO = place.store.open_reader(artifact_id)
+            except Exception as exc:
+                failures.append((place, read_error(exc)))
+            else:
+                return reader
+        if all(why == "not found" for _, why in failures):
+            where = ", ".join(place.where for place, _ in failures)
+            raise optuna_artifacts.exceptions.ArtifactNotFound(
+                f"artifact {artifact_id} is in none of the stores ({where})"
+            )
+        raise ArtifactUnreadable(
+            f"artifact {artifact_id} cannot be read: "
+            + "; ".join(f"from {place.where}: {why}" for place, why in failures)
+        )
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        self.stores[0].write(artifact_id, content_body)
+        self.places[0].store.write(artifact_id, content_body)
 
     def remove(self, artifact_id: str) -> None:
-        self.stores[0].remove(artifact_id)
+        self.places[0].store.remove(artifact_id)
 
 
 # --- the database store ----------------------------------------------------------------------
@@ -403,19 +457,35 @@ def _s3_store(url: str) -> Any:
 
 
 def check_store(place: ArtifactPlace) -> None:
-    """Make sure a writer can use ``place`` now (``hpo create``): the database table made,
-    the bucket reachable; one line naming the store and why if not."""
+    """Make sure a writer can use ``place`` now, before a study is created on it (``hpo
+    create``, ``hpo run``, ``hpo nested``): a small file written, read back and removed (the
+    database table made first); one line naming the store and why if not. A bad bucket, missing
+    credentials or an unwritable folder then leave no half-made study behind."""
+    probe = f"hpo-probe-{uuid.uuid4()}"
+    content = b"hpo probe"
     try:
         if isinstance(place.store, DatabaseArtifactStore):
             place.store.create_table()
-        elif place.setting.startswith(S3_SCHEME):
-            probe = f"hpo-probe-{uuid.uuid4()}"
-            place.store.write(probe, io.BytesIO(b""))
-            place.store.remove(probe)
+        place.store.write(probe, io.BytesIO(content))
     except Exception as exc:
         raise HpoError(
             f"artifact store {place.where}: cannot write to it ({error_text(exc)})"
         ) from None
+    try:
+        with place.store.open_reader(probe) as fh:
+            back = fh.read()
+        if back != content:
+            raise OSError(f"a file of {len(content)} bytes read back as {len(back)} other bytes")
+    except Exception as exc:
+        raise HpoError(
+            f"artifact store {place.where}: cannot read back what was written to it "
+            f"({error_text(exc)})"
+        ) from None
+    finally:
+        try:
+            place.store.remove(probe)
+        except Exception as exc:  # a store that cannot remove: the probe stays, harmless
+            _log.debug("artifact store %s: probe %s not removed (%s)", place.where, probe, exc)
 
 
 # --- the data, stored with the study ---------------------------------------------------------
@@ -461,41 +531,76 @@ def file_sha256(path: Path) -> str:
         raise HpoError(f"{path}: cannot read the data file ({exc.strerror})") from None
 
 
+@dataclass(frozen=True)
+class DataToStore:
+    """The rows a study is about to store, read before anything is created: their bytes (a
+    CSV), SHA-256 and what they were read from."""
+
+    content: bytes
+    sha256: str
+    name: str
+
+
+def read_data_to_store(spec: StudySpec, data_path: str | None = None) -> DataToStore:
+    """The bytes ``[data] store`` keeps: the CSV ``spec`` names (or ``data_path``), or its
+    package data set as CSV; one line if they cannot be read."""
+    content, name = source_bytes(spec.data, path_override=data_path)
+    return DataToStore(content, hashlib.sha256(content).hexdigest(), name)
+
+
 def store_data(
     study: optuna.Study,
     spec: StudySpec,
     place: ArtifactPlace,
     *,
     data_path: str | None = None,
+    read: DataToStore | None = None,
 ) -> tuple[StoredData, bool]:
-    """Put the rows ``spec`` names (or ``data_path``) into ``place`` and record them on the
-    study; returns the record and whether it was stored now. Data already stored is kept: a
-    ``data_path`` with other content is refused (a study's rows never change)."""
+    """Put the rows ``spec`` names (or ``data_path``, or those ``read`` already) into ``place``
+    and record them on the study; returns the record and whether it was stored now. Data
+    already stored is kept: other content is refused (a study's rows never change)."""
     existing = stored_data(study)
-    if existing is not None and data_path is None:
+    if existing is not None and data_path is None and read is None:
         # Stored already (a one-shot `create` run again): the source is not read, nor
         # downloaded again; it may be gone from this machine.
         return existing, False
-    content, name = source_bytes(spec.data, path_override=data_path)
-    digest = hashlib.sha256(content).hexdigest()
+    if read is None:
+        read = read_data_to_store(spec, data_path)
     if existing is not None:
-        if existing.sha256 == digest:
+        if existing.sha256 == read.sha256:
             return existing, False
         raise HpoError(
-            f"{name}: study {study.study_name!r} already stores other data ({existing.name}, "
-            f"sha256 {existing.sha256[:12]}; this is {digest[:12]}): a study's rows never "
-            "change; use a new study name (--name)"
+            f"{read.name}: study {study.study_name!r} already stores other data "
+            f"({existing.name}, sha256 {existing.sha256[:12]}; this is {read.sha256[:12]}): a "
+            "study's rows never change; use a new study name (--name)"
         )
     artifact_id = str(uuid.uuid4())
     try:
-        place.store.write(artifact_id, io.BytesIO(content))
+        place.store.write(artifact_id, io.BytesIO(read.content))
     except Exception as exc:
         raise HpoError(
-            f"{name}: cannot store the data in {place.where} ({error_text(exc)})"
+            f"{read.name}: cannot store the data in {place.where} ({error_text(exc)})"
         ) from None
-    record = StoredData(artifact_id, digest, len(content), Path(name).name)
+    record = StoredData(artifact_id, read.sha256, len(read.content), Path(read.name).name)
     study.set_user_attr(DATA_ATTR, record.to_dict())
     return record, True
+
+
+def share_data(study: optuna.Study, record: StoredData) -> bool:
+    """Record on ``study`` the rows another study of the same store holds (``hpo nested``'s
+    inner studies: one copy, referenced by each); True when recorded now. A study that stores
+    other rows is refused (a study's rows never change)."""
+    existing = stored_data(study)
+    if existing is None:
+        study.set_user_attr(DATA_ATTR, record.to_dict())
+        return True
+    if existing.sha256 != record.sha256:
+        raise HpoError(
+            f"study {study.study_name!r} stores other data ({existing.name}, sha256 "
+            f"{existing.sha256[:12]}) than the rest of its nested cross-validation "
+            f"({record.name}, sha256 {record.sha256[:12]}); use a new name (--name)"
+        )
+    return False
 
 
 def data_for(
@@ -524,6 +629,39 @@ def data_for(
     if place is None:
         place = study_place(study, url, create=False)
     return str(_fetch(study, record, place, target))
+
+
+def rows_here(study: optuna.Study | None, spec: StudySpec, data: Any, url: str) -> tuple[Any, bool]:
+    """The data a process that trains ``study`` from its study file (``hpo run``, ``hpo
+    nested``) reads, and whether it is the study's stored copy: ``data`` as given (a file is
+    checked against the rows the study stores, if it stores some; a DataFrame is used as is),
+    the study file's own CSV when it is on this machine (checked once read, by
+    :func:`check_rows`), else the stored copy, fetched and checked as ``hpo worker`` fetches
+    it. ``study``: the study if it exists already."""
+    if (
+        study is None
+        or stored_data(study) is None
+        or not (data is None or isinstance(data, str | Path))
+    ):
+        return data, False
+    if data is not None:
+        return data_for(study, str(data), url=url), False
+    if spec.data.path is not None and Path(spec.data.path).is_file():
+        return None, False
+    return data_for(study, None, url=url), True
+
+
+def check_rows(study: optuna.Study, dataset: Dataset) -> None:
+    """A study that stores its rows trains on them everywhere: its workers read the stored
+    copy, so a local file that differs would mix two data sets into one study."""
+    record = stored_data(study)
+    if record is None or dataset.sha256 is None or dataset.sha256 == record.sha256:
+        return
+    raise HpoError(
+        f"{dataset.source}: its content differs from the data stored with study "
+        f"{study.study_name!r} (sha256 {dataset.sha256[:12]} here, {record.sha256[:12]} stored "
+        f"from {record.name}); train on the same file, or use a new name (--name)"
+    )
 
 
 def _fetch(study: optuna.Study, record: StoredData, place: ArtifactPlace, target: Path) -> Path:
