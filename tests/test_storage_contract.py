@@ -219,6 +219,7 @@ def test_claims_are_atomic_no_overshoot_with_four_processes(backend: str, tmp_pa
 
 # --- creating a study --------------------------------------------------------------------------
 
+
 def _as_created(spec: StudySpec, backend: str) -> StudySpec:
     """``spec`` as creation stores it: with the backend's default artifact store fixed."""
     return with_store(spec, default_store(spec, backend))
