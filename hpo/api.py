@@ -52,6 +52,7 @@ from hpo.study.creation import (
 from hpo.study.pool import WorkerPool, usable_cores, workers_for
 from hpo.study.record import (
     best_trial,
+    data_warning_line,
     leak_first,
     read_trial,
     store_data_source,
@@ -359,7 +360,7 @@ def data_findings(dataset: Dataset, spec: StudySpec, say: Callable[[str], None])
     )
     found = leak_first(w.message for w in profile.warnings)
     for message in found:
-        say(f"warning: {message}")
+        say(data_warning_line(message))
     return found
 
 

@@ -238,4 +238,10 @@ def test_data_warnings_reach_a_script_that_only_shows_warnings(
     finally:
         logging.getLogger("hpo").removeHandler(handler)
     warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
-    assert any(m.startswith("warning: column 'leak' alone predicts the target") for m in warned)
+    assert any(
+        m.startswith(
+            "warning (possible leak: the score may be inflated): column 'leak' alone predicts "
+            "the target"
+        )
+        for m in warned
+    )

@@ -58,7 +58,11 @@ def _column_rows(out: str) -> dict[str, list[str]]:
 
 
 def _warnings(out: str) -> list[str]:
-    return [line.strip() for line in out.splitlines() if line.strip().startswith("warning:")]
+    return [
+        line.strip()
+        for line in out.splitlines()
+        if line.strip().startswith(("warning: ", "warning (possible leak"))
+    ]
 
 
 def _width(frame: pd.DataFrame, column: str) -> int:
@@ -325,15 +329,19 @@ def test_check_names_a_column_that_alone_predicts_the_target(
     # values of neighbouring classes, so between k + 0.3 and k + 0.7, and every held-out row
     # falls on its own class's side: out-of-fold accuracy exactly 1.
     frame["code"] = (code + rng.uniform(-0.2, 0.2, len(frame))).round(3)
+    frame.insert(0, "same", "yes")  # a column before it with a warning of its own
     path = tmp_path / "leak.csv"
     frame.to_csv(path, index=False)
     out = _check(write_study(data=_table(path)))
     majority = frame["kind"].value_counts().max() / len(frame)
+    # The leak leads, marked as everywhere a study's warnings are shown.
     assert _warnings(out) == [
-        "warning: column 'code' alone predicts the target with 1.00 CV accuracy (always "
-        f"guessing the commonest class: {majority:.2f}): an identifier, or a leak recorded "
-        "with or after the outcome? If it is a real measurement available when predicting, "
-        "keep it with [data] ignore_warnings; otherwise add it to [data] drop"
+        "warning (possible leak: the score may be inflated): column 'code' alone predicts the "
+        f"target with 1.00 CV accuracy (always guessing the commonest class: {majority:.2f}): "
+        "an identifier, or a leak recorded with or after the outcome? If it is a real "
+        "measurement available when predicting, keep it with [data] ignore_warnings; otherwise "
+        "add it to [data] drop",
+        f"warning: {_constant_warning()}",
     ]
-    assert "warnings (1):\n" in out
-    assert "ok: the study can run (1 warning(s) above)" in out
+    assert "warnings (2):\n" in out
+    assert "ok: the study can run (2 warning(s) above)" in out

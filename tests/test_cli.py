@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, SHARED_CSV, hpo, one_line_error
+from conftest import NAME, ROOT, SHARED_CSV, BuiltStudy, hpo, one_line_error
 from pg import hpo_env
 
 from hpo.study.storage import open_storage
@@ -291,12 +291,16 @@ def test_default_storage_is_a_sqlite_file_in_the_working_directory(
     assert env_result.exit_code == 0 and "best: trial 0" in env_result.stdout
 
 
-# Runs `python -m hpo ARGS` and says at exit whether TensorFlow was imported.
+# Runs `hpo ARGS` and says, once the command has ended, whether TensorFlow was imported (in a
+# `finally`: the process ends without running exit functions registered before hpo's own).
 _IMPORTS_TF = (
-    "import atexit, runpy, sys\n"
-    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules))\n"
+    "import sys\n"
+    "from hpo._entry import main\n"
     "sys.argv = ['hpo', *sys.argv[1:]]\n"
-    "runpy.run_module('hpo', run_name='__main__')\n"
+    "try:\n"
+    "    main()\n"
+    "finally:\n"
+    "    print('tensorflow imported:', 'tensorflow' in sys.modules, flush=True)\n"
 )
 
 
@@ -320,6 +324,40 @@ def test_a_finished_study_resumes_without_starting_tensorflow(
         assert done.returncode == 0, done.stderr[-2000:]
         assert "ran 0 trials (0 pruned, 0 failed)" in done.stdout + done.stderr
         assert "tensorflow imported: False" in done.stdout, (args, done.stdout[-500:])
+
+
+# Runs `hpo ARGS` in a process whose interpreter teardown would take a minute: an object that
+# the teardown deletes sleeps, standing in for TensorFlow's modules and threads (a CPU second,
+# and several seconds under load, after the command's last line).
+_SLOW_TEARDOWN = (
+    "import sys, time\n"
+    "from hpo._entry import main\n"
+    "class Slow:\n"
+    "    def __del__(self, sleep=time.sleep):  # bound now: the teardown empties modules\n"
+    "        sleep(60)\n"
+    "keep = Slow()\n"
+    "sys.argv = ['hpo', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+def test_a_command_ends_when_it_is_done_without_the_interpreter_s_teardown(
+    built: BuiltStudy,
+) -> None:
+    env = {k: v for k, v in hpo_env(built.url).items() if k != "PYTHONUNBUFFERED"}
+    for args, code in ((["best", NAME], 0), (["best", "nosuch"], 1)):
+        done = subprocess.run(
+            [sys.executable, "-c", _SLOW_TEARDOWN, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,  # the teardown's sleep would take 60
+        )
+        assert done.returncode == code, done.stderr[-2000:]
+        # All of the output, block-buffered on a pipe, flushed before the end: as in-process.
+        shown = hpo(*args, "--storage", built.url)
+        assert (done.stdout, done.stderr) == (shown.stdout, shown.stderr)
+    assert shown.stderr.startswith("Error: no study named 'nosuch'")
 
 
 def test_resume_with_a_different_protocol_is_refused(

@@ -23,7 +23,7 @@ from hpo.data import Preprocessor, load_dataset, load_folds
 from hpo.data_profile import profile_dataset
 from hpo.results.spec_text import ensure_spec_note
 from hpo.spec import CVSpec, DataSpec, StudySpec
-from hpo.study.record import store_data_warnings
+from hpo.study.record import store_data_warnings, stored_spec
 
 WriteStudy = Callable[..., Path]
 
@@ -40,11 +40,15 @@ def _frame(n_rows: int = 120, seed: int = 0) -> pd.DataFrame:
     return make_frame(n_rows, seed).drop(columns=["row"])
 
 
+# How a leak warning is introduced, in every place that shows one.
+LEAK = "warning (possible leak: the score may be inflated)"
+
+
 def _warned(result_stderr: str) -> dict[str, str]:
     """The warning lines of a run, by the column each names first."""
     found = {}
     for line in result_stderr.splitlines():
-        if line.startswith("warning: column "):
+        if line.startswith(("warning: column ", f"{LEAK}: column ")):
             column = line.split("'")[1]
             found[column] = line
     return found
@@ -306,15 +310,17 @@ def test_an_id_in_the_order_of_the_classes_is_a_leak(
         (stored,) = db.execute(
             "select value_json from study_user_attributes where key = 'hpo_data_warnings'"
         ).fetchone()
-    message = warned["id"].removeprefix("warning: ")
+    assert warned["id"].startswith(f"{LEAK}: column 'id' alone predicts the target")
+    message = warned["id"].removeprefix(f"{LEAK}: ")
     assert json.loads(stored) == [message]
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/hpo.db")
-    assert f"### Data warnings\n\n- ⚠ {message}\n" in optuna_dashboard.get_note(study)
+    note = optuna_dashboard.get_note(study)
+    assert f"### Data warnings\n\n- ⚠ **{LEAK}:** {message}\n" in note
     report = hpo("report", "tiny", "--out", tmp_path / "report")
     assert report.exit_code == 0, report.output
     page = (tmp_path / "report" / "report.html").read_text()
     assert '<section id="data-warnings"><h2>Data warnings</h2>' in page
-    assert html.escape(message) in page
+    assert f'<li class="leak"><strong>{LEAK}:</strong> {html.escape(message)}</li>' in page
 
 
 def test_a_leaking_column_is_named_and_a_plausible_one_is_not(tmp_path: Path) -> None:
@@ -528,7 +534,7 @@ def test_hpo_keeps_its_own_note_up_to_date_and_never_touches_a_persons(tmp_path:
     assert "Data warnings" not in optuna_dashboard.get_note(study)
     store_data_warnings(study, ["column 'petal width (cm)' alone predicts the target"])
     assert ensure_spec_note(study, study_spec)  # a resumed run's warnings reach the note
-    assert "- ⚠ column 'petal width (cm)' alone" in optuna_dashboard.get_note(study)
+    assert f"- ⚠ **{LEAK}:** column 'petal width (cm)' alone" in optuna_dashboard.get_note(study)
     assert not ensure_spec_note(study, study_spec)  # already up to date
     optuna_dashboard.save_note(study, "my own words")
     store_data_warnings(study, [])
@@ -546,7 +552,7 @@ def test_a_constant_number_is_shown_as_the_number(tmp_path: Path) -> None:
     assert warning.message.startswith("column 'seven' has a single value (7): ")
 
 
-def test_best_and_status_show_the_warnings_before_the_score_a_leak_first(
+def test_every_place_that_shows_the_score_leads_with_the_leak_marked_alike(
     built: BuiltStudy, tmp_path: Path
 ) -> None:
     url = built.copy(tmp_path)
@@ -555,7 +561,7 @@ def test_best_and_status_show_the_warnings_before_the_score_a_leak_first(
     study = optuna.load_study(study_name=NAME, storage=url)
     store_data_warnings(study, [other, leak])
     assert study.user_attrs["hpo_data_warnings"] == [leak, other]  # stored leak first
-    marked = f"warning (possible leak: the score may be inflated): {leak}"
+    marked = f"{LEAK}: {leak}"
     best = hpo("best", NAME, "--storage", url).stdout.splitlines()
     assert best[:3] == [marked, f"warning: {other}", best[2]]
     assert best[2].startswith("best: trial ")
@@ -566,3 +572,16 @@ def test_best_and_status_show_the_warnings_before_the_score_a_leak_first(
     assert shown["data_warnings"] == [leak, other]
     record = json.loads(hpo("best", NAME, "--storage", url, "--format", "json").stdout)
     assert record["data_warnings"] == [leak, other]
+    # The report and the dashboard's note: the same words, emphasized, leading.
+    assert hpo("report", NAME, "--storage", url, "--out", tmp_path / "r").exit_code == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert (
+        f'<ul><li class="leak"><strong>{LEAK}:</strong> {html.escape(leak)}</li>'
+        f"<li>{html.escape(other)}</li></ul>"
+    ) in page
+    assert page.index('id="data-warnings"') < page.index('class="cards"')  # before any score
+    assert ensure_spec_note(study, stored_spec(study))  # type: ignore[arg-type]
+    note = optuna_dashboard.get_note(study)
+    assert f"### Data warnings\n\n- ⚠ **{LEAK}:** {leak}\n- ⚠ {other}\n\n" in note
+    first = note.index("\n### ")  # the first section after the title and description
+    assert note[first:].startswith("\n### Data warnings\n")

@@ -165,7 +165,8 @@ def test_nested_says_and_stores_a_leak_and_writes_no_model_files(
         "If it is a real measurement available when predicting, keep it with [data] "
         "ignore_warnings; otherwise add it to [data] drop"
     )
-    assert f"warning: {leak}\n" in result.stderr  # said once, at the start
+    # Said once, at the start, marked as beside the estimate.
+    assert f"warning (possible leak: the score may be inflated): {leak}\n" in result.stderr
     assert result.stderr.count(leak) == 1
     assert (
         "inner studies save no model files (each outer fold retrains its winner on its own "

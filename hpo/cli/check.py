@@ -29,6 +29,7 @@ from hpo.engines.timing import time_trial
 from hpo.results.spec_text import pruner_text, search_rows
 from hpo.spec import StudySpec, load_spec, startup_trials
 from hpo.study.pool import usable_cores
+from hpo.study.record import data_warning_line, leak_first
 from hpo.study.windows import ladder_size, probe_cost
 
 __all__ = ["COMMANDS"]
@@ -170,8 +171,8 @@ def _print_data(profile: DataProfile, spec: StudySpec) -> None:
     click.echo("")
     if profile.warnings:
         click.echo(f"warnings ({len(profile.warnings)}):")
-        for warning in profile.warnings:
-            click.echo(f"  warning: {warning.message}")
+        for message in leak_first(w.message for w in profile.warnings):
+            click.echo(f"  {data_warning_line(message)}")
     else:
         click.echo("warnings: none")
     if profile.ignored:

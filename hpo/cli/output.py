@@ -11,8 +11,8 @@ from hpo.lazy import lazy_import
 from hpo.results.baseline import baseline_gain
 from hpo.study.record import (
     best_trial,
+    data_warning_line,
     is_baseline,
-    is_leak_warning,
     leak_first,
     read_trial,
     stored_data_warnings,
@@ -38,12 +38,7 @@ __all__ = [
 def data_warning_lines(messages: Sequence[str]) -> list[str]:
     """A study's data warnings as lines to show beside its score: leaks first, marked as what
     makes the score itself suspect."""
-    return [
-        f"warning (possible leak: the score may be inflated): {m}"
-        if is_leak_warning(m)
-        else f"warning: {m}"
-        for m in leak_first(messages)
-    ]
+    return [data_warning_line(m) for m in leak_first(messages)]
 
 
 def echo_data_warnings(messages: Sequence[str]) -> None:

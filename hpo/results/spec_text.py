@@ -20,9 +20,12 @@ from hpo.spec import AutoRange, DataSpec, PenaltyWindows, StudySpec, startup_tri
 from hpo.study.creation import pruner_settings
 from hpo.study.record import (
     HOLDOUT_EVALUATION_ATTR,
+    LEAK_LABEL,
     NESTED_SUMMARY_ATTR,
     SPEC_ATTR,
     SamplerStart,
+    is_leak_warning,
+    leak_first,
     stored_data_source,
     stored_data_warnings,
 )
@@ -325,17 +328,20 @@ def spec_markdown(
     source: Mapping[str, str] | None = None,
 ) -> str:
     """The spec as Markdown for the study's note in optuna-dashboard, led by the data warnings
-    and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary), and why the
+    (a leak first, marked as in every command's output) and the honest scores (``hpo evaluate``'s verdict, ``hpo nested``'s summary), and why the
     study stopped early (``stop``), if it did."""
     lines = [f"## Study `{spec.name}`", ""]
     if spec.description:
         lines += [f"> {_md_cell(spec.description)}", ""]
+    if warnings:  # first: they question every score below, a leak most of all
+        lines += ["### Data warnings", ""]
+        lines += [
+            f"- ⚠ **{LEAK_LABEL}:** {_md_cell(w)}" if is_leak_warning(w) else f"- ⚠ {_md_cell(w)}"
+            for w in leak_first(warnings)
+        ]
+        lines += [""]
     if stop:
         lines += ["### Early stop", "", _md_cell(stop), ""]
-    if warnings:
-        lines += ["### Data warnings", ""]
-        lines += [f"- ⚠ {_md_cell(w)}" for w in warnings]
-        lines += [""]
     if scores:
         lines += ["### On rows the search never saw", ""]
         lines += [f"- {_md_cell(line)}" for line in scores]

@@ -188,6 +188,7 @@ __all__ = [
     "FINISHED_ARTIFACT_PREFIX",
     "HOLDOUT_ATTR",
     "HOLDOUT_EVALUATION_ATTR",
+    "LEAK_LABEL",
     "LIVE_ARTIFACT_PREFIX",
     "NESTED_SUMMARY_ATTR",
     "PLAN_ATTR",
@@ -210,6 +211,8 @@ __all__ = [
     "StoredTrial",
     "baseline_trial",
     "best_trial",
+    "data_warning_label",
+    "data_warning_line",
     "is_baseline",
     "is_leak_warning",
     "leak_first",
@@ -355,6 +358,22 @@ def stored_spec(study: optuna.Study) -> StudySpec | None:
 def is_leak_warning(message: str) -> bool:
     """Whether a data warning says a column alone predicts the target (a likely leak)."""
     return LEAK_PHRASE in message
+
+
+# How a leak warning is introduced wherever a data warning is shown (a command's line, the
+# report, the dashboard's note): the one wording, so that it reads alike in every place.
+LEAK_LABEL = "warning (possible leak: the score may be inflated)"
+
+
+def data_warning_label(message: str) -> str:
+    """What introduces ``message`` where it is shown: :data:`LEAK_LABEL` for a leak (it makes
+    the score itself suspect), ``"warning"`` for any other."""
+    return LEAK_LABEL if is_leak_warning(message) else "warning"
+
+
+def data_warning_line(message: str) -> str:
+    """``message`` as one line of a command's output: ``LABEL: message``."""
+    return f"{data_warning_label(message)}: {message}"
 
 
 def leak_first(messages: Iterable[str]) -> list[str]:

@@ -33,6 +33,7 @@ from hpo.results.rerun import RerunStats, verdict
 from hpo.results.spec_text import search_rows, spec_sections
 from hpo.space import RegularizationPlan
 from hpo.spec import StudySpec
+from hpo.study.record import LEAK_LABEL, is_leak_warning, leak_first
 
 if TYPE_CHECKING:
     import numpy as np
@@ -133,7 +134,8 @@ def render(
     reads: Sequence[ArtifactRead] = (),
     artifacts: ArtifactPlace | None = None,
 ) -> str:
-    """The whole page: header and cards, the best trial, every plot, the top trials, settings."""
+    """The whole page: header, data warnings and cards, the best trial, every plot, the top
+    trials, settings."""
     spec, trials, best = data.spec, data.trials, data.best
     counts = {s: sum(1 for t in trials if t.state == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     hours = sum(t.seconds for t in trials) / 3600
@@ -147,7 +149,6 @@ def render(
     if data.baseline is not None:
         cards.insert(1, ("over no regularization", f"{data.baseline.gain:+.4f}"))
     sections = [
-        _warnings_section(data.data_warnings),
         _early_stop_section(data.early_stop),
         _best_section(best, confusion),
         _baseline_section(data.baseline, data.name),
@@ -178,6 +179,8 @@ def render(
             if spec is not None
             else ""
         ),
+        # Above the cards: the warnings question every score on the page, a leak most of all.
+        warnings=_warnings_section(data.data_warnings),
         cards="".join(
             f"<div class=card><b>{_esc(v)}</b><span>{_esc(k)}</span></div>" for k, v in cards
         ),
@@ -291,7 +294,12 @@ def _rerun_section(plot: Plot, reruns: Sequence[RerunStats], name: str) -> str:
 def _warnings_section(warnings: Sequence[str]) -> str:
     if not warnings:
         return ""
-    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    items = "".join(
+        f'<li class="leak"><strong>{_esc(LEAK_LABEL)}:</strong> {_esc(w)}</li>'
+        if is_leak_warning(w)
+        else f"<li>{_esc(w)}</li>"
+        for w in leak_first(warnings)
+    )
     return (
         '<section id="data-warnings"><h2>Data warnings</h2><p class="muted">Found in the data '
         "before training (<code>hpo check</code> shows them too); decide on each before "
