@@ -170,6 +170,7 @@ def run_study(
         )
     # A malformed URL or an unusable SQLite path fails before any data is read.
     url, line = checked_storage_url(storage, "create")
+    say(line)  # before the storage is opened: an unreachable server is named after this line
     # A study that exists already may keep its rows in its store: a machine without the
     # study file's CSV trains on that copy, as `hpo worker` does.
     rdb, existing = _existing_study(spec.name, url)
@@ -178,7 +179,6 @@ def run_study(
     stops.check()  # reading a large CSV takes a while: the first point a stop is seen
     if existing is not None:
         check_rows(existing, dataset)
-    say(line)
     spec = with_model(spec, folds, say)
     if workers is None:  # after with_model: a builder's model trains on the reference engine
         workers = usable_cores() if spec.engine.name == "stacked" and from_file else 1
