@@ -36,7 +36,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -162,9 +162,10 @@ class OwnPostgres:
     USER = "postgres"
     DATABASE = "hpo_test"
 
-    def __init__(self, bindir: Path, *, run_as: str | None) -> None:
+    def __init__(self, bindir: Path, *, run_as: str | None, max_connections: int = 100) -> None:
         self.bindir = bindir
         self.run_as = run_as
+        self.max_connections = max_connections
         self.root = Path(tempfile.mkdtemp(prefix="hpo-own-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -229,7 +230,7 @@ class OwnPostgres:
             f"listen_addresses = '{','.join(self.listen)}'\n"
             f"port = {self.port}\n"
             f"unix_socket_directories = '{self.root}'\n"
-            "max_connections = 100\n"
+            f"max_connections = {self.max_connections}\n"
             "shared_buffers = 32MB\n"
             "fsync = off\n"
             "synchronous_commit = off\n"
@@ -308,15 +309,18 @@ class OwnPostgres:
 
 
 @contextlib.contextmanager
-def own_postgres_server() -> Iterator[OwnPostgres]:
+def own_postgres_server(
+    *, max_connections: int = 100, unavailable: Callable[[str], NoReturn] = skip_unless_required
+) -> Iterator[OwnPostgres]:
     """A started throwaway cluster with an empty ``hpo_test`` database; removed afterwards.
 
     Skips (fails under ``HPO_REQUIRE_OWN_PG=1``) when ``initdb``/``pg_ctl`` are missing, or
-    when running as root without a ``postgres`` user and ``runuser`` to run them as.
+    when running as root without a ``postgres`` user and ``runuser`` to run them as; a caller
+    outside pytest (bench/claims.py) passes its own ``unavailable`` to say so and stop.
     """
     bindir = _pg_bindir()
     if bindir is None:
-        skip_unless_required(
+        unavailable(
             "initdb and pg_ctl not found (looked in $HPO_TEST_PG_BIN, /usr/lib/postgresql/*/bin "
             "and PATH): cannot start a PostgreSQL server of the test's own"
         )
@@ -327,14 +331,14 @@ def own_postgres_server() -> Iterator[OwnPostgres]:
         try:
             pwd.getpwnam(OwnPostgres.USER)
         except KeyError:
-            skip_unless_required("running as root and there is no `postgres` user to run initdb")
+            unavailable("running as root and there is no `postgres` user to run initdb")
         if shutil.which("runuser") is None:
-            skip_unless_required("running as root and `runuser` is missing to run initdb")
+            unavailable("running as root and `runuser` is missing to run initdb")
         run_as = OwnPostgres.USER
     server: OwnPostgres | None = None
     try:
         for attempt in range(3):  # the free port may be taken between finding it and binding it
-            server = OwnPostgres(bindir, run_as=run_as)
+            server = OwnPostgres(bindir, run_as=run_as, max_connections=max_connections)
             server.init()
             try:
                 server.start()
@@ -443,16 +447,21 @@ class PgBouncerServer:
 
 @contextlib.contextmanager
 def pgbouncer_server(
-    *, host: str = PG_HOST, port: int = PG_PORT, pool_size: int = 2
+    *,
+    host: str = PG_HOST,
+    port: int = PG_PORT,
+    pool_size: int = 2,
+    unavailable: Callable[[str], NoReturn] = skip_unless_required,
 ) -> Iterator[PgBouncerServer]:
     """A started PgBouncer in transaction mode in front of ``host:port``; removed afterwards.
     Skips (fails under ``HPO_REQUIRE_OWN_PG=1``) when ``pgbouncer`` is missing, or when
-    running as root without a ``postgres`` user and ``runuser`` to run it as."""
+    running as root without a ``postgres`` user and ``runuser`` to run it as (``unavailable``,
+    as for :func:`own_postgres_server`)."""
     binary = shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.isfile(p)), None
     )
     if binary is None:
-        skip_unless_required("pgbouncer not found (apt-get install pgbouncer)")
+        unavailable("pgbouncer not found (apt-get install pgbouncer)")
     run_as: str | None = None
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
         import pwd
@@ -460,9 +469,9 @@ def pgbouncer_server(
         try:
             pwd.getpwnam(PgBouncerServer.USER)
         except KeyError:
-            skip_unless_required("running as root and there is no `postgres` user to run pgbouncer")
+            unavailable("running as root and there is no `postgres` user to run pgbouncer")
         if shutil.which("runuser") is None:
-            skip_unless_required("running as root and `runuser` is missing to run pgbouncer")
+            unavailable("running as root and `runuser` is missing to run pgbouncer")
         run_as = PgBouncerServer.USER
     server = PgBouncerServer(binary, host=host, port=port, pool_size=pool_size, run_as=run_as)
     try:

@@ -817,6 +817,12 @@ def outage_reason(exc: BaseException) -> str | None:
             return _first_line(current) if ("locked" in text or "busy" in text) else None
         if isinstance(current, types):
             return _first_line(current)
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            # SQLAlchemy found the connection gone, whatever the driver called the error:
+            # behind PgBouncer, a COMMIT in flight when PostgreSQL stops gets the server's
+            # error and PgBouncer's, which psycopg reports as an InternalError ("received 2
+            # results from command 'COMMIT'") on a connection that is then closed.
+            return f"connection lost ({_first_line(current)})"
         current = current.__cause__ or current.__context__
     return None
 
