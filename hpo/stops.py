@@ -234,11 +234,13 @@ def _listen(fd: int) -> None:
                 continue
             _State.received += 1  # written by this thread only
             name = signal.Signals(signum).name
+            if _State.exit_on_second and _State.received > 1:
+                # Before request(): setting the event takes its lock, which a wedged main
+                # thread might hold; a second signal must end the process whatever holds it.
+                _abort(signum)
             request(name)
             if not _State.exit_on_second:
                 continue
-            if _State.received > 1:
-                _abort(signum)
             with _State.lock:
                 _State.exiting = _State.at_once
             if _State.exiting:
