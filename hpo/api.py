@@ -63,10 +63,9 @@ from hpo.study.session import train
 from hpo.study.storage import checked_storage_url, open_storage, sqlite_file
 from hpo.study.stores import (
     FOLDER,
+    check_new_store,
     check_rows,
-    check_store,
     fixed_store,
-    open_place,
     read_data_to_store,
     rows_here,
     store_data,
@@ -197,10 +196,7 @@ def run_study(
         # Before the study exists: a store this machine cannot write to and read from (a bad
         # bucket or credentials, an unwritable folder), or rows that cannot be stored, are one
         # line, and leave no half-made study behind.
-        fixed = fixed_store(spec, url)
-        check_store(
-            open_place(str(fixed.artifacts.store), url=url, spec=fixed, storage=rdb, create=True)
-        )
+        check_new_store(spec, url, rdb)
         if spec.data.store:
             to_store = read_data_to_store(spec, None if data is None else str(data))
     study, created = create_or_load_study(spec, rdb)

@@ -68,10 +68,8 @@ from hpo.study.record import (
 from hpo.study.stopping import stored_stop
 from hpo.study.storage import mask_url, open_storage
 from hpo.study.stores import (
-    check_store,
+    check_new_store,
     data_for,
-    fixed_store,
-    open_place,
     read_data_to_store,
     store_data,
     stored_data,
@@ -150,10 +148,7 @@ def create(
     if existing is None:
         # A store this machine cannot write to and read from (a bad bucket or credentials, an
         # unwritable folder): one line now, before the study exists, not in every worker later.
-        fixed = fixed_store(spec, url)
-        check_store(
-            open_place(str(fixed.artifacts.store), url=url, spec=fixed, storage=rdb, create=True)
-        )
+        check_new_store(spec, url, rdb)
     if spec.data.store and (existing is None or stored_data(existing) is None or data_path):
         # The rows are read before the study is made: a missing file leaves no study behind.
         to_store = read_data_to_store(spec, data_path)

@@ -56,10 +56,8 @@ from hpo.study.storage import open_storage
 from hpo.study.stores import (
     DataToStore,
     StoredData,
+    check_new_store,
     check_rows,
-    check_store,
-    fixed_store,
-    open_place,
     read_data_to_store,
     rows_here,
     share_data,
@@ -214,12 +212,7 @@ def _stored_rows(
     if any(s is None for s in inner_studies):
         # A store this machine cannot use, or rows that cannot be read: one line before any
         # inner study exists.
-        inner = fixed_store(outer_spec(spec, len(inner_studies), 1), url)
-        check_store(
-            open_place(
-                str(inner.artifacts.store), url=url, spec=inner, storage=storage, create=True
-            )
-        )
+        check_new_store(outer_spec(spec, len(inner_studies), 1), url, storage)
     if spec.data.store and rows.record is None:
         rows.read = read_data_to_store(spec, data_path)
     return rows

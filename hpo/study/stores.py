@@ -70,6 +70,7 @@ __all__ = [
     "FirstFound",
     "StoredData",
     "artifact_problem",
+    "check_new_store",
     "check_rows",
     "check_store",
     "data_for",
@@ -454,6 +455,15 @@ def _s3_store(url: str) -> Any:
         ) from None
     store = optuna_artifacts.Boto3ArtifactStore(bucket, client=boto3.client("s3"))
     return _Prefixed(store, prefix + "/") if prefix else store
+
+
+def check_new_store(spec: StudySpec, url: str, storage: optuna.storages.BaseStorage) -> None:
+    """:func:`check_store` on the store a study of ``spec`` would be created with (its setting
+    fixed as :func:`fixed_store` fixes it)."""
+    fixed = fixed_store(spec, url)
+    check_store(
+        open_place(str(fixed.artifacts.store), url=url, spec=fixed, storage=storage, create=True)
+    )
 
 
 def check_store(place: ArtifactPlace) -> None:
